@@ -1,0 +1,1 @@
+"""Heavy work: spectra and behaviour of a checkpoint pair, written as Parquet."""

@@ -1,0 +1,232 @@
+"""Finding checkpoints and reading their tensors one at a time.
+
+    ckpt = resolve("Qwen/Qwen2.5-0.5B")      # hub id (honours HF_HUB_OFFLINE, cache)
+    ckpt = resolve("data/models/demo/base")  # or a local folder
+    plan = pair_plan(base, sft)              # checks both hold the same tensors
+    w = ckpt.read("model.layers.0.mlp.up_proj.weight")   # (m, n), storage dtype
+
+Never `from_pretrained` for the weights: tensors are streamed from the safetensors
+files one by one (`safe_open`, one shard handle at a time, closed after each read),
+so memory is bounded by a few matrices whatever the model size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from compute.demo import parse_name
+
+HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer*", "*.txt", "*.model"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used as it is (the message names file or tensor)."""
+
+
+@dataclasses.dataclass
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # safetensors dtype: BF16, F16, F32
+    file: str
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    ref: str  # what the user named: hub id or folder
+    path: Path  # local folder
+    revision: str  # hub commit, or "local:<hash of config+headers>"
+    config: dict
+    tensors: dict[str, TensorInfo]
+
+    def read(self, name: str) -> torch.Tensor:
+        """The tensor `name` in its storage dtype, on the CPU."""
+        info = self.tensors[name]
+        try:
+            with safe_open(self.path / info.file, framework="pt") as f:
+                return f.get_tensor(name)
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(
+                f"{self.path / info.file}: cannot read tensor {name}: {exc}"
+            ) from exc
+
+    @property
+    def n_layers(self) -> int | None:
+        return self.config.get("num_hidden_layers")
+
+
+def _read_config(folder: Path) -> dict:
+    cfg = folder / "config.json"
+    if not cfg.exists():
+        raise CheckpointError(f"{folder}: no config.json")
+    try:
+        config = json.loads(cfg.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg}: expected a JSON object")
+    return config
+
+
+def _weight_files(folder: Path) -> dict[str, list[str] | None]:
+    """{shard file: tensor names the index assigns it (None: single-file)}."""
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index ({exc})") from exc
+        files: dict[str, list[str] | None] = {}
+        for name, file in weight_map.items():
+            files.setdefault(file, []).append(name)  # type: ignore[union-attr]
+        return files
+    single = folder / "model.safetensors"
+    if single.exists():
+        return {"model.safetensors": None}
+    others = sorted(p.name for p in folder.glob("*.safetensors"))
+    if len(others) == 1:
+        return {others[0]: None}
+    raise CheckpointError(
+        f"{folder}: no model.safetensors or model.safetensors.index.json"
+        + (f" (found {', '.join(others)})" if others else "")
+    )
+
+
+def _scan(folder: Path) -> dict[str, TensorInfo]:
+    tensors: dict[str, TensorInfo] = {}
+    for file, expected in _weight_files(folder).items():
+        path = folder / file
+        if not path.exists():
+            raise CheckpointError(
+                f"{path}: shard named in model.safetensors.index.json is missing"
+            )
+        size = path.stat().st_size
+        try:
+            with safe_open(path, framework="pt") as f:
+                names = list(f.keys())
+                for name in names:
+                    sl = f.get_slice(name)
+                    tensors[name] = TensorInfo(
+                        name, tuple(sl.get_shape()), sl.get_dtype(), file
+                    )
+        except SafetensorError as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file: {exc}"
+                                  ) from exc
+        # safetensors checks the header; check the data section is all there too.
+        with open(path, "rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(header_len))
+        end = max((v["data_offsets"][1] for k, v in header.items()
+                   if k != "__metadata__"), default=0)
+        if 8 + header_len + end > size:
+            raise CheckpointError(
+                f"{path}: truncated ({size} bytes, header promises {8 + header_len + end})"
+            )
+        if expected is not None:
+            missing = sorted(set(expected) - set(names))
+            if missing:
+                raise CheckpointError(
+                    f"{path}: index names {len(missing)} tensor(s) the shard lacks, "
+                    f"e.g. {missing[0]}"
+                )
+    return tensors
+
+
+def _local_revision(folder: Path, tensors: dict[str, TensorInfo]) -> str:
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}{t.shape}{t.dtype}".encode())
+    for file in sorted({t.file for t in tensors.values()}):
+        path = folder / file  # size, and a sample of the data from both ends
+        size = path.stat().st_size
+        h.update(str(size).encode())
+        with open(path, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            h.update(fh.read())
+    return "local:" + h.hexdigest()[:12]
+
+
+def resolve(ref: str, revision: str | None = None) -> Checkpoint:
+    """A local folder, or a hub id fetched (or found in the cache) by huggingface_hub."""
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        rev = None
+    elif Path(ref).is_absolute() or ref.startswith(".") or ref.count("/") != 1:
+        raise CheckpointError(f"{ref}: no such folder, and not a hub id (owner/name)")
+    else:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            folder = Path(snapshot_download(ref, revision=revision,
+                                            allow_patterns=HUB_PATTERNS))
+        except LocalEntryNotFoundError as exc:
+            raise CheckpointError(
+                f"{ref}: not in the hub cache and the hub cannot be reached "
+                f"(HF_HUB_OFFLINE set, or no network): {exc}"
+            ) from exc
+        rev = folder.name  # snapshots/<commit>
+    config = _read_config(folder)
+    tensors = _scan(folder)
+    return Checkpoint(ref, folder, rev or _local_revision(folder, tensors), config,
+                      tensors)
+
+
+@dataclasses.dataclass
+class Plan:
+    matrices: list[str]  # 2-D weights, in file order: spectra of base, sft, delta
+    vectors: list[str]  # 1-D tensors: relative change only
+    tied: bool  # lm_head shares embed_tokens (absent from the files)
+
+
+ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "intermediate_size", "vocab_size")
+
+
+def pair_plan(base: Checkpoint, sft: Checkpoint) -> Plan:
+    """Check that base and SFT are one architecture; list the work. Errors name the
+    first tensor (or config key) that differs, before any work is done."""
+    for key in ARCH_KEYS:
+        if base.config.get(key) != sft.config.get(key):
+            raise CheckpointError(
+                f"base and SFT are different architectures: config {key} is "
+                f"{base.config.get(key)!r} in {base.ref} but {sft.config.get(key)!r} "
+                f"in {sft.ref}"
+            )
+    only_base = sorted(set(base.tensors) - set(sft.tensors))
+    only_sft = sorted(set(sft.tensors) - set(base.tensors))
+    if only_base or only_sft:
+        which = (f"{only_base[0]} is in {base.ref} only" if only_base
+                 else f"{only_sft[0]} is in {sft.ref} only")
+        raise CheckpointError(
+            f"base and SFT hold different tensors ({len(only_base)} only in base, "
+            f"{len(only_sft)} only in SFT): {which}"
+        )
+    matrices, vectors = [], []
+    for name, info in base.tensors.items():
+        other = sft.tensors[name]
+        if info.shape != other.shape:
+            raise CheckpointError(
+                f"tensor {name}: shape {list(info.shape)} in {base.ref} but "
+                f"{list(other.shape)} in {sft.ref}"
+            )
+        if len(info.shape) == 2:
+            matrices.append(name)
+        elif len(info.shape) == 1:
+            vectors.append(name)
+        else:
+            raise CheckpointError(f"tensor {name}: unexpected shape {list(info.shape)}")
+    tied = bool(base.config.get("tie_word_embeddings")) and "lm_head.weight" not in base.tensors
+    return Plan(matrices, vectors, tied)
+
+
+def layer_module(name: str) -> tuple[int | None, str]:
+    return parse_name(name)

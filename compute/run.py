@@ -1,0 +1,377 @@
+"""Compute the spectra (and behaviour) of a base/SFT pair and load them.
+
+    python -m compute.run --pair 7B                 # Qwen/Qwen2.5-7B vs -Instruct
+    python -m compute.run --pair demo               # embedded demo pair, CPU, offline
+    python -m compute.run --base A --sft B --name N # any two hub ids or folders
+    python -m compute.run --pair 7B --no-load --out /scratch/runs   # GPU box, no DB
+
+Results are Parquet files under OUT/<pair>/ (one file per tensor, written to a
+temporary name and renamed), so a killed run resumes where it stopped; then they are
+loaded into the warehouse in one transaction that replaces the pair's earlier rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from compute.checkpoints import Checkpoint, CheckpointError, Plan, pair_plan, resolve
+from compute.spectra import METHODS, STORAGE_NAMES, tensor_spectra, vector_change
+
+SIZES = ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")
+PAIRS = {s: (f"Qwen/Qwen2.5-{s}", f"Qwen/Qwen2.5-{s}-Instruct") for s in SIZES}
+DEMO_DIR = Path("data/models/demo")
+
+SPECTRA_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("pair", pa.string()), ("base_model", pa.string()),
+    ("sft_model", pa.string()), ("tensor", pa.string()), ("layer", pa.int32()),
+    ("module", pa.string()), ("role", pa.string()), ("n_rows", pa.int32()),
+    ("n_cols", pa.int32()), ("storage_dtype", pa.string()),
+    ("singular_values", pa.list_(pa.float64())), ("frobenius_sq", pa.float64()),
+    ("noise_sigma", pa.float64()), ("n_zero", pa.int64()), ("n_nonfinite", pa.int64()),
+    ("method", pa.string()), ("device", pa.string()), ("seconds", pa.float64()),
+])
+VECTOR_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("pair", pa.string()), ("tensor", pa.string()),
+    ("layer", pa.int32()), ("module", pa.string()), ("numel", pa.int64()),
+    ("storage_dtype", pa.string()), ("base_norm", pa.float64()),
+    ("sft_norm", pa.float64()), ("delta_norm", pa.float64()), ("n_zero", pa.int64()),
+    ("n_nonfinite", pa.int64()),
+])
+
+
+@dataclasses.dataclass
+class Config:
+    pair: str
+    base: str
+    sft: str
+    out: Path = Path("data/runs")
+    db: Path | None = None
+    device: str = "auto"
+    method: str = "gram"
+    revision_base: str | None = None
+    revision_sft: str | None = None
+    load: bool = True
+    force: bool = False
+    spectra: bool = True
+    behaviour: bool = True
+    prompts: Path | None = None
+    batch_size: int = 8
+    window: int = 1024
+    max_tensors: int | None = None  # stop after this many (tests, dry runs)
+    progress: bool = True
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / self.pair
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    ap = argparse.ArgumentParser(
+        prog="python -m compute.run",
+        description="Spectra of every weight matrix of W_base, W_sft and dW, and "
+        "per-token log-probs and residual drift on the warehouse's prompts, for a "
+        "base/SFT checkpoint pair; results go to Parquet, then into the warehouse.",
+        epilog="Examples: --pair 7B | --pair demo | --base Qwen/Qwen2.5-1.5B "
+        "--sft Qwen/Qwen2.5-1.5B-Instruct --name 1.5B | --base ./a --sft ./b --name x",
+    )
+    ap.add_argument("--pair", help=f"a known pair: {', '.join(SIZES)} (Qwen2.5 base vs "
+                    "Instruct) or 'demo' (built locally, offline)")
+    ap.add_argument("--base", help="base checkpoint: hub id or local folder")
+    ap.add_argument("--sft", help="fine-tuned checkpoint: hub id or local folder")
+    ap.add_argument("--name", help="the pair's name in the warehouse (with --base/--sft)")
+    ap.add_argument("--revision-base", help="hub revision of the base (default main)")
+    ap.add_argument("--revision-sft", help="hub revision of the SFT model")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="where the arithmetic runs (auto: cuda if available)")
+    ap.add_argument("--method", default="gram", choices=METHODS,
+                    help="gram: eigenvalues of the fp64 Gram matrix (default); "
+                    "svd / svd64: LAPACK svdvals in fp32 / fp64 (reference)")
+    ap.add_argument("--out", type=Path, default=Path("data/runs"),
+                    help="folder for the Parquet results (default data/runs)")
+    ap.add_argument("--db", type=Path, help="warehouse file (default $SFTSCOPE_DB or "
+                    "data/warehouse.duckdb)")
+    ap.add_argument("--no-load", dest="load", action="store_false",
+                    help="only write Parquet; load later with python -m ingest.compute_load")
+    ap.add_argument("--force", action="store_true",
+                    help="discard earlier results of this pair and start over")
+    ap.add_argument("--skip-spectra", dest="spectra", action="store_false")
+    ap.add_argument("--skip-behaviour", dest="behaviour", action="store_false")
+    ap.add_argument("--prompts", type=Path, help="Parquet of prompts (from python -m "
+                    "ingest.export_prompts) instead of the warehouse's marts.prompts")
+    ap.add_argument("--batch-size", type=int, default=8, help="posts per forward pass")
+    ap.add_argument("--window", type=int, default=1024, help="tokens per window")
+    ap.add_argument("--max-tensors", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    a = ap.parse_args(argv)
+    if a.pair and (a.base or a.sft):
+        ap.error("give either --pair or --base/--sft, not both")
+    if a.pair:
+        if a.pair == "demo":
+            base, sft = str(DEMO_DIR / "base"), str(DEMO_DIR / "sft")
+        elif a.pair in PAIRS:
+            base, sft = PAIRS[a.pair]
+        else:
+            ap.error(f"unknown --pair {a.pair!r}; known: {', '.join(SIZES)}, demo "
+                     "(or use --base/--sft/--name)")
+        name = a.pair
+    elif a.base and a.sft:
+        name = a.name or f"{Path(a.base).name}-vs-{Path(a.sft).name}"
+    else:
+        ap.error("give --pair, or --base and --sft")
+    return Config(pair=name, base=base, sft=sft, out=a.out, db=a.db, device=a.device,
+                  method=a.method, revision_base=a.revision_base,
+                  revision_sft=a.revision_sft, load=a.load, force=a.force,
+                  spectra=a.spectra, behaviour=a.behaviour, prompts=a.prompts,
+                  batch_size=a.batch_size, window=a.window, max_tensors=a.max_tensors,
+                  progress=a.progress)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def code_version() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(
+        timespec="seconds")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    """Write to a temporary name in the same folder, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def pair_lock(run_dir: Path) -> Iterator[None]:
+    """One compute.run per pair folder at a time; a second one fails clearly."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise SystemExit(f"{run_dir}: another compute.run ({holder}) is working on "
+                         "this pair; wait for it or kill it") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"PID {os.getpid()}")
+    fh.flush()
+    try:
+        yield
+    finally:
+        fh.close()
+
+
+def open_manifest(cfg: Config, base: Checkpoint, sft: Checkpoint) -> dict:
+    """The run's manifest: resumed when the same models and method, else fresh."""
+    path = cfg.run_dir / "run.json"
+    want = {"pair": cfg.pair, "base_model": base.ref, "sft_model": sft.ref,
+            "base_revision": base.revision, "sft_revision": sft.revision,
+            "method": cfg.method}
+    if path.exists() and not cfg.force:
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if all(old.get(k) == v for k, v in want.items()):
+            return old
+        print(f"{cfg.run_dir}: earlier results are for other models or options; "
+              "starting over", file=sys.stderr)
+    for sub in ("spectra", "behaviour"):
+        shutil.rmtree(cfg.run_dir / sub, ignore_errors=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    manifest = want | {"run_id": f"{cfg.pair}-{stamp}", "code_version": code_version(),
+                       "n_layers": base.n_layers, "kinds": {}}
+    save_manifest(cfg, manifest)
+    return manifest
+
+
+def save_manifest(cfg: Config, manifest: dict) -> None:
+    atomic_write_bytes(cfg.run_dir / "run.json",
+                       json.dumps(manifest, indent=2, default=str).encode())
+
+
+def spectra_file(run_dir: Path, index: int) -> Path:
+    return run_dir / "spectra" / f"{index:05d}.parquet"
+
+
+def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
+                    manifest: dict, device: torch.device) -> None:
+    from compute.checkpoints import layer_module
+
+    run_id, pair = manifest["run_id"], cfg.pair
+    started = manifest["kinds"].get("spectra", {}).get("started_at") or now()
+    manifest["kinds"]["spectra"] = {"started_at": started, "finished_at": None,
+                                    "n_matrices": len(plan.matrices),
+                                    "n_vectors": len(plan.vectors)}
+    save_manifest(cfg, manifest)
+
+    vec_path = cfg.run_dir / "spectra" / "vectors.parquet"
+    if not vec_path.exists():
+        rows = []
+        for name in plan.vectors:
+            layer, module = layer_module(name)
+            wb = base.read(name)
+            rows.append({"run_id": run_id, "pair": pair, "tensor": name, "layer": layer,
+                         "module": module, "storage_dtype": STORAGE_NAMES[wb.dtype]}
+                        | vector_change(wb, sft.read(name)))
+        write_parquet(pa.Table.from_pylist(rows, schema=VECTOR_SCHEMA), vec_path)
+
+    todo = [i for i in range(len(plan.matrices))
+            if not spectra_file(cfg.run_dir, i).exists()]
+    if cfg.max_tensors is not None:
+        todo = todo[:cfg.max_tensors]
+    done = len(plan.matrices) - len(todo)
+    bar = tqdm(total=len(plan.matrices), initial=done, unit="tensor",
+               desc=f"spectra {pair}", disable=not cfg.progress, dynamic_ncols=True)
+    bad = []
+    with torch.inference_mode():
+        for i in todo:
+            name = plan.matrices[i]
+            layer, module = layer_module(name)
+            wb, ws = base.read(name), sft.read(name)
+            if wb.dtype != ws.dtype:
+                raise CheckpointError(f"tensor {name}: stored as {wb.dtype} in "
+                                      f"{base.ref} but {ws.dtype} in {sft.ref}")
+            rows = tensor_spectra(wb, ws, device=device, method=cfg.method)
+            common = {"run_id": run_id, "pair": pair, "base_model": base.ref,
+                      "sft_model": sft.ref, "tensor": name, "layer": layer,
+                      "module": module, "n_rows": wb.shape[0], "n_cols": wb.shape[1],
+                      "storage_dtype": STORAGE_NAMES[wb.dtype], "method": cfg.method,
+                      "device": device.type}
+            for r in rows:
+                r["singular_values"] = r["singular_values"].tolist()
+                if r["n_nonfinite"]:
+                    bad.append(f"{name} ({r['role']}: {r['n_nonfinite']} NaN/Inf)")
+            table = pa.Table.from_pylist([common | r for r in rows], schema=SPECTRA_SCHEMA)
+            write_parquet(table, spectra_file(cfg.run_dir, i))
+            bar.update(1)
+    bar.close()
+    for b in bad:
+        print(f"warning: non-finite entries in {b}; its spectrum is left empty",
+              file=sys.stderr)
+    if all(spectra_file(cfg.run_dir, i).exists() for i in range(len(plan.matrices))):
+        manifest["kinds"]["spectra"] |= {
+            "finished_at": now(), "device": device.type,
+            "dtype": "fp64 gram" if cfg.method == "gram" else cfg.method,
+            "options": {"method": cfg.method, "tied_embeddings": plan.tied,
+                        "nonfinite_tensors": bad, "torch": torch.__version__}}
+        save_manifest(cfg, manifest)
+
+
+def run_behaviour_half(cfg: Config, base: Checkpoint, sft: Checkpoint, manifest: dict,
+                       device: torch.device) -> None:
+    from compute.behaviour import load_prompts, run_behaviour
+
+    source = cfg.prompts
+    if source is None:
+        from ingest.warehouse import db_path
+
+        source = db_path(cfg.db)
+    try:
+        prompts = load_prompts(source)
+    except Exception as exc:  # a missing warehouse or mart is not fatal to spectra
+        print(f"behaviour skipped: no prompts from {source} ({exc}). Load a site "
+              "(python -m ingest.stackexchange) and run dbt first, or pass --prompts.",
+              file=sys.stderr)
+        return
+    if len(prompts) == 0:
+        print(f"behaviour skipped: {source} has no prompts", file=sys.stderr)
+        return
+    started = manifest["kinds"].get("behaviour", {}).get("started_at") or now()
+    manifest["kinds"]["behaviour"] = {"started_at": started, "finished_at": None}
+    save_manifest(cfg, manifest)
+    options = run_behaviour(base.path, sft.path, prompts, cfg.run_dir,
+                            run_id=manifest["run_id"], pair=cfg.pair,
+                            device=device.type, batch_size=cfg.batch_size,
+                            window=cfg.window, progress=cfg.progress)
+    manifest["kinds"]["behaviour"] |= {
+        "finished_at": now(), "device": device.type,
+        "dtype": str(options.get("dtype")), "options": options}
+    save_manifest(cfg, manifest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    device = pick_device(cfg.device)
+    t0 = time.perf_counter()
+    if cfg.pair == "demo" and Path(cfg.base).parent == DEMO_DIR:
+        from compute.demo import build_pair
+
+        build_pair(DEMO_DIR)
+    try:
+        base = resolve(cfg.base, cfg.revision_base)
+        sft = resolve(cfg.sft, cfg.revision_sft)
+        plan = pair_plan(base, sft)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"pair {cfg.pair}: {base.ref} ({base.revision}) vs {sft.ref} "
+          f"({sft.revision}); {len(plan.matrices)} matrices, {len(plan.vectors)} "
+          f"1-D tensors{', tied embeddings' if plan.tied else ''}; device {device}")
+    with pair_lock(cfg.run_dir):
+        manifest = open_manifest(cfg, base, sft)
+        try:
+            if cfg.spectra:
+                compute_spectra(cfg, base, sft, plan, manifest, device)
+            if cfg.behaviour and cfg.max_tensors is None:
+                run_behaviour_half(cfg, base, sft, manifest, device)
+        except CheckpointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        kinds = [k for k, v in manifest["kinds"].items() if v.get("finished_at")]
+        if cfg.load and kinds and cfg.max_tensors is None:
+            from ingest.compute_load import load_run
+
+            counts = load_run(cfg.run_dir, cfg.db, kinds=kinds)
+            print("loaded into the warehouse: " +
+                  ", ".join(f"raw.{t} {n} rows" for t, n in counts.items()))
+    print(f"done in {time.perf_counter() - t0:.1f} s; results in {cfg.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Loaders: the only writers of the warehouse's `raw` schema."""

@@ -1,0 +1,124 @@
+"""Load a compute run's Parquet files into the warehouse.
+
+    python -m ingest.compute_load data/runs/7B [--db data/warehouse.duckdb]
+
+compute.run calls this itself; run it by hand for results made on another machine
+(`compute.run --no-load`). One transaction: the pair's earlier rows of each loaded
+kind are deleted and the new ones inserted, so a failure leaves the warehouse as it
+was, and loading twice gives the same rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ingest.warehouse import connect, db_path, ensure_raw_schema, replace_pair_rows
+
+KIND_TABLES = {
+    "spectra": {"spectra": "spectra/[0-9]*.parquet",
+                "vector_changes": "spectra/vectors.parquet"},
+    "behaviour": {t: f"behaviour/{t}/*.parquet"
+                  for t in ("token_logprobs", "post_texts", "residual_drift")},
+}
+
+
+class LoadError(RuntimeError):
+    pass
+
+
+def _manifest(run_dir: Path) -> dict:
+    path = run_dir / "run.json"
+    if not path.exists():
+        raise LoadError(f"{run_dir}: no run.json; not a compute.run output folder")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LoadError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def load_run(run_dir: str | Path, db: str | Path | None = None,
+             kinds: list[str] | None = None) -> dict[str, int]:
+    """Replace the pair's rows of each finished kind; returns rows per raw table."""
+    run_dir = Path(run_dir)
+    manifest = _manifest(run_dir)
+    pair, run_id = manifest["pair"], manifest["run_id"]
+    finished = [k for k, v in manifest.get("kinds", {}).items() if v.get("finished_at")]
+    kinds = finished if kinds is None else kinds
+    for kind in kinds:
+        if kind not in finished:
+            raise LoadError(f"{run_dir}: the {kind} half is not finished; re-run "
+                            "compute.run to complete it before loading")
+    if not kinds:
+        raise LoadError(f"{run_dir}: nothing finished to load")
+    counts: dict[str, int] = {}
+    with connect(db) as con:
+        ensure_raw_schema(con)
+        con.execute("begin transaction")
+        try:
+            for kind in kinds:
+                for table, pattern in KIND_TABLES[kind].items():
+                    files = sorted(run_dir.glob(pattern))
+                    if not files:
+                        select, params = f"select * from raw.{table} where false", []
+                    else:
+                        select = ("select * from read_parquet(?, union_by_name = true)")
+                        params = [[str(f) for f in files]]
+                    counts[table] = replace_pair_rows(con, table, pair, select, params)
+                    other = con.execute(
+                        f"select count(*) from raw.{table} where pair = ? "
+                        "and run_id <> ?", [pair, run_id]).fetchone()[0]
+                    if other:
+                        raise LoadError(f"{run_dir}: {table} files of another run "
+                                        f"({other} rows) are mixed in")
+                if kind == "spectra":
+                    expected = 3 * manifest["kinds"]["spectra"]["n_matrices"]
+                    if counts["spectra"] != expected:
+                        raise LoadError(f"{run_dir}: {counts['spectra']} spectra rows, "
+                                        f"expected {expected}")
+                info = manifest["kinds"][kind]
+                con.execute("delete from raw.compute_runs where pair = ? and kind = ?",
+                            [pair, kind])
+                con.execute(
+                    "insert into raw.compute_runs by name select ? as run_id, "
+                    "? as pair, ? as kind, ? as base_model, ? as sft_model, "
+                    "? as base_revision, ? as sft_revision, ? as code_version, "
+                    "? as device, ? as dtype, ? as method, ? as n_layers, "
+                    "?::timestamp as started_at, ?::timestamp as finished_at, "
+                    "?::json as options",
+                    [run_id, pair, kind, manifest["base_model"], manifest["sft_model"],
+                     manifest.get("base_revision"), manifest.get("sft_revision"),
+                     manifest.get("code_version"), info.get("device"),
+                     info.get("dtype"), manifest.get("method"),
+                     manifest.get("n_layers"), info.get("started_at"),
+                     info.get("finished_at"), json.dumps(info.get("options", {}))])
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ingest.compute_load",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", type=Path, help="a compute.run output folder (OUT/<pair>)")
+    ap.add_argument("--db", type=Path, help="warehouse (default $SFTSCOPE_DB or "
+                    "data/warehouse.duckdb)")
+    ap.add_argument("--kind", action="append", choices=list(KIND_TABLES),
+                    help="load only this half (repeatable); default every finished one")
+    a = ap.parse_args(argv)
+    try:
+        counts = load_run(a.run_dir, a.db, a.kind)
+    except LoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"loaded {a.run_dir} into {db_path(a.db)}: " +
+          ", ".join(f"raw.{t} {n} rows" for t, n in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
