@@ -58,6 +58,7 @@ class PairSpec:
     s_hi: float = 0.12
     s_lo: float = 0.04
     dense_std: float = 2e-6
+    init_std: float = 0.02  # scales W0, and with it the bf16 rounding noise of dW
     max_positions: int = 2048
     seed: int = 6197
     rank_fn: Callable[[str, int | None, int], int] = demo_rank
@@ -249,7 +250,7 @@ def build_pair(out: str | os.PathLike, spec: PairSpec = DEMO, *, force: bool = F
     eos_id = tok.token_to_id("<|endoftext|>")
     base, sft, planted = {}, {}, {}
     for name, shape in shapes(spec).items():
-        w0 = torch.randn(shape, generator=gen) * 0.02
+        w0 = torch.randn(shape, generator=gen) * spec.init_std
         if name.endswith("layernorm.weight") or name == "model.norm.weight":
             w0 = 1.0 + w0
         if len(shape) == 2:

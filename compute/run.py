@@ -132,6 +132,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
                      "(or use --base/--sft/--name)")
         name = a.pair
     elif a.base and a.sft:
+        base, sft = a.base, a.sft
         name = a.name or f"{Path(a.base).name}-vs-{Path(a.sft).name}"
     else:
         ap.error("give --pair, or --base and --sft")

@@ -1,0 +1,541 @@
+"""Behaviour of a base/SFT pair: per-token log-probs and residual-stream drift.
+
+    from compute.behaviour import load_prompts, run_behaviour
+    prompts = load_prompts("data/warehouse.duckdb")    # or a Parquet export
+    options = run_behaviour(base_dir, sft_dir, prompts, Path("data/runs/7B"),
+                            run_id="7B-20260101T000000", pair="7B")
+
+(`python -m compute.run --pair 7B` calls it after the spectra and loads the result.)
+
+Scoring. Every post is scored as raw text (no chat template) behind the same prefix
+token, `<|endoftext|>`, for both models (Qwen has no BOS token); the two tokenizers
+must give identical ids, which is checked per post. Weights are bf16 on a GPU (never
+fp16: Qwen overflows) and fp32 on the CPU. The decoder's last hidden state goes
+through the LM head a chunk of tokens at a time, upcast to fp32 before log_softmax,
+and only the target token's log-prob is kept, so no (batch, seq, vocab) tensor is ever
+held (for Qwen's 152k vocabulary that would be 5 GB in fp32 at 8 x 1024 tokens).
+Posts are batched with right padding and an attention mask; a post longer than
+`window` tokens (prefix included) is scored in windows: the first window scores
+tokens 1..window-1, each later one carries the `context` tokens before its first
+target as unscored context and scores the next window - context tokens, so every token
+is scored exactly once. Position 0 is the first token after the prefix.
+
+Residual drift. For each post and hidden-state index l = 0 (embeddings) .. L (the
+final, normed hidden state the LM head reads), sums over the post's tokens of
+||h_sft - h_base|| / ||h_base||, cos(h_sft, h_base), ||h_sft - h_base||^2 and
+||h_base||^2, with the token count, so dbt aggregates means and pooled ratios exactly.
+A change planted in block k first shows at index k + 1 (block k's output).
+
+How the two models' states meet: both models stay resident on the device; a micro-
+batch goes through the base model, whose hidden states (L + 1 tensors of
+(batch, seq, hidden)) are kept, then through the SFT model, and drift and both
+models' log-probs are reduced right there. Alternatives: one model at a time would
+need the base states of *every* post kept until the SFT pass (7B: 29 x 3584 x 2 bytes
+= 208 kB per token, 40 GB for 200 posts of 1000 tokens) or swapping 15 GB of weights
+per batch. Memory for Qwen2.5-7B on one 80 GB GPU, bf16, batch 8 x window 1024:
+weights 2 x 15.2 GB; base + SFT hidden states 2 x 29 x 8 x 1024 x 3584 x 2 B = 3.4 GB;
+fp32 per-layer drift temporaries 0.1 GB; one LM-head chunk in fp32 (2^27 logits)
+0.5 GB; attention and MLP activations of one layer < 1 GB: about 36 GB. Pairs whose
+two models do not fit on one device at once (32B and up on 80 GB) need a smaller
+model, or a sharded device map, which this module does not do.
+
+Output (resumable): `out_dir/behaviour/<table>/<batch>.parquet` for the raw tables
+token_logprobs, residual_drift and post_texts, written per batch of posts to a
+temporary name and renamed, post_texts last: a batch is done when its post_texts file
+exists. A re-run skips the posts already done and deletes the files of a batch that
+was killed halfway, so every post is scored exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+PREFIX_TOKEN = "<|endoftext|>"
+TABLES = ("token_logprobs", "residual_drift", "post_texts")  # write order
+LOGIT_CHUNK_ELEMS = 1 << 27  # fp32 logits per LM-head chunk (512 MiB)
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float32": torch.float32, "fp32": torch.float32}
+
+SCHEMAS = {
+    "token_logprobs": pa.schema([
+        ("run_id", pa.string()), ("pair", pa.string()), ("role", pa.string()),
+        ("post_id", pa.int64()), ("position", pa.int32()), ("token_id", pa.int32()),
+        ("token_text", pa.string()), ("logprob", pa.float64()),
+    ]),
+    "post_texts": pa.schema([
+        ("run_id", pa.string()), ("pair", pa.string()), ("post_id", pa.int64()),
+        ("site", pa.string()), ("grp", pa.string()), ("n_tokens", pa.int32()),
+        ("n_bytes", pa.int32()), ("n_words", pa.int32()),
+    ]),
+    "residual_drift": pa.schema([
+        ("run_id", pa.string()), ("pair", pa.string()), ("post_id", pa.int64()),
+        ("layer", pa.int32()), ("n_tokens", pa.int32()), ("sum_rel_l2", pa.float64()),
+        ("sum_cos", pa.float64()), ("sum_sq_diff", pa.float64()),
+        ("sum_sq_base", pa.float64()),
+    ]),
+}
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def load_prompts(source: str | os.PathLike) -> pd.DataFrame:
+    """The prompts to score: `marts.prompts` of a warehouse (read-only), or a Parquet
+    file with the same columns (from `python -m ingest.export_prompts`)."""
+    source = Path(source)
+    if source.suffix.lower() in (".parquet", ".pq"):
+        df = pd.read_parquet(source)
+    else:
+        from ingest.warehouse import connect
+
+        with connect(source, read_only=True) as con:
+            df = con.execute("select * from marts.prompts").df()
+    return df.sort_values(["grp", "post_id"], kind="stable").reset_index(drop=True)
+
+
+@dataclass
+class Post:
+    post_id: int
+    site: str | None
+    grp: str | None
+    text: str
+    ids: list[int]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.ids)
+
+
+def check_prompts(prompts: pd.DataFrame) -> None:
+    missing = {"post_id", "site", "grp", "text"} - set(prompts.columns)
+    if missing:
+        raise ValueError(f"prompts lack column(s) {sorted(missing)}")
+    dup = prompts["post_id"][prompts["post_id"].duplicated()]
+    if len(dup):
+        raise ValueError(f"prompts hold post_id {int(dup.iloc[0])} more than once; "
+                         "raw.token_logprobs is keyed by post_id")
+    if prompts["text"].isna().any():
+        bad = int(prompts.loc[prompts["text"].isna(), "post_id"].iloc[0])
+        raise ValueError(f"post {bad} has no text")
+
+
+def load_tokenizer(folder: Path):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(folder))
+
+
+def prefix_id(tok_base, tok_sft) -> int:
+    ids = [t.convert_tokens_to_ids(PREFIX_TOKEN) for t in (tok_base, tok_sft)]
+    if ids[0] is None or ids[0] == tok_base.unk_token_id or ids[0] != ids[1]:
+        raise ValueError(f"prefix token {PREFIX_TOKEN!r} has ids {ids} in the base and "
+                         "SFT tokenizers; both need it, with one id")
+    return ids[0]
+
+
+def tokenize(tok, texts: list[str]) -> list[list[int]]:
+    """Raw text to ids: no special tokens added, special-token strings in the text
+    read as text."""
+    if not texts:
+        return []
+    return tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def tokenize_posts(rows: pd.DataFrame, tok_base, tok_sft) -> list[Post]:
+    texts = [str(t) for t in rows["text"]]
+    ids_b, ids_s = tokenize(tok_base, texts), tokenize(tok_sft, texts)
+    posts = []
+    for (_, r), text, a, b in zip(rows.iterrows(), texts, ids_b, ids_s, strict=True):
+        if a != b:
+            k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y),
+                     min(len(a), len(b)))
+            raise ValueError(
+                f"post {int(r['post_id'])} ({r['site']}): the base and SFT tokenizers "
+                f"give different ids from token {k} on (base {a[k:k + 3]}, SFT "
+                f"{b[k:k + 3]}); both models must see the same ids")
+        posts.append(Post(int(r["post_id"]), none_if_na(r["site"]), none_if_na(r["grp"]),
+                          text, list(a)))
+    return posts
+
+
+def none_if_na(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
+
+
+# ---------------------------------------------------------------- windows
+
+
+def plan_windows(n: int, window: int, context: int) -> list[tuple[int, int, int]]:
+    """Windows over s = [prefix] + ids (length n + 1), as (start, end, first): the
+    model reads s[start:end] and the targets s[first:end] are scored there (position
+    of target s[t] = t - 1). Every t in 1..n is scored in exactly one window."""
+    if window < 2 or not 1 <= context <= window - 2:
+        raise ValueError(f"need window >= 3 and 1 <= context <= window - 2 "
+                         f"(window {window}, context {context})")
+    out = [(0, min(window, n + 1), 1)]
+    while out[-1][1] < n + 1:
+        first = out[-1][1]
+        start = first - context
+        out.append((start, min(start + window, n + 1), first))
+    return out
+
+
+@dataclass
+class Segment:
+    post: int  # index into the batch's posts
+    ids: list[int]  # the model's input, s[start:end]
+    start: int
+    first: int
+
+    @property
+    def n_scored(self) -> int:
+        return self.start + len(self.ids) - self.first
+
+
+def segments(posts: list[Post], prefix: int, window: int, context: int) -> list[Segment]:
+    out = []
+    for k, p in enumerate(posts):
+        s = [prefix, *p.ids]
+        for start, end, first in plan_windows(len(p.ids), window, context):
+            out.append(Segment(k, s[start:end], start, first))
+    return out
+
+
+# ---------------------------------------------------------------- models
+
+
+def pick_dtype(device: torch.device, dtype: str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype in ("float16", "fp16", "half"):
+        raise ValueError("fp16 is refused: Qwen's activations overflow it; use bfloat16")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(folder: Path, device: torch.device, dtype: torch.dtype, attn: str):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype, "attn_implementation": attn}
+    if device.type != "cpu":
+        kwargs["device_map"] = {"": str(device)}
+    model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    return model.to(device).eval()
+
+
+@dataclass
+class Forward:
+    hidden: tuple[torch.Tensor, ...]  # L + 1 x (B, T, H)
+    logprobs: torch.Tensor  # (B, T) fp32: log p(input[:, j + 1] | input[:, :j + 1])
+
+
+def forward(model, input_ids: torch.Tensor, mask: torch.Tensor) -> Forward:
+    """Hidden states of every layer, and the next-token log-probs of every position
+    (the last column and padding are garbage; the caller masks them)."""
+    out = model.get_decoder()(input_ids=input_ids, attention_mask=mask,
+                              output_hidden_states=True, use_cache=False)
+    hidden = out.hidden_states
+    last = out.last_hidden_state  # (B, T, H), after the final norm
+    assert hidden[-1].data_ptr() == last.data_ptr() or torch.equal(hidden[-1], last)
+    b, t, h = last.shape
+    targets = torch.roll(input_ids, -1, dims=1).reshape(-1)  # (B*T,)
+    flat = last.reshape(-1, h)  # (B*T, H)
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    rows = max(1, LOGIT_CHUNK_ELEMS // head.weight.shape[0])
+    lp = torch.empty(b * t, dtype=torch.float32, device=last.device)
+    for i in range(0, b * t, rows):
+        logits = head(flat[i:i + rows]).float()  # (rows, V)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        lp[i:i + rows] = torch.log_softmax(logits, -1).gather(
+            1, targets[i:i + rows, None])[:, 0]
+    return Forward(hidden, lp.reshape(b, t))
+
+
+def check_head(model, ids: list[int], device: torch.device) -> None:
+    """The chunked LM-head path must agree with the model's own logits (guards
+    against architectures whose head does more than a linear map)."""
+    x = torch.tensor([ids[:32]], device=device)
+    m = torch.ones_like(x)
+    ours = forward(model, x, m).logprobs[0, :-1]
+    ref = torch.log_softmax(model(input_ids=x, attention_mask=m).logits.float(), -1)
+    ref = ref[0, :-1].gather(1, x[0, 1:, None])[:, 0]
+    err = float((ours - ref).abs().max()) if len(ref) else 0.0
+    if err > 1e-2:
+        raise RuntimeError(f"{model.config.model_type}: decoder + LM head differ from "
+                           f"the model's own log-probs by {err:.3g}; unsupported head")
+
+
+# ---------------------------------------------------------------- one batch
+
+
+@dataclass
+class PostResult:
+    logprob: dict[str, np.ndarray]  # role -> (n,) fp64
+    drift: np.ndarray  # (L + 1, 4) fp64: rel_l2, cos, sq_diff, sq_base
+    n_drift: int = 0
+
+
+@dataclass
+class Scorer:
+    base: object
+    sft: object
+    device: torch.device
+    prefix: int
+    window: int
+    context: int
+    micro_batch: int
+    n_layers: int = field(init=False)
+
+    def __post_init__(self):
+        self.n_layers = self.base.config.num_hidden_layers
+
+    def score(self, posts: list[Post]) -> list[PostResult]:
+        res = [PostResult({r: np.full(p.n_tokens, np.nan) for r in ("base", "sft")},
+                          np.zeros((self.n_layers + 1, 4))) for p in posts]
+        segs = segments(posts, self.prefix, self.window, self.context)
+        segs.sort(key=lambda s: -len(s.ids))
+        for i in range(0, len(segs), self.micro_batch):
+            self.score_micro(segs[i:i + self.micro_batch], res)
+        for p, r in zip(posts, res, strict=True):
+            assert r.n_drift == p.n_tokens, (p.post_id, r.n_drift, p.n_tokens)
+            for role, lp in r.logprob.items():
+                assert not np.isnan(lp).any(), f"post {p.post_id}: {role} unscored token"
+        return res
+
+    def score_micro(self, segs: list[Segment], res: list[PostResult]) -> None:
+        b, t = len(segs), max(len(s.ids) for s in segs)
+        ids = torch.full((b, t), self.prefix, dtype=torch.long)  # right padding
+        mask = torch.zeros((b, t), dtype=torch.long)
+        scored = torch.zeros((b, t), dtype=torch.bool)  # input j predicts a target
+        for k, s in enumerate(segs):
+            ids[k, :len(s.ids)] = torch.tensor(s.ids)
+            mask[k, :len(s.ids)] = 1
+            scored[k, s.first - s.start - 1:len(s.ids) - 1] = True
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        # token j's own hidden state counts for drift when s[start + j] is scored here
+        own = torch.roll(scored, 1, dims=1).to(self.device)  # (B, T)
+        fb = forward(self.base, ids, mask)
+        lp_base = fb.logprobs.cpu().double().numpy()
+        hidden_base = fb.hidden
+        del fb
+        fs = forward(self.sft, ids, mask)
+        lp_sft = fs.logprobs.cpu().double().numpy()
+        sums = drift_sums(hidden_base, fs.hidden, own)  # (B, L + 1, 4)
+        del fs, hidden_base
+        scored_np = scored.numpy()
+        for k, s in enumerate(segs):
+            r = res[s.post]
+            cols = np.nonzero(scored_np[k])[0]
+            pos = s.start + cols  # position of target s[start + j + 1] = start + j
+            r.logprob["base"][pos] = lp_base[k, cols]
+            r.logprob["sft"][pos] = lp_sft[k, cols]
+            r.drift += sums[k]
+            r.n_drift += len(cols)
+
+
+def drift_sums(hb: tuple[torch.Tensor, ...], hs: tuple[torch.Tensor, ...],
+               own: torch.Tensor) -> np.ndarray:
+    """(B, L + 1, 4) fp64 sums over each row's `own` tokens, per hidden-state index,
+    of ||d||/||h_b||, cos(h_s, h_b), ||d||^2, ||h_b||^2 with d = h_s - h_b."""
+    assert len(hb) == len(hs), (len(hb), len(hs))
+    w = own.to(torch.float64)  # (B, T)
+    out = []
+    for b, s in zip(hb, hs, strict=True):
+        b32, s32 = b.float(), s.float()  # (B, T, H)
+        d = s32 - b32
+        nd2 = (d * d).sum(-1).double()  # (B, T)
+        nb2 = (b32 * b32).sum(-1).double()
+        ns2 = (s32 * s32).sum(-1).double()
+        dot = (b32 * s32).sum(-1).double()
+        tiny = torch.finfo(torch.float64).tiny
+        rel = nd2.sqrt() / nb2.sqrt().clamp_min(tiny)
+        cos = (dot / (nb2 * ns2).sqrt().clamp_min(tiny)).clamp(-1.0, 1.0)
+        cols = [rel, cos, nd2, nb2]
+        out.append(torch.stack([(c * w).sum(1) for c in cols], -1))  # (B, 4)
+    return torch.stack(out, 1).cpu().numpy()  # (B, L + 1, 4)
+
+
+# ---------------------------------------------------------------- files
+
+
+def batch_name(posts: list[Post]) -> str:
+    ids = sorted(p.post_id for p in posts)
+    digest = hashlib.sha1(",".join(map(str, ids)).encode()).hexdigest()[:12]
+    return f"{ids[0]}-{digest}.parquet"
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def done_posts(root: Path, run_id: str, pair: str) -> set[int]:
+    """Post ids of finished batches; deletes files of unfinished ones."""
+    for table in TABLES:
+        (root / table).mkdir(parents=True, exist_ok=True)
+        for tmp in (root / table).glob(".*.tmp*"):
+            tmp.unlink(missing_ok=True)
+    finished = {f.name for f in (root / "post_texts").glob("*.parquet")}
+    for table in TABLES[:-1]:
+        for f in (root / table).glob("*.parquet"):
+            if f.name not in finished:
+                f.unlink()  # a batch killed before its post_texts file
+    done: set[int] = set()
+    for name in sorted(finished):
+        t = pq.read_table(root / "post_texts" / name, columns=["run_id", "pair", "post_id"])
+        runs = set(t.column("run_id").to_pylist())
+        pairs = set(t.column("pair").to_pylist())
+        if runs != {run_id} or pairs != {pair}:
+            raise ValueError(f"{root / 'post_texts' / name} belongs to another run "
+                             f"({sorted(runs)}, pair {sorted(pairs)}); use a fresh "
+                             f"out_dir or delete {root}")
+        done.update(t.column("post_id").to_pylist())
+    return done
+
+
+class TokenText:
+    """Decoded text of single token ids, cached."""
+
+    def __init__(self, tok):
+        self.tok, self.cache = tok, {}
+
+    def __call__(self, ids: Iterator[int]) -> list[str]:
+        out = []
+        for i in ids:
+            s = self.cache.get(i)
+            if s is None:
+                s = self.cache[i] = self.tok.decode([i])
+            out.append(s)
+        return out
+
+
+def batch_tables(posts: list[Post], results: list[PostResult], run_id: str, pair: str,
+                 token_text: TokenText) -> dict[str, pa.Table]:
+    lp_cols: dict[str, list] = {k: [] for k in SCHEMAS["token_logprobs"].names}
+    drift_rows, text_rows = [], []
+    for p, r in zip(posts, results, strict=True):
+        n = p.n_tokens
+        texts = token_text(p.ids)
+        for role in ("base", "sft"):
+            lp_cols["run_id"] += [run_id] * n
+            lp_cols["pair"] += [pair] * n
+            lp_cols["role"] += [role] * n
+            lp_cols["post_id"] += [p.post_id] * n
+            lp_cols["position"] += list(range(n))
+            lp_cols["token_id"] += p.ids
+            lp_cols["token_text"] += texts
+            lp_cols["logprob"] += r.logprob[role].tolist()
+        for layer, (rel, cos, sq_d, sq_b) in enumerate(r.drift.tolist()):
+            drift_rows.append({"run_id": run_id, "pair": pair, "post_id": p.post_id,
+                               "layer": layer, "n_tokens": n, "sum_rel_l2": rel,
+                               "sum_cos": cos, "sum_sq_diff": sq_d, "sum_sq_base": sq_b})
+        text_rows.append({"run_id": run_id, "pair": pair, "post_id": p.post_id,
+                          "site": p.site, "grp": p.grp, "n_tokens": n,
+                          "n_bytes": len(p.text.encode("utf-8")),
+                          "n_words": len(p.text.split())})
+    return {
+        "token_logprobs": pa.table(lp_cols, schema=SCHEMAS["token_logprobs"]),
+        "residual_drift": pa.Table.from_pylist(drift_rows, schema=SCHEMAS["residual_drift"]),
+        "post_texts": pa.Table.from_pylist(text_rows, schema=SCHEMAS["post_texts"]),
+    }
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def run_behaviour(
+    base_dir: Path, sft_dir: Path, prompts: pd.DataFrame, out_dir: Path, *,
+    run_id: str, pair: str, device: str = "cpu", batch_size: int = 8,
+    window: int = 1024, dtype: str | None = None, attn_implementation: str = "sdpa",
+    progress: bool = True, context: int | None = None,
+) -> dict:
+    """Score `prompts` (post_id, site, grp, text) with both models; write the batches'
+    Parquet files under out_dir/behaviour/<table>/; return the options used.
+
+    `context`: tokens carried as unscored context into each window after the first
+    (default window // 2)."""
+    t0 = time.perf_counter()
+    check_prompts(prompts)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+    context = window // 2 if context is None else context
+    plan_windows(0, window, context)  # validates window and context
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    torch_dtype = pick_dtype(dev, dtype)
+    dtype_name = str(torch_dtype).removeprefix("torch.")
+    root = Path(out_dir) / "behaviour"
+
+    tok_base, tok_sft = load_tokenizer(Path(base_dir)), load_tokenizer(Path(sft_dir))
+    prefix = prefix_id(tok_base, tok_sft)
+    done = done_posts(root, run_id, pair)
+    todo_rows = prompts[~prompts["post_id"].astype("int64").isin(done)]
+    posts = tokenize_posts(todo_rows, tok_base, tok_sft)
+    empty = [p.post_id for p in posts if p.n_tokens == 0]
+    if empty:
+        print(f"behaviour: skipping {len(empty)} post(s) with no tokens: {empty[:10]}",
+              file=sys.stderr)
+    posts = [p for p in posts if p.n_tokens]
+    posts.sort(key=lambda p: (-p.n_tokens, p.post_id))  # longest first: OOM shows early
+    options = {"batch_size": batch_size, "window": window, "window_context": context,
+               "dtype": dtype_name, "attn_implementation": attn_implementation,
+               "device": dev.type, "prefix_token": PREFIX_TOKEN,
+               "n_posts": len(done) + len(posts), "n_posts_resumed": len(done),
+               "n_posts_scored": len(posts), "skipped_empty": empty,
+               "torch": torch.__version__}
+
+    n_tok = 0
+    if posts:
+        import transformers
+
+        options["transformers"] = transformers.__version__
+        with torch.inference_mode():
+            base = load_model(Path(base_dir), dev, torch_dtype, attn_implementation)
+            sft = load_model(Path(sft_dir), dev, torch_dtype, attn_implementation)
+            for m in (base, sft):
+                if m.config.num_hidden_layers != base.config.num_hidden_layers or \
+                        m.config.hidden_size != base.config.hidden_size:
+                    raise ValueError("base and SFT differ in layers or hidden size")
+                if max(max(p.ids) for p in posts) >= m.get_output_embeddings().weight.shape[0]:
+                    raise ValueError("a token id exceeds a model's vocabulary")
+                check_head(m, [prefix, *posts[-1].ids], dev)
+            scorer = Scorer(base, sft, dev, prefix, window, context, batch_size)
+            token_text = TokenText(tok_base)
+            bar = tqdm(total=options["n_posts"], initial=len(done), unit="post",
+                       desc=f"behaviour {pair} (base+sft)", disable=not progress,
+                       dynamic_ncols=True)
+            for i in range(0, len(posts), batch_size):
+                batch = posts[i:i + batch_size]
+                tables = batch_tables(batch, scorer.score(batch), run_id, pair,
+                                      token_text)
+                name = batch_name(batch)
+                for table in TABLES:  # post_texts last: it marks the batch done
+                    write_parquet(tables[table], root / table / name)
+                n_tok += sum(p.n_tokens for p in batch)
+                bar.update(len(batch))
+            bar.close()
+            options["n_layers"] = scorer.n_layers
+    seconds = time.perf_counter() - t0
+    options |= {"n_tokens_scored": n_tok, "seconds": round(seconds, 3),
+                "posts_per_s": round(len(posts) / seconds, 3) if posts else None}
+    return options

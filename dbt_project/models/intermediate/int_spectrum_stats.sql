@@ -1,0 +1,153 @@
+{#-
+    One row per (run, tensor, role): every rank and size measure of one spectrum.
+    Definitions: README "Metrics". The spectrum is unnested once (one row per
+    singular value, with running energy) and aggregated back.
+-#}
+{%- set lora_ranks = [1, 4, 8, 16, 32, 64, 128, 256] -%}
+
+with
+
+spectra as (
+
+    select * from {{ ref('stg_compute__spectra') }}
+
+),
+
+thresholds as (
+
+    select
+        *,
+        least(n_rows, n_cols)::double / greatest(n_rows, n_cols) as beta,
+        -- noise level sigma: the Marchenko-Pastur edge of pure noise ...
+        noise_sigma * (sqrt(n_rows) + sqrt(n_cols)) as mp_edge,
+        -- ... and the Gavish-Donoho optimal hard threshold for known noise
+        sqrt(
+            2 * (beta + 1)
+            + 8 * beta / ((beta + 1) + sqrt(beta * beta + 14 * beta + 1))
+        ) * sqrt(n_long) * noise_sigma as gd_threshold,
+        -- Gavish-Donoho for unknown noise: omega(beta) * median(s)
+        0.56 * beta ^ 3 - 0.95 * beta ^ 2 + 1.82 * beta + 1.43 as gd_omega,
+        singular_values[1] * n_long * 2 ^ -23 as numerical_tolerance,
+
+    from spectra
+
+),
+
+values_long as (
+
+    select
+        run_id,
+        tensor,
+        role,
+        unnest(singular_values) as s,
+        generate_subscripts(singular_values, 1) as i,
+
+    from spectra
+
+),
+
+running as (
+
+    select
+        *,
+        sum(s * s) over (
+            partition by run_id, tensor, role order by i
+            rows between unbounded preceding and current row
+        ) as energy_upto,
+        sum(s * s) over (partition by run_id, tensor, role) as energy_total,
+        sum(s) over (partition by run_id, tensor, role) as s_total,
+        median(s) over (partition by run_id, tensor, role) as s_median,
+
+    from values_long
+
+),
+
+aggregated as (
+
+    select
+        r.run_id,
+        r.tensor,
+        r.role,
+        max(r.s) as s_max,
+        min(r.s) as s_min,
+        max(r.s_total) as sum_s,
+        max(r.energy_total) as sum_sq,
+        max(r.s_median) as s_median,
+        -- entropy of p_i = s_i / sum(s) (terms with p_i = 0 contribute 0)
+        -sum(
+            case when r.s > 0 then (r.s / r.s_total) * ln(r.s / r.s_total) else 0 end
+        ) as spectral_entropy,
+        count(*) filter (where r.s > t.numerical_tolerance) as numerical_rank,
+        min(r.i) filter (where r.energy_upto >= 0.5 * r.energy_total) as energy_rank_50,
+        min(r.i) filter (where r.energy_upto >= 0.9 * r.energy_total) as energy_rank_90,
+        min(r.i) filter (where r.energy_upto >= 0.99 * r.energy_total) as energy_rank_99,
+        count(*) filter (where r.s > t.mp_edge) as mp_edge_rank,
+        count(*) filter (where r.s > t.gd_threshold) as signal_rank,
+        count(*) filter (where r.s > t.gd_omega * r.s_median) as gd_unknown_rank,
+        {%- for k in lora_ranks %}
+        coalesce(max(r.energy_upto) filter (where r.i <= {{ k }}), 0)
+            / nullif(max(r.energy_total), 0) as energy_share_top_{{ k }},
+        {%- endfor %}
+
+    from running as r
+    inner join thresholds as t using (run_id, tensor, role)
+    group by all
+
+),
+
+final as (
+
+    select
+        -- keys
+        t.run_id,
+        t.pair,
+        t.tensor,
+        t.role,
+
+        -- what the matrix is
+        t.layer,
+        t.module,
+        t.n_rows,
+        t.n_cols,
+        t.n_short,
+        t.n_long,
+        t.beta,
+        t.storage_dtype,
+
+        -- as stored
+        t.n_values,
+        t.frobenius_sq,
+        t.n_zero,
+        t.n_nonfinite,
+        t.noise_sigma,
+        t.mp_edge,
+        t.gd_threshold,
+
+        -- from the spectrum
+        a.s_max,
+        a.s_min,
+        a.s_median,
+        a.sum_s,
+        a.sum_sq,
+        sqrt(a.sum_sq) as frobenius_norm,
+        a.sum_sq / nullif(a.s_max * a.s_max, 0) as stable_rank,
+        exp(a.spectral_entropy) as effective_rank,
+        a.numerical_rank,
+        a.energy_rank_50,
+        a.energy_rank_90,
+        a.energy_rank_99,
+        -- noise-aware ranks: defined where the noise level is known (dW)
+        case when t.noise_sigma is not null then a.mp_edge_rank end as mp_edge_rank,
+        case when t.noise_sigma is not null then a.signal_rank end as signal_rank,
+        t.gd_omega * a.s_median as gd_unknown_threshold,
+        a.gd_unknown_rank,
+        {%- for k in lora_ranks %}
+        a.energy_share_top_{{ k }},
+        {%- endfor %}
+
+    from thresholds as t
+    left join aggregated as a using (run_id, tensor, role)
+
+)
+
+select * from final

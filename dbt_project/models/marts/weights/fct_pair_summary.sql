@@ -1,0 +1,44 @@
+{#-
+    One row per (pair, module type): medians and quartiles over the layers, so
+    pairs of different sizes compare module by module.
+-#}
+{%- set measures = ['relative_frobenius_change', 'relative_spectral_change',
+                    'delta_stable_rank', 'delta_effective_rank', 'delta_signal_rank',
+                    'delta_energy_rank_90', 'relative_signal_rank',
+                    'relative_energy_rank_90', 'base_stable_rank'] -%}
+
+with
+
+cells as (
+
+    select * from {{ ref('fct_layer_module_metrics') }}
+
+),
+
+final as (
+
+    select
+        pair || '|' || module as summary_key,
+        pair,
+        module,
+        any_value(size_billions) as size_billions,
+        any_value(n_layers) as n_layers,
+        count(*) as n_matrices,
+        {%- for m in measures %}
+        quantile_cont({{ m }}, 0.25) as q1_{{ m }},
+        median({{ m }}) as median_{{ m }},
+        quantile_cont({{ m }}, 0.75) as q3_{{ m }},
+        {%- endfor %}
+        -- a LoRA rank for this module type: the power of two at or above the median
+        -- over layers of min(signal rank, rank holding 90% of ||dW||_F^2)
+        (2 ^ ceil(log2(greatest(1, median(
+            least(coalesce(delta_signal_rank, delta_energy_rank_90),
+                  delta_energy_rank_90)))))
+        )::integer as suggested_lora_rank,
+
+    from cells
+    group by pair, module
+
+)
+
+select * from final
