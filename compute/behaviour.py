@@ -161,7 +161,7 @@ def tokenize_posts(rows: pd.DataFrame, tok_base, tok_sft) -> list[Post]:
     posts = []
     for (_, r), text, a, b in zip(rows.iterrows(), texts, ids_b, ids_s, strict=True):
         if a != b:
-            k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y),
+            k = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
                      min(len(a), len(b)))
             raise ValueError(
                 f"post {int(r['post_id'])} ({r['site']}): the base and SFT tokenizers "
@@ -235,7 +235,9 @@ def load_model(folder: Path, device: torch.device, dtype: torch.dtype, attn: str
     if device.type != "cpu":
         kwargs["device_map"] = {"": str(device)}
     model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
-    return model.to(device).eval()
+    if device.type == "cpu":
+        model = model.to(device)
+    return model.eval()
 
 
 @dataclass
@@ -520,6 +522,8 @@ def run_behaviour(
                     raise ValueError("a token id exceeds a model's vocabulary")
                 check_head(m, [prefix, *posts[-1].ids], dev)
             scorer = Scorer(base, sft, dev, prefix, window, context, batch_size)
+            t_score = time.perf_counter()
+            options["load_seconds"] = round(t_score - t0, 3)
             token_text = TokenText(tok_base)
             bar = tqdm(total=options["n_posts"], initial=len(done), unit="post",
                        desc=f"behaviour {pair} (base+sft)", disable=not progress,
@@ -535,6 +539,8 @@ def run_behaviour(
                 bar.update(len(batch))
             bar.close()
             options["n_layers"] = scorer.n_layers
+            options["score_seconds"] = round(time.perf_counter() - t_score, 3)
+            options["tokens_per_s"] = round(n_tok / options["score_seconds"], 1)
     seconds = time.perf_counter() - t0
     options |= {"n_tokens_scored": n_tok, "seconds": round(seconds, 3),
                 "posts_per_s": round(len(posts) / seconds, 3) if posts else None}

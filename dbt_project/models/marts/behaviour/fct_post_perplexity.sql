@@ -1,0 +1,65 @@
+with
+
+logprobs as (
+
+    select * from {{ ref('stg_compute__token_logprobs') }}
+
+),
+
+posts as (
+
+    select * from {{ ref('stg_compute__post_texts') }}
+
+),
+
+per_post as (
+
+    select
+        run_id,
+        pair,
+        post_id,
+        role,
+        count(*) as n_scored,
+        sum(logprob) as sum_logprob,
+
+    from logprobs
+    group by all
+
+),
+
+final as (
+
+    select
+        -- keys
+        per_post.pair || '|' || per_post.post_id || '|' || per_post.role
+            as post_model_key,
+        per_post.run_id,
+        per_post.pair,
+        per_post.post_id,
+        per_post.role,
+
+        -- the post
+        posts.site,
+        posts.grp,
+        posts.n_tokens,
+        per_post.n_scored,
+        posts.n_bytes,
+        posts.n_words,
+
+        -- metrics
+        per_post.sum_logprob,
+        per_post.sum_logprob / per_post.n_scored as mean_logprob,
+        exp(-per_post.sum_logprob / per_post.n_scored) as perplexity,
+        -per_post.sum_logprob / per_post.n_scored / ln(2) as bits_per_token,
+        -per_post.sum_logprob / ln(2) / nullif(posts.n_bytes, 0) as bits_per_byte,
+        -per_post.sum_logprob / ln(2) / nullif(posts.n_words, 0) as bits_per_word,
+
+    from per_post
+    inner join posts
+        on per_post.run_id = posts.run_id
+        and per_post.pair = posts.pair
+        and per_post.post_id = posts.post_id
+
+)
+
+select * from final

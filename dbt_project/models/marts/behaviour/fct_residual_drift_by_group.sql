@@ -1,0 +1,50 @@
+with
+
+drift as (
+
+    select * from {{ ref('stg_compute__residual_drift') }}
+
+),
+
+posts as (
+
+    select * from {{ ref('stg_compute__post_texts') }}
+
+),
+
+final as (
+
+    select
+        -- keys
+        drift.pair || '|' || coalesce(posts.grp, '') || '|' || drift.layer
+            as group_layer_key,
+        drift.run_id,
+        drift.pair,
+        posts.grp,
+        drift.layer,
+
+        -- sizes
+        count(*) as n_posts,
+        sum(drift.n_tokens) as n_tokens,
+
+        -- token-weighted means over every token of the group's posts
+        sum(drift.sum_rel_l2) / sum(drift.n_tokens) as mean_rel_l2,
+        sum(drift.sum_cos) / sum(drift.n_tokens) as mean_cos,
+        -- pooled: sqrt(sum |h_sft - h_base|^2 / sum |h_base|^2)
+        sqrt(sum(drift.sum_sq_diff) / nullif(sum(drift.sum_sq_base), 0))
+            as pooled_rel_l2,
+        sqrt(sum(drift.sum_sq_diff) / sum(drift.n_tokens)) as rms_diff_norm,
+        sqrt(sum(drift.sum_sq_base) / sum(drift.n_tokens)) as rms_base_norm,
+        -- post-weighted: every post counts once
+        avg(drift.sum_rel_l2 / drift.n_tokens) as mean_post_rel_l2,
+
+    from drift
+    inner join posts
+        on drift.run_id = posts.run_id
+        and drift.pair = posts.pair
+        and drift.post_id = posts.post_id
+    group by drift.run_id, drift.pair, posts.grp, drift.layer
+
+)
+
+select * from final

@@ -1,0 +1,37 @@
+with
+
+drift as (
+
+    select * from {{ ref('stg_compute__residual_drift') }}
+
+),
+
+final as (
+
+    select
+        -- keys
+        pair || '|' || layer as layer_key,
+        run_id,
+        pair,
+        layer,
+
+        -- sizes
+        count(*) as n_posts,
+        sum(n_tokens) as n_tokens,
+
+        -- token-weighted means over every token of every post
+        sum(sum_rel_l2) / sum(n_tokens) as mean_rel_l2,
+        sum(sum_cos) / sum(n_tokens) as mean_cos,
+        -- pooled: sqrt(sum |h_sft - h_base|^2 / sum |h_base|^2)
+        sqrt(sum(sum_sq_diff) / nullif(sum(sum_sq_base), 0)) as pooled_rel_l2,
+        sqrt(sum(sum_sq_diff) / sum(n_tokens)) as rms_diff_norm,
+        sqrt(sum(sum_sq_base) / sum(n_tokens)) as rms_base_norm,
+        -- post-weighted: every post counts once
+        avg(sum_rel_l2 / n_tokens) as mean_post_rel_l2,
+
+    from drift
+    group by run_id, pair, layer
+
+)
+
+select * from final
