@@ -1,0 +1,332 @@
+"""Streaming a dump file: split the byte stream into chunks of whole rows, parse each
+chunk into a typed Arrow table.
+
+    splitter = RowSplitter("Posts.xml", blocks)        # blocks: an iterator of bytes
+    splitter.root                                       # 'posts' (read from the file)
+    for data, first_line in splitter.chunks(4 << 20):
+        table, stats = parse_chunk("se_posts", "Posts.xml", data, first_line)
+
+The splitter only looks at bytes (header, root tag, where a `<row` starts, the closing
+tag): it is cheap and runs in the reading process. `parse_chunk` does the expensive
+part (lxml parse, typed columns, body_text) and is what worker processes run, so the
+rows of one file are parsed on all cores while the file is read once, in order, and
+memory stays bounded by a few chunks whatever the file size. A chunk always starts at
+a `<row`, so it is a sequence of whole elements that lxml parses on its own once it is
+wrapped in the root tag; errors are reported with the file's own line numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from lxml import etree
+
+from ingest.se_tables import ARROW_TYPES, BY_ROOT, TABLES
+from ingest.se_text import html_to_text, parse_tags
+
+BOM = b"\xef\xbb\xbf"
+FABRICATED_POST_IDS = ("1000000001", "1000000010")
+_WS = b" \t\r\n"
+_HEADER_LIMIT = 1 << 20
+_ROOT_RE = re.compile(rb"<([A-Za-z_][\w.-]*)(\s[^<>]*?)?(/?)>")
+_ENCODING_RE = re.compile(rb"""encoding\s*=\s*["']([^"']*)["']""")
+_TAIL_RE = re.compile(rb"(?:\s|<!--.*?-->)*", re.S)
+_POS_RE = re.compile(r",? line \d+, column \d+\s*$")
+
+
+class SEInputError(ValueError):
+    """A dump file we refuse to load; the message names the file and the line."""
+
+
+class CorruptSource(OSError):
+    """Raised by a block iterator whose bytes cannot be read (a corrupt archive)."""
+
+
+def _fail(source: str, line: int | None, msg: str) -> SEInputError:
+    where = f"{source}: line {line}" if line is not None else source
+    return SEInputError(f"{where}: {msg}")
+
+
+class RowSplitter:
+    """Reads a dump file's header from `blocks` at once; `chunks()` streams the rest."""
+
+    def __init__(self, source: str, blocks: Iterator[bytes], on_bytes=None):
+        self.source = source
+        self._blocks = blocks
+        self._on_bytes = on_bytes or (lambda n: None)
+        self.bytes_read = 0
+        self._eof = False
+        self.root, self._rest, self._line = self._read_header()
+
+    def _next_block(self, line: int) -> bytes | None:
+        if self._eof:
+            return None
+        try:
+            block = next(self._blocks)
+        except StopIteration:
+            self._eof = True
+            return None
+        except CorruptSource as exc:
+            raise _fail(self.source, line, str(exc)) from exc
+        self.bytes_read += len(block)
+        self._on_bytes(len(block))
+        return block
+
+    def _read_header(self) -> tuple[str, bytearray, int]:
+        buf = bytearray()
+        while True:
+            parsed = self._parse_header(buf)
+            if parsed is not None:
+                return parsed
+            block = self._next_block(buf.count(b"\n") + 1)
+            if block is None:
+                if not buf.strip(_WS + BOM):
+                    raise _fail(self.source, 1, "empty file (no XML root element)")
+                parsed = self._parse_header(buf, final=True)
+                assert parsed is not None
+                return parsed
+            buf += block
+            if len(buf) > _HEADER_LIMIT:
+                raise _fail(self.source, 1, "no root element in the first 1 MiB")
+
+    def _parse_header(self, buf: bytearray, final: bool = False):
+        """(root, rest, line) or None when more bytes are needed."""
+        pos = 3 if buf.startswith(BOM) else 0
+        if buf[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise _fail(self.source, 1, "UTF-16 file; the dump is UTF-8")
+
+        def line() -> int:
+            return buf.count(b"\n", 0, pos) + 1
+
+        while True:
+            while pos < len(buf) and buf[pos] in _WS:
+                pos += 1
+            if pos >= len(buf):
+                if final:
+                    raise _fail(self.source, line(), "no XML root element")
+                return None
+            if buf.startswith(b"<?", pos):
+                end = buf.find(b"?>", pos)
+                if end < 0:
+                    return self._need_more(final, line(), "unterminated <?...?>")
+                decl = bytes(buf[pos:end])
+                m = _ENCODING_RE.search(decl)
+                if m and m.group(1).lower().replace(b"_", b"-") not in (b"utf-8", b"utf8"):
+                    raise _fail(
+                        self.source, line(),
+                        f"encoding {m.group(1).decode(errors='replace')!r}; the dump"
+                        " is UTF-8",
+                    )
+                pos = end + 2
+            elif buf.startswith(b"<!--", pos):
+                end = buf.find(b"-->", pos)
+                if end < 0:
+                    return self._need_more(final, line(), "unterminated comment")
+                pos = end + 3
+            elif buf.startswith(b"<!", pos):
+                raise _fail(self.source, line(), "a DOCTYPE is not accepted in a dump")
+            elif buf.startswith(b"<", pos):
+                m = _ROOT_RE.match(buf, pos)
+                if not m:
+                    if buf.find(b">", pos) < 0:
+                        return self._need_more(final, line(), "unterminated root tag")
+                    raise _fail(self.source, line(), "malformed root tag")
+                root = m.group(1).decode()
+                root_line = line()
+                rest = bytearray(buf[m.end():])
+                if m.group(3):  # <posts/>: no rows
+                    rest = bytearray(f"</{root}>".encode()) + rest
+                return root, rest, root_line + buf.count(b"\n", pos, m.end())
+            else:
+                raise _fail(self.source, line(), "not XML: expected '<'")
+
+    def _need_more(self, final: bool, line: int, msg: str):
+        if final:
+            raise _fail(self.source, line, msg)
+        return None
+
+    def chunks(self, chunk_bytes: int = 4 << 20) -> Iterator[tuple[bytes, int]]:
+        """(bytes holding whole rows, line number of their first byte) until the
+        closing root tag; then checks that only comments and whitespace follow."""
+        close = f"</{self.root}".encode()
+        pending, line = self._rest, self._line
+        self._rest = bytearray()
+        searched = 0
+        while True:
+            k = pending.find(close, max(0, searched - len(close)))
+            if k >= 0:
+                break
+            searched = len(pending)
+            while len(pending) >= chunk_bytes:
+                cut = pending.rfind(b"<row", 0, chunk_bytes + 1)
+                if cut <= 0:
+                    cut = pending.find(b"<row", 1)  # one row bigger than a chunk
+                    if cut < 0:
+                        break
+                data = bytes(pending[:cut])
+                del pending[:cut]
+                searched = max(0, searched - cut)
+                yield data, line
+                line += data.count(b"\n")
+            block = self._next_block(line + pending.count(b"\n"))
+            if block is None:
+                raise _fail(
+                    self.source, line + pending.count(b"\n"),
+                    f"the file ends before </{self.root}> (truncated?)",
+                )
+            pending += block
+        tail = pending[k:]
+        body = pending[:k]
+        del pending
+        while len(body) > chunk_bytes:
+            cut = body.rfind(b"<row", 0, chunk_bytes + 1)
+            if cut <= 0:
+                break
+            data = bytes(body[:cut])
+            del body[:cut]
+            yield data, line
+            line += data.count(b"\n")
+        if body.strip(_WS):
+            yield bytes(body), line
+        line += body.count(b"\n")
+        while (block := self._next_block(line)) is not None:
+            tail += block
+            if len(tail) > _HEADER_LIMIT:
+                break
+        m = re.compile(rb"</" + re.escape(self.root.encode()) + rb"\s*>").match(tail)
+        if not m:
+            raise _fail(self.source, line, f"malformed </{self.root}> tag")
+        after = _TAIL_RE.match(tail, m.end())
+        if after.end() != len(tail):
+            extra_line = line + tail.count(b"\n", 0, after.end())
+            raise _fail(
+                self.source, extra_line, f"content after the root element </{self.root}>"
+            )
+
+
+# ---------------------------------------------------------------- parsing a chunk
+
+
+@dataclass
+class ChunkStats:
+    rows_read: int = 0
+    rows_dropped_fabricated: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+    unknown: set[str] = field(default_factory=set)
+
+
+_PARSER: etree.XMLParser | None = None
+
+
+def _parser() -> etree.XMLParser:
+    global _PARSER  # one per process: lxml parsers are not shared between threads
+    if _PARSER is None:
+        _PARSER = etree.XMLParser(
+            resolve_entities=False, huge_tree=True, remove_comments=True,
+            remove_pis=True, no_network=True, load_dtd=False,
+        )
+    return _PARSER
+
+
+def parse_chunk(
+    table_name: str, source: str, data: bytes, first_line: int,
+    skip_bad_rows: bool = False,
+) -> tuple[pa.Table, ChunkStats]:
+    """Rows of one chunk as an Arrow table with the raw table's columns and types
+    (all but `site`), and what was dropped, skipped or unknown."""
+    table = TABLES[table_name]
+    root = table.root.encode()
+    try:
+        tree = etree.fromstring(b"<" + root + b">" + data + b"</" + root + b">", _parser())
+    except etree.XMLSyntaxError as exc:
+        msg = _POS_RE.sub("", str(exc.msg or exc)).strip()
+        if "encoding" in msg or "UTF-8" in msg:
+            msg = f"not valid UTF-8 ({msg})"
+        raise _fail(source, first_line + (exc.lineno or 1) - 1, msg) from None
+    stats = ChunkStats()
+    attrs = table.attributes
+    n = len(tree)
+    cols: dict[str, list] = {a: [None] * n for a in attrs}
+    id_col = cols["Id"]
+    extra: list = [None] * n
+    keep = bytearray(b"\x01") * n  # 0: skipped or dropped row
+    lines: list[int] = [0] * n
+    is_posts = table_name == "se_posts"
+    for i, el in enumerate(tree):
+        # One pass over the attributes present (a post has ~12 of 23): each goes
+        # to its column, an unknown one to `extra`.
+        for k, v in el.items():
+            col = cols.get(k)
+            if col is None:
+                if extra[i] is None:
+                    extra[i] = []
+                extra[i].append((k, v))
+            else:
+                col[i] = v
+        if el.tag != "row":
+            line = first_line + el.sourceline - 1
+            raise _fail(source, line, f"unexpected element <{el.tag}> (expected <row>)")
+        lines[i] = el.sourceline
+        if id_col[i] is None:
+            line = first_line + el.sourceline - 1
+            if skip_bad_rows:
+                stats.skipped.append((line, "row without Id"))
+                keep[i] = 0
+                continue
+            raise _fail(source, line, "a row without Id (--skip-bad-rows skips such rows)")
+        if extra[i] is not None:
+            stats.unknown.update(k for k, _ in extra[i])
+        if (
+            is_posts and id_col[i] in FABRICATED_POST_IDS
+            and cols["OwnerUserId"][i] == "-1"
+        ):
+            stats.rows_dropped_fabricated += 1
+            keep[i] = 0
+    stats.rows_read = n
+    if keep.count(0):
+        idx = [i for i in range(n) if keep[i]]
+        cols = {a: [c[i] for i in idx] for a, c in cols.items()}
+        extra = [extra[i] for i in idx]
+        lines = [lines[i] for i in idx]
+    arrays: dict[str, pa.Array] = {}
+    for attr, col, typ in table.columns:
+        arr = pa.array(cols[attr], pa.large_string())
+        if typ != "VARCHAR":
+            arr = _cast(arr, ARROW_TYPES[typ], source, attr, first_line, lines)
+        arrays["tags_raw" if (is_posts and col == "tags") else col] = arr
+    if is_posts:
+        arrays["tags"] = pa.array(
+            [parse_tags(t) for t in cols["Tags"]], pa.list_(pa.large_string())
+        )
+        arrays["body_text"] = pa.array(
+            [html_to_text(b) for b in cols["Body"]], pa.large_string()
+        )
+    arrays["extra"] = pa.array(extra, pa.map_(pa.large_string(), pa.large_string()))
+    return pa.table(arrays), stats
+
+
+def _cast(arr, typ, source, attr, first_line, lines) -> pa.Array:
+    try:
+        return pc.cast(arr, typ)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    for i, value in enumerate(arr.to_pylist()):  # find the culprit, only on error
+        if value is None:
+            continue
+        try:
+            pc.cast(pa.array([value]), typ)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise _fail(
+                source, first_line + lines[i] - 1,
+                f"{attr}={value!r} is not a valid {typ}",
+            ) from None
+    raise _fail(source, None, f"{attr}: cannot cast to {typ}")
+
+
+def table_for_root(root: str) -> str | None:
+    t = BY_ROOT.get(root.lower())
+    return t.name if t else None
