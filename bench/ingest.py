@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -213,6 +214,8 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         **extra,
+        # peak resident memory of this process (reader + DuckDB), whole run
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     if args.stages:
         out["stages"] = stages(path)

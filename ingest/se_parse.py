@@ -62,7 +62,9 @@ class RowSplitter:
         self._eof = False
         self.root, self._rest, self._line = self._read_header()
 
-    def _next_block(self, line: int) -> bytes | None:
+    def _next_block(self, line) -> bytes | None:
+        """The next block, None at the end; `line` (an int, or a callable giving it,
+        evaluated only on error) locates a read error."""
         if self._eof:
             return None
         try:
@@ -71,7 +73,7 @@ class RowSplitter:
             self._eof = True
             return None
         except CorruptSource as exc:
-            raise _fail(self.source, line, str(exc)) from exc
+            raise _fail(self.source, line() if callable(line) else line, str(exc)) from exc
         self.bytes_read += len(block)
         self._on_bytes(len(block))
         return block
@@ -82,7 +84,7 @@ class RowSplitter:
             parsed = self._parse_header(buf)
             if parsed is not None:
                 return parsed
-            block = self._next_block(buf.count(b"\n") + 1)
+            block = self._next_block(lambda b=buf: b.count(b"\n") + 1)
             if block is None:
                 if not buf.strip(_WS + BOM):
                     raise _fail(self.source, 1, "empty file (no XML root element)")
@@ -172,7 +174,7 @@ class RowSplitter:
                 searched = max(0, searched - cut)
                 yield data, line
                 line += data.count(b"\n")
-            block = self._next_block(line + pending.count(b"\n"))
+            block = self._next_block(lambda n=line, p=pending: n + p.count(b"\n"))
             if block is None:
                 raise _fail(
                     self.source, line + pending.count(b"\n"),

@@ -202,7 +202,9 @@ class _Pool:
     def get(self) -> cf.ProcessPoolExecutor:
         if self._ex is None:
             ctx = mp.get_context("forkserver")
-            ctx.set_forkserver_preload(["ingest.se_parse"])
+            # pyarrow imports pandas on its first array (~1 s): pay it once, in
+            # the fork server, not in every worker
+            ctx.set_forkserver_preload(["ingest.se_parse", "pandas"])
             self._ex = cf.ProcessPoolExecutor(self.workers, mp_context=ctx)
         return self._ex
 
