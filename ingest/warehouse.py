@@ -93,7 +93,7 @@ def connect(
 # The contract tables written by compute.run (see README, "The warehouse").
 COMPUTE_TABLES: dict[str, str] = {
     "compute_runs": """
-        run_id VARCHAR PRIMARY KEY,
+        run_id VARCHAR NOT NULL,
         pair VARCHAR NOT NULL,
         kind VARCHAR NOT NULL,            -- 'spectra' | 'behaviour'
         base_model VARCHAR NOT NULL,
