@@ -1,0 +1,369 @@
+"""Pure chart builders: a DataFrame in, an Altair chart out (no Streamlit, no SQL).
+
+    from app_lib import charts
+    st.altair_chart(charts.heatmap(df, "relative_frobenius_change"), width="stretch")
+
+Colours are defined once here: W_base / the base model, W_sft / the SFT model and
+dW / SFT-minus-base have the same colour on every page (`ROLE_COLOR`), the two post
+groups likewise (`GROUP_COLOR`).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+import altair as alt
+import pandas as pd
+
+# --- one palette for the whole app -------------------------------------------------
+
+ROLE_COLOR = {"base": "#4C78A8", "sft": "#F58518", "delta": "#8E44AD"}
+ROLE_LABEL = {"base": "W_base", "sft": "W_sft", "delta": "dW = W_sft - W_base"}
+MODEL_LABEL = {"base": "base", "sft": "SFT"}
+GROUP_COLOR = {"low": "#B5473F", "high": "#2E8B57", "all": "#7F7F7F"}
+GROUP_LABEL = {"low": "low score", "high": "high score", "all": "all posts"}
+SEQUENTIAL = "viridis"
+MODULE_ORDER = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                "down_proj", "embed_tokens", "lm_head"]
+
+# What each heatmap / layer metric means, with its axis title.
+METRICS: dict[str, str] = {
+    "relative_frobenius_change": "relative Frobenius change ||dW||_F / ||W_base||_F",
+    "relative_spectral_change": "relative spectral change ||dW||_2 / ||W_base||_2",
+    "delta_stable_rank": "stable rank of dW",
+    "delta_effective_rank": "effective rank of dW",
+    "delta_signal_rank": "signal rank of dW (above the Gavish-Donoho threshold)",
+    "delta_energy_rank_90": "rank holding 90% of ||dW||_F^2",
+    "relative_signal_rank": "relative rank: signal rank(dW) / rank(W_base)",
+    "relative_stable_rank": "relative stable rank: stable rank(dW) / of W_base",
+    "relative_effective_rank": "relative effective rank: eff. rank(dW) / of W_base",
+    "relative_energy_rank_90": "relative 90%-energy rank: dW / W_base",
+    "delta_s_max": "spectral norm ||dW||_2",
+    "base_s_max": "spectral norm ||W_base||_2",
+    "base_stable_rank": "stable rank of W_base",
+    "zero_fraction": "share of dW's entries exactly 0",
+}
+
+
+def _role_scale(roles: list[str] | None = None, labels: dict[str, str] | None = None
+                ) -> alt.Scale:
+    roles = roles or list(ROLE_COLOR)
+    return alt.Scale(domain=[(labels or ROLE_LABEL)[r] for r in roles],
+                     range=[ROLE_COLOR[r] for r in roles])
+
+
+def _group_scale(groups) -> alt.Scale:
+    order = [g for g in GROUP_COLOR if g in set(groups)] or list(GROUP_COLOR)
+    return alt.Scale(domain=[GROUP_LABEL[g] for g in order],
+                     range=[GROUP_COLOR[g] for g in order])
+
+
+def _modules(df: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(df["module"]))
+    return [m for m in MODULE_ORDER if m in present] + [
+        m for m in present if m not in MODULE_ORDER]
+
+
+def metric_title(metric: str) -> str:
+    return METRICS.get(metric, metric.replace("_", " "))
+
+
+# --- weights -----------------------------------------------------------------------
+
+def heatmap(df: pd.DataFrame, metric: str, *, log: bool = False) -> alt.Chart:
+    """Layer (rows, 0 on top) x module type (columns), coloured by `metric`.
+
+    df: fct_layer_module_metrics rows of one pair (layer, module, metric, ...)."""
+    data = df.copy()
+    n_layers = int(data["layer"].max()) + 1 if len(data) else 1
+    if log:
+        data = data[data[metric] > 0]
+    tooltip = [alt.Tooltip("layer:O", title="layer"),
+               alt.Tooltip("module:N", title="module"),
+               alt.Tooltip(f"{metric}:Q", title=metric, format=".4g")]
+    for col, fmt in (("relative_frobenius_change", ".4f"),
+                     ("relative_spectral_change", ".4f"),
+                     ("delta_signal_rank", "d"), ("n_rows", "d"), ("n_cols", "d")):
+        if col in data and col != metric:
+            tooltip.append(alt.Tooltip(f"{col}:Q", title=col, format=fmt))
+    base = alt.Chart(data).encode(
+        x=alt.X("module:N", sort=_modules(data) if len(data) else None,
+                title="module type", axis=alt.Axis(labelAngle=0, orient="top")),
+        y=alt.Y("layer:O", title="layer (block index)"),
+    )
+    rect = base.mark_rect(stroke="white", strokeWidth=0.5).encode(
+        color=alt.Color(f"{metric}:Q", title=None,
+                        scale=alt.Scale(scheme=SEQUENTIAL,
+                                        type="log" if log else "linear"),
+                        legend=alt.Legend(orient="right", gradientLength=260,
+                                          format=".3~g")),
+        tooltip=tooltip,
+    )
+    layers = [rect]
+    if n_layers <= 40 and len(data):
+        lo, hi = data[metric].min(), data[metric].max()
+        mid = math.sqrt(lo * hi) if log and lo > 0 else (lo + hi) / 2
+        layers.append(base.mark_text(fontSize=10).encode(
+            text=alt.Text(f"{metric}:Q", format=".3~g"),
+            color=alt.condition(alt.datum[metric] > mid, alt.value("black"),
+                                alt.value("white")),
+            tooltip=tooltip))
+    return alt.layer(*layers).properties(
+        title=alt.Title(metric_title(metric), anchor="start"),
+        height=max(260, 22 * n_layers))
+
+
+def layers_chart(df: pd.DataFrame, metric: str, *, log: bool = False) -> alt.Chart:
+    """`metric` against depth = layer / n_layers, one line per pair, coloured by
+    size (legend smallest first; click a pair in it to pick it out).
+
+    df: pair, size_billions, layer, depth, metric (fct_layer_module_metrics rows of
+    one module type, or the medians over module types)."""
+    data = df.dropna(subset=[metric]).copy()
+    if log:
+        data = data[data[metric] > 0]
+    order = (data.drop_duplicates("pair").sort_values("size_billions")["pair"]
+             .tolist())
+    pick = alt.selection_point(fields=["pair"], bind="legend")
+    return alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=30),
+                                     strokeWidth=2).encode(
+        x=alt.X("depth:Q", title="depth (layer / n_layers)",
+                scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y(f"{metric}:Q", title=metric_title(metric),
+                scale=alt.Scale(type="log" if log else "linear", zero=False)),
+        color=alt.Color("pair:N", sort=order, title="pair (by size)",
+                        scale=alt.Scale(scheme="plasma"),
+                        legend=alt.Legend(orient="right", symbolStrokeWidth=3)),
+        opacity=alt.condition(pick, alt.value(0.95), alt.value(0.12)),
+        tooltip=[alt.Tooltip("pair:N"),
+                 alt.Tooltip("size_billions:Q", title="size (B)", format=".3~g"),
+                 alt.Tooltip("layer:Q", format="d"),
+                 alt.Tooltip("depth:Q", format=".2f"),
+                 alt.Tooltip(f"{metric}:Q", format=".4g")],
+    ).add_params(pick).properties(height=420)
+
+
+def spectra_chart(df: pd.DataFrame, noise: dict[str, float] | None = None,
+                  ) -> alt.Chart:
+    """Singular values s_i against i on log-log axes, one line per role, with the
+    noise edge of dW (Marchenko-Pastur) and the Gavish-Donoho threshold drawn.
+
+    df: role ('base'|'sft'|'delta'), idx (1-based), value. noise: optional
+    {'mp_edge': ..., 'gd_threshold': ...} (absent or None: not drawn)."""
+    data = df[df["value"] > 0].copy()
+    data["matrix"] = data["role"].map(ROLE_LABEL)
+    roles = [r for r in ROLE_COLOR if r in set(data["role"])] or list(ROLE_COLOR)
+    zoom = alt.selection_interval(bind="scales")
+    n_max = int(data["idx"].max()) if len(data) else 1
+    dash = {"base": [1, 0], "sft": [6, 3], "delta": [1, 0]}
+    lines = alt.Chart(data).mark_line(strokeWidth=2, interpolate="step-after").encode(
+        x=alt.X("idx:Q", title="index i (largest first)",
+                scale=alt.Scale(type="log", domain=[1, max(n_max, 2)], nice=False)),
+        strokeDash=alt.StrokeDash("matrix:N", legend=None, scale=alt.Scale(
+            domain=[ROLE_LABEL[r] for r in roles], range=[dash[r] for r in roles])),
+        y=alt.Y("value:Q", title="singular value s_i", scale=alt.Scale(type="log")),
+        color=alt.Color("matrix:N", title=None, scale=_role_scale(roles),
+                        legend=alt.Legend(orient="top")),
+        tooltip=[alt.Tooltip("matrix:N"), alt.Tooltip("idx:Q", title="i"),
+                 alt.Tooltip("value:Q", title="s_i", format=".4g")],
+    ).add_params(zoom)
+    layers = [lines]
+    rules = [(name, float(v)) for name, v in (noise or {}).items()
+             if v is not None and not pd.isna(v) and v > 0]
+    if rules:
+        names = {"mp_edge": "noise edge (Marchenko-Pastur)",
+                 "gd_threshold": "signal threshold (Gavish-Donoho)"}
+        rd = pd.DataFrame({"what": [names.get(n, n) for n, _ in rules],
+                           "value": [v for _, v in rules]}).sort_values("value")
+        rule = alt.Chart(rd).encode(y="value:Q")
+        layers.append(rule.mark_rule(color=ROLE_COLOR["delta"], strokeDash=[6, 4],
+                                     strokeWidth=1.2).encode(
+            tooltip=[alt.Tooltip("what:N"),
+                     alt.Tooltip("value:Q", format=".4g")]))
+        # the lower line's label below it, the upper one's above (they are close)
+        for i, (what, value) in enumerate(zip(rd["what"], rd["value"], strict=True)):
+            one = alt.Chart(pd.DataFrame({"what": [what], "value": [value]}))
+            layers.append(one.mark_text(
+                align="left", baseline="top" if i == 0 and len(rd) > 1 else "bottom",
+                dx=4, dy=3 if i == 0 and len(rd) > 1 else -3,
+                color=ROLE_COLOR["delta"], fontSize=11).encode(
+                x=alt.value(0), y="value:Q", text="what:N"))
+    return alt.layer(*layers).properties(height=420)
+
+
+def energy_chart(df: pd.DataFrame, lora: pd.DataFrame | None = None,
+                 signal_rank: float | None = None) -> alt.Chart:
+    """The energy curve of dW: share of ||dW||_F^2 held by its top-k singular
+    values, against k (log axis); LoRA ranks as points, the signal rank as a rule.
+
+    df: rank, share. lora: lora_rank, energy_share (optional)."""
+    data = df.dropna(subset=["share"])
+    n_max = int(data["rank"].max()) if len(data) else 1
+    zoom = alt.selection_interval(bind="scales", encodings=["x"])
+    color = ROLE_COLOR["delta"]
+    x = alt.X("rank:Q", title="rank k (top-k singular values of dW)",
+              scale=alt.Scale(type="log", domain=[1, max(n_max, 2)], nice=False))
+    y = alt.Y("share:Q", title="share of ||dW||_F^2 captured",
+              scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"))
+    layers = [alt.Chart(data).mark_line(color=color, strokeWidth=2).encode(
+        x=x, y=y, tooltip=[alt.Tooltip("rank:Q", title="k"),
+                           alt.Tooltip("share:Q", format=".2%")]).add_params(zoom)]
+    if lora is not None and len(lora):
+        ld = lora.rename(columns={"lora_rank": "rank", "energy_share": "share"})
+        layers.append(alt.Chart(ld).mark_point(filled=True, size=60, color=color,
+                                               stroke="white").encode(
+            x=x, y=y, tooltip=[alt.Tooltip("rank:Q", title="LoRA rank r"),
+                               alt.Tooltip("share:Q", title="energy share",
+                                           format=".2%")]))
+    if signal_rank is not None and not pd.isna(signal_rank) and signal_rank >= 1:
+        sd = pd.DataFrame({"rank": [float(signal_rank)],
+                           "what": [f"signal rank {int(signal_rank)}"]})
+        rule = alt.Chart(sd).encode(x="rank:Q")
+        layers.append(rule.mark_rule(color="#555", strokeDash=[4, 3]).encode(
+            tooltip=["what:N"]))
+        layers.append(rule.mark_text(align="left", dx=4, y=12, color="#555",
+                                     fontSize=11).encode(text="what:N"))
+    return alt.layer(*layers).properties(height=300)
+
+
+# --- behaviour ---------------------------------------------------------------------
+
+def perplexity_chart(df: pd.DataFrame, measure: str = "perplexity",
+                     *, log: bool = True) -> alt.Chart:
+    """Per group, box plots of `measure` per post for the base and SFT models, the
+    posts drawn over them.
+
+    df: role ('base'|'sft'), grp, post_id, measure (post_perplexity rows)."""
+    data = df.dropna(subset=[measure]).copy()
+    data["model"] = data["role"].map(MODEL_LABEL)
+    data["group"] = data["grp"].map(lambda g: GROUP_LABEL.get(g, g))
+    titles = {"perplexity": "perplexity exp(-mean log p)",
+              "bits_per_byte": "bits per byte", "bits_per_token": "bits per token"}
+    roles = [r for r in ("base", "sft") if r in set(data["role"])] or ["base", "sft"]
+    color = alt.Color("model:N", title="model",
+                      scale=_role_scale(roles, MODEL_LABEL),
+                      legend=alt.Legend(orient="top"))
+    ytype = "log" if log else "linear"
+    y = alt.Y(f"{measure}:Q", title=titles.get(measure, measure),
+              scale=alt.Scale(type=ytype, zero=False))
+    x = alt.X("group:N", title=None, sort=[GROUP_LABEL[g] for g in GROUP_COLOR],
+              axis=alt.Axis(labelAngle=0, labelFontSize=12))
+    box = alt.Chart(data).mark_boxplot(size=38, opacity=0.55, extent="min-max",
+                                       median=alt.MarkConfig(color="black")).encode(
+        x=x, xOffset=alt.XOffset("model:N", sort=[MODEL_LABEL[r] for r in roles]),
+        y=y, color=color)
+    dots = alt.Chart(data).mark_circle(size=26, opacity=0.8).encode(
+        x=x, xOffset=alt.XOffset("model:N", sort=[MODEL_LABEL[r] for r in roles]),
+        y=y, color=color,
+        tooltip=[alt.Tooltip("post_id:Q", format="d"), "model:N", "group:N",
+                 alt.Tooltip(f"{measure}:Q", format=".4g"),
+                 alt.Tooltip("n_tokens:Q", format="d")]
+        + ([alt.Tooltip("title:N")] if "title" in data else []))
+    return alt.layer(box, dots).properties(height=380)
+
+
+def cumulative_chart(df: pd.DataFrame, highlight: int | None = None) -> alt.Chart:
+    """Cumulative SFT-minus-base log-prob along each post (the seed's plot): one
+    line per post, coloured by group; `highlight` drawn on top in dW's colour.
+    Hover shows the token.
+
+    df: post_id, grp, position, cum_delta, token_text."""
+    data = df.copy()
+    data["group"] = data["grp"].map(lambda g: GROUP_LABEL.get(g, g))
+    x = alt.X("position:Q", title="token position in the post")
+    y = alt.Y("cum_delta:Q",
+              title="cumulative log p_SFT - log p_base (nats)")
+    tip = [alt.Tooltip("post_id:Q", format="d"), alt.Tooltip("position:Q"),
+           alt.Tooltip("token_text:N", title="token"),
+           alt.Tooltip("cum_delta:Q", format=".3f", title="cumulative delta")]
+    lines = alt.Chart(data).mark_line(strokeWidth=1.2, opacity=0.45).encode(
+        x=x, y=y, detail="post_id:N",
+        color=alt.Color("group:N", title=None, scale=_group_scale(data["grp"]),
+                        legend=alt.Legend(orient="top")),
+        tooltip=tip)
+    zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(
+        color="#888", strokeDash=[2, 2]).encode(y="y:Q")
+    layers = [zero, lines]
+    if highlight is not None:
+        one = data[data["post_id"] == highlight]
+        layers.append(alt.Chart(one).mark_line(
+            color=ROLE_COLOR["delta"], strokeWidth=2.5).encode(x=x, y=y,
+                                                               tooltip=tip))
+    return alt.layer(*layers).properties(height=360).interactive()
+
+
+def token_delta_chart(df: pd.DataFrame) -> alt.Chart:
+    """One post: cumulative delta (line) along the tokens, the token under the
+    pointer in the tooltip with both log-probs.
+
+    df: position, token_text, base_logprob, sft_logprob, delta, cum_delta."""
+    hover = alt.selection_point(on="pointerover", nearest=True, fields=["position"],
+                                empty=False)
+    x = alt.X("position:Q", title="token position")
+    tip = [alt.Tooltip("position:Q"), alt.Tooltip("token_text:N", title="token"),
+           alt.Tooltip("base_logprob:Q", title="log p base", format=".3f"),
+           alt.Tooltip("sft_logprob:Q", title="log p SFT", format=".3f"),
+           alt.Tooltip("delta:Q", title="SFT - base", format="+.3f"),
+           alt.Tooltip("cum_delta:Q", title="cumulative", format="+.3f")]
+    base = alt.Chart(df).encode(x=x)
+    line = base.mark_line(color=ROLE_COLOR["delta"], strokeWidth=2).encode(
+        y=alt.Y("cum_delta:Q", title="cumulative log p_SFT - log p_base (nats)"))
+    points = base.mark_circle(size=70, color=ROLE_COLOR["delta"]).encode(
+        y="cum_delta:Q", opacity=alt.condition(hover, alt.value(1), alt.value(0)),
+        tooltip=tip).add_params(hover)
+    zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(
+        color="#888", strokeDash=[2, 2]).encode(y="y:Q")
+    return alt.layer(zero, line, points).properties(height=300)
+
+
+def drift_chart(df: pd.DataFrame, measure: str = "mean_rel_l2") -> alt.Chart:
+    """Residual-stream drift between the two models by hidden-state index, one line
+    per group. df: layer, grp, measure, n_posts."""
+    titles = {"mean_rel_l2": "mean ||h_SFT - h_base|| / ||h_base||",
+              "mean_cos": "mean cosine(h_SFT, h_base)",
+              "pooled_rel_l2": "sqrt(sum ||dh||^2 / sum ||h_base||^2)"}
+    data = df.copy()
+    data["group"] = data["grp"].map(lambda g: GROUP_LABEL.get(g, g))
+    return alt.Chart(data).mark_line(point=True, strokeWidth=2).encode(
+        x=alt.X("layer:Q", title="hidden state (0 = embeddings, L = final)",
+                axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y(f"{measure}:Q", title=titles.get(measure, measure),
+                scale=alt.Scale(zero=measure != "mean_cos")),
+        color=alt.Color("group:N", title=None, scale=_group_scale(data["grp"]),
+                        legend=alt.Legend(orient="top")),
+        tooltip=[alt.Tooltip("group:N"), alt.Tooltip("layer:Q", format="d"),
+                 alt.Tooltip(f"{measure}:Q", format=".4g"),
+                 alt.Tooltip("n_posts:Q", format="d", title="posts")],
+    ).properties(height=380).interactive()
+
+
+def token_html(df: pd.DataFrame, clip: float = 2.0) -> str:
+    """One post's tokens as HTML spans, each shaded towards the colour of the model
+    that found it likelier (base or SFT), the stronger the larger |delta| (clipped
+    at `clip` nats); the hover title gives both log-probs. Token text is escaped.
+
+    df: position, token_text, base_logprob, sft_logprob, delta."""
+    def rgba(hex_color: str, alpha: float) -> str:
+        r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+        return f"rgba({r},{g},{b},{alpha:.2f})"
+
+    spans = []
+    for row in df.itertuples(index=False):
+        delta = float(row.delta)
+        alpha = min(abs(delta) / clip, 1.0) * 0.85
+        color = ROLE_COLOR["sft"] if delta > 0 else ROLE_COLOR["base"]
+        title = (f"#{row.position}: log p base {row.base_logprob:.3f}, "
+                 f"SFT {row.sft_logprob:.3f}, delta {delta:+.3f}")
+        text = html.escape(str(row.token_text if row.token_text is not None else ""))
+        spans.append(f'<span title="{html.escape(title)}" style="background:'
+                     f'{rgba(color, alpha)};border-radius:2px">{text}</span>')
+    legend = (f'<div style="font-size:0.8em;margin-bottom:0.4em">'
+              f'<span style="background:{rgba(ROLE_COLOR["sft"], 0.6)};padding:0 4px">'
+              f'SFT likelier</span> &nbsp; <span style="background:'
+              f'{rgba(ROLE_COLOR["base"], 0.6)};padding:0 4px">base likelier</span>'
+              f' &nbsp; (full colour at |delta| &ge; {clip:g} nats; hover a token)'
+              f'</div>')
+    return (f'{legend}<div style="white-space:pre-wrap;line-height:1.7;'
+            f'font-family:ui-monospace,monospace;font-size:0.85em">'
+            f'{"".join(spans)}</div>')

@@ -1,0 +1,390 @@
+"""Every query the app runs: cached functions that return DataFrames.
+
+    from app_lib import queries as q
+    src = q.source()                       # (warehouse path, change stamp)
+    pairs = q.pairs(src)
+
+Each function takes `src` first: it is the cache key, so results are cached per
+warehouse file and dropped when the file changes (a new `dbt build`). Each call opens
+a short-lived read-only connection (app_lib.db) and closes it; errors (missing file,
+busy warehouse) are not cached, so a retry really retries.
+
+Weights come from the dbt marts. Behaviour (perplexity, per-token deltas, residual
+drift) is aggregated here from the raw contract tables raw.token_logprobs,
+raw.post_texts and raw.residual_drift, joined to marts.prompts for titles and scores
+when that model exists.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app_lib.db import query, source
+
+__all__ = ["source"]
+
+TTL_S = 600
+Src = tuple[str, int]
+
+# What to run to fill each part of the warehouse (shown on the pages).
+FILL_WEIGHTS = ("python -m compute.run --pair demo   # or --pair 7B, or --base/--sft\n"
+                "cd dbt_project && dbt build")
+FILL_PROMPTS = ("python -m ingest.stackexchange PATH/TO/physics.stackexchange.com.7z\n"
+                "cd dbt_project && dbt build")
+FILL_BEHAVIOUR = ("python -m compute.run --pair demo   # scores marts.prompts\n"
+                  "cd dbt_project && dbt build")
+FILL_ALL = "make demo   # site, prompts, spectra, behaviour, dbt build"
+
+MODULE_ORDER = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                "down_proj", "embed_tokens", "lm_head"]
+
+
+def _cache(fn):
+    return st.cache_data(ttl=TTL_S, show_spinner=False)(fn)
+
+
+# --- what is there ---------------------------------------------------------------
+
+@_cache
+def relations(src: Src) -> pd.DataFrame:
+    """schema, name, kind ('table'|'view'), comment, n_rows (tables: estimated)."""
+    return query("""
+        select schema_name as schema, table_name as name, 'table' as kind, comment,
+               estimated_size as n_rows
+        from duckdb_tables() where database_name = current_database()
+        union all
+        select schema_name, view_name, 'view', comment, null
+        from duckdb_views()
+        where database_name = current_database() and not internal
+        order by schema, name
+    """, path=src[0])
+
+
+def has_table(src: Src, name: str) -> bool:
+    """`schema.name` exists (table or view)."""
+    rel = relations(src)
+    schema, table = name.split(".")
+    return bool(((rel["schema"] == schema) & (rel["name"] == table)).any())
+
+
+@_cache
+def row_count(src: Src, name: str) -> int | None:
+    """Rows of `schema.name`, None if it does not exist."""
+    if not has_table(src, name):
+        return None
+    schema, table = name.split(".")
+    return int(query(f'select count(*) as n from "{schema}"."{table}"',
+                     path=src[0])["n"].iloc[0])
+
+
+def filled(src: Src, *names: str) -> bool:
+    """All of `names` exist and hold rows."""
+    return all((row_count(src, n) or 0) > 0 for n in names)
+
+
+@_cache
+def columns(src: Src) -> pd.DataFrame:
+    """The schema for the SQL console: schema, table, column, type, comment."""
+    return query("""
+        select schema_name as schema, table_name as "table", column_name as "column",
+               data_type as type, comment
+        from duckdb_columns()
+        where database_name = current_database() and not internal
+        order by schema, "table", column_index
+    """, path=src[0])
+
+
+# --- pairs -----------------------------------------------------------------------
+
+@_cache
+def pairs(src: Src) -> pd.DataFrame:
+    """marts.dim_pairs, smallest pair first."""
+    return query("select * from marts.dim_pairs order by size_billions, pair",
+                 path=src[0])
+
+
+@_cache
+def pair_summary(src: Src) -> pd.DataFrame:
+    """marts.fct_pair_summary: medians over layers per pair and module type."""
+    return query("""
+        select pair, module, size_billions, n_layers, n_matrices, suggested_lora_rank,
+               median_relative_frobenius_change, median_relative_spectral_change,
+               median_delta_stable_rank, median_delta_signal_rank,
+               median_relative_signal_rank
+        from marts.fct_pair_summary order by size_billions, pair, module
+    """, path=src[0])
+
+
+@_cache
+def behaviour_counts(src: Src) -> pd.DataFrame:
+    """Per pair: posts scored, tokens scored, drift rows."""
+    return query("""
+        select pair, count(distinct post_id) as posts_scored,
+               count(*) filter (where role = 'base') as tokens_scored
+        from raw.token_logprobs group by pair order by pair
+    """, path=src[0])
+
+
+# --- weights ---------------------------------------------------------------------
+
+@_cache
+def layer_module(src: Src, pair: str | None = None) -> pd.DataFrame:
+    """marts.fct_layer_module_metrics (one pair, or every pair)."""
+    where, params = ("where pair = ?", [pair]) if pair else ("", [])
+    return query(f"""
+        select * from marts.fct_layer_module_metrics {where}
+        order by size_billions, pair, layer, module
+    """, params, path=src[0])
+
+
+LAYER_MEASURES = ["relative_frobenius_change", "relative_spectral_change",
+                  "delta_stable_rank", "delta_effective_rank", "delta_signal_rank",
+                  "delta_energy_rank_90", "relative_signal_rank",
+                  "relative_stable_rank", "relative_effective_rank",
+                  "relative_energy_rank_90", "delta_s_max", "base_s_max",
+                  "base_stable_rank", "zero_fraction"]
+
+
+@_cache
+def layer_medians(src: Src) -> pd.DataFrame:
+    """Per pair and layer: the median over module types of each measure."""
+    measures = ",\n".join(f"median({m}) as {m}" for m in LAYER_MEASURES)
+    return query(f"""
+        select pair, any_value(size_billions) as size_billions, layer,
+               any_value(depth) as depth, 'median over module types' as module,
+               {measures}
+        from marts.fct_layer_module_metrics
+        group by pair, layer order by size_billions, pair, layer
+    """, path=src[0])
+
+
+@_cache
+def tensors(src: Src, pair: str) -> pd.DataFrame:
+    """marts.dim_tensors of one pair, blocks in order, then embeddings and head."""
+    return query("""
+        select tensor, layer, module, kind, n_rows, n_cols, n_params, storage_dtype
+        from marts.dim_tensors where pair = ?
+        order by layer nulls last, tensor
+    """, [pair], path=src[0])
+
+
+@_cache
+def matrix_metrics(src: Src, pair: str, tensor: str) -> pd.DataFrame:
+    """marts.fct_matrix_metrics rows (base, sft, delta) of one tensor."""
+    return query("""
+        select * from marts.fct_matrix_metrics where pair = ? and tensor = ?
+        order by case role when 'base' then 0 when 'sft' then 1 else 2 end
+    """, [pair, tensor], path=src[0])
+
+
+@_cache
+def spectrum(src: Src, pair: str, tensor: str, dense: int = 300,
+             points: int = 600) -> pd.DataFrame:
+    """role, idx (1-based), value: the singular values of W_base, W_sft and dW.
+
+    All of the first `dense` values, then about `points` more evenly spaced, and the
+    last one: enough for a log-log plot of a 29568-wide matrix.
+    """
+    return query("""
+        with s as (
+            select role,
+                   unnest(singular_values) as value,
+                   generate_subscripts(singular_values, 1) as idx,
+                   len(singular_values) as n
+            from staging.stg_compute__spectra
+            where pair = ? and tensor = ?
+        )
+        select role, idx, value from s
+        where idx <= ? or idx = n or idx % greatest(1, n // ?) = 0
+        order by role, idx
+    """, [pair, tensor, dense, points], path=src[0])
+
+
+@_cache
+def energy_curve(src: Src, pair: str, tensor: str, dense: int = 300,
+                 points: int = 600) -> pd.DataFrame:
+    """rank, share: the share of ||dW||_F^2 the top `rank` singular values hold."""
+    return query("""
+        with s as (
+            select unnest(singular_values) as value,
+                   generate_subscripts(singular_values, 1) as idx,
+                   len(singular_values) as n
+            from staging.stg_compute__spectra
+            where pair = ? and tensor = ? and role = 'delta'
+        ),
+        c as (
+            select idx, n,
+                   sum(value * value) over (order by idx)
+                   / nullif(sum(value * value) over (), 0) as share
+            from s
+        )
+        select idx as rank, share from c
+        where idx <= ? or idx = n or idx % greatest(1, n // ?) = 0
+        order by idx
+    """, [pair, tensor, dense, points], path=src[0])
+
+
+@_cache
+def lora_fit(src: Src, pair: str, tensor: str) -> pd.DataFrame:
+    """lora_rank, energy_share, is_full_rank of one dW (marts.fct_lora_fit)."""
+    return query("""
+        select lora_rank, energy_share, is_full_rank from marts.fct_lora_fit
+        where pair = ? and tensor = ? order by lora_rank
+    """, [pair, tensor], path=src[0])
+
+
+# --- behaviour -------------------------------------------------------------------
+
+def _prompts_join(src: Src) -> tuple[str, str]:
+    """Columns and join for titles and scores, if marts.prompts exists."""
+    if has_table(src, "marts.prompts"):
+        return (", pr.title, pr.score",
+                "left join marts.prompts as pr on pr.post_id = pt.post_id")
+    return ", null::varchar as title, null::bigint as score", ""
+
+
+@_cache
+def post_perplexity(src: Src, pair: str) -> pd.DataFrame:
+    """One row per (post, model role): perplexity, bits per token and per byte."""
+    cols, join = _prompts_join(src)
+    return query(f"""
+        with lp as (
+            select role, post_id, count(*) as n_tokens, sum(logprob) as sum_logprob
+            from raw.token_logprobs where pair = ?
+            group by role, post_id
+        ),
+        pt as (
+            select post_id, any_value(grp) as grp, any_value(site) as site,
+                   any_value(n_bytes) as n_bytes
+            from raw.post_texts where pair = ? group by post_id
+        )
+        select lp.role, lp.post_id, coalesce(pt.grp, 'all') as grp, pt.site,
+               lp.n_tokens, pt.n_bytes,
+               exp(-lp.sum_logprob / lp.n_tokens) as perplexity,
+               -lp.sum_logprob / lp.n_tokens / ln(2) as bits_per_token,
+               -lp.sum_logprob / ln(2) / nullif(pt.n_bytes, 0) as bits_per_byte
+               {cols}
+        from lp left join pt using (post_id) {join}
+        order by lp.post_id, lp.role
+    """, [pair, pair], path=src[0])
+
+
+@_cache
+def post_deltas(src: Src, pair: str) -> pd.DataFrame:
+    """One row per post: perplexity of both models and SFT minus base."""
+    ppl = post_perplexity(src, pair)
+    if ppl.empty:
+        return pd.DataFrame(columns=["post_id", "grp", "title", "score", "n_tokens",
+                                     "perplexity_base", "perplexity_sft",
+                                     "delta_perplexity", "delta_bits_per_byte"])
+    wide = ppl.pivot_table(index=["post_id"], columns="role",
+                           values=["perplexity", "bits_per_byte"], aggfunc="first")
+    wide.columns = [f"{a}_{b}" for a, b in wide.columns]
+    meta = ppl.drop_duplicates("post_id").set_index("post_id")[
+        ["grp", "title", "score", "n_tokens"]]
+    out = meta.join(wide).reset_index()
+    for col in ("perplexity", "bits_per_byte"):
+        if f"{col}_sft" in out and f"{col}_base" in out:
+            out[f"delta_{col}"] = out[f"{col}_sft"] - out[f"{col}_base"]
+    return out
+
+
+@_cache
+def token_deltas(src: Src, pair: str, post_id: int) -> pd.DataFrame:
+    """position, token_text, both log-probs, delta = SFT - base (nats), cum_delta."""
+    return query("""
+        select b.position, b.token_text, b.logprob as base_logprob,
+               s.logprob as sft_logprob, s.logprob - b.logprob as delta,
+               sum(s.logprob - b.logprob) over (order by b.position) as cum_delta
+        from raw.token_logprobs as b
+        inner join raw.token_logprobs as s
+            on s.pair = b.pair and s.post_id = b.post_id
+           and s.position = b.position and s.role = 'sft'
+        where b.role = 'base' and b.pair = ? and b.post_id = ?
+        order by b.position
+    """, [pair, int(post_id)], path=src[0])
+
+
+@_cache
+def cumulative_deltas(src: Src, pair: str, points: int = 120) -> pd.DataFrame:
+    """post_id, grp, position, cum_delta for every post, about `points` per post."""
+    return query("""
+        with d as (
+            select b.post_id, b.position, b.token_text,
+                   sum(s.logprob - b.logprob)
+                       over (partition by b.post_id order by b.position) as cum_delta,
+                   count(*) over (partition by b.post_id) as n
+            from raw.token_logprobs as b
+            inner join raw.token_logprobs as s
+                on s.pair = b.pair and s.post_id = b.post_id
+               and s.position = b.position and s.role = 'sft'
+            where b.role = 'base' and b.pair = ?
+        ),
+        pt as (
+            select post_id, any_value(grp) as grp from raw.post_texts
+            where pair = ? group by post_id
+        )
+        select d.post_id, coalesce(pt.grp, 'all') as grp, d.position, d.token_text,
+               d.cum_delta
+        from d left join pt using (post_id)
+        where d.position % greatest(1, d.n // ?) = 0 or d.position = d.n - 1
+        order by d.post_id, d.position
+    """, [pair, pair, points], path=src[0])
+
+
+@_cache
+def residual_drift(src: Src, pair: str) -> pd.DataFrame:
+    """layer, grp: token-weighted means of relative L2 distance and cosine, the
+    pooled ratio sqrt(sum |dh|^2 / sum |h_base|^2), posts and tokens counted."""
+    return query("""
+        with pt as (
+            select post_id, any_value(grp) as grp from raw.post_texts
+            where pair = ? group by post_id
+        )
+        select d.layer, coalesce(pt.grp, 'all') as grp,
+               count(distinct d.post_id) as n_posts, sum(d.n_tokens) as n_tokens,
+               sum(d.sum_rel_l2) / sum(d.n_tokens) as mean_rel_l2,
+               sum(d.sum_cos) / sum(d.n_tokens) as mean_cos,
+               sqrt(sum(d.sum_sq_diff) / nullif(sum(d.sum_sq_base), 0))
+                   as pooled_rel_l2
+        from raw.residual_drift as d left join pt using (post_id)
+        where d.pair = ?
+        group by all
+        order by grp, d.layer
+    """, [pair, pair], path=src[0])
+
+
+@_cache
+def behaviour_pairs(src: Src) -> list[str]:
+    """Pairs with scored posts."""
+    return query("select distinct pair from raw.token_logprobs order by pair",
+                 path=src[0])["pair"].tolist()
+
+
+# --- posts -----------------------------------------------------------------------
+
+@_cache
+def prompts(src: Src, search: str = "", groups: tuple[str, ...] = (),
+            limit: int = 500) -> pd.DataFrame:
+    """marts.prompts matching `search` (title or text, case-insensitive) and
+    `groups`, best score first, without the text."""
+    where, params = ["true"], []
+    if search:
+        where.append("(title ilike ? or text ilike ?)")
+        params += [f"%{search}%", f"%{search}%"]
+    if groups:
+        where.append(f"grp in ({', '.join('?' * len(groups))})")
+        params += list(groups)
+    return query(f"""
+        select post_id, grp, score, title, n_chars, site, post_type
+        from marts.prompts where {' and '.join(where)}
+        order by score desc, post_id limit {int(limit)}
+    """, params, path=src[0])
+
+
+@_cache
+def prompt_text(src: Src, post_id: int) -> pd.DataFrame:
+    """The full row of one prompt."""
+    return query("select * from marts.prompts where post_id = ?", [int(post_id)],
+                 path=src[0])

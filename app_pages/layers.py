@@ -1,0 +1,43 @@
+"""Layers: a measure against depth, one line per pair, so sizes compare."""
+
+import streamlit as st
+
+from app_lib import charts, ui
+from app_lib import queries as q
+
+MEDIAN = "median over module types"
+
+st.title("Layers")
+st.caption("A measure of dW against depth = layer / n_layers, one line per pair, "
+           "so 0.5B ... 72B line up on one axis. Click a pair in the legend to "
+           "pick it out; drag to pan, scroll to zoom.")
+src = ui.warehouse()
+ui.legend_note()
+if not ui.need(src, "marts.fct_layer_module_metrics", run=q.FILL_WEIGHTS,
+               what="No weight metrics yet"):
+    st.stop()
+
+cells = ui.load(q.layer_module, src)
+options = ["relative_spectral_change", "relative_frobenius_change",
+           "relative_signal_rank", "delta_signal_rank", "delta_stable_rank",
+           "delta_effective_rank", "relative_stable_rank", "delta_s_max",
+           "base_s_max", "base_stable_rank"]
+c1, c2, c3 = st.columns([3, 2, 1], vertical_alignment="bottom")
+metric = c1.selectbox("measure", options, format_func=charts.metric_title,
+                      key="layers_metric")
+modules = [m for m in charts.MODULE_ORDER if m in set(cells["module"])]
+module = c2.selectbox("module type", [MEDIAN, *modules], key="layers_module")
+log = c3.toggle("log y", value=False, key="layers_log")
+
+data = (ui.load(q.layer_medians, src) if module == MEDIAN
+        else cells[cells["module"] == module])
+all_pairs = data.drop_duplicates("pair").sort_values("size_billions")["pair"]
+shown = st.multiselect("pairs", all_pairs.tolist(), default=all_pairs.tolist(),
+                       key="layers_pairs")
+data = data[data["pair"].isin(shown)]
+if data.empty:
+    st.info("Choose at least one pair.")
+    st.stop()
+st.altair_chart(charts.layers_chart(data, metric, log=log).interactive(
+    bind_y=False), width="stretch")
+st.caption(f"{module}: {charts.metric_title(metric)}.")

@@ -1,0 +1,76 @@
+"""Overview: the pairs in the warehouse, their models, runs and sizes."""
+
+import streamlit as st
+
+from app_lib import queries as q
+from app_lib import ui
+
+st.title("sftscope")
+st.caption("What did supervised fine-tuning do to this model? Singular-value "
+           "spectra of every weight matrix of a base model and its fine-tuned "
+           "sibling, and both models' log-probs on Stack Exchange posts.")
+src = ui.warehouse()
+ui.legend_note()
+st.caption(f"Warehouse: `{src[0]}`")
+
+if ui.need(src, "marts.dim_pairs", run=q.FILL_ALL + "\n# or\n" + q.FILL_WEIGHTS,
+           what="No pairs in the warehouse yet"):
+    pairs = ui.load(q.pairs, src)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("pairs", len(pairs))
+    c2.metric("weight matrices", f"{int(pairs['n_matrices'].fillna(0).sum()):,}")
+    c3.metric("pairs with behaviour", int(pairs["behaviour_run_id"].notna().sum()))
+    st.subheader("Pairs")
+    st.dataframe(
+        pairs[["pair", "base_model", "sft_model", "base_revision", "sft_revision",
+               "n_layers", "n_matrices", "n_matrix_params", "size_billions",
+               "spectra_device", "spectra_method", "spectra_finished_at",
+               "behaviour_device", "behaviour_finished_at", "code_version"]],
+        hide_index=True, width="stretch",
+        column_config={
+            "n_matrix_params": st.column_config.NumberColumn("matrix params",
+                                                             format="compact"),
+            "size_billions": st.column_config.NumberColumn("size (B)",
+                                                           format="%.3g"),
+            "spectra_finished_at": st.column_config.DatetimeColumn("spectra at"),
+            "behaviour_finished_at": st.column_config.DatetimeColumn(
+                "behaviour at"),
+        })
+
+    if ui.load(q.row_count, src, "marts.fct_pair_summary"):
+        st.subheader("Median over layers, per module type")
+        st.caption("How much dW changes each module type (relative to W_base) and "
+                   "how many directions of it stand above bf16 rounding noise; "
+                   "the suggested LoRA rank holds the signal but no more than 90% "
+                   "of ||dW||_F^2.")
+        summary = ui.load(q.pair_summary, src)
+        rank = {m: i for i, m in enumerate(q.MODULE_ORDER)}
+        summary = summary.sort_values(
+            ["size_billions", "pair", "module"],
+            key=lambda c: c.map(rank).fillna(99) if c.name == "module" else c)
+        st.dataframe(
+            summary.drop(columns=["size_billions"]), hide_index=True, width="stretch",
+            column_config={
+                "median_relative_frobenius_change": st.column_config.NumberColumn(
+                    "||dW||_F / ||W||_F", format="%.4f"),
+                "median_relative_spectral_change": st.column_config.NumberColumn(
+                    "||dW||_2 / ||W||_2", format="%.4f"),
+                "median_delta_stable_rank": st.column_config.NumberColumn(
+                    "stable rank dW", format="%.2f"),
+                "median_delta_signal_rank": st.column_config.NumberColumn(
+                    "signal rank dW", format="%.0f"),
+                "median_relative_signal_rank": st.column_config.NumberColumn(
+                    "relative rank", format="%.4f"),
+                "suggested_lora_rank": st.column_config.NumberColumn("LoRA rank"),
+            })
+
+st.subheader("What is in the warehouse")
+rel = ui.load(q.relations, src)
+if rel.empty:
+    st.info("The warehouse file exists but holds no tables yet. Run:",
+            icon=":material/info:")
+    st.code(q.FILL_ALL, language="bash")
+else:
+    st.dataframe(rel, hide_index=True, width="stretch", height=300,
+                 column_config={"n_rows": st.column_config.NumberColumn(
+                     "rows (est.)", format="localized")})

@@ -1,0 +1,71 @@
+"""Perplexity: both models on the posts, per group; per-token deltas along a post."""
+
+import streamlit as st
+
+from app_lib import charts, ui
+from app_lib import queries as q
+
+st.title("Perplexity")
+st.caption("How surprised each model is by the Stack Exchange posts (raw text, no "
+           "chat template), for well-received (high score) and badly-received (low "
+           "score) posts; and, token by token, where the fine-tuned model gains or "
+           "loses log-probability against the base.")
+src = ui.warehouse()
+ui.legend_note()
+if not ui.need(src, "raw.token_logprobs", run=q.FILL_BEHAVIOUR,
+               what="No scored posts yet"):
+    st.stop()
+
+pair = ui.pick_pair(ui.load(q.behaviour_pairs, src))
+ppl = ui.load(q.post_perplexity, src, pair)
+
+st.subheader("Per group and model")
+c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+measure = c1.radio("measure", ["perplexity", "bits_per_byte", "bits_per_token"],
+                   horizontal=True, key="ppl_measure",
+                   format_func=lambda m: m.replace("_", " "),
+                   help="Bits per byte compare across tokenizers.")
+log = c2.toggle("log y", value=measure == "perplexity", key="ppl_log")
+left, right = st.columns([3, 2])
+left.altair_chart(charts.perplexity_chart(ppl, measure, log=log), width="stretch")
+table = (ppl.groupby(["grp", "role"])[measure]
+         .agg(posts="count", median="median", mean="mean").reset_index())
+table["role"] = table["role"].map(charts.MODEL_LABEL)
+right.dataframe(table, hide_index=True, width="stretch",
+                column_config={"median": st.column_config.NumberColumn(format="%.4g"),
+                               "mean": st.column_config.NumberColumn(format="%.4g")})
+deltas = ui.load(q.post_deltas, src, pair)
+if "delta_perplexity" in deltas:
+    right.caption("SFT minus base, per post: median by group")
+    right.dataframe(deltas.groupby("grp")[["delta_perplexity",
+                                           "delta_bits_per_byte"]].median(),
+                    width="stretch")
+
+st.subheader("Cumulative per-token delta along each post")
+st.caption("Running sum of log p_SFT - log p_base over a post's tokens: rising "
+           "where the fine-tuned model finds the text likelier. Hover for the token.")
+posts = deltas.sort_values(["grp", "post_id"])
+labels = {int(r.post_id): f"{r.post_id} [{r.grp}] {r.title or ''}"[:90]
+          for r in posts.itertuples()}
+post_id = st.selectbox("post", list(labels), format_func=labels.get,
+                       key="ppl_post")
+cum = ui.load(q.cumulative_deltas, src, pair)
+st.altair_chart(charts.cumulative_chart(cum, highlight=post_id), width="stretch")
+
+st.subheader("One post, token by token")
+tokens = ui.load(q.token_deltas, src, pair, post_id)
+if tokens.empty:
+    st.info("This post has no tokens scored by both models.")
+    st.stop()
+row = deltas[deltas["post_id"] == post_id].iloc[0]
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("tokens", f"{len(tokens):,}")
+m2.metric("perplexity, base", f"{row.get('perplexity_base', float('nan')):.4g}")
+m3.metric("perplexity, SFT", f"{row.get('perplexity_sft', float('nan')):.4g}",
+          delta=f"{row.get('delta_perplexity', float('nan')):+.3g}",
+          delta_color="inverse")
+m4.metric("total delta (nats)", f"{tokens['delta'].sum():+.3f}")
+st.altair_chart(charts.token_delta_chart(tokens), width="stretch")
+clip = st.slider("full colour at |delta| (nats)", 0.25, 5.0, 2.0, 0.25,
+                 key="ppl_clip")
+st.html(charts.token_html(tokens, clip=clip))

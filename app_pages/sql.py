@@ -1,0 +1,82 @@
+"""SQL console: read-only queries against the warehouse, results as CSV."""
+
+import streamlit as st
+
+from app_lib import db, sqlguard, ui
+from app_lib import queries as q
+
+EXAMPLES = {
+    "Pairs": "select pair, base_model, sft_model, n_layers, n_matrices, size_billions\n"
+             "from marts.dim_pairs order by size_billions",
+    "Most changed matrices": "select pair, tensor, relative_frobenius_change,\n"
+                             "       relative_spectral_change, signal_rank\n"
+                             "from marts.fct_matrix_metrics\nwhere role = 'delta'\n"
+                             "order by relative_frobenius_change desc limit 20",
+    "Medians per module type": "from marts.fct_pairs_side_by_side",
+    "LoRA energy at rank 16": "select pair, module, median(energy_share) as share\n"
+                              "from marts.fct_lora_fit where lora_rank = 16\n"
+                              "group by all order by pair, module",
+    "Top singular values of dW": "select tensor, singular_values[1:5] as top5\n"
+                                 "from staging.stg_compute__spectra\n"
+                                 "where role = 'delta' limit 20",
+    "Perplexity per group": "select t.role, p.grp,\n"
+                            "       exp(-avg(t.logprob)) as perplexity,\n"
+                            "       count(distinct t.post_id) as posts\n"
+                            "from raw.token_logprobs t\n"
+                            "join raw.post_texts p using (pair, post_id)\n"
+                            "group by all order by all",
+    "Describe a table": "describe marts.fct_layer_module_metrics",
+    "Summarize a table": "summarize marts.fct_layer_module_metrics",
+}
+
+st.title("SQL console")
+st.caption(f"One read-only query at a time (SELECT, WITH, FROM, PIVOT, DESCRIBE, "
+           f"SHOW, SUMMARIZE) on a fresh read-only connection without file access; "
+           f"at most {sqlguard.MAX_ROWS:,} rows and {sqlguard.TIMEOUT_S:g} s.")
+src = ui.warehouse()
+
+main, side = st.columns([3, 2])
+with side:
+    st.markdown("**Schema**")
+    cols = ui.load(q.columns, src)
+    if cols.empty:
+        st.info("No tables yet.")
+        st.code(q.FILL_ALL, language="bash")
+    else:
+        filt = st.text_input("filter tables and columns", key="sql_filter")
+        shown = cols
+        if filt:
+            mask = (cols["table"].str.contains(filt, case=False)
+                    | cols["column"].str.contains(filt, case=False))
+            shown = cols[mask]
+        for (schema, table), part in shown.groupby(["schema", "table"], sort=True):
+            with st.expander(f"{schema}.{table}"):
+                st.dataframe(part[["column", "type", "comment"]], hide_index=True,
+                             width="stretch")
+
+with main:
+    example = st.selectbox("example", list(EXAMPLES), key="sql_example")
+    if st.session_state.get("sql_example_used") != example:
+        st.session_state["sql_text"] = EXAMPLES[example]
+        st.session_state["sql_example_used"] = example
+    sql = st.text_area("query", key="sql_text", height=180)
+    run = st.button("Run", type="primary", icon=":material/play_arrow:",
+                    key="sql_run")
+    if run:
+        try:
+            result = ui.load(sqlguard.run_readonly, sql)
+        except sqlguard.QueryRefused as exc:
+            st.error(f"Refused: {exc}", icon=":material/block:")
+        except TimeoutError as exc:
+            st.error(str(exc), icon=":material/timer_off:")
+        except db.duckdb.Error as exc:
+            st.error(f"DuckDB: {exc}")
+        else:
+            note = (f" (cut at {sqlguard.MAX_ROWS:,})" if result.truncated else "")
+            st.caption(f"{len(result.frame):,} row(s){note} in "
+                       f"{result.seconds:.2f} s")
+            st.dataframe(result.frame, hide_index=True, width="stretch")
+            st.download_button("Download CSV",
+                               result.frame.to_csv(index=False).encode(),
+                               file_name="sftscope_query.csv", mime="text/csv",
+                               icon=":material/download:", key="sql_download")

@@ -1,0 +1,187 @@
+"""The app's chart builders on small hand-made DataFrames (no Streamlit, no SQL)."""
+
+from __future__ import annotations
+
+import json
+
+import altair as alt
+import pandas as pd
+import pytest
+
+from app_lib import charts
+
+
+def spec(chart: alt.TopLevelMixin) -> dict:
+    """The Vega-Lite dict (validated against the schema by to_dict)."""
+    return chart.to_dict()
+
+
+def text(chart) -> str:
+    return json.dumps(spec(chart))
+
+
+@pytest.fixture
+def cells() -> pd.DataFrame:
+    rows = []
+    for layer in range(3):
+        for i, module in enumerate(["down_proj", "q_proj", "k_proj"]):
+            rows.append({"pair": "demo", "size_billions": 0.005, "layer": layer,
+                         "depth": layer / 3, "module": module, "n_rows": 8,
+                         "n_cols": 16, "relative_frobenius_change": 0.01 * (i + 1),
+                         "relative_spectral_change": 0.1 * (layer + 1),
+                         "delta_signal_rank": layer + i})
+    return pd.DataFrame(rows)
+
+
+def test_one_palette():
+    assert set(charts.ROLE_COLOR) == {"base", "sft", "delta"}
+    assert len(set(charts.ROLE_COLOR.values())) == 3
+    assert not set(charts.ROLE_COLOR.values()) & set(charts.GROUP_COLOR.values())
+
+
+def test_heatmap_grid_modules_in_model_order(cells):
+    chart = charts.heatmap(cells, "relative_frobenius_change")
+    d = spec(chart)
+    rect = d["layer"][0]
+    assert rect["mark"]["type"] == "rect"
+    assert rect["encoding"]["x"]["sort"] == ["q_proj", "k_proj", "down_proj"]
+    assert rect["encoding"]["y"]["field"] == "layer"
+    assert rect["encoding"]["color"]["field"] == "relative_frobenius_change"
+    assert d["height"] >= 260
+    # few layers: values printed in the cells
+    assert d["layer"][1]["mark"]["type"] == "text"
+
+
+def test_heatmap_log_drops_non_positive(cells):
+    cells.loc[0, "delta_signal_rank"] = 0
+    chart = charts.heatmap(cells, "delta_signal_rank", log=True)
+    assert spec(chart)["layer"][0]["encoding"]["color"]["scale"]["type"] == "log"
+    values = next(iter(spec(chart)["datasets"].values()))
+    assert all(v["delta_signal_rank"] > 0 for v in values)
+
+
+def test_heatmap_many_layers_no_text():
+    df = pd.DataFrame({"layer": range(80), "module": "q_proj",
+                       "relative_frobenius_change": 0.1})
+    d = spec(charts.heatmap(df, "relative_frobenius_change"))
+    assert len(d["layer"]) == 1
+    assert d["height"] == 22 * 80
+
+
+def test_layers_chart_pairs_sorted_by_size(cells):
+    big = cells.assign(pair="72B", size_billions=72.0)
+    small = cells.assign(pair="0.5B", size_billions=0.5)
+    d = spec(charts.layers_chart(pd.concat([big, small]),
+                                 "relative_spectral_change"))
+    assert d["encoding"]["x"]["field"] == "depth"
+    assert d["encoding"]["x"]["scale"]["domain"] == [0, 1]
+    assert d["encoding"]["color"]["sort"] == ["0.5B", "72B"]
+    assert "depth (layer / n_layers)" in d["encoding"]["x"]["title"]
+
+
+def test_layers_chart_log(cells):
+    d = spec(charts.layers_chart(cells, "delta_signal_rank", log=True))
+    assert d["encoding"]["y"]["scale"]["type"] == "log"
+
+
+@pytest.fixture
+def spectrum() -> pd.DataFrame:
+    rows = []
+    for role, scale in (("base", 1.0), ("sft", 1.01), ("delta", 0.01)):
+        for i in range(1, 9):
+            rows.append({"role": role, "idx": i, "value": scale / i})
+    rows.append({"role": "delta", "idx": 9, "value": 0.0})  # not on a log axis
+    return pd.DataFrame(rows)
+
+
+def test_spectra_chart_roles_colours_and_noise_rules(spectrum):
+    chart = charts.spectra_chart(spectrum, {"mp_edge": 0.002, "gd_threshold": 0.0023})
+    d = spec(chart)
+    lines = d["layer"][0]
+    assert lines["encoding"]["x"]["scale"]["type"] == "log"
+    assert lines["encoding"]["y"]["scale"]["type"] == "log"
+    scale = lines["encoding"]["color"]["scale"]
+    assert scale["range"] == [charts.ROLE_COLOR[r] for r in ("base", "sft", "delta")]
+    assert scale["domain"] == [charts.ROLE_LABEL[r] for r in ("base", "sft", "delta")]
+    assert len(d["layer"]) == 4  # lines, rules, two labels
+    s = text(chart)
+    assert "noise edge (Marchenko-Pastur)" in s and "Gavish-Donoho" in s
+    data = d["datasets"][lines["data"]["name"]]
+    assert min(v["value"] for v in data) > 0
+
+
+def test_spectra_chart_without_noise(spectrum):
+    d = spec(charts.spectra_chart(spectrum[spectrum.role == "base"], None))
+    assert len(d["layer"]) == 1
+    assert d["layer"][0]["encoding"]["color"]["scale"]["range"] == [
+        charts.ROLE_COLOR["base"]]
+
+
+def test_energy_chart():
+    energy = pd.DataFrame({"rank": [1, 2, 3, 4], "share": [0.5, 0.8, 0.95, 1.0]})
+    lora = pd.DataFrame({"lora_rank": [1, 4], "energy_share": [0.5, 1.0]})
+    d = spec(charts.energy_chart(energy, lora, signal_rank=2))
+    assert len(d["layer"]) == 4
+    assert d["layer"][0]["mark"]["color"] == charts.ROLE_COLOR["delta"]
+    assert d["layer"][0]["encoding"]["y"]["scale"]["domain"] == [0, 1]
+    assert "signal rank 2" in text(charts.energy_chart(energy, lora, 2))
+    assert len(spec(charts.energy_chart(energy, None, None))["layer"]) == 1
+
+
+@pytest.fixture
+def ppl() -> pd.DataFrame:
+    return pd.DataFrame({
+        "role": ["base", "sft"] * 4, "post_id": [1, 1, 2, 2, 3, 3, 4, 4],
+        "grp": ["low"] * 4 + ["high"] * 4, "n_tokens": 10,
+        "perplexity": [10.0, 9.0, 12.0, 11.0, 8.0, 7.5, 9.0, 8.0],
+        "bits_per_byte": [1.0, 0.9, 1.1, 1.0, 0.8, 0.7, 0.9, 0.8],
+        "title": "t"})
+
+
+def test_perplexity_chart_models_in_role_colours(ppl):
+    d = spec(charts.perplexity_chart(ppl, "perplexity"))
+    box = d["layer"][0]
+    assert box["mark"]["type"] == "boxplot"
+    assert box["encoding"]["color"]["scale"]["range"] == [
+        charts.ROLE_COLOR["base"], charts.ROLE_COLOR["sft"]]
+    assert box["encoding"]["y"]["scale"]["type"] == "log"
+    d = spec(charts.perplexity_chart(ppl, "bits_per_byte", log=False))
+    assert d["layer"][0]["encoding"]["y"]["title"] == "bits per byte"
+
+
+def test_cumulative_and_token_charts():
+    tokens = pd.DataFrame({"post_id": [1, 1, 2, 2], "grp": ["low", "low", "high",
+                                                            "high"],
+                           "position": [0, 1, 0, 1], "token_text": ["a", "b", "c",
+                                                                    "d"],
+                           "cum_delta": [0.1, -0.2, 0.3, 0.5]})
+    d = spec(charts.cumulative_chart(tokens, highlight=2))
+    assert len(d["layer"]) == 3
+    assert d["layer"][2]["mark"]["color"] == charts.ROLE_COLOR["delta"]
+    assert "token" in text(charts.cumulative_chart(tokens))
+    one = tokens[tokens.post_id == 1].assign(base_logprob=[-1.0, -2.0],
+                                             sft_logprob=[-0.9, -2.3],
+                                             delta=[0.1, -0.3])
+    assert '"on": "pointerover"' in text(charts.token_delta_chart(one))
+
+
+def test_drift_chart_groups():
+    df = pd.DataFrame({"layer": [0, 1, 0, 1], "grp": ["low", "low", "high", "high"],
+                       "mean_rel_l2": [0.0, 0.1, 0.0, 0.2], "mean_cos": 1.0,
+                       "n_posts": 3})
+    d = spec(charts.drift_chart(df))
+    assert d["encoding"]["color"]["scale"]["range"] == [charts.GROUP_COLOR["low"],
+                                                        charts.GROUP_COLOR["high"]]
+    assert spec(charts.drift_chart(df, "mean_cos"))["encoding"]["y"]["field"] == \
+        "mean_cos"
+
+
+def test_token_html_escapes_and_shades():
+    df = pd.DataFrame({"position": [0, 1, 2], "token_text": ["<b>x", " &y", None],
+                       "base_logprob": [-1.0, -1.0, -1.0],
+                       "sft_logprob": [0.0, -3.0, -1.0], "delta": [1.0, -2.0, 0.0]})
+    out = charts.token_html(df, clip=2.0)
+    assert "<b>x" not in out and "&lt;b&gt;x" in out and "&amp;y" in out
+    assert out.count("<span title=") == 3
+    assert "rgba(245,133,24,0.42)" in out  # SFT orange at half strength
+    assert "rgba(76,120,168,0.85)" in out  # base blue, clipped at full strength
