@@ -66,9 +66,11 @@ def _read_config(folder: Path) -> dict:
     if not cfg.exists():
         raise CheckpointError(f"{folder}: no config.json")
     try:
-        config = json.loads(cfg.read_text())
-    except json.JSONDecodeError as exc:
+        config = json.loads(cfg.read_bytes())
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not text
         raise CheckpointError(f"{cfg}: not valid JSON ({exc})") from exc
+    except OSError as exc:
+        raise CheckpointError(f"{cfg}: cannot read ({exc})") from exc
     if not isinstance(config, dict):
         raise CheckpointError(f"{cfg}: expected a JSON object")
     return config
@@ -79,8 +81,11 @@ def _weight_files(folder: Path) -> dict[str, list[str] | None]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            weight_map = json.loads(index.read_bytes())["weight_map"]
+            if not isinstance(weight_map, dict) or not all(
+                    isinstance(f, str) for f in weight_map.values()):
+                raise TypeError("weight_map is not {tensor: file name}")
+        except (ValueError, KeyError, TypeError, OSError) as exc:
             raise CheckpointError(f"{index}: not a safetensors index ({exc})") from exc
         files: dict[str, list[str] | None] = {}
         for name, file in weight_map.items():
@@ -98,6 +103,60 @@ def _weight_files(folder: Path) -> dict[str, list[str] | None]:
     )
 
 
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the file size that it promises
+    (8 + header + data); the errors say what is wrong with the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: truncated or empty ({size} bytes); "
+                                      "not a safetensors file")
+            header_len = int.from_bytes(head, "little")
+            if header_len > MAX_HEADER_BYTES or header_len > size - 8:
+                raise CheckpointError(
+                    f"{path}: corrupt or truncated header (says {header_len} bytes, "
+                    f"the file has {size}); download it again")
+            raw = fh.read(header_len)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc})") from exc
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise TypeError("not a JSON object")
+        end = max((int(v["data_offsets"][1]) for k, v in header.items()
+                   if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise CheckpointError(f"{path}: corrupt header ({exc}); download it again"
+                              ) from exc
+    expected = 8 + header_len + end
+    if size < expected:
+        raise CheckpointError(
+            f"{path}: truncated ({size} bytes, header promises {expected}; "
+            f"{expected - size} missing): an incomplete download? download it again")
+    return header, expected
+
+
+def scan_shard(path: Path) -> dict[str, TensorInfo]:
+    """The tensors of one safetensors file, after checking it is complete."""
+    read_header(path)
+    tensors: dict[str, TensorInfo] = {}
+    try:
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                sl = f.get_slice(name)
+                tensors[name] = TensorInfo(name, tuple(sl.get_shape()), sl.get_dtype(),
+                                           path.name)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}"
+                              ) from exc
+    return tensors
+
+
 def _scan(folder: Path) -> dict[str, TensorInfo]:
     tensors: dict[str, TensorInfo] = {}
     for file, expected in _weight_files(folder).items():
@@ -106,30 +165,11 @@ def _scan(folder: Path) -> dict[str, TensorInfo]:
             raise CheckpointError(
                 f"{path}: shard named in model.safetensors.index.json is missing"
             )
-        size = path.stat().st_size
-        try:
-            with safe_open(path, framework="pt") as f:
-                names = list(f.keys())
-                for name in names:
-                    sl = f.get_slice(name)
-                    tensors[name] = TensorInfo(
-                        name, tuple(sl.get_shape()), sl.get_dtype(), file
-                    )
-        except SafetensorError as exc:
-            raise CheckpointError(f"{path}: not a readable safetensors file: {exc}"
-                                  ) from exc
-        # safetensors checks the header; check the data section is all there too.
-        with open(path, "rb") as fh:
-            header_len = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(header_len))
-        end = max((v["data_offsets"][1] for k, v in header.items()
-                   if k != "__metadata__"), default=0)
-        if 8 + header_len + end > size:
-            raise CheckpointError(
-                f"{path}: truncated ({size} bytes, header promises {8 + header_len + end})"
-            )
+        found = scan_shard(path)
+        for name, info in found.items():
+            tensors[name] = dataclasses.replace(info, file=file)
         if expected is not None:
-            missing = sorted(set(expected) - set(names))
+            missing = sorted(set(expected) - set(found))
             if missing:
                 raise CheckpointError(
                     f"{path}: index names {len(missing)} tensor(s) the shard lacks, "
@@ -154,11 +194,11 @@ def _local_revision(folder: Path, tensors: dict[str, TensorInfo]) -> str:
     return "local:" + h.hexdigest()[:12]
 
 
-def resolve(ref: str, revision: str | None = None) -> Checkpoint:
-    """A local folder, or a hub id fetched (or found in the cache) by huggingface_hub."""
+def locate(ref: str, revision: str | None = None) -> tuple[Path, str | None]:
+    """(local folder, hub commit or None for a local folder) of `ref`."""
     folder = Path(ref).expanduser()
     if folder.is_dir():
-        rev = None
+        return folder, None
     elif Path(ref).is_absolute() or ref.startswith(".") or ref.count("/") != 1:
         raise CheckpointError(f"{ref}: no such folder, and not a hub id (owner/name)")
     else:
@@ -173,7 +213,14 @@ def resolve(ref: str, revision: str | None = None) -> Checkpoint:
                 f"{ref}: not in the hub cache and the hub cannot be reached "
                 f"(HF_HUB_OFFLINE set, or no network): {exc}"
             ) from exc
-        rev = folder.name  # snapshots/<commit>
+        except (OSError, ValueError) as exc:  # HTTP errors, unknown repo or revision
+            raise CheckpointError(f"{ref}: cannot fetch from the hub: {exc}") from exc
+        return folder, folder.name  # snapshots/<commit>
+
+
+def resolve(ref: str, revision: str | None = None) -> Checkpoint:
+    """A local folder, or a hub id fetched (or found in the cache) by huggingface_hub."""
+    folder, rev = locate(ref, revision)
     config = _read_config(folder)
     tensors = _scan(folder)
     return Checkpoint(ref, folder, rev or _local_revision(folder, tensors), config,
@@ -217,6 +264,11 @@ def pair_plan(base: Checkpoint, sft: Checkpoint) -> Plan:
             raise CheckpointError(
                 f"tensor {name}: shape {list(info.shape)} in {base.ref} but "
                 f"{list(other.shape)} in {sft.ref}"
+            )
+        if info.dtype != other.dtype:
+            raise CheckpointError(
+                f"tensor {name}: stored as {info.dtype} in {base.ref} but "
+                f"{other.dtype} in {sft.ref}"
             )
         if len(info.shape) == 2:
             matrices.append(name)

@@ -76,6 +76,8 @@ class Config:
     window: int = 1024
     max_tensors: int | None = None  # stop after this many (tests, dry runs)
     progress: bool = True
+    check: bool = False  # only check the pair (compute.doctor), compute nothing
+    scan: bool = False  # with check: read every tensor for NaN/Inf
 
     @property
     def run_dir(self) -> Path:
@@ -119,7 +121,14 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ap.add_argument("--window", type=int, default=1024, help="tokens per window")
     ap.add_argument("--max-tensors", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--no-progress", dest="progress", action="store_false")
+    ap.add_argument("--check", action="store_true",
+                    help="only check that the pair is complete and compatible "
+                    "(python -m compute.doctor); compute and write nothing")
+    ap.add_argument("--scan", action="store_true",
+                    help="with --check: also read every tensor and count NaN/Inf")
     a = ap.parse_args(argv)
+    if a.scan and not a.check:
+        ap.error("--scan goes with --check")
     if a.pair and (a.base or a.sft):
         ap.error("give either --pair or --base/--sft, not both")
     if a.pair:
@@ -141,7 +150,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   revision_sft=a.revision_sft, load=a.load, force=a.force,
                   spectra=a.spectra, behaviour=a.behaviour, prompts=a.prompts,
                   batch_size=a.batch_size, window=a.window, max_tensors=a.max_tensors,
-                  progress=a.progress)
+                  progress=a.progress, check=a.check, scan=a.scan)
 
 
 def pick_device(name: str) -> torch.device:
@@ -336,40 +345,72 @@ def run_behaviour_half(cfg: Config, base: Checkpoint, sft: Checkpoint, manifest:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done; 2 a problem with the input (checkpoints, prompts, earlier
+    results), named in the message; 3 the warehouse is held by another process (the
+    results are kept: load them later); 130 interrupted. Never a traceback for these."""
     cfg = parse_args(argv)
-    device = pick_device(cfg.device)
+    try:
+        device = pick_device(cfg.device)
+    except SystemExit as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     if cfg.pair == "demo" and Path(cfg.base).parent == DEMO_DIR:
         from compute.demo import build_pair
 
         build_pair(DEMO_DIR)
+    if cfg.check:
+        from compute.doctor import check_pair
+
+        ok = check_pair(cfg.base, cfg.sft, revision_base=cfg.revision_base,
+                        revision_sft=cfg.revision_sft, scan=cfg.scan,
+                        progress=cfg.progress and sys.stderr.isatty())
+        return 0 if ok else 2
     try:
         base = resolve(cfg.base, cfg.revision_base)
         sft = resolve(cfg.sft, cfg.revision_sft)
         plan = pair_plan(base, sft)
     except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}\n(python -m compute.doctor --base {cfg.base} --sft "
+              f"{cfg.sft} lists every problem of the pair)", file=sys.stderr)
         return 2
     print(f"pair {cfg.pair}: {base.ref} ({base.revision}) vs {sft.ref} "
           f"({sft.revision}); {len(plan.matrices)} matrices, {len(plan.vectors)} "
-          f"1-D tensors{', tied embeddings' if plan.tied else ''}; device {device}")
-    with pair_lock(cfg.run_dir):
-        manifest = open_manifest(cfg, base, sft)
+          f"1-D tensors{', tied embeddings' if plan.tied else ''}; device {device}",
+          flush=True)
+    with contextlib.ExitStack() as stack:
         try:
+            stack.enter_context(pair_lock(cfg.run_dir))
+        except SystemExit as exc:  # another compute.run holds this pair's folder
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        try:
+            manifest = open_manifest(cfg, base, sft)
             if cfg.spectra:
                 compute_spectra(cfg, base, sft, plan, manifest, device)
             if cfg.behaviour and cfg.max_tensors is None:
                 run_behaviour_half(cfg, base, sft, manifest, device)
         except CheckpointError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {exc}\nResults so far are kept in {cfg.run_dir}; nothing "
+                  "was loaded into the warehouse.", file=sys.stderr)
             return 2
+        except ValueError as exc:  # the behaviour half refuses its input
+            print(f"error: {type(exc).__name__}: {exc}\nResults so far are kept in "
+                  f"{cfg.run_dir}; nothing was loaded into the warehouse.",
+                  file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"interrupted: results so far are kept in {cfg.run_dir}; run the "
+                  "same command again to resume.", file=sys.stderr)
+            return 130
         kinds = [k for k, v in manifest["kinds"].items() if v.get("finished_at")]
         if cfg.load and kinds and cfg.max_tensors is None:
-            from ingest.compute_load import load_run
+            from ingest.compute_load import load_or_explain
 
-            counts = load_run(cfg.run_dir, cfg.db, kinds=kinds)
-            print("loaded into the warehouse: " +
-                  ", ".join(f"raw.{t} {n} rows" for t, n in counts.items()))
+            code = load_or_explain(cfg.run_dir, cfg.db, kinds,
+                                   done="loaded into the warehouse")
+            if code:
+                return code
     print(f"done in {time.perf_counter() - t0:.1f} s; results in {cfg.run_dir}")
     return 0
 

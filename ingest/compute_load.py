@@ -4,18 +4,32 @@
 
 compute.run calls this itself; run it by hand for results made on another machine
 (`compute.run --no-load`). One transaction: the pair's earlier rows of each loaded
-kind are deleted and the new ones inserted, so a failure leaves the warehouse as it
-was, and loading twice gives the same rows.
+kind are deleted and the new ones inserted, so a failure (a bad file, Ctrl-C, the
+process killed, the machine dying) leaves the warehouse as it was, and loading twice
+gives the same rows. While another process holds the warehouse the load waits up to
+$SFTSCOPE_LOCK_TIMEOUT seconds (default 60), then stops naming the holder.
+
+Exit status: 0 loaded; 2 the folder or its files are unusable (named in the message);
+3 the warehouse is held by another process (nothing changed: run it again later).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 
-from ingest.warehouse import connect, db_path, ensure_raw_schema, replace_pair_rows
+import duckdb
+
+from ingest.warehouse import (
+    WarehouseBusy,
+    connect,
+    db_path,
+    ensure_raw_schema,
+    replace_pair_rows,
+)
 
 KIND_TABLES = {
     "spectra": {"spectra": "spectra/[0-9]*.parquet",
@@ -44,8 +58,16 @@ def load_run(run_dir: str | Path, db: str | Path | None = None,
     """Replace the pair's rows of each finished kind; returns rows per raw table."""
     run_dir = Path(run_dir)
     manifest = _manifest(run_dir)
-    pair, run_id = manifest["pair"], manifest["run_id"]
-    finished = [k for k, v in manifest.get("kinds", {}).items() if v.get("finished_at")]
+    try:
+        pair, run_id = manifest["pair"], manifest["run_id"]
+        missing = [k for k in ("base_model", "sft_model", "kinds") if k not in manifest]
+        if missing:
+            raise KeyError(", ".join(missing))
+        finished = [k for k, v in manifest.get("kinds", {}).items()
+                    if v.get("finished_at")]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise LoadError(f"{run_dir / 'run.json'}: not a compute.run manifest "
+                        f"(missing {exc})") from exc
     kinds = finished if kinds is None else kinds
     for kind in kinds:
         if kind not in finished:
@@ -55,9 +77,9 @@ def load_run(run_dir: str | Path, db: str | Path | None = None,
         raise LoadError(f"{run_dir}: nothing finished to load")
     counts: dict[str, int] = {}
     with connect(db) as con:
-        ensure_raw_schema(con)
         con.execute("begin transaction")
         try:
+            ensure_raw_schema(con)
             for kind in kinds:
                 for table, pattern in KIND_TABLES[kind].items():
                     files = sorted(run_dir.glob(pattern))
@@ -96,9 +118,39 @@ def load_run(run_dir: str | Path, db: str | Path | None = None,
                      info.get("finished_at"), json.dumps(info.get("options", {}))])
             con.execute("commit")
         except BaseException:
-            con.execute("rollback")
+            with contextlib.suppress(duckdb.Error):  # a dead connection rolls back too
+                con.execute("rollback")
             raise
     return counts
+
+
+def load_or_explain(run_dir: str | Path, db: str | Path | None = None,
+                    kinds: list[str] | None = None, *,
+                    done: str | None = None) -> int:
+    """`load_run`, reporting the outcome for a person: 0 loaded, 2 unusable input,
+    3 warehouse busy, 130 interrupted; never a traceback for these. The message of
+    each failure says that the warehouse was not changed and what to do."""
+    run_dir = Path(run_dir)
+    again = f"python -m ingest.compute_load {run_dir}" + (f" --db {db}" if db else "")
+    try:
+        counts = load_run(run_dir, db, kinds)
+    except LoadError as exc:
+        print(f"error: {exc}\nNothing was changed in the warehouse.", file=sys.stderr)
+        return 2
+    except WarehouseBusy as exc:
+        print(f"error: {exc}\nNothing was changed in the warehouse; the results are "
+              f"kept in {run_dir}. Load them when it is free: {again}", file=sys.stderr)
+        return 3
+    except duckdb.Error as exc:  # e.g. a damaged Parquet file (the message names it)
+        print(f"error: loading {run_dir} failed: {type(exc).__name__}: {exc}\n"
+              "Nothing was changed in the warehouse.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was changed in the warehouse.", file=sys.stderr)
+        return 130
+    done = done or f"loaded {run_dir} into {db_path(db)}"
+    print(f"{done}: " + ", ".join(f"raw.{t} {n} rows" for t, n in counts.items()))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,14 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kind", action="append", choices=list(KIND_TABLES),
                     help="load only this half (repeatable); default every finished one")
     a = ap.parse_args(argv)
-    try:
-        counts = load_run(a.run_dir, a.db, a.kind)
-    except LoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"loaded {a.run_dir} into {db_path(a.db)}: " +
-          ", ".join(f"raw.{t} {n} rows" for t, n in counts.items()))
-    return 0
+    return load_or_explain(a.run_dir, a.db, a.kind)
 
 
 if __name__ == "__main__":

@@ -79,8 +79,10 @@ def connect(
                 raise
             if time.monotonic() >= deadline:
                 raise WarehouseBusy(
-                    f"warehouse {path} is held by {_holder(exc)}; waited {timeout_s:g} s."
-                    " Close the other writer (or the dbt run) and try again."
+                    f"warehouse {path} is held by {_holder(exc)}; waited {timeout_s:g} s"
+                    " (SFTSCOPE_LOCK_TIMEOUT). Let that process finish or close its"
+                    " connection (a notebook, a duckdb shell, a dbt run, another load),"
+                    " then try again."
                 ) from exc
             time.sleep(delay)
             delay = min(delay * 2, 2.0)

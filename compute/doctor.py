@@ -1,0 +1,284 @@
+"""Is a checkpoint pair complete and compatible? Ask before a long run.
+
+    python -m compute.doctor --pair 7B                  # Qwen2.5-7B vs -Instruct
+    python -m compute.doctor --base ./a --sft ./b       # any two hub ids or folders
+    python -m compute.doctor --pair demo --scan         # also read every tensor
+    python -m compute.run --check --pair 7B             # the same, from compute.run
+
+Checks, for each checkpoint: that it resolves (folder, or hub id in the cache or
+downloadable), that config.json parses, that model.safetensors.index.json (if any)
+parses and every shard it names is there, that every shard is complete (its header
+parses and the file is as long as the header promises: a half-downloaded shard is
+caught here) and holds the tensors the index gives it, and that a tokenizer is there
+(the behaviour half needs one). For the pair: the same architecture (config keys that
+decide shapes), the same tensor names, shapes and storage dtypes. With `--scan`, every
+tensor is read (one at a time) and NaN/Inf entries are counted per tensor: compute.run
+would go on and mark such tensors (raw.spectra.n_nonfinite > 0, empty spectrum), but a
+checkpoint with non-finite weights is damaged.
+
+Prints one line per check (PASS, WARN, FAIL) and a verdict; exit status 0 when the
+pair is ready for `python -m compute.run`, 2 when it is not. Never writes anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from compute.checkpoints import (
+    ARCH_KEYS,
+    Checkpoint,
+    CheckpointError,
+    TensorInfo,
+    _read_config,
+    _weight_files,
+    locate,
+    scan_shard,
+)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+@dataclasses.dataclass
+class Finding:
+    level: str  # PASS | WARN | FAIL
+    where: str  # base | sft | pair | scan
+    text: str
+
+
+@dataclasses.dataclass
+class Checked:
+    ref: str
+    folder: Path | None = None
+    revision: str | None = None
+    config: dict | None = None
+    tensors: dict[str, TensorInfo] | None = None  # None unless every shard is sound
+
+
+class Report:
+    def __init__(self, out: TextIO):
+        self.out, self.findings = out, []
+
+    def add(self, level: str, where: str, text: str) -> None:
+        self.findings.append(Finding(level, where, text))
+        print(f"  {level}  {text}", file=self.out, flush=True)
+
+    def section(self, title: str) -> None:
+        print(title, file=self.out, flush=True)
+
+    @property
+    def failures(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "FAIL"]
+
+
+def _few(names: list[str], k: int = 3) -> str:
+    return ", ".join(names[:k]) + (f" (+{len(names) - k} more)" if len(names) > k else "")
+
+
+def check_checkpoint(role: str, ref: str, revision: str | None, rep: Report) -> Checked:
+    """Every per-checkpoint check; reports all problems found, not just the first."""
+    c = Checked(ref)
+    rep.section(f"{role}: {ref}")
+    try:
+        c.folder, c.revision = locate(ref, revision)
+    except CheckpointError as exc:
+        rep.add("FAIL", role, str(exc))
+        return c
+    rep.add("PASS", role, f"found {c.folder}"
+            + (f" (hub commit {c.revision})" if c.revision else ""))
+    try:
+        c.config = _read_config(c.folder)
+        rep.add("PASS", role, f"config.json parses (model_type "
+                f"{c.config.get('model_type')!r}, {c.config.get('num_hidden_layers')} "
+                "layers)")
+    except CheckpointError as exc:
+        rep.add("FAIL", role, str(exc))
+    try:
+        files = _weight_files(c.folder)
+    except CheckpointError as exc:
+        rep.add("FAIL", role, str(exc))
+        return c
+    indexed = next(iter(files.values())) is not None
+    if indexed:
+        on_disk = {p.name for p in c.folder.glob("*.safetensors")}
+        stray = sorted(on_disk - set(files))
+        if stray:
+            rep.add("WARN", role, f"{c.folder}: shard(s) not named in "
+                    f"model.safetensors.index.json, ignored: {_few(stray)}")
+    tensors: dict[str, TensorInfo] = {}
+    sound, total = True, 0
+    for file, expected in files.items():
+        path = c.folder / file
+        if not path.exists():
+            rep.add("FAIL", role, f"{path}: shard named in model.safetensors.index.json "
+                    f"(for {len(expected or [])} tensors) is missing")
+            sound = False
+            continue
+        try:
+            found = scan_shard(path)
+        except CheckpointError as exc:
+            rep.add("FAIL", role, str(exc))
+            sound = False
+            continue
+        total += path.stat().st_size
+        for name, info in found.items():
+            tensors[name] = dataclasses.replace(info, file=file)
+        if expected is not None:
+            missing = sorted(set(expected) - set(found))
+            if missing:
+                rep.add("FAIL", role, f"{path}: index names {len(missing)} tensor(s) "
+                        f"the shard lacks: {_few(missing)}")
+                sound = False
+    if sound:
+        c.tensors = tensors
+        rep.add("PASS", role, f"{len(files)} shard(s) complete ({total:,} bytes, "
+                f"{len(tensors)} tensors)")
+    if not any((c.folder / f).exists() for f in TOKENIZER_FILES):
+        rep.add("WARN", role, f"{c.folder}: no tokenizer ({' / '.join(TOKENIZER_FILES)})"
+                "; the behaviour half (log-probs, drift) cannot run")
+    return c
+
+
+def check_compatible(base: Checked, sft: Checked, rep: Report) -> None:
+    rep.section("pair")
+    if base.config is not None and sft.config is not None:
+        diff = [k for k in ARCH_KEYS if base.config.get(k) != sft.config.get(k)]
+        for k in diff:
+            rep.add("FAIL", "pair", f"different architectures: config {k} is "
+                    f"{base.config.get(k)!r} in {base.ref} but {sft.config.get(k)!r} "
+                    f"in {sft.ref}")
+        if not diff:
+            rep.add("PASS", "pair", "same architecture (" + ", ".join(ARCH_KEYS) + ")")
+    else:
+        rep.add("FAIL", "pair", "architecture not compared: a config.json is unusable")
+    if base.tensors is None or sft.tensors is None:
+        rep.add("FAIL", "pair", "tensors not compared: a checkpoint is incomplete")
+        return
+    ok = True
+    only_base = sorted(set(base.tensors) - set(sft.tensors))
+    only_sft = sorted(set(sft.tensors) - set(base.tensors))
+    if only_base:
+        rep.add("FAIL", "pair", f"{len(only_base)} tensor(s) only in {base.ref}: "
+                f"{_few(only_base)}")
+    if only_sft:
+        rep.add("FAIL", "pair", f"{len(only_sft)} tensor(s) only in {sft.ref}: "
+                f"{_few(only_sft)}")
+    ok = not (only_base or only_sft)
+    for name, b in base.tensors.items():
+        s = sft.tensors.get(name)
+        if s is None:
+            continue
+        if b.shape != s.shape:
+            rep.add("FAIL", "pair", f"tensor {name}: shape {list(b.shape)} in "
+                    f"{base.ref} but {list(s.shape)} in {sft.ref}")
+            ok = False
+        elif b.dtype != s.dtype:
+            rep.add("FAIL", "pair", f"tensor {name}: stored as {b.dtype} in {base.ref} "
+                    f"but {s.dtype} in {sft.ref}")
+            ok = False
+        if len(b.shape) not in (1, 2):
+            rep.add("FAIL", "pair", f"tensor {name}: unexpected shape {list(b.shape)}")
+            ok = False
+    if ok:
+        n2 = sum(len(t.shape) == 2 for t in base.tensors.values())
+        rep.add("PASS", "pair", f"same {len(base.tensors)} tensors, shapes and dtypes "
+                f"({n2} matrices)")
+
+
+def scan_values(role: str, c: Checked, rep: Report, progress: bool) -> None:
+    """Read every tensor once and count NaN/Inf entries."""
+    import torch
+    from tqdm import tqdm
+
+    if c.tensors is None or c.folder is None:
+        rep.add("FAIL", "scan", f"{role}: not scanned (incomplete checkpoint)")
+        return
+    ckpt = Checkpoint(c.ref, c.folder, c.revision or "", c.config or {}, c.tensors)
+    bad = 0
+    for name in tqdm(list(c.tensors), desc=f"scan {role}", unit="tensor",
+                     disable=not progress, file=sys.stderr):
+        try:
+            w = ckpt.read(name)
+        except CheckpointError as exc:
+            rep.add("FAIL", "scan", f"{role}: {exc}")
+            bad += 1
+            continue
+        if not w.is_floating_point():
+            continue
+        n_nan = int(torch.isnan(w).sum())
+        n_inf = int(torch.isinf(w).sum())
+        if n_nan or n_inf:
+            rep.add("FAIL", "scan", f"{role} tensor {name} ({c.folder / c.tensors[name].file}"
+                    f"): {n_nan} NaN, {n_inf} Inf of {w.numel()} entries")
+            bad += 1
+    if not bad:
+        rep.add("PASS", "scan", f"{role}: all {len(c.tensors)} tensors finite")
+
+
+def check_pair(base: str, sft: str, *, revision_base: str | None = None,
+               revision_sft: str | None = None, scan: bool = False,
+               out: TextIO | None = None, progress: bool | None = None) -> bool:
+    """Print the report; True when the pair is ready for compute.run."""
+    out = out or sys.stdout
+    progress = sys.stderr.isatty() if progress is None else progress
+    rep = Report(out)
+    b = check_checkpoint("base", base, revision_base, rep)
+    s = check_checkpoint("sft", sft, revision_sft, rep)
+    check_compatible(b, s, rep)
+    if scan:
+        rep.section("values (--scan)")
+        scan_values("base", b, rep, progress)
+        scan_values("sft", s, rep, progress)
+    fails = rep.failures
+    if fails:
+        print(f"FAIL: {len(fails)} problem(s); fix them before python -m compute.run "
+              "(a missing or truncated shard: download it again)", file=out)
+    else:
+        warns = sum(f.level == "WARN" for f in rep.findings)
+        print("PASS: the pair is complete and compatible"
+              + (f" ({warns} warning(s))" if warns else "")
+              + ("" if scan else "; add --scan to check every value for NaN/Inf"),
+              file=out)
+    return not fails
+
+
+def main(argv: list[str] | None = None) -> int:
+    from compute.run import DEMO_DIR, PAIRS, SIZES
+
+    ap = argparse.ArgumentParser(prog="python -m compute.doctor",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--pair", help=f"a known pair: {', '.join(SIZES)} or demo")
+    ap.add_argument("--base", help="base checkpoint: hub id or local folder")
+    ap.add_argument("--sft", help="fine-tuned checkpoint: hub id or local folder")
+    ap.add_argument("--revision-base")
+    ap.add_argument("--revision-sft")
+    ap.add_argument("--scan", action="store_true",
+                    help="read every tensor and count NaN/Inf (reads the whole pair)")
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    a = ap.parse_args(argv)
+    if a.pair and (a.base or a.sft):
+        ap.error("give either --pair or --base/--sft, not both")
+    if a.pair == "demo":
+        from compute.demo import build_pair
+
+        build_pair(DEMO_DIR)
+        base, sft = str(DEMO_DIR / "base"), str(DEMO_DIR / "sft")
+    elif a.pair:
+        if a.pair not in PAIRS:
+            ap.error(f"unknown --pair {a.pair!r}; known: {', '.join(SIZES)}, demo")
+        base, sft = PAIRS[a.pair]
+    elif a.base and a.sft:
+        base, sft = a.base, a.sft
+    else:
+        ap.error("give --pair, or --base and --sft")
+    ok = check_pair(base, sft, revision_base=a.revision_base,
+                    revision_sft=a.revision_sft, scan=a.scan,
+                    progress=a.progress and sys.stderr.isatty())
+    return 0 if ok else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Concurrent use. DuckDB lets one process write a file, and no process write it while
+another has it open. Writers (compute_load, compute.run's load, ingest) wait up to
+$SFTSCOPE_LOCK_TIMEOUT for the file and then stop naming the holder's PID, changing
+nothing; the app's short-lived reads let them in; `dbt run` does not wait (it fails
+at once naming the holder); two compute runs of one pair cannot overlap; two loads of
+different pairs queue one after the other."""
+
+from __future__ import annotations
+
+import fcntl
+import subprocess
+import sys
+import threading
+import time
+
+from compute.run import main as run_main
+from ingest import warehouse
+from ingest.compute_load import main as load_main
+from ingest.stackexchange import main as ingest_main
+from tests.conftest import ROOT, env_for, run_dbt
+from tests.faults.helpers import (
+    N_MATRICES,
+    SITE,
+    SITE_DIR,
+    dump,
+    holder,
+    no_traceback,
+    query,
+    spawn_load,
+    wait_for_line,
+)
+
+
+def _new_run(small_pair, out, name: str, capsys) -> None:
+    """Pair `name` computed into out/name, not loaded."""
+    assert run_main(["--base", str(small_pair / "base"), "--sft",
+                     str(small_pair / "sft"), "--name", name, "--out", str(out),
+                     "--skip-behaviour", "--no-load", "--no-progress"]) == 0
+    capsys.readouterr()
+
+
+def test_loader_waits_then_names_the_holder(base_warehouse, wh):
+    """`python -m ingest.compute_load` while a notebook holds the file open."""
+    before = dump(wh)
+    with holder(wh) as h:
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "ingest.compute_load",
+             str(base_warehouse[1] / "small"), "--db", str(wh)],
+            check=False, cwd=ROOT, env=env_for(SFTSCOPE_LOCK_TIMEOUT="1.5"),
+            capture_output=True, text=True, timeout=120)
+        waited = time.monotonic() - t0
+    assert proc.returncode == 3, proc.stderr
+    no_traceback(proc.stderr)
+    assert f"is held by PID {h.pid}" in proc.stderr
+    assert "waited 1.5 s" in proc.stderr and "Nothing was changed" in proc.stderr
+    assert waited >= 1.5
+    assert dump(wh) == before
+
+
+def test_ingest_waits_then_names_the_holder(wh, monkeypatch, capsys):
+    monkeypatch.setattr(warehouse, "LOCK_TIMEOUT_S", 1.0)
+    before = dump(wh)
+    with holder(wh) as h:
+        rc = ingest_main([str(SITE_DIR), "--site", SITE, "--db", str(wh),
+                          "--workers", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert f"is held by PID {h.pid}" in err
+    assert dump(wh) == before
+
+
+def test_compute_run_keeps_its_results_when_the_warehouse_stays_busy(
+        small_pair, wh, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(warehouse, "LOCK_TIMEOUT_S", 1.0)
+    out = tmp_path / "runs"
+    args = ["--base", str(small_pair / "base"), "--sft", str(small_pair / "sft"),
+            "--name", "late", "--out", str(out), "--db", str(wh), "--skip-behaviour",
+            "--no-progress"]
+    before = dump(wh)
+    with holder(wh) as h:
+        rc = run_main(args)
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert f"is held by PID {h.pid}" in err
+    assert f"python -m ingest.compute_load {out / 'late'}" in err  # what to do next
+    assert dump(wh) == before
+    assert len(list((out / "late" / "spectra").glob("0*.parquet"))) == N_MATRICES
+    # later, as the message says: the kept results load
+    assert load_main([str(out / "late"), "--db", str(wh)]) == 0
+    assert query(wh, "select count(*) from raw.spectra where pair = 'late'") == [
+        (3 * N_MATRICES,)]
+
+
+def test_app_reads_while_compute_loads(small_pair, wh, tmp_path, capsys):
+    """The app's read path (app_lib.db.query: one short read-only connection per
+    query) polls the warehouse while a load holds it for a second: the load goes in
+    between two reads, the app's reads retry and succeed, and see the new pair."""
+    from app_lib import db as app_db
+
+    out = tmp_path / "runs"
+    _new_run(small_pair, out, "fresh", capsys)
+    seen, errors, retries, stop = [], [], [], threading.Event()
+
+    def app() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(app_db.query("select count(*) as n from raw.spectra",
+                                         path=wh)["n"][0])
+            except Exception as exc:  # noqa: BLE001 (recorded, asserted below)
+                errors.append(exc)
+            time.sleep(0.02)
+        retries.append(app_db.retry_count())  # per thread
+
+    reader = threading.Thread(target=app)
+    reader.start()
+    try:
+        time.sleep(0.3)
+        load = spawn_load(out / "fresh", wh, stall_s=1.0)
+        wait_for_line(load, "in-transaction")
+        _, err = load.communicate(timeout=120)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        reader.join()
+    assert load.returncode == 0, err
+    assert not errors, errors
+    assert seen[0] == 3 * N_MATRICES and seen[-1] == 2 * 3 * N_MATRICES
+    assert set(seen) == {3 * N_MATRICES, 2 * 3 * N_MATRICES}  # never half a load
+    assert retries[0] > 0  # the app did meet the writer, and waited
+
+
+def test_dbt_run_while_the_warehouse_is_held(wh):
+    """dbt does not wait: it fails at once, exit 2, naming the holder (and prints
+    its own traceback). Nothing is changed; run it again when the holder is done."""
+    before = dump(wh)
+    with holder(wh) as h:
+        proc = run_dbt(wh, "run", "--select", "stg_compute__spectra", check=False)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "Could not set lock on file" in out and f"(PID {h.pid})" in out
+    assert dump(wh) == before
+
+
+def test_second_compute_run_of_the_same_pair_fails_clearly(small_pair, wh, tmp_path,
+                                                           capsys):
+    out = tmp_path / "runs"
+    _new_run(small_pair, out, "busy", capsys)
+    manifest = (out / "busy" / "run.json").read_bytes()
+    before = dump(wh)
+    with open(out / "busy" / ".lock", "a+") as fh:  # as a running compute.run holds it
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fh.truncate(0)
+        fh.write("PID 4242")
+        fh.flush()
+        rc = run_main(["--base", str(small_pair / "base"), "--sft",
+                       str(small_pair / "sft"), "--name", "busy", "--out", str(out),
+                       "--db", str(wh), "--skip-behaviour", "--no-progress",
+                       "--force"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "another compute.run (PID 4242) is working on this pair" in err
+    assert (out / "busy" / "run.json").read_bytes() == manifest  # --force did nothing
+    assert dump(wh) == before
+
+
+def test_two_pairs_loading_at_once_queue_and_both_complete(small_pair, wh, tmp_path,
+                                                           capsys):
+    out = tmp_path / "runs"
+    for name in ("first", "second"):
+        _new_run(small_pair, out, name, capsys)
+    old = query(wh, "select run_id, tensor, role from raw.spectra order by all")
+    first = spawn_load(out / "first", wh, stall_s=1.5)
+    wait_for_line(first, "in-transaction")  # `first` holds the file, mid-transaction
+    second = subprocess.Popen(
+        [sys.executable, "-m", "ingest.compute_load", str(out / "second"), "--db",
+         str(wh)], cwd=ROOT, env=env_for(SFTSCOPE_LOCK_TIMEOUT="60"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err1 = first.communicate(timeout=120)
+    _, err2 = second.communicate(timeout=120)
+    assert first.returncode == 0, err1
+    assert second.returncode == 0, err2
+    rows = query(wh, "select pair, count(*), count(distinct (tensor, role)), "
+                 "count(distinct run_id) from raw.spectra group by pair order by pair")
+    assert rows == [(p, 3 * N_MATRICES, 3 * N_MATRICES, 1)
+                    for p in ("first", "second", "small")]
+    runs = query(wh, "select pair, count(*) from raw.compute_runs group by pair "
+                 "order by pair")
+    assert runs == [("first", 1), ("second", 1), ("small", 1)]
+    assert query(wh, "select run_id, tensor, role from raw.spectra where pair = "
+                 "'small' order by all") == old
