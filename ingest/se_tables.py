@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import duckdb
 import pyarrow as pa
+
+if TYPE_CHECKING:  # parser workers import this module: keep duckdb out of them
+    import duckdb
 
 # DuckDB type -> Arrow type the parser casts to (vectorised, in the worker).
 ARROW_TYPES: dict[str, pa.DataType] = {

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
 from ingest.se_parse import (
     CorruptSource,
     RowSplitter,
@@ -275,29 +277,47 @@ def _load_source(con, src: _Source, site: str, opts: LoadOptions, pool, replaced
         ) else None
         chunks = splitter.chunks(opts.chunk_bytes)
         unknown: set[str] = set()
-        for batch, stats in _parsed(chunks, table, src.name, opts, use_pool):
-            fr.rows_read += stats.rows_read
-            fr.rows_dropped_fabricated += stats.rows_dropped_fabricated
-            fr.rows_skipped += len(stats.skipped)
-            for line, reason in stats.skipped:
-                report.notes.append(f"{src.name}: line {line}: skipped: {reason}")
-            new = stats.unknown - unknown
-            if new:
-                unknown |= new
-                report.notes.append(
-                    f"{src.name}: unknown attribute(s) {', '.join(sorted(new))}:"
-                    f" kept in raw.{table}.extra"
-                )
-            if batch.num_rows:
-                con.register("_se_batch", batch)
-                con.execute(
-                    f"insert into raw.{table} by name"
-                    " select ?::varchar as site, * from _se_batch", [site],
-                )
-                con.unregister("_se_batch")
-                fr.rows_loaded += batch.num_rows
-            if bar is not None:
-                bar.set_postfix(rows=f"{fr.rows_loaded:,}", refresh=False)
+        failure: list[BaseException] = []
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                for batch, stats in _parsed(chunks, table, src.name, opts, use_pool):
+                    fr.rows_read += stats.rows_read
+                    fr.rows_dropped_fabricated += stats.rows_dropped_fabricated
+                    fr.rows_skipped += len(stats.skipped)
+                    for line, reason in stats.skipped:
+                        report.notes.append(f"{src.name}: line {line}: skipped: {reason}")
+                    new = stats.unknown - unknown
+                    if new:
+                        unknown.update(new)
+                        report.notes.append(
+                            f"{src.name}: unknown attribute(s) {', '.join(sorted(new))}:"
+                            f" kept in raw.{table}.extra"
+                        )
+                    fr.rows_loaded += batch.num_rows
+                    if bar is not None:
+                        bar.set_postfix(rows=f"{fr.rows_loaded:,}", refresh=False)
+                    yield from batch.to_batches()
+            except BaseException as exc:
+                failure.append(exc)  # DuckDB wraps it: re-raised as is below
+                raise
+
+        # One INSERT streaming every chunk: DuckDB writes (and compresses) full row
+        # groups while the workers parse the next chunks, and memory stays bounded.
+        schema = parse_chunk(table, src.name, b"", 1)[0].schema
+        reader = pa.RecordBatchReader.from_batches(schema, batches())
+        con.register("_se_stream", reader)
+        try:
+            con.execute(
+                f"insert into raw.{table} by name"
+                " select ?::varchar as site, * from _se_stream", [site],
+            )
+        except Exception:
+            if failure:
+                raise failure[0] from None
+            raise
+        else:
+            con.unregister("_se_stream")  # on error the rollback drops it
         fr.unknown_attributes = sorted(unknown)
         fr.bytes = splitter.bytes_read
         fr.seconds = time.perf_counter() - t0
@@ -322,6 +342,9 @@ def load(path: str | os.PathLike, opts: LoadOptions | None = None, **kw) -> Load
     replaced: set[str] = set()
     try:
         with connect(opts.db) as con:
+            limit = os.environ.get("SFTSCOPE_INGEST_MEMORY_LIMIT")
+            if limit:  # DuckDB spills the uncommitted rows to disk beyond this
+                con.execute("set memory_limit = ?", [limit])
             con.execute("begin transaction")
             try:
                 ensure_raw_schema(con)
