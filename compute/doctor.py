@@ -274,9 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         base, sft = a.base, a.sft
     else:
         ap.error("give --pair, or --base and --sft")
-    ok = check_pair(base, sft, revision_base=a.revision_base,
-                    revision_sft=a.revision_sft, scan=a.scan,
-                    progress=a.progress and sys.stderr.isatty())
+    try:
+        ok = check_pair(base, sft, revision_base=a.revision_base,
+                        revision_sft=a.revision_sft, scan=a.scan,
+                        progress=a.progress and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0 if ok else 2
 
 

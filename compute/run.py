@@ -374,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}\n(python -m compute.doctor --base {cfg.base} --sft "
               f"{cfg.sft} lists every problem of the pair)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was computed or changed", file=sys.stderr)
+        return 130
     print(f"pair {cfg.pair}: {base.ref} ({base.revision}) vs {sft.ref} "
           f"({sft.revision}); {len(plan.matrices)} matrices, {len(plan.vectors)} "
           f"1-D tensors{', tied embeddings' if plan.tied else ''}; device {device}",
