@@ -10,9 +10,10 @@ a short-lived read-only connection (app_lib.db) and closes it; errors (missing f
 busy warehouse) are not cached, so a retry really retries.
 
 Weights come from the dbt marts. Behaviour (perplexity, per-token deltas, residual
-drift) is aggregated here from the raw contract tables raw.token_logprobs,
-raw.post_texts and raw.residual_drift, joined to marts.prompts for titles and scores
-when that model exists.
+drift) comes from the behaviour marts (fct_post_perplexity, fct_token_logprob_delta,
+fct_residual_drift_by_group) and, where dbt has not built them yet, is aggregated the
+same way from the raw contract tables (raw.token_logprobs, raw.post_texts,
+raw.residual_drift); titles and scores come from marts.prompts when it exists.
 """
 
 from __future__ import annotations
@@ -113,16 +114,6 @@ def pair_summary(src: Src) -> pd.DataFrame:
                median_delta_stable_rank, median_delta_signal_rank,
                median_relative_signal_rank
         from marts.fct_pair_summary order by size_billions, pair, module
-    """, path=src[0])
-
-
-@_cache
-def behaviour_counts(src: Src) -> pd.DataFrame:
-    """Per pair: posts scored, tokens scored, drift rows."""
-    return query("""
-        select pair, count(distinct post_id) as posts_scored,
-               count(*) filter (where role = 'base') as tokens_scored
-        from raw.token_logprobs group by pair order by pair
     """, path=src[0])
 
 
@@ -236,18 +227,33 @@ def lora_fit(src: Src, pair: str, tensor: str) -> pd.DataFrame:
 
 # --- behaviour -------------------------------------------------------------------
 
+# Answers have no title: their first words stand in.
+TITLE_SQL = ("coalesce(pr.title, 'answer: ' || "
+             "left(regexp_replace(pr.text, '\\s+', ' ', 'g'), 80) || '...')")
+
+
 def _prompts_join(src: Src) -> tuple[str, str]:
     """Columns and join for titles and scores, if marts.prompts exists."""
     if has_table(src, "marts.prompts"):
-        return (", pr.title, pr.score",
+        return (f", {TITLE_SQL} as title, pr.score",
                 "left join marts.prompts as pr on pr.post_id = pt.post_id")
     return ", null::varchar as title, null::bigint as score", ""
 
 
 @_cache
 def post_perplexity(src: Src, pair: str) -> pd.DataFrame:
-    """One row per (post, model role): perplexity, bits per token and per byte."""
+    """One row per (post, model role): perplexity, bits per token and per byte.
+    From marts.fct_post_perplexity, or from the raw tables before dbt has run."""
     cols, join = _prompts_join(src)
+    if has_table(src, "marts.fct_post_perplexity"):
+        return query(f"""
+            select pt.role, pt.post_id, coalesce(pt.grp, 'all') as grp, pt.site,
+                   pt.n_scored as n_tokens, pt.n_bytes, pt.perplexity,
+                   pt.bits_per_token, pt.bits_per_byte {cols}
+            from marts.fct_post_perplexity as pt {join}
+            where pt.pair = ?
+            order by pt.post_id, pt.role
+        """, [pair], path=src[0])
     return query(f"""
         with lp as (
             select role, post_id, count(*) as n_tokens, sum(logprob) as sum_logprob
@@ -290,36 +296,46 @@ def post_deltas(src: Src, pair: str) -> pd.DataFrame:
     return out
 
 
+def _token_source(src: Src) -> str:
+    """marts.fct_token_logprob_delta, or the same pairing done on the raw table."""
+    if has_table(src, "marts.fct_token_logprob_delta"):
+        return """
+            select pair, post_id, position, token_text,
+                   logprob_base as base_logprob, logprob_sft as sft_logprob,
+                   delta_logprob as delta, cumulative_delta_logprob as cum_delta
+            from marts.fct_token_logprob_delta"""
+    return """
+        select b.pair, b.post_id, b.position, b.token_text,
+               b.logprob as base_logprob, s.logprob as sft_logprob,
+               s.logprob - b.logprob as delta,
+               sum(s.logprob - b.logprob) over (
+                   partition by b.pair, b.post_id order by b.position) as cum_delta
+        from raw.token_logprobs as b
+        inner join raw.token_logprobs as s
+            on s.run_id = b.run_id and s.pair = b.pair and s.post_id = b.post_id
+           and s.position = b.position and s.role = 'sft'
+        where b.role = 'base'"""
+
+
 @_cache
 def token_deltas(src: Src, pair: str, post_id: int) -> pd.DataFrame:
     """position, token_text, both log-probs, delta = SFT - base (nats), cum_delta."""
-    return query("""
-        select b.position, b.token_text, b.logprob as base_logprob,
-               s.logprob as sft_logprob, s.logprob - b.logprob as delta,
-               sum(s.logprob - b.logprob) over (order by b.position) as cum_delta
-        from raw.token_logprobs as b
-        inner join raw.token_logprobs as s
-            on s.pair = b.pair and s.post_id = b.post_id
-           and s.position = b.position and s.role = 'sft'
-        where b.role = 'base' and b.pair = ? and b.post_id = ?
-        order by b.position
+    return query(f"""
+        with t as ({_token_source(src)})
+        select position, token_text, base_logprob, sft_logprob, delta, cum_delta
+        from t where pair = ? and post_id = ?
+        order by position
     """, [pair, int(post_id)], path=src[0])
 
 
 @_cache
 def cumulative_deltas(src: Src, pair: str, points: int = 120) -> pd.DataFrame:
     """post_id, grp, position, cum_delta for every post, about `points` per post."""
-    return query("""
-        with d as (
-            select b.post_id, b.position, b.token_text,
-                   sum(s.logprob - b.logprob)
-                       over (partition by b.post_id order by b.position) as cum_delta,
-                   count(*) over (partition by b.post_id) as n
-            from raw.token_logprobs as b
-            inner join raw.token_logprobs as s
-                on s.pair = b.pair and s.post_id = b.post_id
-               and s.position = b.position and s.role = 'sft'
-            where b.role = 'base' and b.pair = ?
+    return query(f"""
+        with t as ({_token_source(src)}),
+        d as (
+            select *, count(*) over (partition by post_id) as n
+            from t where pair = ?
         ),
         pt as (
             select post_id, any_value(grp) as grp from raw.post_texts
@@ -336,7 +352,15 @@ def cumulative_deltas(src: Src, pair: str, points: int = 120) -> pd.DataFrame:
 @_cache
 def residual_drift(src: Src, pair: str) -> pd.DataFrame:
     """layer, grp: token-weighted means of relative L2 distance and cosine, the
-    pooled ratio sqrt(sum |dh|^2 / sum |h_base|^2), posts and tokens counted."""
+    pooled ratio sqrt(sum |dh|^2 / sum |h_base|^2), posts and tokens counted.
+    From marts.fct_residual_drift_by_group, or the raw table before dbt has run."""
+    if has_table(src, "marts.fct_residual_drift_by_group"):
+        return query("""
+            select layer, coalesce(grp, 'all') as grp, n_posts, n_tokens,
+                   mean_rel_l2, mean_cos, pooled_rel_l2
+            from marts.fct_residual_drift_by_group where pair = ?
+            order by grp, layer
+        """, [pair], path=src[0])
     return query("""
         with pt as (
             select post_id, any_value(grp) as grp from raw.post_texts
@@ -371,15 +395,16 @@ def prompts(src: Src, search: str = "", groups: tuple[str, ...] = (),
     `groups`, best score first, without the text."""
     where, params = ["true"], []
     if search:
-        where.append("(title ilike ? or text ilike ?)")
+        where.append("(pr.title ilike ? or pr.text ilike ?)")
         params += [f"%{search}%", f"%{search}%"]
     if groups:
-        where.append(f"grp in ({', '.join('?' * len(groups))})")
+        where.append(f"pr.grp in ({', '.join('?' * len(groups))})")
         params += list(groups)
     return query(f"""
-        select post_id, grp, score, title, n_chars, site, post_type
-        from marts.prompts where {' and '.join(where)}
-        order by score desc, post_id limit {int(limit)}
+        select pr.post_id, pr.grp, pr.score, {TITLE_SQL} as title, pr.n_chars,
+               pr.site, pr.post_type
+        from marts.prompts as pr where {' and '.join(where)}
+        order by pr.score desc, pr.post_id limit {int(limit)}
     """, params, path=src[0])
 
 

@@ -1,5 +1,6 @@
 """Perplexity: both models on the posts, per group; per-token deltas along a post."""
 
+import pandas as pd
 import streamlit as st
 
 from app_lib import charts, ui
@@ -25,7 +26,7 @@ measure = c1.radio("measure", ["perplexity", "bits_per_byte", "bits_per_token"],
                    horizontal=True, key="ppl_measure",
                    format_func=lambda m: m.replace("_", " "),
                    help="Bits per byte compare across tokenizers.")
-log = c2.toggle("log y", value=measure == "perplexity", key="ppl_log")
+log = c2.toggle("log y", value=False, key="ppl_log")
 left, right = st.columns([3, 2])
 left.altair_chart(charts.perplexity_chart(ppl, measure, log=log), width="stretch")
 table = (ppl.groupby(["grp", "role"])[measure]
@@ -45,7 +46,8 @@ st.subheader("Cumulative per-token delta along each post")
 st.caption("Running sum of log p_SFT - log p_base over a post's tokens: rising "
            "where the fine-tuned model finds the text likelier. Hover for the token.")
 posts = deltas.sort_values(["grp", "post_id"])
-labels = {int(r.post_id): f"{r.post_id} [{r.grp}] {r.title or ''}"[:90]
+labels = {int(r.post_id): f"{r.post_id} [{r.grp}] "
+          + ("" if pd.isna(r.title) else str(r.title))[:80]
           for r in posts.itertuples()}
 post_id = st.selectbox("post", list(labels), format_func=labels.get,
                        key="ppl_post")

@@ -37,6 +37,10 @@ st.caption(f"{len(found)} post(s)" + (" (first 500)" if len(found) >= 500 else "
 event = st.dataframe(
     found, hide_index=True, width="stretch", height=360, key="posts_table",
     on_select="rerun", selection_mode="single-row",
+    column_order=[c for c in ("post_id", "grp", "score", "title", "perplexity_base",
+                              "perplexity_sft", "delta_perplexity",
+                              "delta_bits_per_byte", "n_chars", "post_type", "site")
+                  if c in found],
     column_config={
         "title": st.column_config.TextColumn(width="large"),
         "perplexity_base": st.column_config.NumberColumn("ppl base", format="%.4g"),
@@ -51,7 +55,8 @@ if found.empty:
 rows = event.selection.rows if event is not None and hasattr(event, "selection") else []
 post_id = int(found.iloc[rows[0] if rows else 0]["post_id"])
 post = ui.load(q.prompt_text, src, post_id).iloc[0]
-st.subheader(post["title"] or f"Post {post_id}")
+st.subheader(post["title"] if isinstance(post["title"], str) and post["title"]
+             else f"Answer {post_id}")
 st.caption(f"post {post_id} · {post.get('site', '')} · {post.get('post_type', '')} "
            f"· score {post['score']} · group {post['grp']} · {post['n_chars']:,} "
            "characters")

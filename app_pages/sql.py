@@ -25,6 +25,7 @@ EXAMPLES = {
                             "from raw.token_logprobs t\n"
                             "join raw.post_texts p using (pair, post_id)\n"
                             "group by all order by all",
+    "Perplexity delta per group (mart)": "from marts.fct_group_perplexity_delta",
     "Describe a table": "describe marts.fct_layer_module_metrics",
     "Summarize a table": "summarize marts.fct_layer_module_metrics",
 }
