@@ -77,6 +77,7 @@ def heatmap(df: pd.DataFrame, metric: str, *, log: bool = False) -> alt.Chart:
     df: fct_layer_module_metrics rows of one pair (layer, module, metric, ...)."""
     data = df.copy()
     n_layers = int(data["layer"].max()) + 1 if len(data) else 1
+    step = max(12, min(30, 640 // n_layers))  # pixels per layer row
     if log:
         data = data[data[metric] > 0]
     tooltip = [alt.Tooltip("layer:O", title="layer"),
@@ -96,8 +97,9 @@ def heatmap(df: pd.DataFrame, metric: str, *, log: bool = False) -> alt.Chart:
         color=alt.Color(f"{metric}:Q", title=None,
                         scale=alt.Scale(scheme=SEQUENTIAL,
                                         type="log" if log else "linear"),
-                        legend=alt.Legend(orient="right", gradientLength=260,
-                                          format=".3~g")),
+                        legend=alt.Legend(orient="right", format=".3~g",
+                                          gradientLength=max(120, min(
+                                              320, step * n_layers)))),
         tooltip=tooltip,
     )
     layers = [rect]
@@ -111,7 +113,7 @@ def heatmap(df: pd.DataFrame, metric: str, *, log: bool = False) -> alt.Chart:
             tooltip=tooltip))
     return alt.layer(*layers).properties(
         title=alt.Title(metric_title(metric), anchor="start"),
-        height=max(260, 22 * n_layers))
+        height=alt.Step(step))
 
 
 def layers_chart(df: pd.DataFrame, metric: str, *, log: bool = False) -> alt.Chart:
