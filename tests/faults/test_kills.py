@@ -123,7 +123,7 @@ INGEST_DRIVER = """
     def parse_then_stall(*args, **kwargs):
         for i, item in enumerate(real(*args, **kwargs)):
             yield item
-            if i == 1:  # two chunks of the file inserted, the rest not yet
+            if i == 1:  # two chunks parsed and sent to the INSERT, the rest not yet
                 print("mid-file", flush=True)
                 time.sleep(120)
 
