@@ -162,7 +162,7 @@ def spectra_chart(df: pd.DataFrame, noise: dict[str, float] | None = None,
     lines = alt.Chart(data).mark_line(strokeWidth=2, interpolate="step-after").encode(
         x=alt.X("idx:Q", title="index i (largest first)",
                 scale=alt.Scale(type="log", domain=[1, max(n_max, 2)], nice=False)),
-        strokeDash=alt.StrokeDash("matrix:N", legend=None, scale=alt.Scale(
+        strokeDash=alt.StrokeDash("matrix:N", title=None, scale=alt.Scale(
             domain=[ROLE_LABEL[r] for r in roles], range=[dash[r] for r in roles])),
         y=alt.Y("value:Q", title="singular value s_i", scale=alt.Scale(type="log")),
         color=alt.Color("matrix:N", title=None, scale=_role_scale(roles),
