@@ -188,6 +188,7 @@ def test_check_flag_from_the_command_line(pair_copy, tmp_path):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "w.duckdb").exists()
 
 
+@pytest.mark.slow
 def test_nonfinite_tensor_is_marked_and_the_run_goes_on(pair_copy, wh, tmp_path,
                                                         capsys):
     def poison(t):

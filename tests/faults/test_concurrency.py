@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from compute.run import main as run_main
 from ingest import warehouse
 from ingest.compute_load import main as load_main
@@ -130,6 +132,7 @@ def test_app_reads_while_compute_loads(small_pair, wh, tmp_path, capsys):
     assert retries[0] > 0  # the app did meet the writer, and waited
 
 
+@pytest.mark.slow
 def test_dbt_run_while_the_warehouse_is_held(wh):
     """dbt does not wait: it fails at once, exit 2, naming the holder (and prints
     its own traceback). Nothing is changed; run it again when the holder is done."""

@@ -15,6 +15,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from compute.run import main as run_main
 from ingest.compute_load import main as load_main
 from tests.behaviour_helpers import prompts
@@ -42,6 +44,7 @@ def _kill(proc: subprocess.Popen) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_killed_mid_behaviour_resumes_with_every_row_once(small_pair, wh, tmp_path,
                                                           capsys):
     n_posts = 10
