@@ -250,7 +250,18 @@ def spectra_file(run_dir: Path, index: int) -> Path:
 
 def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
                     manifest: dict, device: torch.device) -> None:
+    """Spectra of every matrix, one Parquet file per tensor (a killed run resumes).
+
+    On a CPU, tensors are spread over worker threads (one per core, up to
+    spectra.MAX_WORKERS) with single-threaded BLAS: 2 cores are better used by two
+    tensors at once than by one multi-threaded eigensolve, and the reading of one
+    overlaps the arithmetic of the other. The largest tensors start first.
+    """
+    import math
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     from compute.checkpoints import layer_module
+    from compute.spectra import spectra_workers, worker_threads
 
     run_id, pair = manifest["run_id"], cfg.pair
     started = manifest["kinds"].get("spectra", {}).get("started_at") or now()
@@ -274,33 +285,54 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
             if not spectra_file(cfg.run_dir, i).exists()]
     if cfg.max_tensors is not None:
         todo = todo[:cfg.max_tensors]
+    # largest first, so that the embedding does not finish alone at the end
+    todo.sort(key=lambda i: -math.prod(base.tensors[plan.matrices[i]].shape))
     done = len(plan.matrices) - len(todo)
     bar = tqdm(total=len(plan.matrices), initial=done, unit="tensor",
                desc=f"spectra {pair}", disable=not cfg.progress, dynamic_ncols=True)
-    bad = []
-    with torch.inference_mode():
-        for i in todo:
-            name = plan.matrices[i]
-            layer, module = layer_module(name)
+
+    def one(i: int) -> list[str]:
+        """Spectra of matrix i into its Parquet file; the non-finite warnings."""
+        name = plan.matrices[i]
+        layer, module = layer_module(name)
+        with torch.inference_mode():  # thread-local: set in each worker
             wb, ws = base.read(name), sft.read(name)
             if wb.dtype != ws.dtype:
                 raise CheckpointError(f"tensor {name}: stored as {wb.dtype} in "
                                       f"{base.ref} but {ws.dtype} in {sft.ref}")
             rows = tensor_spectra(wb, ws, device=device, method=cfg.method)
-            common = {"run_id": run_id, "pair": pair, "base_model": base.ref,
-                      "sft_model": sft.ref, "tensor": name, "layer": layer,
-                      "module": module, "n_rows": wb.shape[0], "n_cols": wb.shape[1],
-                      "storage_dtype": STORAGE_NAMES[wb.dtype], "method": cfg.method,
-                      "device": device.type}
-            for r in rows:
-                r["singular_values"] = r["singular_values"].tolist()
-                if r["n_nonfinite"]:
-                    bad.append(f"{name} ({r['role']}: {r['n_nonfinite']} NaN/Inf)")
-            table = pa.Table.from_pylist([common | r for r in rows], schema=SPECTRA_SCHEMA)
-            write_parquet(table, spectra_file(cfg.run_dir, i))
-            bar.update(1)
+        common = {"run_id": run_id, "pair": pair, "base_model": base.ref,
+                  "sft_model": sft.ref, "tensor": name, "layer": layer,
+                  "module": module, "n_rows": wb.shape[0], "n_cols": wb.shape[1],
+                  "storage_dtype": STORAGE_NAMES[wb.dtype], "method": cfg.method,
+                  "device": device.type}
+        del wb, ws
+        warnings = []
+        for r in rows:
+            r["singular_values"] = r["singular_values"].tolist()
+            if r["n_nonfinite"]:
+                warnings.append(f"{name} ({r['role']}: {r['n_nonfinite']} NaN/Inf)")
+        table = pa.Table.from_pylist([common | r for r in rows], schema=SPECTRA_SCHEMA)
+        write_parquet(table, spectra_file(cfg.run_dir, i))
+        return warnings
+
+    bad: dict[int, list[str]] = {}
+    workers = spectra_workers(device, len(todo))
+    with worker_threads(workers), ThreadPoolExecutor(
+            workers, thread_name_prefix="spectra") as pool:
+        pending = {pool.submit(one, i): i for i in todo}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    bad[pending.pop(fut)] = fut.result()  # re-raises a worker's error
+                    bar.update(1)
+        finally:  # an error or ^C: start nothing new; running tensors finish
+            for fut in pending:
+                fut.cancel()
     bar.close()
-    for b in bad:
+    bad_list = [w for i in sorted(bad) for w in bad[i]]
+    for b in bad_list:
         print(f"warning: non-finite entries in {b}; its spectrum is left empty",
               file=sys.stderr)
     if all(spectra_file(cfg.run_dir, i).exists() for i in range(len(plan.matrices))):
@@ -308,7 +340,8 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
             "finished_at": now(), "device": device.type,
             "dtype": "fp64 gram" if cfg.method == "gram" else cfg.method,
             "options": {"method": cfg.method, "tied_embeddings": plan.tied,
-                        "nonfinite_tensors": bad, "torch": torch.__version__}}
+                        "nonfinite_tensors": bad_list, "torch": torch.__version__,
+                        "workers": workers}}
         save_manifest(cfg, manifest)
 
 

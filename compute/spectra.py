@@ -3,16 +3,33 @@
     rows = tensor_spectra(w_base, w_sft, device=torch.device("cpu"))  # 3 dicts
 
 Default method `gram`: the eigenvalues of the fp64 Gram matrix of the short side,
-G = X X^T with X (k, N), k <= N, accumulated over column blocks of X, so no full fp64
-copy of a long matrix (the 151936 x 896 embedding) is ever made. sigma_i = sqrt(lambda_i)
-is accurate to about sqrt(eps64) * s_1 ~ 1.5e-8 * s_1. Method `svd` is the reference:
-LAPACK `svdvals` in fp32 (or fp64 with `svd64`).
+G = X X^T with X (k, N), k <= N. sigma_i = sqrt(lambda_i) is accurate to about
+sqrt(eps64) * s_1 ~ 1.5e-8 * s_1. Method `svd` is the reference: LAPACK `svdvals` in
+fp32 (or fp64 with `svd64`).
+
+How the gram method is fast (bench/spectra.py measures it; bench/README.md has the
+figures):
+- one pass over the pair, in blocks along the long side (<= BLOCK_ELEMS fp64 entries,
+  so the 151936 x 896 embedding never has a full fp64 copy); each block is upcast once
+  into reused buffers, dW's block is their difference in fp64 (exact), and the three
+  Grams accumulate from the same blocks;
+- on the CPU the Gram is a symmetric rank-k update (NumPy's matmul calls BLAS syrk
+  for `x.T @ x`: half the flops of a gemm) and the eigensolver is NumPy's (OpenBLAS
+  dsyevd, faster than torch's here); on a GPU both stay torch ops on the device;
+- the zero counts, the noise level and the finiteness come out of the same blocks:
+  no frexp/ldexp, no fp32 copies, no boolean masks of the whole matrix. Non-finite
+  entries make the trace of the Gram non-finite (the squares of finite fp16/bf16/fp32
+  values cannot overflow in fp64), so they are counted only when there are some.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -20,22 +37,183 @@ import torch
 METHODS = ("gram", "svd", "svd64")
 MANTISSA_BITS = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23,
                  torch.float64: 52}
+MIN_NORMAL_EXP = {torch.bfloat16: -126, torch.float16: -14, torch.float32: -126,
+                  torch.float64: -1022}
 STORAGE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16",
                  torch.float32: "float32", torch.float64: "float64"}
-BLOCK_ELEMS = 1 << 22  # fp64 elements per Gram block (32 MiB)
+# storage dtype -> (integer view, mask without the sign bit, mask of the exponent)
+BITS = {torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80),
+        torch.float16: (torch.int16, 0x7FFF, 0x7C00),
+        torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
+        torch.float64: (torch.int64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
+BLOCK_ELEMS = 9 << 19  # fp64 entries per block (36 MiB): a 4864 x 896 MLP matrix
+ROLES = ("base", "sft", "delta")
+MAX_WORKERS = 8  # CPU worker threads in compute.run (one tensor pair each)
+
+_local = threading.local()  # per-thread reusable buffers (compute.run uses threads)
+
+
+def spectra_workers(device: torch.device, n_tasks: int) -> int:
+    """Tensors computed at once: one per core on a CPU (<= MAX_WORKERS), 1 on a GPU.
+
+    Without threadpoolctl the BLAS thread count cannot be pinned to one per worker,
+    and oversubscribed BLAS threads spin: then one worker with threaded BLAS.
+    """
+    if device.type != "cpu":
+        return 1
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        return 1
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else (os.cpu_count() or 1))
+    return max(1, min(cores, MAX_WORKERS, n_tasks))
+
+
+@contextlib.contextmanager
+def worker_threads(workers: int) -> Iterator[None]:
+    """Single-threaded BLAS and torch ops while `workers` > 1 threads share the cores."""
+    if workers <= 1:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def _workspace(device: torch.device, n: int, k: int, int_dtype: torch.dtype
+               ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+    """This thread's reusable buffers: three flat fp64 of >= n entries, one flat
+    integer of >= n, three (k, k) fp64 Grams (not zeroed: the first block writes
+    them). Fresh large allocations cost page faults on every tensor; these are paid
+    once."""
+    cache = _local.__dict__.setdefault("ws", {})
+    key = (device.type, device.index)
+    ws = cache.get(key)
+    if ws is None or ws["f64"][0].numel() < n:
+        ws = {"f64": [torch.empty(n, dtype=torch.float64, device=device)
+                      for _ in range(3)], "int": {}, "gram": {}}
+        cache[key] = ws
+    ints = ws["int"].get(int_dtype)
+    if ints is None or ints.numel() < n:
+        ints = ws["int"][int_dtype] = torch.empty(n, dtype=int_dtype, device=device)
+    grams = ws["gram"].get(k)
+    if grams is None:
+        grams = [torch.empty(k, k, dtype=torch.float64, device=device) for _ in ROLES]
+        if len(ws["gram"]) > 4:  # bound what a thread keeps
+            ws["gram"].clear()
+        ws["gram"][k] = grams
+    return ws["f64"], ints, grams
+
+
+def _blocks(length: int, width: int) -> list[slice]:
+    """Balanced slices of `length` such that a block holds <= BLOCK_ELEMS entries."""
+    n_blocks = max(1, -(-length * width // BLOCK_ELEMS))
+    step = -(-length // n_blocks)
+    return [slice(i, min(i + step, length)) for i in range(0, length, step)]
+
+
+def _block_elems(blocks: list[slice], width: int) -> int:
+    return max(sl.stop - sl.start for sl in blocks) * width
+
+
+def _view(buf: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    return buf[:math.prod(shape)].view(shape)
+
+
+def _block_source(w: torch.Tensor, sl: slice, tall: bool) -> torch.Tensor:
+    return w[sl] if tall else w[:, sl]  # (r, k) tall, (k, c) wide (strided)
+
+
+def _syrk_acc(g: torch.Tensor, x: torch.Tensor, tall: bool, first: bool) -> None:
+    """g += x.T @ x (tall block, (r, k)) or x @ x.T (wide block, (k, c)); x contiguous.
+
+    `first`: g is zero, write the product into it."""
+    if x.device.type == "cpu":
+        xn, gn = x.numpy(), g.numpy()
+        a, b = (xn.T, xn) if tall else (xn, xn.T)
+        # NumPy calls BLAS syrk when one operand is the transpose of the other: half
+        # the flops of a gemm. NaN/Inf are not errors here (the trace reports them).
+        with np.errstate(invalid="ignore", over="ignore"):
+            if first:
+                np.matmul(a, b, out=gn)
+            else:
+                np.add(gn, a @ b, out=gn)
+    else:
+        a, b = (x.T, x) if tall else (x, x.T)
+        if first:
+            torch.matmul(a, b, out=g)
+        else:
+            g.addmm_(a, b)
+
+
+def _eigvalsh(g: torch.Tensor) -> torch.Tensor:
+    """Ascending eigenvalues of a symmetric fp64 matrix, on its device."""
+    if g.device.type == "cpu":  # OpenBLAS dsyevd: 1.6x faster than torch's here
+        return torch.from_numpy(np.linalg.eigvalsh(g.numpy()))
+    return torch.linalg.eigvalsh(g)
+
+
+def _count_nonzero(x: torch.Tensor) -> int:
+    if x.device.type == "cpu":
+        return int(np.count_nonzero(x.numpy()))
+    return int(torch.count_nonzero(x))
+
+
+def _bits_stats(src: torch.Tensor, tmp: torch.Tensor, p64: torch.Tensor
+                ) -> tuple[int, int, float]:
+    """(nonzero entries, subnormal entries, sum of p^2) of a block in its storage
+    dtype, from its bits: p = 2^floor(log2|x|) for normal x, 0 for zeros and
+    subnormals; the rounding error of x is ulp = p * 2^-mantissa bits (normal) or
+    2^(emin - mantissa bits) (subnormal). Buffers: integer `tmp`, fp64 `p64`."""
+    int_dtype, nonsign, exp_mask = BITS[src.dtype]
+    z = _view(tmp, src.shape)
+    torch.bitwise_and(src.view(int_dtype), nonsign, out=z)  # |x| as bits
+    nonzero = _count_nonzero(z)
+    z.bitwise_and_(exp_mask)  # keep the exponent: |x| rounded down to a power of 2
+    normal = _count_nonzero(z)
+    p = _view(p64, src.shape)
+    p.copy_(z.view(src.dtype))
+    if p.device.type == "cpu":
+        pn = p.numpy().reshape(-1)
+        pow2_sq = float(np.dot(pn, pn))
+    else:
+        pow2_sq = float(torch.dot(p.view(-1), p.view(-1)))
+    return nonzero, nonzero - normal, pow2_sq
+
+
+def _noise_from_sums(pow2_sq: float, subnormal: int, numel: int,
+                     storage: torch.dtype) -> float:
+    """sigma from the summed _bits_stats of base and SFT."""
+    ulp_sq = (pow2_sq + subnormal * 4.0 ** MIN_NORMAL_EXP[storage]) \
+        * 4.0 ** -MANTISSA_BITS[storage]
+    return math.sqrt(ulp_sq / (12 * numel))
 
 
 def gram_singular_values(a: torch.Tensor) -> tuple[np.ndarray, float]:
     """(descending singular values, sum of squares) of a 2-D float tensor."""
-    x = a if a.shape[0] <= a.shape[1] else a.T  # (k, N), k <= N
-    k, n = x.shape
-    block = max(1, BLOCK_ELEMS // k)
-    g = torch.zeros(k, k, dtype=torch.float64, device=a.device)  # (k, k)
-    for j in range(0, n, block):
-        xb = x[:, j:j + block].to(torch.float64)  # (k, b)
-        g.addmm_(xb, xb.T)
+    m, n = a.shape
+    tall = m >= n
+    k, long = (n, m) if tall else (m, n)
+    blocks = _blocks(long, k)
+    bufs, _, grams = _workspace(a.device, _block_elems(blocks, k), k, torch.int16)
+    for j, sl in enumerate(blocks):
+        src = _block_source(a, sl, tall)
+        x = _view(bufs[0], src.shape)
+        x.copy_(src)
+        _syrk_acc(grams[0], x, tall, first=j == 0)
+    return _spectrum(grams[0])
+
+
+def _spectrum(g: torch.Tensor) -> tuple[np.ndarray, float]:
     frob_sq = float(torch.diagonal(g).sum())
-    eig = torch.linalg.eigvalsh(g)  # ascending
+    eig = _eigvalsh(g)  # ascending
     s = torch.sqrt(torch.clamp(eig, min=0.0)).flip(0)
     return s.cpu().numpy(), frob_sq
 
@@ -59,23 +237,33 @@ def singular_values(a: torch.Tensor, method: str = "gram") -> tuple[np.ndarray, 
 def ulp(w: torch.Tensor, storage: torch.dtype) -> torch.Tensor:
     """Unit in the last place of each entry of `w` (values exact in `storage`), fp32.
 
-    For |x| in [2^e, 2^(e+1)) the spacing is 2^(e - mantissa bits); 0 for x == 0.
+    For |x| in [2^e, 2^(e+1)) the spacing is 2^(e - mantissa bits), and the constant
+    2^(emin - mantissa bits) below the smallest normal 2^emin (np.spacing's values);
+    0 for x == 0.
     """
     _, exp = torch.frexp(w.float())  # x = m * 2^exp, m in [0.5, 1)
+    exp = torch.clamp_min(exp - 1, MIN_NORMAL_EXP[storage])
     u = torch.ldexp(torch.ones_like(w, dtype=torch.float32),
-                    (exp - 1 - MANTISSA_BITS[storage]).to(torch.int32))
+                    (exp - MANTISSA_BITS[storage]).to(torch.int32))
     return torch.where(w == 0, torch.zeros_like(u), u)
 
 
 def noise_sigma(w_base: torch.Tensor, w_sft: torch.Tensor, storage: torch.dtype) -> float:
-    """Rounding-noise std per entry of dW: sqrt(mean((ulp_b^2 + ulp_s^2) / 12))."""
-    total = 0.0
-    rows = max(1, BLOCK_ELEMS // max(1, w_base.shape[-1]))
-    for i in range(0, w_base.shape[0], rows):
-        ub = ulp(w_base[i:i + rows], storage).double()
-        us = ulp(w_sft[i:i + rows], storage).double()
-        total += float((ub * ub + us * us).sum())
-    return math.sqrt(total / (12 * w_base.numel()))
+    """Rounding-noise std per entry of dW: sqrt(mean((ulp_b^2 + ulp_s^2) / 12)).
+
+    Inputs hold values exact in `storage` (in that dtype or a wider one)."""
+    wb = w_base.reshape(w_base.shape[0], -1).to(storage)
+    ws = w_sft.reshape(wb.shape).to(storage)
+    m, n = wb.shape
+    blocks = _blocks(m, n)
+    bufs, ints, _ = _workspace(wb.device, _block_elems(blocks, n), 1, BITS[storage][0])
+    pow2_sq, subnormal = 0.0, 0
+    for sl in blocks:
+        for w in (wb, ws):
+            _, sub, sq = _bits_stats(w[sl], ints, bufs[0])
+            pow2_sq += sq
+            subnormal += sub
+    return _noise_from_sums(pow2_sq, subnormal, m * n, storage)
 
 
 def tensor_spectra(
@@ -84,30 +272,91 @@ def tensor_spectra(
 ) -> list[dict]:
     """One row (dict) per role: base, sft, delta. Inputs in their storage dtype."""
     assert w_base.shape == w_sft.shape and w_base.ndim == 2, (w_base.shape, w_sft.shape)
+    assert w_base.dtype == w_sft.dtype, (w_base.dtype, w_sft.dtype)
+    if method == "gram":
+        return _gram_spectra(w_base.to(device), w_sft.to(device))
     storage = w_base.dtype
     b = w_base.to(device=device, dtype=torch.float32)  # (m, n)
     s = w_sft.to(device=device, dtype=torch.float32)  # (m, n)
-    d = s - b  # exact: both are bf16 values, the difference fits fp32
+    d = s - b  # the reference, as the seed computed it
     rows = []
-    for role, mat in (("base", b), ("sft", s), ("delta", d)):
+    for role, mat in zip(ROLES, (b, s, d), strict=True):
         t0 = time.perf_counter()
         n_nonfinite = int((~torch.isfinite(mat)).sum())
         if n_nonfinite:
             sv, frob = np.array([], dtype=np.float64), float("nan")
         else:
             sv, frob = singular_values(mat, method)
-        rows.append({
-            "role": role,
-            "singular_values": sv,
-            "frobenius_sq": frob,
-            "n_zero": int((mat == 0).sum()),
-            "n_nonfinite": n_nonfinite,
-            "noise_sigma": None,
-            "seconds": time.perf_counter() - t0,
-        })
+        rows.append(_row(role, sv, frob, int((mat == 0).sum()), n_nonfinite,
+                         time.perf_counter() - t0))
     if rows[2]["n_nonfinite"] == 0:
         rows[2]["noise_sigma"] = noise_sigma(b, s, storage)
     return rows
+
+
+def _row(role, sv, frob, n_zero, n_nonfinite, seconds) -> dict:
+    return {"role": role, "singular_values": sv, "frobenius_sq": frob,
+            "n_zero": n_zero, "n_nonfinite": n_nonfinite, "noise_sigma": None,
+            "seconds": seconds}
+
+
+def _gram_spectra(wb: torch.Tensor, ws: torch.Tensor) -> list[dict]:
+    """All three roles from one blocked pass over the pair (see the module doc)."""
+    t_start = time.perf_counter()
+    storage, device = wb.dtype, wb.device
+    m, n = wb.shape
+    tall = m >= n
+    k, long = (n, m) if tall else (m, n)
+    blocks = _blocks(long, k)
+    bufs, ints, grams = _workspace(device, _block_elems(blocks, k), k, BITS[storage][0])
+    nonzero = [0, 0, 0]
+    pow2_sq, subnormal = 0.0, 0
+    role_s = [0.0, 0.0, 0.0]  # seconds in each role's own Gram and eigensolve
+    for j, sl in enumerate(blocks):
+        src_b, src_s = _block_source(wb, sl, tall), _block_source(ws, sl, tall)
+        for i, src in enumerate((src_b, src_s)):  # bufs[2] is free until dW
+            nz, sub, sq = _bits_stats(src, ints, bufs[2])
+            nonzero[i] += nz
+            subnormal += sub
+            pow2_sq += sq
+        xb, xs, xd = (_view(buf, src_b.shape) for buf in bufs)  # (r, k) | (k, c)
+        xb.copy_(src_b)
+        xs.copy_(src_s)
+        torch.sub(xs, xb, out=xd)  # exact in fp64
+        nonzero[2] += _count_nonzero(xd)
+        for i, x in enumerate((xb, xs, xd)):
+            t0 = time.perf_counter()
+            _syrk_acc(grams[i], x, tall, first=j == 0)
+            role_s[i] += time.perf_counter() - t0
+    numel = m * n
+    rows = []
+    for i, (role, g) in enumerate(zip(ROLES, grams, strict=True)):
+        t0 = time.perf_counter()
+        frob_sq = float(torch.diagonal(g).sum())
+        if math.isfinite(frob_sq):  # squares of finite fp16/bf16/fp32 cannot overflow
+            sv, frob = _spectrum(g)
+            n_nonfinite = 0
+        else:
+            sv, frob = np.array([], dtype=np.float64), float("nan")
+            n_nonfinite = _count_nonfinite(wb, ws, i)
+        role_s[i] += time.perf_counter() - t0
+        rows.append(_row(role, sv, frob, numel - nonzero[i], n_nonfinite, role_s[i]))
+    shared = (time.perf_counter() - t_start - sum(role_s)) / 3  # reading bits, upcasts
+    for r in rows:
+        r["seconds"] += shared
+    if rows[0]["n_nonfinite"] == 0 and rows[1]["n_nonfinite"] == 0:
+        rows[2]["noise_sigma"] = _noise_from_sums(pow2_sq, subnormal, numel, storage)
+    return rows
+
+
+def _count_nonfinite(wb: torch.Tensor, ws: torch.Tensor, role: int) -> int:
+    """NaN/Inf entries of base, sft or dW (rare: only when the trace says some)."""
+    total = 0
+    for sl in _blocks(wb.shape[0], wb.shape[1]):
+        b, s = wb[sl].to(torch.float64), ws[sl].to(torch.float64)
+        x = (b, s, s - b)[role]
+        total += int((~torch.isfinite(x)).sum())
+    return total
 
 
 def vector_change(w_base: torch.Tensor, w_sft: torch.Tensor) -> dict:
