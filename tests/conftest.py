@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 SE_SAMPLES = SHARED / "se-samples"
 DBT_DIR = ROOT / "dbt_project"
+# Fewer prompts than `make demo` scores, so the session fixture stays quick.
+DEMO_VARS = "{prompt_per_group: 12}"
 
 
 def env_for(db: Path | None = None, **extra: str) -> dict[str, str]:
@@ -67,9 +69,9 @@ def demo_warehouse(tmp_path_factory, demo_pair) -> Path:
         run_py("-m", "ingest.demo_site", str(work / "site"))
         run_py("-m", "ingest.stackexchange", str(work / "site"), "--site",
                "physics.demo", db=db)
-        run_dbt(db, "build", "--quiet")
+        run_dbt(db, "build", "--quiet", "--vars", DEMO_VARS)
     run_py("-m", "compute.run", "--base", str(demo_pair / "base"), "--sft",
            str(demo_pair / "sft"), "--name", "demo", "--out", str(work / "runs"),
            "--no-progress", *([] if have_site else ["--skip-behaviour"]), db=db)
-    run_dbt(db, "build", "--quiet")
+    run_dbt(db, "build", "--quiet", "--vars", DEMO_VARS)
     return db
