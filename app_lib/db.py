@@ -19,7 +19,6 @@ console uses the same configuration as every page.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from ingest.warehouse import WarehouseBusy, db_path
+from ingest.warehouse import WarehouseBusy, db_path, lock_holder
 
 __all__ = ["APP_CONFIG", "ATTEMPTS", "WarehouseBusy", "WarehouseMissing", "connect",
            "query", "retry_count", "source"]
@@ -73,18 +72,6 @@ def _is_busy(exc: Exception) -> bool:
             or "different configuration" in text)
 
 
-def _holder(exc: Exception) -> str:
-    m = re.search(r"\(PID (\d+)\)", str(exc))
-    if not m:
-        return "another process"
-    pid = m.group(1)
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        return f"PID {pid} ({cmd.strip()[:100]})"
-    except OSError:
-        return f"PID {pid}"
-
-
 @contextmanager
 def connect(path: str | os.PathLike | None = None, *,
             attempts: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -107,7 +94,7 @@ def connect(path: str | os.PathLike | None = None, *,
                 raise
             if attempt == attempts:
                 raise WarehouseBusy(
-                    f"the warehouse {path} is being written by {_holder(exc)}; "
+                    f"the warehouse {path} is being written by {lock_holder(exc)}; "
                     f"tried {attempts} times over about "
                     f"{FIRST_PAUSE_S * (2 ** (attempts - 1) - 1):.1f} s"
                 ) from exc

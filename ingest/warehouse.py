@@ -38,7 +38,8 @@ def _is_lock_error(exc: Exception) -> bool:
     return "Could not set lock" in text or "Conflicting lock" in text
 
 
-def _holder(exc: Exception) -> str:
+def lock_holder(exc: Exception) -> str:
+    """'PID n (command line)' of the process a DuckDB lock error names."""
     m = re.search(r"\(PID (\d+)\)", str(exc))
     if not m:
         return "another process"
@@ -79,7 +80,7 @@ def connect(
                 raise
             if time.monotonic() >= deadline:
                 raise WarehouseBusy(
-                    f"warehouse {path} is held by {_holder(exc)}; waited {timeout_s:g} s"
+                    f"warehouse {path} is held by {lock_holder(exc)}; waited {timeout_s:g} s"
                     " (SFTSCOPE_LOCK_TIMEOUT). Let that process finish or close its"
                     " connection (a notebook, a duckdb shell, a dbt run, another load),"
                     " then try again."
