@@ -38,6 +38,17 @@ def run_py(*args: str, db: Path | None = None, check: bool = True, cwd: Path = R
     return proc
 
 
+def query(db: Path, sql: str, params=None) -> list[tuple]:
+    """Rows of `sql` from a short-lived read-only connection to `db`."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
 def run_dbt(db: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     dbt = Path(sys.executable).with_name("dbt")
     proc = subprocess.run([str(dbt), *args], cwd=DBT_DIR, env=env_for(db),

@@ -10,6 +10,7 @@ import duckdb
 
 from ingest.se_tables import TABLES
 from ingest.stackexchange import LoadOptions, load
+from tests.conftest import query  # noqa: F401  (re-exported for the ingest tests)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "se-samples"
 if not SAMPLES.exists():  # a checkout next to shared/ under another name
@@ -41,14 +42,6 @@ def fingerprint(db: Path) -> dict[str, tuple]:
                 f"select count(*), coalesce(sum(hash(t::varchar)), 0) from raw.{name} t"
             ).fetchone()
         return out
-    finally:
-        con.close()
-
-
-def query(db: Path, sql: str, params=None) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
     finally:
         con.close()
 

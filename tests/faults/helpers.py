@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 
 from compute.demo import PairSpec
-from tests.conftest import ROOT, SE_SAMPLES, env_for
+from tests.conftest import ROOT, SE_SAMPLES, env_for, query  # noqa: F401
 
 SMALL = PairSpec(hidden=64, intermediate=160, layers=2, heads=2, kv_heads=1, vocab=512)
 N_MATRICES = 2 * 7 + 2  # 7 per block + embed_tokens + lm_head
@@ -45,14 +45,6 @@ def file_digest(path: Path) -> str | None:
     if wal.exists():
         h.update(wal.read_bytes())
     return h.hexdigest()
-
-
-def query(db: Path, sql: str, params=None) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def no_traceback(text: str) -> None:
