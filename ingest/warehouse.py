@@ -57,11 +57,13 @@ def connect(
     *,
     read_only: bool = False,
     timeout_s: float | None = None,
+    config: dict | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the warehouse, retrying while another process holds its lock.
 
     Gives up after `timeout_s` (default $SFTSCOPE_LOCK_TIMEOUT or 60 s) with a
-    `WarehouseBusy` that names the holder. The connection is closed on exit.
+    `WarehouseBusy` that names the holder. `config` goes to duckdb.connect. The
+    connection is closed on exit.
     """
     path = db_path(path)
     if read_only and not path.exists():
@@ -73,7 +75,7 @@ def connect(
     delay = 0.1
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
+            con = duckdb.connect(str(path), read_only=read_only, config=config or {})
             break
         except duckdb.IOException as exc:
             if not _is_lock_error(exc):

@@ -30,8 +30,9 @@ def env_for(db: Path | None = None, **extra: str) -> dict[str, str]:
 def run_py(*args: str, db: Path | None = None, check: bool = True, cwd: Path = ROOT,
            timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
     """`python -m ...` as a user runs it, in a subprocess."""
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env_for(db, **env),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, *args], check=False, cwd=cwd,
+                          env=env_for(db, **env), capture_output=True, text=True,
+                          timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\n{proc.stdout}\n"
                              f"{proc.stderr}")
@@ -49,10 +50,12 @@ def query(db: Path, sql: str, params=None) -> list[tuple]:
         con.close()
 
 
-def run_dbt(db: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_dbt(db: Path, *args: str, check: bool = True,
+            **env: str) -> subprocess.CompletedProcess:
     dbt = Path(sys.executable).with_name("dbt")
-    proc = subprocess.run([str(dbt), *args], cwd=DBT_DIR, env=env_for(db),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([str(dbt), *args], check=False, cwd=DBT_DIR,
+                          env=env_for(db, **env), capture_output=True, text=True,
+                          timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"dbt {' '.join(args)} failed\n{proc.stdout[-6000:]}\n"
                              f"{proc.stderr[-3000:]}")

@@ -52,11 +52,11 @@ def no_traceback(text: str) -> None:
 
 
 HOLDER = textwrap.dedent("""
-    import sys, time, duckdb
+    import select, sys, time, duckdb
     con = duckdb.connect(sys.argv[1], read_only=True)
     con.execute("select count(*) from raw.spectra").fetchall()
     print("held", flush=True)
-    time.sleep(float(sys.argv[2]))
+    select.select([sys.stdin], [], [], float(sys.argv[2]))  # hold_s or a line
     con.close()
     print("released", flush=True)
     time.sleep(60)
@@ -66,10 +66,11 @@ HOLDER = textwrap.dedent("""
 @contextlib.contextmanager
 def holder(db: Path, hold_s: float = 60) -> Iterator[subprocess.Popen]:
     """A process that holds the warehouse open read-only (as a notebook or the app
-    mid-query would) for `hold_s` seconds; killed on exit."""
+    mid-query would) for `hold_s` seconds, or until `release(proc)`; killed on
+    exit."""
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(db), str(hold_s)],
-                            cwd=ROOT, env=env_for(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env_for(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         assert line.strip() == "held", (line, proc.stderr.read() if proc.poll() else "")
@@ -77,6 +78,13 @@ def holder(db: Path, hold_s: float = 60) -> Iterator[subprocess.Popen]:
     finally:
         proc.kill()
         proc.wait()
+
+
+def release(proc: subprocess.Popen) -> None:
+    """Make a `holder` close its connection now (it stays alive)."""
+    proc.stdin.write("release\n")
+    proc.stdin.flush()
+    wait_for_line(proc, "released", timeout=30)
 
 
 def wait_for_line(proc: subprocess.Popen, marker: str, timeout: float = 120) -> None:

@@ -1,17 +1,19 @@
 """Concurrent use. DuckDB lets one process write a file, and no process write it while
 another has it open. Writers (compute_load, compute.run's load, ingest) wait up to
 $SFTSCOPE_LOCK_TIMEOUT for the file and then stop naming the holder's PID, changing
-nothing; the app's short-lived reads let them in; `dbt run` does not wait (it fails
-at once naming the holder); two compute runs of one pair cannot overlap; two loads of
-different pairs queue one after the other."""
+nothing; the app's short-lived reads let them in; `dbt run` waits the same way (the
+profile's ingest.dbt_lock plugin) and fails naming the holder; two compute runs of one
+pair cannot overlap; two loads of different pairs queue one after the other."""
 
 from __future__ import annotations
 
 import fcntl
+import re
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +21,7 @@ from compute.run import main as run_main
 from ingest import warehouse
 from ingest.compute_load import main as load_main
 from ingest.stackexchange import main as ingest_main
-from tests.conftest import ROOT, env_for, run_dbt
+from tests.conftest import DBT_DIR, ROOT, env_for, run_dbt
 from tests.faults.helpers import (
     N_MATRICES,
     SITE,
@@ -28,6 +30,7 @@ from tests.faults.helpers import (
     holder,
     no_traceback,
     query,
+    release,
     spawn_load,
     wait_for_line,
 )
@@ -133,15 +136,58 @@ def test_app_reads_while_compute_loads(small_pair, wh, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_dbt_run_while_the_warehouse_is_held(wh):
-    """dbt does not wait: it fails at once, exit 2, naming the holder (and prints
-    its own traceback). Nothing is changed; run it again when the holder is done."""
+def test_dbt_run_waits_for_the_holder_then_runs(wh):
+    """A notebook holds the file when `dbt run` starts: dbt waits, and runs as soon
+    as the holder lets go (the holder process stays alive: the lock, not the
+    process, is what dbt waits for)."""
+    dbt = Path(sys.executable).with_name("dbt")
+    with holder(wh) as h:
+        proc = subprocess.Popen(
+            [str(dbt), "run", "--select", "stg_compute__spectra"], cwd=DBT_DIR,
+            env=env_for(wh, SFTSCOPE_LOCK_TIMEOUT="120"), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        try:
+            head = []
+            for line in proc.stdout:  # dbt says this just before it connects
+                head.append(line)
+                if "Concurrency:" in line:
+                    break
+            else:
+                raise AssertionError("".join(head) + f"exited {proc.wait()}")
+            time.sleep(2.0)
+            assert proc.poll() is None, "".join(head) + proc.stdout.read()
+            release(h)
+            released = time.monotonic()
+            out, _ = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        took = time.monotonic() - released
+    out = "".join(head) + out
+    assert proc.returncode == 0, out[-4000:]
+    assert "PASS=1" in out and "held by" not in out, out[-4000:]
+    assert took < 60, took  # it polls: no minute-long sleeps after the release
+    assert query(wh, "select count(*) from duckdb_views() where view_name = "
+                 "'stg_compute__spectra'") == [(1,)]
+
+
+@pytest.mark.slow
+def test_dbt_run_gives_up_naming_the_holder(wh):
+    """The holder never lets go: dbt stops after $SFTSCOPE_LOCK_TIMEOUT, exit 2,
+    naming the holder's PID and command line, without a traceback, changing
+    nothing."""
     before = dump(wh)
     with holder(wh) as h:
-        proc = run_dbt(wh, "run", "--select", "stg_compute__spectra", check=False)
-    assert proc.returncode == 2, proc.stdout[-3000:]
+        proc = run_dbt(wh, "run", "--select", "stg_compute__spectra", check=False,
+                       SFTSCOPE_LOCK_TIMEOUT="3")
     out = proc.stdout + proc.stderr
-    assert "Could not set lock on file" in out and f"(PID {h.pid})" in out
+    assert proc.returncode == 2, out[-4000:]
+    assert f"is held by PID {h.pid} (" in out and "waited 3 s" in out, out[-4000:]
+    no_traceback(out)
+    # dbt's own clock, from connecting to giving up: the wait, not dbt's start-up
+    waited = float(re.search(r"Finished running .*\(([\d.]+)s\)", out).group(1))
+    assert 3 <= waited < 20, waited
     assert dump(wh) == before
 
 

@@ -1,0 +1,60 @@
+"""dbt waits for the warehouse like every other writer: a dbt-duckdb plugin.
+
+dbt_project/profiles.yml names it (`plugins: [{module: ingest.dbt_lock}]`). dbt-duckdb
+calls `update_connection_config` just before its one `duckdb.connect()` of a run (the
+connection stays open for the whole run). Here that call opens the warehouse through
+`ingest.warehouse.connect`, which retries while another process holds the file for up
+to $SFTSCOPE_LOCK_TIMEOUT seconds (default 60) and then names the holder (PID and
+command line). The connection is kept until dbt's own `connect()` has succeeded: in one
+process DuckDB hands the second connect the same database instance, so no other process
+can take the file in between. `configure_connection` then lets ours go.
+
+Why not dbt-duckdb's `retries: {connect_attempts: N}`: it sleeps 2**k s after the k-th
+failed attempt, also after the last one, and dbt's error handling reopens the
+connection twice more after the first failure, each with its own N attempts. With N
+attempts dbt takes the file only if it is free by 2**(N-1) - 1 s, but gives up only after
+3 (2**N - 1) s (measured: N = 2 fails after 9 s), and every other IOException at
+connect (a missing folder, a damaged file) waits as long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import duckdb
+from dbt.adapters.duckdb.plugins import BasePlugin
+from dbt_common.exceptions import DbtRuntimeError
+
+from ingest import warehouse
+
+
+class Plugin(BasePlugin):
+    def initialize(self, plugin_config: dict[str, Any]) -> None:
+        self._held: contextlib.ExitStack | None = None
+        self._failed: str | None = None
+
+    def update_connection_config(self, creds, config: dict[str, Any]) -> None:
+        path = str(creds.path)
+        if path == ":memory:" or creds.remote or creds.is_motherduck:
+            return
+        if self._failed is not None:  # dbt reopens after a failure: do not wait again
+            raise DbtRuntimeError(self._failed)
+        if self._held is not None:
+            return
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(warehouse.connect(path, config=dict(config)))
+        except warehouse.WarehouseBusy as exc:
+            self._failed = f"{exc} Nothing was changed."
+            raise DbtRuntimeError(self._failed) from None
+        except duckdb.Error as exc:  # not a lock: say it once, without waiting
+            self._failed = f"warehouse {path}: {exc}"
+            raise DbtRuntimeError(self._failed) from None
+        self._held = stack
+
+    def configure_connection(self, conn) -> None:
+        # dbt's connection is open (the same database instance): let ours go.
+        if self._held is not None:
+            stack, self._held = self._held, None
+            stack.close()
