@@ -17,6 +17,7 @@ wrapped in the root tag; errors are reported with the file's own line numbers.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,11 @@ from lxml import etree
 
 from ingest.se_tables import ARROW_TYPES, BY_ROOT, TABLES
 from ingest.se_text import html_to_text, parse_tags
+
+try:  # the C row parser (ingest/_sefast.c), built by `pip install -e .`
+    from ingest import _sefast
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _sefast = None
 
 BOM = b"\xef\xbb\xbf"
 FABRICATED_POST_IDS = ("1000000001", "1000000010")
@@ -234,12 +240,118 @@ def _parser() -> etree.XMLParser:
     return _PARSER
 
 
+def fast_parser_available() -> bool:
+    """True when the C parser is built and not switched off (SFTSCOPE_PURE_PYTHON=1)."""
+    return _sefast is not None and os.environ.get("SFTSCOPE_PURE_PYTHON", "") in ("", "0")
+
+
 def parse_chunk(
     table_name: str, source: str, data: bytes, first_line: int,
     skip_bad_rows: bool = False,
 ) -> tuple[pa.Table, ChunkStats]:
     """Rows of one chunk as an Arrow table with the raw table's columns and types
-    (all but `site`), and what was dropped, skipped or unknown."""
+    (all but `site`), and what was dropped, skipped or unknown.
+
+    The C parser does it when built (same tables, same errors); lxml otherwise."""
+    if fast_parser_available():
+        return parse_chunk_fast(table_name, source, data, first_line, skip_bad_rows)
+    return parse_chunk_lxml(table_name, source, data, first_line, skip_bad_rows)
+
+
+def _large_string(n: int, validity: bytes, offsets: bytes, data: bytes, nulls: int):
+    return pa.Array.from_buffers(
+        pa.large_string(), n,
+        [pa.py_buffer(validity) if nulls else None, pa.py_buffer(offsets),
+         pa.py_buffer(data)],
+        null_count=nulls,
+    )
+
+
+def parse_chunk_fast(
+    table_name: str, source: str, data: bytes, first_line: int,
+    skip_bad_rows: bool = False,
+) -> tuple[pa.Table, ChunkStats]:
+    """parse_chunk by ingest/_sefast.c: the XML is scanned once, each attribute lands
+    in an Arrow buffer, body_text and tags are made in C; only the casts and the
+    (rare) skipped, fabricated or unknown-attribute rows go through Python."""
+    table = TABLES[table_name]
+    attrs = table.attributes
+    is_posts = table_name == "se_posts"
+    try:
+        out = _sefast.parse_rows(
+            data, attrs,
+            attrs.index("Body") if is_posts else -1,
+            attrs.index("Tags") if is_posts else -1,
+            html_to_text,
+        )
+    except _sefast.ParseError as exc:
+        msg, line = exc.args
+        raise _fail(source, first_line + line, msg) from None
+    n = out["rows"]
+    stats = ChunkStats(rows_read=n)
+    lines = memoryview(out["lines"]).cast("i")  # line of each row, 0 = the chunk's first
+    cols = {a: _large_string(n, *bufs) for a, bufs in zip(attrs, out["columns"], strict=True)}
+    extra: list = [None] * n
+    for i, pairs in out["unknown"]:
+        extra[i] = pairs
+    keep = None
+    if cols["Id"].null_count:
+        missing = pc.indices_nonzero(pc.is_null(cols["Id"])).to_pylist()
+        if not skip_bad_rows:
+            line = first_line + lines[missing[0]]
+            raise _fail(source, line, "a row without Id (--skip-bad-rows skips such rows)")
+        stats.skipped = [(first_line + lines[i], "row without Id") for i in missing]
+        keep = pc.is_valid(cols["Id"])
+    for i in range(n) if out["unknown"] else ():
+        if extra[i] is not None and (keep is None or keep[i].as_py()):
+            stats.unknown.update(k for k, _ in extra[i])
+    if is_posts:
+        fabricated = pc.and_kleene(
+            pc.is_in(cols["Id"], pa.array(FABRICATED_POST_IDS, pa.large_string())),
+            pc.equal(cols["OwnerUserId"], "-1"),
+        ).fill_null(False)
+        stats.rows_dropped_fabricated = pc.sum(fabricated).as_py() or 0
+        if stats.rows_dropped_fabricated:
+            keep = pc.invert(fabricated) if keep is None else pc.and_(keep, pc.invert(fabricated))
+        body_text = _large_string(n, *out["body_text"])
+        list_offsets, child = out["tags"]
+        offsets = pa.Array.from_buffers(pa.int32(), n + 1, [None, pa.py_buffer(list_offsets)])
+        values = _large_string(offsets[-1].as_py(), *child)
+        tags = pa.ListArray.from_arrays(
+            offsets, values, type=pa.list_(pa.large_string()),
+            mask=pc.is_null(cols["Tags"]) if cols["Tags"].null_count else None,
+        )
+    row_lines: list[int] | memoryview = lines
+    if keep is not None:
+        cols = {a: c.filter(keep) for a, c in cols.items()}
+        extra = [x for x, k in zip(extra, keep.to_pylist(), strict=True) if k]
+        row_lines = [ln for ln, k in zip(lines, keep.to_pylist(), strict=True) if k]
+        if is_posts:
+            body_text, tags = body_text.filter(keep), tags.filter(keep)
+    arrays: dict[str, pa.Array] = {}
+    for attr, col, typ in table.columns:
+        arr = cols[attr]
+        if typ != "VARCHAR":
+            arr = _cast(arr, ARROW_TYPES[typ], source, attr, first_line + 1, row_lines)
+        arrays["tags_raw" if (is_posts and col == "tags") else col] = arr
+    if is_posts:
+        arrays["tags"] = tags
+        arrays["body_text"] = body_text
+    # pa.array of n Nones costs more than the whole scan: nulls unless needed
+    arrays["extra"] = (
+        pa.array(extra, _EXTRA_TYPE) if out["unknown"] else pa.nulls(len(extra), _EXTRA_TYPE)
+    )
+    return pa.table(arrays), stats
+
+
+_EXTRA_TYPE = pa.map_(pa.large_string(), pa.large_string())
+
+
+def parse_chunk_lxml(
+    table_name: str, source: str, data: bytes, first_line: int,
+    skip_bad_rows: bool = False,
+) -> tuple[pa.Table, ChunkStats]:
+    """parse_chunk by lxml and Python: the reference the C parser is tested against."""
     table = TABLES[table_name]
     root = table.root.encode()
     try:
@@ -249,6 +361,8 @@ def parse_chunk(
         if "encoding" in msg or "UTF-8" in msg:
             msg = f"not valid UTF-8 ({msg})"
         raise _fail(source, first_line + (exc.lineno or 1) - 1, msg) from None
+    if tree.text and tree.text.strip():
+        raise _fail(source, first_line, "text outside a <row> element")
     stats = ChunkStats()
     attrs = table.attributes
     n = len(tree)
@@ -273,6 +387,9 @@ def parse_chunk(
             line = first_line + el.sourceline - 1
             raise _fail(source, line, f"unexpected element <{el.tag}> (expected <row>)")
         lines[i] = el.sourceline
+        if el.tail and el.tail.strip():
+            line = first_line + el.sourceline - 1 + el.tail.count("\n", 0, len(el.tail) - len(el.tail.lstrip()))
+            raise _fail(source, line, "text outside a <row> element")
         if id_col[i] is None:
             line = first_line + el.sourceline - 1
             if skip_bad_rows:

@@ -37,6 +37,7 @@ from ingest.se_parse import (
     CorruptSource,
     RowSplitter,
     SEInputError,
+    fast_parser_available,
     parse_chunk,
     table_for_root,
 )
@@ -44,6 +45,9 @@ from ingest.se_tables import TABLES
 from ingest.warehouse import WarehouseBusy, connect, db_path, ensure_raw_schema
 
 BLOCK_BYTES = 1 << 20
+# Rows per DuckDB row group while loading (DuckDB's default is 122,880, ~140 MB of
+# Posts: the whole of a small site would be compressed in one piece at commit).
+LOAD_ROW_GROUP_SIZE = 16_384
 _BY_FILE = {t.file.lower(): t.name for t in TABLES.values()}
 _ARCHIVE_SUFFIXES = (".7z", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz")
 
@@ -194,14 +198,18 @@ def _sources(path: Path, report: LoadReport) -> tuple[bool, Iterator[_Source]]:
 
 
 class _Pool:
-    """A process pool started on first use (forkserver: safe next to DuckDB's
-    threads), shared by all the files of one load."""
+    """Parser workers started on first use, shared by all the files of one load:
+    threads when the C parser is built (it releases the GIL while it scans), else
+    processes (forkserver: safe next to DuckDB's threads)."""
 
     def __init__(self, workers: int):
         self.workers = workers
-        self._ex: cf.ProcessPoolExecutor | None = None
+        self.threads = fast_parser_available()
+        self._ex: cf.Executor | None = None
 
-    def get(self) -> cf.ProcessPoolExecutor:
+    def get(self) -> cf.Executor:
+        if self._ex is None and self.threads:
+            self._ex = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="se-parse")
         if self._ex is None:
             ctx = mp.get_context("forkserver")
             # pyarrow imports pandas on its first array (~1 s): pay it once, in
@@ -272,8 +280,8 @@ def _load_source(con, src: _Source, site: str, opts: LoadOptions, pool, replaced
             con.execute(f"delete from raw.{table} where site = ?", [site])
             replaced.add(table)
         fr = FileReport(table, src.name)
-        use_pool = pool if (
-            opts.workers > 1 and (src.size is None or src.size >= opts.parallel_min_bytes)
+        use_pool = pool if pool is not None and (
+            pool.threads or src.size is None or src.size >= opts.parallel_min_bytes
         ) else None
         chunks = splitter.chunks(opts.chunk_bytes)
         unknown: set[str] = set()
@@ -341,7 +349,7 @@ def load(path: str | os.PathLike, opts: LoadOptions | None = None, **kw) -> Load
     pool = _Pool(opts.workers) if opts.workers > 1 else None
     replaced: set[str] = set()
     try:
-        with connect(opts.db) as con:
+        with connect(opts.db, row_group_size=LOAD_ROW_GROUP_SIZE) as con:
             limit = os.environ.get("SFTSCOPE_INGEST_MEMORY_LIMIT")
             if limit:  # DuckDB spills the uncommitted rows to disk beyond this
                 con.execute("set memory_limit = ?", [limit])

@@ -58,12 +58,16 @@ def connect(
     read_only: bool = False,
     timeout_s: float | None = None,
     config: dict | None = None,
+    row_group_size: int | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the warehouse, retrying while another process holds its lock.
 
     Gives up after `timeout_s` (default $SFTSCOPE_LOCK_TIMEOUT or 60 s) with a
-    `WarehouseBusy` that names the holder. `config` goes to duckdb.connect. The
-    connection is closed on exit.
+    `WarehouseBusy` that names the holder. `config` goes to duckdb.connect. With
+    `row_group_size` the file is attached with that DuckDB ROW_GROUP_SIZE (what this
+    connection writes; bulk loads use smaller groups so that DuckDB compresses and
+    writes each one while the next is still being parsed). The connection is closed
+    on exit.
     """
     path = db_path(path)
     if read_only and not path.exists():
@@ -75,7 +79,7 @@ def connect(
     delay = 0.1
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only, config=config or {})
+            con = _open(path, read_only, config or {}, row_group_size)
             break
         except duckdb.IOException as exc:
             if not _is_lock_error(exc):
@@ -93,6 +97,25 @@ def connect(
         yield con
     finally:
         con.close()
+
+
+def _open(path: Path, read_only: bool, config: dict, row_group_size: int | None):
+    if row_group_size is None:
+        return duckdb.connect(str(path), read_only=read_only, config=config)
+    con = duckdb.connect(config=config)
+    try:
+        opts = f"ROW_GROUP_SIZE {int(row_group_size)}" + (", READ_ONLY" if read_only else "")
+        con.execute(f"attach ? as warehouse ({opts})".replace("?", _sql_str(path)))
+        con.execute("use warehouse")
+        con.execute(f"set temp_directory = {_sql_str(str(path) + '.tmp')}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _sql_str(value) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 # The contract tables written by compute.run (see README, "The warehouse").
