@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -176,6 +177,43 @@ def _scan(folder: Path) -> dict[str, TensorInfo]:
                     f"e.g. {missing[0]}"
                 )
     return tensors
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+HASH_BLOCK = 8 << 20  # bytes per read when hashing a file
+
+
+def hub_blob(path: Path) -> Path | None:
+    """The hub-cache blob behind `path`, or None for a plain file.
+
+    huggingface_hub's cache (models--org--name/) keeps each file once, as
+    blobs/<name>, and links snapshots/<commit>/<file> to it."""
+    if not path.is_symlink():
+        return None
+    target = path.resolve()
+    return target if target.parent.name == "blobs" and target.is_file() else None
+
+
+def hub_sha256(blob: Path) -> str | None:
+    """The sha256 a hub-cache blob is named by, or None: LFS files (the safetensors
+    shards) are named by the sha256 of their content, git-stored small files by
+    their git object id (40 hex digits, a sha1 of a header and the content), which
+    is not compared here."""
+    return blob.name if _SHA256_HEX.fullmatch(blob.name) else None
+
+
+def sha256_file(path: Path, progress=None) -> str:
+    """sha256 of a file, read in HASH_BLOCK blocks; `progress` (a tqdm bar) is
+    advanced by the bytes read."""
+    h = hashlib.sha256()
+    buf = bytearray(HASH_BLOCK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+            if progress is not None:
+                progress.update(n)
+    return h.hexdigest()
 
 
 def _local_revision(folder: Path, tensors: dict[str, TensorInfo]) -> str:

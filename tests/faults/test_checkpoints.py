@@ -4,6 +4,7 @@ A tensor with NaN/Inf is the exception: the run goes on and marks it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from compute import doctor
+from compute import checkpoints, doctor
+from compute.demo import place_in_hub_cache
 from compute.run import main as run_main
 from tests.conftest import run_dbt, run_py
 from tests.faults.helpers import N_MATRICES, dump, file_digest, no_traceback, query
@@ -243,3 +245,115 @@ def test_nonfinite_tensor_is_marked_and_the_run_goes_on(pair_copy, wh, tmp_path,
                      + ", ".join(sorted(failing)))
     assert query(wh, "select count(*) from marts.fct_pair_summary where pair = "
                  "'poisoned'")[0][0] > 0
+
+
+# Checksums: the hub cache names each LFS blob (the shards) by its sha256.
+
+SHARD2 = "model-00002-of-00002.safetensors"
+
+
+@pytest.fixture
+def hub_pair(pair_copy, tmp_path) -> tuple[Path, Path, Path]:
+    """(hub cache, base snapshot, sft snapshot): the tiny pair, the SFT sharded, laid
+    out as huggingface_hub's cache as org/base and org/sft."""
+    _shard(pair_copy / "sft")
+    cache = tmp_path / "hub"
+    snap_b = place_in_hub_cache(pair_copy / "base", cache, "org/base", "a" * 40)
+    snap_s = place_in_hub_cache(pair_copy / "sft", cache, "org/sft", "b" * 40)
+    return cache, snap_b, snap_s
+
+
+def _flip_a_byte(path: Path) -> tuple[str, str]:
+    """Flip the lowest bit of one byte halfway through the tensor data (a bf16
+    mantissa bit: the value stays finite), in place, the length unchanged. Returns
+    the sha256 before and after."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    before = hashlib.sha256(data).hexdigest()
+    data[start + (len(data) - start) // 4 * 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    return before, hashlib.sha256(data).hexdigest()
+
+
+def _doctor(base: Path, sft: Path, *flags: str, capsys) -> tuple[int, str]:
+    rc = doctor.main(["--base", str(base), "--sft", str(sft), "--no-progress", *flags])
+    return rc, capsys.readouterr().out
+
+
+def test_verify_passes_intact_hub_shards(hub_pair, capsys):
+    _, snap_b, snap_s = hub_pair
+    rc, out = _doctor(snap_b, snap_s, "--verify", capsys=capsys)
+    assert rc == 0, out
+    assert "base: 1 shard(s) match their hub sha256" in out
+    assert "sft: 2 shard(s) match their hub sha256" in out
+    assert "FAIL" not in out and out.rstrip().splitlines()[-1].startswith("PASS")
+
+
+def test_verify_catches_a_flipped_byte_in_a_hub_shard(hub_pair, tmp_path, capsys):
+    """Complete by size, header intact, every value finite: only the checksum
+    tells. The report names the file, the expected and the actual sha256."""
+    _, snap_b, snap_s = hub_pair
+    blob = (snap_s / SHARD2).resolve()
+    expected, actual = _flip_a_byte(blob)
+    assert blob.name == expected
+    rc, out = _doctor(snap_b, snap_s, capsys=capsys)  # headers and sizes only
+    assert rc == 0, out
+    assert "add --verify" in out
+
+    rc, out = _doctor(snap_b, snap_s, "--verify", capsys=capsys)
+    assert rc == 2, out
+    line = next(x for x in out.splitlines() if "sha256 mismatch" in x)
+    assert line.startswith("  FAIL  sft: ")
+    assert str(snap_s / SHARD2) in line and expected in line and actual in line
+    assert str(blob) in line  # what to delete
+    assert "base: 1 shard(s) match" in out  # the intact one still passes
+    assert out.rstrip().splitlines()[-1].startswith("FAIL")
+
+    # compute.run --check --scan: the values are finite, the checksum is not
+    rc = run_main(["--check", "--scan", "--base", str(snap_b), "--sft", str(snap_s),
+                   "--out", str(tmp_path / "runs"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 2, out
+    assert "sft: all 27 tensors finite" in out and f"got {actual}" in out
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_verify_from_the_command_line_with_hub_ids(hub_pair, tmp_path):
+    """`python -m compute.doctor --base org/base --sft org/sft --verify`, resolved
+    from the hub cache offline, as a user runs it: exit 2, no traceback."""
+    cache, _, snap_s = hub_pair
+    _, actual = _flip_a_byte((snap_s / SHARD2).resolve())
+    proc = run_py("-m", "compute.doctor", "--base", "org/base", "--sft", "org/sft",
+                  "--verify", check=False, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache),
+                  HF_HOME=str(tmp_path / "hf"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    no_traceback(proc.stderr)
+    assert "hub commit " + "b" * 40 in proc.stdout
+    assert f"{SHARD2}: sha256 mismatch" in proc.stdout and actual in proc.stdout
+    assert "base: 1 shard(s) match their hub sha256" in proc.stdout
+
+
+def test_verify_says_what_it_cannot_check(hub_pair, pair_copy, capsys):
+    """A local folder has no reference checksum; a blob named by a git object id
+    (40 hex digits: a small file stored in git) has no sha256 either. Neither fails."""
+    _, _, snap_s = hub_pair
+    link = snap_s / SHARD2
+    blob = link.resolve()
+    git_blob = blob.with_name("c" * 40)
+    blob.rename(git_blob)
+    link.unlink()
+    link.symlink_to(git_blob)
+    rc, out = _doctor(pair_copy / "base", snap_s, "--verify", capsys=capsys)
+    assert rc == 0, out
+    assert (f"SKIP  base: {pair_copy / 'base'}: no reference checksum (a local folder"
+            in out)
+    assert f"SKIP  sft: 1 shard(s) with no sha256 to compare (stored in git): {SHARD2}" \
+        in out
+    assert "sft: 1 shard(s) match their hub sha256" in out
+
+
+def test_sha256_is_streamed_in_blocks(pair_copy, monkeypatch):
+    f = pair_copy / "base" / ST
+    monkeypatch.setattr(checkpoints, "HASH_BLOCK", 4097)  # many short reads
+    assert checkpoints.sha256_file(f) == hashlib.sha256(f.read_bytes()).hexdigest()
