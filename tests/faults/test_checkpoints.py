@@ -1,6 +1,7 @@
 """Broken checkpoints: compute.run stops before any work with exit 2 and a message
 naming the file or tensor, the doctor reports it, and the warehouse is untouched.
-A tensor with NaN/Inf is the exception: the run goes on and marks it."""
+A tensor with NaN/Inf is the exception: the run goes on and marks it. A shard from
+the hub cache damaged inside (right length) is caught by the doctor's --verify."""
 
 from __future__ import annotations
 
