@@ -23,8 +23,10 @@ import argparse
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import queue
 import re
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -232,6 +234,9 @@ def _parsed(chunks, table: str, source: str, opts: LoadOptions, pool: _Pool | No
             yield parse_chunk(table, source, data, line, opts.skip_bad_rows)
         return
     ex = pool.get()
+    if pool.threads:
+        yield from _parsed_ahead(chunks, table, source, opts, pool)
+        return
     window: deque[cf.Future] = deque()
     try:
         for data, line in chunks:
@@ -245,6 +250,54 @@ def _parsed(chunks, table: str, source: str, opts: LoadOptions, pool: _Pool | No
     finally:
         for fut in window:
             fut.cancel()
+
+
+def _parsed_ahead(chunks, table: str, source: str, opts: LoadOptions, pool: _Pool):
+    """The thread-pool path of _parsed: a reader thread splits the file and submits
+    chunks while DuckDB, pulling from this generator, only takes finished tables, so
+    reading, parsing and DuckDB's compression of the previous row group overlap."""
+    ex = pool.get()
+    ahead: queue.Queue = queue.Queue(maxsize=2 * pool.workers)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for data, line in chunks:
+                fut = ex.submit(parse_chunk, table, source, data, line, opts.skip_bad_rows)
+                if not put(fut):
+                    fut.cancel()
+                    return
+            put(done)
+        except BaseException as exc:  # a bad or truncated file: raised in the consumer
+            put(exc)
+
+    reader = threading.Thread(target=read, name="se-read", daemon=True)
+    reader.start()
+    try:
+        while (item := ahead.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item.result()
+    finally:
+        stop.set()
+        while True:  # let the reader see `stop`, cancel what it queued
+            try:
+                item = ahead.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, cf.Future):
+                item.cancel()
+        reader.join()
 
 
 def _load_source(con, src: _Source, site: str, opts: LoadOptions, pool, replaced,
