@@ -50,6 +50,7 @@ BLOCK_BYTES = 1 << 20
 # Rows per DuckDB row group while loading (DuckDB's default is 122,880, ~140 MB of
 # Posts: the whole of a small site would be compressed in one piece at commit).
 LOAD_ROW_GROUP_SIZE = 16_384
+INGEST_MEMORY_LIMIT = "1GB"  # SFTSCOPE_INGEST_MEMORY_LIMIT overrides
 _BY_FILE = {t.file.lower(): t.name for t in TABLES.values()}
 _ARCHIVE_SUFFIXES = (".7z", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz")
 
@@ -403,9 +404,11 @@ def load(path: str | os.PathLike, opts: LoadOptions | None = None, **kw) -> Load
     replaced: set[str] = set()
     try:
         with connect(opts.db, row_group_size=LOAD_ROW_GROUP_SIZE) as con:
-            limit = os.environ.get("SFTSCOPE_INGEST_MEMORY_LIMIT")
-            if limit:  # DuckDB spills the uncommitted rows to disk beyond this
-                con.execute("set memory_limit = ?", [limit])
+            # DuckDB's buffer (written row groups, uncommitted rows) stays under this;
+            # beyond it DuckDB evicts or spills to disk, so memory is flat whatever
+            # the file's size (its own default is 80% of the machine's memory)
+            limit = os.environ.get("SFTSCOPE_INGEST_MEMORY_LIMIT") or INGEST_MEMORY_LIMIT
+            con.execute("set memory_limit = ?", [limit])
             con.execute("begin transaction")
             try:
                 ensure_raw_schema(con)
