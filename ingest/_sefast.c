@@ -40,7 +40,7 @@ typedef struct {
 } Buf;
 
 static int buf_reserve(Buf *b, size_t extra) {
-    if (b->n + extra <= b->cap) return 1;
+    if (b->n + extra <= b->cap && b->p) return 1;  /* never NULL once reserved */
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->n + extra) cap *= 2;
     char *p = realloc(b->p, cap);
@@ -51,6 +51,7 @@ static int buf_reserve(Buf *b, size_t extra) {
 }
 
 static inline int buf_put(Buf *b, const char *s, size_t len) {
+    if (!len) return 1;
     if (!buf_reserve(b, len)) return 0;
     memcpy(b->p + b->n, s, len);
     b->n += len;
