@@ -302,9 +302,10 @@ def parse_chunk_fast(
             raise _fail(source, line, "a row without Id (--skip-bad-rows skips such rows)")
         stats.skipped = [(first_line + lines[i], "row without Id") for i in missing]
         keep = pc.is_valid(cols["Id"])
-    for i in range(n) if out["unknown"] else ():
-        if extra[i] is not None and (keep is None or keep[i].as_py()):
-            stats.unknown.update(k for k, _ in extra[i])
+    kept = keep.to_pylist() if keep is not None else None
+    for i, pairs in out["unknown"]:
+        if kept is None or kept[i]:
+            stats.unknown.update(k for k, _ in pairs)
     if is_posts:
         fabricated = pc.and_kleene(
             pc.is_in(cols["Id"], pa.array(FABRICATED_POST_IDS, pa.large_string())),
@@ -323,9 +324,10 @@ def parse_chunk_fast(
         )
     row_lines: list[int] | memoryview = lines
     if keep is not None:
+        kept = keep.to_pylist()
         cols = {a: c.filter(keep) for a, c in cols.items()}
-        extra = [x for x, k in zip(extra, keep.to_pylist(), strict=True) if k]
-        row_lines = [ln for ln, k in zip(lines, keep.to_pylist(), strict=True) if k]
+        extra = [x for x, k in zip(extra, kept, strict=True) if k]
+        row_lines = [ln for ln, k in zip(lines, kept, strict=True) if k]
         if is_posts:
             body_text, tags = body_text.filter(keep), tags.filter(keep)
     arrays: dict[str, pa.Array] = {}
