@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import ratio, report, run_measured
+from bench.common import ratio, report, run_measured  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "se-samples"
 

@@ -148,7 +148,7 @@ def scan_shard(path: Path) -> dict[str, TensorInfo]:
     tensors: dict[str, TensorInfo] = {}
     try:
         with safe_open(path, framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+            for name in f.keys():
                 sl = f.get_slice(name)
                 tensors[name] = TensorInfo(name, tuple(sl.get_shape()), sl.get_dtype(),
                                            path.name)

@@ -44,7 +44,7 @@ def test_loader_outwaits_the_consoles_slowest_query(base_warehouse, wh):
         try:
             run_readonly(SLOW, path=wh, timeout_s=2.0)
             outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001 (asserted below)
+        except BaseException as exc:
             outcome.append(exc)
 
     reader = threading.Thread(target=console)
