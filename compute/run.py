@@ -17,6 +17,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
+import functools
+import gc
 import json
 import os
 import shutil
@@ -25,35 +27,63 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
 from compute.checkpoints import Checkpoint, CheckpointError, Plan, pair_plan, resolve
 from compute.spectra import METHODS, STORAGE_NAMES, tensor_spectra, vector_change
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 SIZES = ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")
 PAIRS = {s: (f"Qwen/Qwen2.5-{s}", f"Qwen/Qwen2.5-{s}-Instruct") for s in SIZES}
 DEMO_DIR = Path("data/models/demo")
 
-SPECTRA_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("pair", pa.string()), ("base_model", pa.string()),
-    ("sft_model", pa.string()), ("tensor", pa.string()), ("layer", pa.int32()),
-    ("module", pa.string()), ("role", pa.string()), ("n_rows", pa.int32()),
-    ("n_cols", pa.int32()), ("storage_dtype", pa.string()),
-    ("singular_values", pa.list_(pa.float64())), ("frobenius_sq", pa.float64()),
-    ("noise_sigma", pa.float64()), ("n_zero", pa.int64()), ("n_nonfinite", pa.int64()),
-    ("method", pa.string()), ("device", pa.string()), ("seconds", pa.float64()),
-])
-VECTOR_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("pair", pa.string()), ("tensor", pa.string()),
-    ("layer", pa.int32()), ("module", pa.string()), ("numel", pa.int64()),
-    ("storage_dtype", pa.string()), ("base_norm", pa.float64()),
-    ("sft_norm", pa.float64()), ("delta_norm", pa.float64()), ("n_zero", pa.int64()),
-    ("n_nonfinite", pa.int64()),
-])
+
+
+# pyarrow (and tqdm) are imported where they are used: on the spectra path that is
+# after the workers have started, so the imports overlap the arithmetic instead of
+# delaying it (`python -X importtime -m compute.run ...`).
+@functools.cache
+def schemas() -> dict:
+    """{"spectra": schema of raw.spectra's files, "vectors": raw.vector_changes'}."""
+    import pyarrow as pa
+
+    return {
+        "spectra": pa.schema([
+            ("run_id", pa.string()), ("pair", pa.string()), ("base_model", pa.string()),
+            ("sft_model", pa.string()), ("tensor", pa.string()), ("layer", pa.int32()),
+            ("module", pa.string()), ("role", pa.string()), ("n_rows", pa.int32()),
+            ("n_cols", pa.int32()), ("storage_dtype", pa.string()),
+            ("singular_values", pa.list_(pa.float64())), ("frobenius_sq", pa.float64()),
+            ("noise_sigma", pa.float64()), ("n_zero", pa.int64()),
+            ("n_nonfinite", pa.int64()), ("method", pa.string()),
+            ("device", pa.string()), ("seconds", pa.float64()),
+        ]),
+        "vectors": pa.schema([
+            ("run_id", pa.string()), ("pair", pa.string()), ("tensor", pa.string()),
+            ("layer", pa.int32()), ("module", pa.string()), ("numel", pa.int64()),
+            ("storage_dtype", pa.string()), ("base_norm", pa.float64()),
+            ("sft_norm", pa.float64()), ("delta_norm", pa.float64()),
+            ("n_zero", pa.int64()), ("n_nonfinite", pa.int64()),
+        ]),
+    }
+
+
+def __getattr__(name: str):  # SPECTRA_SCHEMA / VECTOR_SCHEMA, built on first use
+    kinds = {"SPECTRA_SCHEMA": "spectra", "VECTOR_SCHEMA": "vectors"}
+    if name in kinds:
+        return schemas()[kinds[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def write_rows(rows: list[dict], kind: str, path: Path) -> None:
+    """Rows (dicts) as a Parquet file of `kind` ("spectra" or "vectors")."""
+    import pyarrow as pa
+
+    write_parquet(pa.Table.from_pylist(rows, schema=schemas()[kind]), path)
 
 
 @dataclasses.dataclass
@@ -186,6 +216,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def write_parquet(table: pa.Table, path: Path) -> None:
     """Write to a temporary name in the same folder, then rename over `path`."""
+    import pyarrow.parquet as pq
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     pq.write_table(table, tmp)
@@ -255,7 +287,8 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
     On a CPU, tensors are spread over worker threads (one per core, up to
     spectra.MAX_WORKERS) with single-threaded BLAS: 2 cores are better used by two
     tensors at once than by one multi-threaded eigensolve, and the reading of one
-    overlaps the arithmetic of the other. The largest tensors start first.
+    overlaps the arithmetic of the other. The largest tensors start first; the 1-D
+    tensors are done on this thread meanwhile (it only waits otherwise).
     """
     import math
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -270,16 +303,20 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
                                     "n_vectors": len(plan.vectors)}
     save_manifest(cfg, manifest)
 
-    vec_path = cfg.run_dir / "spectra" / "vectors.parquet"
-    if not vec_path.exists():
+    def vectors() -> None:
+        vec_path = cfg.run_dir / "spectra" / "vectors.parquet"
+        if vec_path.exists():
+            return
         rows = []
-        for name in plan.vectors:
-            layer, module = layer_module(name)
-            wb = base.read(name)
-            rows.append({"run_id": run_id, "pair": pair, "tensor": name, "layer": layer,
-                         "module": module, "storage_dtype": STORAGE_NAMES[wb.dtype]}
-                        | vector_change(wb, sft.read(name)))
-        write_parquet(pa.Table.from_pylist(rows, schema=VECTOR_SCHEMA), vec_path)
+        with torch.inference_mode():
+            for name in plan.vectors:
+                layer, module = layer_module(name)
+                wb = base.read(name)
+                rows.append({"run_id": run_id, "pair": pair, "tensor": name,
+                             "layer": layer, "module": module,
+                             "storage_dtype": STORAGE_NAMES[wb.dtype]}
+                            | vector_change(wb, sft.read(name)))
+        write_rows(rows, "vectors", vec_path)
 
     todo = [i for i in range(len(plan.matrices))
             if not spectra_file(cfg.run_dir, i).exists()]
@@ -288,8 +325,6 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
     # largest first, so that the embedding does not finish alone at the end
     todo.sort(key=lambda i: -math.prod(base.tensors[plan.matrices[i]].shape))
     done = len(plan.matrices) - len(todo)
-    bar = tqdm(total=len(plan.matrices), initial=done, unit="tensor",
-               desc=f"spectra {pair}", disable=not cfg.progress, dynamic_ncols=True)
 
     def one(i: int) -> list[str]:
         """Spectra of matrix i into its Parquet file; the non-finite warnings."""
@@ -312,8 +347,7 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
             r["singular_values"] = r["singular_values"].tolist()
             if r["n_nonfinite"]:
                 warnings.append(f"{name} ({r['role']}: {r['n_nonfinite']} NaN/Inf)")
-        table = pa.Table.from_pylist([common | r for r in rows], schema=SPECTRA_SCHEMA)
-        write_parquet(table, spectra_file(cfg.run_dir, i))
+        write_rows([common | r for r in rows], "spectra", spectra_file(cfg.run_dir, i))
         return warnings
 
     bad: dict[int, list[str]] = {}
@@ -322,15 +356,21 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
             workers, thread_name_prefix="spectra") as pool:
         pending = {pool.submit(one, i): i for i in todo}
         try:
+            vectors()
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(plan.matrices), initial=done, unit="tensor",
+                       desc=f"spectra {pair}", disable=not cfg.progress,
+                       dynamic_ncols=True)
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     bad[pending.pop(fut)] = fut.result()  # re-raises a worker's error
                     bar.update(1)
+            bar.close()
         finally:  # an error or ^C: start nothing new; running tensors finish
             for fut in pending:
                 fut.cancel()
-    bar.close()
     bad_list = [w for i in sorted(bad) for w in bad[i]]
     for b in bad_list:
         print(f"warning: non-finite entries in {b}; its spectrum is left empty",
@@ -452,4 +492,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The objects of the imports (torch's ~170k) need no cycle collection: frozen,
+    # the collector's full passes during the run stop walking them.
+    gc.freeze()
+    code = main()
+    # Everything is written and closed: skip the interpreter's teardown of torch
+    # (about 0.5 s of module and library finalizers, longer than small runs).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
