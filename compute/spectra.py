@@ -156,7 +156,9 @@ def _syrk_acc(g: torch.Tensor, x: torch.Tensor, tall: bool, first: bool) -> None
 def _eigvalsh(g: torch.Tensor) -> torch.Tensor:
     """Ascending eigenvalues of a symmetric fp64 matrix, on its device."""
     if g.device.type == "cpu":  # OpenBLAS dsyevd: 1.6x faster than torch's here
-        return torch.from_numpy(np.linalg.eigvalsh(g.numpy()))
+        # g is symmetric: its transpose is the same matrix in Fortran order, which
+        # NumPy hands to LAPACK with a contiguous copy instead of a strided one
+        return torch.from_numpy(np.linalg.eigvalsh(g.numpy().T))
     return torch.linalg.eigvalsh(g)
 
 
