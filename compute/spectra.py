@@ -17,7 +17,8 @@ figures):
   for `x.T @ x`: half the flops of a gemm) and the eigensolver is NumPy's (OpenBLAS
   dsyevd, faster than torch's here); on a GPU both stay torch ops on the device;
 - the zero counts, the noise level and the finiteness come out of the same blocks:
-  no frexp/ldexp, no fp32 copies, no boolean masks of the whole matrix. Non-finite
+  no frexp/ldexp, no fp32 copies, no boolean masks of the whole matrix; dW's zeros
+  are counted on the storage bits (2 bytes an entry, not 8). Non-finite
   entries make the trace of the Gram non-finite (the squares of finite fp16/bf16/fp32
   values cannot overflow in fp64), so they are counted only when there are some.
 """
@@ -90,9 +91,9 @@ def worker_threads(workers: int) -> Iterator[None]:
 def _workspace(device: torch.device, n: int, k: int, int_dtype: torch.dtype
                ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
     """This thread's reusable buffers: three flat fp64 of >= n entries, one flat
-    integer of >= n, three (k, k) fp64 Grams (not zeroed: the first block writes
-    them). Fresh large allocations cost page faults on every tensor; these are paid
-    once."""
+    integer of >= n, four (k, k) fp64 matrices: the three Grams (not zeroed: the
+    first block writes them) and the next block's product, added to a Gram. Fresh
+    large allocations cost page faults on every tensor; these are paid once."""
     cache = _local.__dict__.setdefault("ws", {})
     key = (device.type, device.index)
     ws = cache.get(key)
@@ -105,11 +106,22 @@ def _workspace(device: torch.device, n: int, k: int, int_dtype: torch.dtype
         ints = ws["int"][int_dtype] = torch.empty(n, dtype=int_dtype, device=device)
     grams = ws["gram"].get(k)
     if grams is None:
-        grams = [torch.empty(k, k, dtype=torch.float64, device=device) for _ in ROLES]
+        grams = [torch.empty(k, k, dtype=torch.float64, device=device)
+                 for _ in range(len(ROLES) + 1)]
         if len(ws["gram"]) > 4:  # bound what a thread keeps
             ws["gram"].clear()
         ws["gram"][k] = grams
     return ws["f64"], ints, grams
+
+
+def _flags(device: torch.device, n: int) -> torch.Tensor:
+    """This thread's reusable flat boolean buffer of >= n entries."""
+    cache = _local.__dict__.setdefault("flags", {})
+    key = (device.type, device.index)
+    buf = cache.get(key)
+    if buf is None or buf.numel() < n:
+        buf = cache[key] = torch.empty(n, dtype=torch.bool, device=device)
+    return buf
 
 
 def _blocks(length: int, width: int) -> list[slice]:
@@ -131,10 +143,12 @@ def _block_source(w: torch.Tensor, sl: slice, tall: bool) -> torch.Tensor:
     return w[sl] if tall else w[:, sl]  # (r, k) tall, (k, c) wide (strided)
 
 
-def _syrk_acc(g: torch.Tensor, x: torch.Tensor, tall: bool, first: bool) -> None:
+def _syrk_acc(g: torch.Tensor, x: torch.Tensor, tall: bool, first: bool,
+              scratch: torch.Tensor) -> None:
     """g += x.T @ x (tall block, (r, k)) or x @ x.T (wide block, (k, c)); x contiguous.
 
-    `first`: g is zero, write the product into it."""
+    `first`: g is zero, write the product into it; else the product goes to
+    `scratch` (k, k) and is added."""
     if x.device.type == "cpu":
         xn, gn = x.numpy(), g.numpy()
         a, b = (xn.T, xn) if tall else (xn, xn.T)
@@ -144,7 +158,9 @@ def _syrk_acc(g: torch.Tensor, x: torch.Tensor, tall: bool, first: bool) -> None
             if first:
                 np.matmul(a, b, out=gn)
             else:
-                np.add(gn, a @ b, out=gn)
+                sn = scratch.numpy()
+                np.matmul(a, b, out=sn)
+                np.add(gn, sn, out=gn)
     else:
         a, b = (x.T, x) if tall else (x, x.T)
         if first:
@@ -190,6 +206,34 @@ def _bits_stats(src: torch.Tensor, tmp: torch.Tensor, p64: torch.Tensor
     return nonzero, nonzero - normal, pow2_sq
 
 
+def _count_changed(src_b: torch.Tensor, src_s: torch.Tensor, flags: torch.Tensor,
+                   tmp: torch.Tensor, signed_zeros: bool) -> int:
+    """Entries of a block where base and SFT differ in value (dW != 0), from the
+    storage bits (a quarter of the memory traffic of counting dW in fp64): the bits
+    differ, less the pairs +0/-0 when both blocks hold zeros (`signed_zeros`).
+    Exact for finite values; a block with NaN/Inf makes dW's trace non-finite and
+    the caller recounts it in fp64. Buffers: boolean `flags`, integer `tmp`."""
+    int_dtype, nonsign, _ = BITS[src_b.dtype]
+    bb, sb = src_b.view(int_dtype), src_s.view(int_dtype)
+    if bb.device.type != "cpu":
+        changed = bb != sb
+        if signed_zeros:
+            changed &= ((bb | sb) & nonsign) != 0
+        return int(torch.count_nonzero(changed))
+    bn, sn = bb.numpy(), sb.numpy()
+    f = _view(flags, src_b.shape).numpy()
+    np.not_equal(bn, sn, out=f)
+    changed = int(np.count_nonzero(f))
+    if signed_zeros:  # both +-0 (no magnitude bit in either) with different bits
+        t = _view(tmp, src_b.shape).numpy()
+        np.bitwise_or(bn, sn, out=t)
+        np.bitwise_and(t, nonsign, out=t)
+        zero_pair = _view(flags, src_b.shape).numpy()
+        np.logical_and(f, t == 0, out=zero_pair)
+        changed -= int(np.count_nonzero(zero_pair))
+    return changed
+
+
 def _noise_from_sums(pow2_sq: float, subnormal: int, numel: int,
                      storage: torch.dtype) -> float:
     """sigma from the summed _bits_stats of base and SFT."""
@@ -209,7 +253,7 @@ def gram_singular_values(a: torch.Tensor) -> tuple[np.ndarray, float]:
         src = _block_source(a, sl, tall)
         x = _view(bufs[0], src.shape)
         x.copy_(src)
-        _syrk_acc(grams[0], x, tall, first=j == 0)
+        _syrk_acc(grams[0], x, tall, first=j == 0, scratch=grams[-1])
     return _spectrum(grams[0])
 
 
@@ -311,28 +355,32 @@ def _gram_spectra(wb: torch.Tensor, ws: torch.Tensor) -> list[dict]:
     k, long = (n, m) if tall else (m, n)
     blocks = _blocks(long, k)
     bufs, ints, grams = _workspace(device, _block_elems(blocks, k), k, BITS[storage][0])
+    flags = _flags(device, _block_elems(blocks, k))
     nonzero = [0, 0, 0]
     pow2_sq, subnormal = 0.0, 0
     role_s = [0.0, 0.0, 0.0]  # seconds in each role's own Gram and eigensolve
     for j, sl in enumerate(blocks):
         src_b, src_s = _block_source(wb, sl, tall), _block_source(ws, sl, tall)
+        block_nz = []
         for i, src in enumerate((src_b, src_s)):  # bufs[2] is free until dW
             nz, sub, sq = _bits_stats(src, ints, bufs[2])
+            block_nz.append(nz)
             nonzero[i] += nz
             subnormal += sub
             pow2_sq += sq
+        nonzero[2] += _count_changed(src_b, src_s, flags, ints,
+                                     signed_zeros=max(block_nz) < src_b.numel())
         xb, xs, xd = (_view(buf, src_b.shape) for buf in bufs)  # (r, k) | (k, c)
         xb.copy_(src_b)
         xs.copy_(src_s)
         torch.sub(xs, xb, out=xd)  # exact in fp64
-        nonzero[2] += _count_nonzero(xd)
         for i, x in enumerate((xb, xs, xd)):
             t0 = time.perf_counter()
-            _syrk_acc(grams[i], x, tall, first=j == 0)
+            _syrk_acc(grams[i], x, tall, first=j == 0, scratch=grams[-1])
             role_s[i] += time.perf_counter() - t0
     numel = m * n
     rows = []
-    for i, (role, g) in enumerate(zip(ROLES, grams, strict=True)):
+    for i, (role, g) in enumerate(zip(ROLES, grams[:len(ROLES)], strict=True)):
         t0 = time.perf_counter()
         frob_sq = float(torch.diagonal(g).sum())
         if math.isfinite(frob_sq):  # squares of finite fp16/bf16/fp32 cannot overflow
@@ -340,7 +388,8 @@ def _gram_spectra(wb: torch.Tensor, ws: torch.Tensor) -> list[dict]:
             n_nonfinite = 0
         else:
             sv, frob = np.array([], dtype=np.float64), float("nan")
-            n_nonfinite = _count_nonfinite(wb, ws, i)
+            n_nonfinite, n_zero = _count_nonfinite(wb, ws, i)
+            nonzero[i] = numel - n_zero  # dW: inf - inf, NaN - NaN are not zeros
         role_s[i] += time.perf_counter() - t0
         rows.append(_row(role, sv, frob, numel - nonzero[i], n_nonfinite, role_s[i]))
     shared = (time.perf_counter() - t_start - sum(role_s)) / 3  # reading bits, upcasts
@@ -351,14 +400,17 @@ def _gram_spectra(wb: torch.Tensor, ws: torch.Tensor) -> list[dict]:
     return rows
 
 
-def _count_nonfinite(wb: torch.Tensor, ws: torch.Tensor, role: int) -> int:
-    """NaN/Inf entries of base, sft or dW (rare: only when the trace says some)."""
-    total = 0
+def _count_nonfinite(wb: torch.Tensor, ws: torch.Tensor, role: int
+                     ) -> tuple[int, int]:
+    """(NaN/Inf entries, zero entries) of base, sft or dW, in fp64 (rare: only when
+    the trace says there are non-finite entries)."""
+    nonfinite = zeros = 0
     for sl in _blocks(wb.shape[0], wb.shape[1]):
         b, s = wb[sl].to(torch.float64), ws[sl].to(torch.float64)
         x = (b, s, s - b)[role]
-        total += int((~torch.isfinite(x)).sum())
-    return total
+        nonfinite += int((~torch.isfinite(x)).sum())
+        zeros += int((x == 0).sum())
+    return nonfinite, zeros
 
 
 def vector_change(w_base: torch.Tensor, w_sft: torch.Tensor) -> dict:

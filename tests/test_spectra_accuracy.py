@@ -104,6 +104,26 @@ def test_tiny_delta_relative_to_its_own_s1():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", [(300, 40), (40, 300)], ids=["tall", "wide"])
+def test_zero_counts_with_signed_zeros(shape, dtype, monkeypatch):
+    """dW's zeros are counted from the storage bits: equal bits, and +0 against -0
+    (different bits, equal values), are zeros of dW; over several blocks."""
+    monkeypatch.setattr(spectra, "BLOCK_ELEMS", 3000)
+    b, s = pair(shape, dtype, seed=9)
+    fb, fs = b.view(-1), s.view(-1)
+    fs[::7] = fb[::7]  # unchanged entries
+    fb[:50], fs[:50] = 0.0, -0.0  # opposite zeros
+    fb[50:60], fs[50:60] = -0.0, -0.0
+    fb[60:70] = 0.0  # zero in the base only
+    fs[70:75] = -0.0  # zero in the SFT only
+    rows = tensor_spectra(b, s, device=CPU)
+    b64, s64 = b.to(torch.float64), s.to(torch.float64)
+    for r, mat in zip(rows, (b64, s64, s64 - b64), strict=True):
+        assert r["n_zero"] == int((mat == 0).sum()), r["role"]
+        assert rel_err(r["singular_values"], np_svals(mat)) < TOL, r["role"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_noise_sigma_matches_np_spacing(dtype):
     b, s = pair((200, 150), dtype, seed=11)
     b.view(-1)[:40] = 0  # zeros have no rounding error
@@ -143,9 +163,13 @@ def test_nonfinite_entries_leave_the_spectrum_empty():
     b, s = pair((40, 30), torch.bfloat16, seed=6)
     s[3, 4] = float("nan")
     b[0, 0] = float("inf")
+    b[5, 6] = s[5, 6] = float("inf")  # equal bits, but inf - inf is NaN, not 0
+    b[7, 8] = s[7, 8] = float("nan")
     rows = {r["role"]: r for r in tensor_spectra(b, s, device=CPU)}
-    assert rows["base"]["n_nonfinite"] == 1 and rows["sft"]["n_nonfinite"] == 1
-    assert rows["delta"]["n_nonfinite"] == 2
+    assert rows["base"]["n_nonfinite"] == 3 and rows["sft"]["n_nonfinite"] == 3
+    assert rows["delta"]["n_nonfinite"] == 4
+    d = s.to(torch.float64) - b.to(torch.float64)
+    assert rows["delta"]["n_zero"] == int((d == 0).sum())
     for r in rows.values():
         assert len(r["singular_values"]) == 0
     assert rows["delta"]["noise_sigma"] is None
