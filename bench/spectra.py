@@ -3,6 +3,7 @@
     python bench/spectra.py                 # 24 layers (Qwen2.5-0.5B shapes), ~15 min
     python bench/spectra.py --quick         # 2 layers, a smoke run
     python bench/spectra.py --layers 8 --skip ww --json data/bench/spectra.json
+    python bench/spectra.py --skip ww svd --repeat 3   # naive vs sftscope, 3 rounds
 
 The pair has the real Qwen2.5-0.5B shapes (hidden 896, intermediate 4864, 14 heads /
 2 kv heads so k/v are 128 x 896, vocab 151936, tied embeddings), random bf16 weights and
@@ -19,13 +20,18 @@ RSS from os.wait4):
   sftscope_noembed  the same on a copy of the pair without the embedding: like for
             like against WeightWatcher
 
-Prints {"bench": "spectra", "machine", "results", "ratios", "accuracy"} as JSON.
+Prints {"bench": "spectra", "machine", "results", "ratios", "accuracy"} as JSON. Each
+result has wall and CPU seconds, peak RSS, and `others_cpu_seconds`: the CPU time the
+machine's other processes took during the run (/proc/stat), a gauge of how shared the
+cores were. With --repeat N every run is measured N times round robin and the run of
+median wall time is reported (all times listed beside it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -36,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import ratio, report, run_measured
+from bench.common import ratio, report, run_measured  # noqa: E402 (after sys.path)
 
 RUNS = ("naive", "ww", "svd", "sftscope", "sftscope_noembed")
 EMBED = "model.embed_tokens.weight"
@@ -67,7 +73,7 @@ def build(data: Path, layers: int) -> tuple[Path, Path]:
         for role in ("base", "sft"):
             (noembed / role).mkdir(parents=True)
             with safe_open(pair / role / "model.safetensors", framework="pt") as f:
-                tensors = {k: f.get_tensor(k) for k in f.keys() if k != EMBED}  # noqa: SIM118
+                tensors = {k: f.get_tensor(k) for k in f.keys() if k != EMBED}
             save_file(tensors, str(noembed / role / "model.safetensors"),
                       metadata={"format": "pt"})
             del tensors
@@ -197,6 +203,52 @@ def accuracy_vs_numpy(test: dict, pair: Path, layer: int = 0) -> dict:
     return accuracy({k: test[k] for k in ref}, ref) | {"layer": layer}
 
 
+def vm_busy_seconds() -> float | None:
+    """CPU seconds this machine has spent busy since boot, all processes (/proc/stat);
+    around a run, minus the run's own CPU seconds: what others ran meanwhile."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        ticks = [int(v) for v in fields]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle, iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(run: str, cmd: list[str], tmp: Path, res_file: Path | None) -> dict:
+    """One measured run of `run` (its own process), with what it produced."""
+    busy0 = vm_busy_seconds()
+    r = run_measured(cmd, cwd=ROOT)
+    busy1 = vm_busy_seconds()
+    if r["rc"] != 0:
+        print(r["stdout_tail"], file=sys.stderr)
+        raise SystemExit(f"{run} failed with exit code {r['rc']}")
+    tail = r.pop("stdout_tail")
+    if busy0 is not None and busy1 is not None and r["cpu_seconds"] is not None:
+        r["others_cpu_seconds"] = round(max(0.0, busy1 - busy0 - r["cpu_seconds"]), 1)
+    if res_file is not None:
+        r |= json.loads(res_file.read_text())
+    else:
+        r["spectra"] = 3 * len(list((tmp / run / "bench" / "spectra")
+                                    .glob("[0-9]*.parquet")))
+        r["log"] = tail.strip().splitlines()[-1:]
+    r["matrices_per_second"] = round(r["spectra"] / r["seconds"], 2)
+    if run == "naive":  # its time without the embedding, for like for like
+        r["seconds_without_embedding"] = round(
+            r["seconds"] - r["embedding_seconds"], 2)
+    return r
+
+
+def median_run(rs: list[dict]) -> dict:
+    """The run of median wall time, with every run's wall and CPU seconds."""
+    best = dict(sorted(rs, key=lambda r: r["seconds"])[(len(rs) - 1) // 2])
+    if len(rs) > 1:
+        best["seconds_all"] = [r["seconds"] for r in rs]
+        best["cpu_seconds_all"] = [r["cpu_seconds"] for r in rs]
+        best["others_cpu_seconds_all"] = [r.get("others_cpu_seconds") for r in rs]
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
@@ -208,44 +260,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "bench")
     ap.add_argument("--skip", nargs="*", default=[], choices=RUNS,
                     help="runs to leave out")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="measure every run N times, round robin (the runs of one "
+                    "round are back to back); report the run of median wall time")
     ap.add_argument("--json", type=Path, help="also write the JSON here")
     a = ap.parse_args(argv)
     layers = 2 if a.quick else a.layers
     pair, noembed = build(a.data, layers)
-    results: dict = {}
+    runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-spectra-") as tmp:
         tmp = Path(tmp)
-        for run in RUNS:
-            if run in a.skip:
-                continue
-            if run in ("naive", "ww"):
-                res_file = tmp / f"{run}.json"
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", run,
-                       "--base", str(pair / "base"), "--sft", str(pair / "sft"),
-                       "--result", str(res_file)]
-            else:
-                method = "svd" if run == "svd" else None
-                cmd = sftscope_cmd(noembed if run == "sftscope_noembed" else pair,
-                                   tmp / run, method)
-            print(f"running {run} ...", file=sys.stderr, flush=True)
-            r = run_measured(cmd, cwd=ROOT)
-            if r["rc"] != 0:
-                print(r["stdout_tail"], file=sys.stderr)
-                raise SystemExit(f"{run} failed with exit code {r['rc']}")
-            tail = r.pop("stdout_tail")
-            if run in ("naive", "ww"):
-                r |= json.loads(res_file.read_text())
-            else:
-                r["spectra"] = 3 * len(list((tmp / run / "bench" / "spectra")
-                                            .glob("[0-9]*.parquet")))
-                r["log"] = tail.strip().splitlines()[-1:]
-            r["matrices_per_second"] = round(r["spectra"] / r["seconds"], 2)
-            if run == "naive":  # its time without the embedding, for like for like
-                r["seconds_without_embedding"] = round(
-                    r["seconds"] - r["embedding_seconds"], 2)
-            results[run] = r
-            print(f"  {run}: {r['seconds']} s, {r['peak_rss_mb']} MB, "
-                  f"{r['spectra']} spectra", file=sys.stderr, flush=True)
+        for rep in range(max(1, a.repeat)):
+            for run in RUNS:
+                if run in a.skip:
+                    continue
+                res_file = None
+                if run in ("naive", "ww"):
+                    res_file = tmp / f"{run}.json"
+                    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker",
+                           run, "--base", str(pair / "base"), "--sft",
+                           str(pair / "sft"), "--result", str(res_file)]
+                else:
+                    method = "svd" if run == "svd" else None
+                    cmd = sftscope_cmd(noembed if run == "sftscope_noembed" else pair,
+                                       tmp / run, method)
+                print(f"running {run} ({rep + 1}/{a.repeat}) ...", file=sys.stderr,
+                      flush=True)
+                r = measure(run, cmd, tmp, res_file)
+                runs.setdefault(run, []).append(r)
+                print(f"  {run}: {r['seconds']} s, {r['cpu_seconds']} CPU s, "
+                      f"{r['peak_rss_mb']} MB, {r['spectra']} spectra; others' CPU "
+                      f"meanwhile {r.get('others_cpu_seconds')} s", file=sys.stderr,
+                      flush=True)
+        results = {run: median_run(rs) for run, rs in runs.items()}
         acc = {}
         if "sftscope" in results:
             test = read_spectra(tmp / "sftscope")
@@ -264,10 +311,15 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"naive_over_sftscope": 4.0, "ww_over_sftscope_noembed": 3.0,
                     "sftscope_peak_rss_mb_max": 1536},
     }
+    if a.repeat > 1:  # each round's own ratio: its runs were back to back
+        rounds = [{k: rs[i]["seconds"] for k, rs in runs.items()}
+                  for i in range(a.repeat)]
+        ratios["naive_over_sftscope_by_round"] = [
+            ratio(r.get("naive"), r.get("sftscope")) for r in rounds]
     report("spectra", results, ratios, out=a.json,
            extra={"pair": {"layers": layers, "path": str(pair.relative_to(ROOT))
                            if pair.is_relative_to(ROOT) else str(pair)},
-                  "accuracy": acc})
+                  "repeat": a.repeat, "accuracy": acc})
     return 0
 
 
