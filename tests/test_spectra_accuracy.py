@@ -17,6 +17,18 @@ CPU = torch.device("cpu")
 TOL = 1e-7
 
 
+@pytest.fixture(autouse=True, params=["openblas", "numpy"])
+def cpu_lapack(request, monkeypatch):
+    """Every test on both CPU paths: dsyrk, dsytrd and dsterf of NumPy's OpenBLAS
+    called directly, and NumPy's matmul and eigvalsh (other BLAS builds)."""
+    if request.param == "openblas":
+        if spectra._openblas() is None:
+            pytest.skip("NumPy's BLAS is not an OpenBLAS with CBLAS and LAPACKE")
+    else:
+        monkeypatch.setattr(spectra, "_openblas", lambda: None)
+    return request.param
+
+
 def pair(shape, dtype, seed=0, delta_scale=1e-3, rank=4):
     """(base, sft) in `dtype`: random weights plus a planted low-rank update."""
     gen = torch.Generator().manual_seed(seed)
@@ -80,7 +92,7 @@ def test_three_spectra_match_numpy(shape, dtype):
 def test_block_accumulated_gram_embedding_like(monkeypatch):
     """A long matrix split in several blocks (as the 151936 x 896 embedding is)."""
     monkeypatch.setattr(spectra, "BLOCK_ELEMS", 5000)
-    for shape in ((1000, 40), (40, 1000), (1003, 37)):
+    for shape in ((1000, 40), (40, 1000), (1003, 37), (1, 30000), (30000, 1)):
         b, s = pair(shape, torch.bfloat16, seed=3)
         assert len(spectra._blocks(max(shape), min(shape))) > 5
         rows = tensor_spectra(b, s, device=CPU)
@@ -89,6 +101,14 @@ def test_block_accumulated_gram_embedding_like(monkeypatch):
             assert rel_err(r["singular_values"], np_svals(mat)) < TOL, (shape, r["role"])
         assert rows[2]["noise_sigma"] == pytest.approx(
             noise_sigma(b, s, torch.bfloat16), rel=1e-12)
+
+
+def test_identical_pair_has_a_zero_delta():
+    b, _ = pair((300, 40), torch.bfloat16, seed=7)
+    rows = tensor_spectra(b, b.clone(), device=CPU)
+    assert rows[2]["frobenius_sq"] == 0.0 and rows[2]["n_zero"] == b.numel()
+    np.testing.assert_array_equal(rows[2]["singular_values"], np.zeros(40))
+    assert rel_err(rows[0]["singular_values"], np_svals(b)) < TOL
 
 
 def test_tiny_delta_relative_to_its_own_s1():
