@@ -52,6 +52,24 @@ class CorruptSource(OSError):
     """Raised by a block iterator whose bytes cannot be read (a corrupt archive)."""
 
 
+if _sefast is not None:  # the same results as bytes.count / bytes.find, faster
+    _count_newlines, _find = _sefast.count_newlines, _sefast.find
+else:
+    def _count_newlines(buf, start: int = 0, end: int | None = None) -> int:
+        return buf.count(b"\n", start, len(buf) if end is None else end)
+
+    def _find(buf, needle: bytes, start: int = 0) -> int:
+        return buf.find(needle, start)
+
+
+def _take(pending: bytearray, cut: int) -> bytes:
+    """pending[:cut] as bytes (one copy), removed from pending."""
+    with memoryview(pending) as view:
+        data = bytes(view[:cut])
+    del pending[:cut]
+    return data
+
+
 def _fail(source: str, line: int | None, msg: str) -> SEInputError:
     where = f"{source}: line {line}" if line is not None else source
     return SEInputError(f"{where}: {msg}")
@@ -165,7 +183,7 @@ class RowSplitter:
         self._rest = bytearray()
         searched = 0
         while True:
-            k = pending.find(close, max(0, searched - len(close)))
+            k = _find(pending, close, max(0, searched - len(close)))
             if k >= 0:
                 break
             searched = len(pending)
@@ -175,12 +193,11 @@ class RowSplitter:
                     cut = pending.find(b"<row", 1)  # one row bigger than a chunk
                     if cut < 0:
                         break
-                data = bytes(pending[:cut])
-                del pending[:cut]
+                data = _take(pending, cut)
                 searched = max(0, searched - cut)
                 yield data, line
-                line += data.count(b"\n")
-            block = self._next_block(lambda n=line, p=pending: n + p.count(b"\n"))
+                line += _count_newlines(data)
+            block = self._next_block(lambda n=line, p=pending: n + _count_newlines(p))
             if block is None:
                 raise _fail(
                     self.source, line + pending.count(b"\n"),
@@ -194,13 +211,12 @@ class RowSplitter:
             cut = body.rfind(b"<row", 0, chunk_bytes + 1)
             if cut <= 0:
                 break
-            data = bytes(body[:cut])
-            del body[:cut]
+            data = _take(body, cut)
             yield data, line
-            line += data.count(b"\n")
+            line += _count_newlines(data)
         if body.strip(_WS):
             yield bytes(body), line
-        line += body.count(b"\n")
+        line += _count_newlines(body)
         while (block := self._next_block(line)) is not None:
             tail += block
             if len(tail) > _HEADER_LIMIT:
