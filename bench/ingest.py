@@ -25,6 +25,7 @@ Prints one JSON object (bench/common.py's shape); the target is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -107,6 +108,7 @@ def baseline_attrs(path: Path) -> float:
 def stages(path: Path, mb: float = 20.0) -> dict[str, float]:
     """CPU milliseconds per MB of XML for each step, measured serially on the first
     `mb` MB: where the time goes (the C parser, the lxml reference, DuckDB's write)."""
+    import duckdb
     from lxml import etree
 
     from ingest.se_parse import RowSplitter, _parser, parse_chunk_fast, parse_chunk_lxml
@@ -141,6 +143,8 @@ def stages(path: Path, mb: float = 20.0) -> dict[str, float]:
         Path(tmp) / "s.duckdb", row_group_size=LOAD_ROW_GROUP_SIZE
     ) as con:
         con.execute("set preserve_insertion_order = false")  # as load() does
+        with contextlib.suppress(duckdb.CatalogException):
+            con.execute("set write_buffer_row_group_count = 1")
         create_tables(con)
         t0, c0 = time.perf_counter(), os.times()
         con.execute("begin")
