@@ -107,7 +107,7 @@ class Config:
     max_tensors: int | None = None  # stop after this many (tests, dry runs)
     progress: bool = True
     check: bool = False  # only check the pair (compute.doctor), compute nothing
-    scan: bool = False  # with check: read every tensor for NaN/Inf
+    scan: bool = False  # with check: verify shard checksums, read every tensor for NaN/Inf
 
     @property
     def run_dir(self) -> Path:
@@ -155,7 +155,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
                     help="only check that the pair is complete and compatible "
                     "(python -m compute.doctor); compute and write nothing")
     ap.add_argument("--scan", action="store_true",
-                    help="with --check: also read every tensor and count NaN/Inf")
+                    help="with --check: also hash the hub-cache shards against their"
+                    " sha256 names and read every tensor to count NaN/Inf")
     a = ap.parse_args(argv)
     if a.scan and not a.check:
         ap.error("--scan goes with --check")
