@@ -11,7 +11,7 @@ export SFTSCOPE_DB ?= $(abspath $(DB))
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: all demo test test-fast app bench lint browser-deps clean dbt
+.PHONY: all demo test test-fast app bench bench-gpu lint browser-deps clean dbt
 all: demo
 
 $(VENV)/.installed: pyproject.toml ingest/_sefast.c
@@ -54,6 +54,10 @@ bench: venv
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) bench/spectra.py
 	$(PY) bench/ingest.py
+
+# the GPU target: a 7B-shaped pair on one CUDA device (needs ~35 GB of disk)
+bench-gpu: venv
+	$(PY) bench/spectra_gpu.py --json data/bench/spectra-gpu.json
 
 lint: venv
 	$(VENV)/bin/ruff check .
