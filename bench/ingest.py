@@ -25,7 +25,6 @@ Prints one JSON object (bench/common.py's shape); the target is
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import sys
@@ -108,13 +107,12 @@ def baseline_attrs(path: Path) -> float:
 def stages(path: Path, mb: float = 20.0) -> dict[str, float]:
     """CPU milliseconds per MB of XML for each step, measured serially on the first
     `mb` MB: where the time goes (the C parser, the lxml reference, DuckDB's write)."""
-    import duckdb
     from lxml import etree
 
     from ingest.se_parse import RowSplitter, _parser, parse_chunk_fast, parse_chunk_lxml
     from ingest.se_tables import create_tables
     from ingest.se_text import html_to_text
-    from ingest.stackexchange import LOAD_ROW_GROUP_SIZE, _file_blocks
+    from ingest.stackexchange import LOAD_ROW_GROUP_SIZE, _file_blocks, configure_load
     from ingest.warehouse import connect
 
     chunks = []
@@ -142,9 +140,7 @@ def stages(path: Path, mb: float = 20.0) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp, connect(
         Path(tmp) / "s.duckdb", row_group_size=LOAD_ROW_GROUP_SIZE
     ) as con:
-        con.execute("set preserve_insertion_order = false")  # as load() does
-        with contextlib.suppress(duckdb.CatalogException):
-            con.execute("set write_buffer_row_group_count = 1")
+        configure_load(con)  # as load() does
         create_tables(con)
         t0, c0 = time.perf_counter(), os.times()
         con.execute("begin")
@@ -244,9 +240,9 @@ def main() -> None:
         "sftscope_cli": {k: v for k, v in cli.items() if k != "stdout_tail"},
     }
     ratios = {
-        "end_to_end_vs_parse_only": ratio(e2e_s, base_s) and round(base_s / e2e_s, 2),
+        "end_to_end_vs_parse_only": ratio(base_s, e2e_s),
         "end_to_end_vs_parse_only_median_of_pairs": round(paired[len(paired) // 2], 2),
-        "end_to_end_vs_attributes": round(base_attrs_s / e2e_s, 2),
+        "end_to_end_vs_attributes": ratio(base_attrs_s, e2e_s),
     }
     if not args.no_reference:
         ref = cli_run(path, args.workers, pure_python=True)

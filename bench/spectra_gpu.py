@@ -6,9 +6,9 @@
 
 The pair has the real Qwen2.5-7B shapes (hidden 3584, intermediate 18944, 28 heads /
 4 kv heads so k/v are 512 x 3584, vocab 152064, untied embeddings): 2 x 15 GB of bf16,
-random weights with a planted low-rank dW plus dense noise. It is generated on the
-device (a few seconds on a GPU, where the demo's CPU generator would take minutes),
-written once under --data and reused while its spec is unchanged.
+compute.demo's pair (random weights, a planted low-rank dW plus dense noise) drawn on
+the device (seconds on a GPU, minutes on the CPU), written once under --data and
+reused while its spec is unchanged.
 
 Two measurements, printed as JSON in the shape of bench/common.py:
 
@@ -25,10 +25,9 @@ Two measurements, printed as JSON in the shape of bench/common.py:
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import report, run_measured  # noqa: E402 (after sys.path)
+from bench.common import report  # noqa: E402 (after sys.path)
+from bench.spectra import measure, sftscope_cmd  # noqa: E402
 
 TARGET_SECONDS = 180.0
 
@@ -52,48 +52,13 @@ def spec_for(layers: int, small: bool):
 
 
 def build(out: Path, spec, device: str) -> Path:
-    """The pair (cached by spec): bf16 weights drawn on `device`, a planted rank-r dW
-    (r from compute.demo's schedule) and dense noise, as sharded safetensors."""
-    import torch
+    """The pair (cached by spec and device): compute.demo's planted pair, its
+    weights drawn on `device`."""
+    from compute.demo import build_pair
 
-    from compute.demo import parse_name, qwen2_config, shapes, write_checkpoint
-
-    stamp = out / "planted.json"
-    key = spec.key() + "-gpu-bench-v1"
-    if stamp.exists() and json.loads(stamp.read_text()).get("spec_key") == key:
-        return out
     t0 = time.perf_counter()
-    gen = torch.Generator(device=device).manual_seed(spec.seed)
-    base, sft, planted = {}, {}, {}
-    for name, shape in shapes(spec).items():
-        w0 = torch.randn(shape, generator=gen, device=device) * spec.init_std
-        if len(shape) == 2:
-            layer, module = parse_name(name)
-            m, n = shape
-            r = min(spec.rank_fn(module, layer, spec.layers), m, n)
-            u = torch.randn(m, r, generator=gen, device=device) / math.sqrt(m)
-            v = torch.randn(r, n, generator=gen, device=device) / math.sqrt(n)
-            w1 = w0 + spec.s_hi * (u @ v) + spec.dense_std * torch.randn(
-                shape, generator=gen, device=device)
-            planted[name] = {"rank": r, "shape": list(shape)}
-        else:
-            w1 = w0 + 1e-3 * torch.randn(shape, generator=gen, device=device)
-            if name.endswith("norm.weight"):
-                w0, w1 = w0 + 1.0, w1 + 1.0
-        base[name] = w0.to(torch.bfloat16).cpu()
-        sft[name] = w1.to(torch.bfloat16).cpu()
-        del w0, w1
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for role, tensors in (("base", base), ("sft", sft)):
-        write_checkpoint(tmp / role, tensors, spec.shards)
-        (tmp / role / "config.json").write_text(json.dumps(qwen2_config(spec, 0), indent=2))
-    (tmp / "planted.json").write_text(json.dumps(
-        {"spec_key": key, "seconds": round(time.perf_counter() - t0, 1),
-         "tensors": planted}))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    print(f"pair built in {time.perf_counter() - t0:.1f} s: {out}", file=sys.stderr)
+    build_pair(out, spec, device=device)
+    print(f"pair ready in {time.perf_counter() - t0:.1f} s: {out}", file=sys.stderr)
     return out
 
 
@@ -192,18 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     spec = spec_for(a.layers, a.small)
     tag = "small" if a.small else "qwen2.5-7b-shaped"
     pair = build(a.data / f"{tag}-L{a.layers}-gpu", spec, a.device)
-    out = a.data / "spectra-gpu-run"
-    cmd = [sys.executable, "-m", "compute.run", "--base", str(pair / "base"), "--sft",
-           str(pair / "sft"), "--name", "bench", "--no-load", "--skip-behaviour",
-           "--out", str(out), "--force", "--no-progress", "--device", a.device]
     print(f"running compute.run --device {a.device} ...", file=sys.stderr, flush=True)
-    r = run_measured(cmd, cwd=ROOT)
-    if r["rc"] != 0:
-        print(r["stdout_tail"], file=sys.stderr)
-        raise SystemExit(f"compute.run failed with exit code {r['rc']}")
-    r.pop("stdout_tail")
-    n_spectra = 3 * len(list((out / "bench" / "spectra").glob("[0-9]*.parquet")))
-    r |= {"spectra": n_spectra, "matrices_per_second": round(n_spectra / r["seconds"], 2)}
+    with tempfile.TemporaryDirectory(prefix="bench-spectra-gpu-") as tmp:
+        cmd = [*sftscope_cmd(pair, Path(tmp) / "sftscope", None), "--device", a.device]
+        r = measure("sftscope", cmd, Path(tmp), None)
     results = {"sftscope": r, "pair": {"layers": a.layers, "small": a.small,
                                        "path": str(pair)}}
     if not a.skip_phases:

@@ -148,13 +148,16 @@ def planted_update(
     m: int, n: int, rank: int, spec: PairSpec, gen: torch.Generator
 ) -> tuple[torch.Tensor, list[float]]:
     """U diag(s) V^T with orthonormal U (m, r), V (n, r) and s from s_hi to s_lo."""
-    rank = min(rank, m, n)
+    rank, dev = min(rank, m, n), gen.device
     if rank == 0:
-        return torch.zeros(m, n), []
-    u, _ = torch.linalg.qr(torch.randn(m, rank, generator=gen, dtype=torch.float64))
-    v, _ = torch.linalg.qr(torch.randn(n, rank, generator=gen, dtype=torch.float64))
+        return torch.zeros(m, n, device=dev), []
+    u, _ = torch.linalg.qr(torch.randn(m, rank, generator=gen, dtype=torch.float64,
+                                       device=dev))
+    v, _ = torch.linalg.qr(torch.randn(n, rank, generator=gen, dtype=torch.float64,
+                                       device=dev))
     ratio = (spec.s_lo / spec.s_hi) ** (1 / max(rank - 1, 1))
-    s = torch.tensor([spec.s_hi * ratio**k for k in range(rank)], dtype=torch.float64)
+    s = torch.tensor([spec.s_hi * ratio**k for k in range(rank)], dtype=torch.float64,
+                     device=dev)
     return ((u * s) @ v.T).float(), s.tolist()  # (m, n)
 
 
@@ -229,49 +232,52 @@ def write_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], shards: int
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def build_pair(out: str | os.PathLike, spec: PairSpec = DEMO, *, force: bool = False
-               ) -> tuple[Path, Path]:
+def build_pair(out: str | os.PathLike, spec: PairSpec = DEMO, *, force: bool = False,
+               device: str = "cpu") -> tuple[Path, Path]:
     """Write `out/base` and `out/sft` (and `out/planted.json`); returns the folders.
 
-    Skips the work when `out` already holds this spec's pair.
+    Skips the work when `out` already holds this spec's pair. `device`: where the
+    weights are drawn (a GPU draws a 7B-shaped pair in seconds, the CPU in minutes);
+    each device's generator gives other numbers, so it is part of the cache key.
     """
     out = Path(out)
+    key = spec.key() if device == "cpu" else f"{spec.key()}-{device}"
     base_dir, sft_dir, truth = out / "base", out / "sft", out / "planted.json"
     if not force and truth.exists():
         try:
-            if json.loads(truth.read_text()).get("spec_key") == spec.key():
+            if json.loads(truth.read_text()).get("spec_key") == key:
                 return base_dir, sft_dir
         except (json.JSONDecodeError, OSError):
             pass
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    gen = torch.Generator().manual_seed(spec.seed)
+    gen = torch.Generator(device=device).manual_seed(spec.seed)
     tok = train_tokenizer(spec.vocab)
     eos_id = tok.token_to_id("<|endoftext|>")
     base, sft, planted = {}, {}, {}
     for name, shape in shapes(spec).items():
-        w0 = torch.randn(shape, generator=gen) * spec.init_std
+        w0 = torch.randn(shape, generator=gen, device=device) * spec.init_std
         if name.endswith("layernorm.weight") or name == "model.norm.weight":
             w0 = 1.0 + w0
         if len(shape) == 2:
             layer, module = parse_name(name)
             rank = spec.rank_fn(module, layer, spec.layers)
             update, s = planted_update(*shape, rank, spec, gen)
-            dense = torch.randn(shape, generator=gen) * spec.dense_std
+            dense = torch.randn(shape, generator=gen, device=device) * spec.dense_std
             w1 = w0 + update + dense
             planted[name] = {"rank": len(s), "singular_values": s,
                              "shape": list(shape)}
         else:
-            w1 = w0 + torch.randn(shape, generator=gen) * 1e-3
-        base[name] = w0.to(torch.bfloat16).contiguous()
-        sft[name] = w1.to(torch.bfloat16).contiguous()
+            w1 = w0 + torch.randn(shape, generator=gen, device=device) * 1e-3
+        base[name] = w0.to(torch.bfloat16).cpu().contiguous()
+        sft[name] = w1.to(torch.bfloat16).cpu().contiguous()
     for folder, tensors in ((tmp / "base", base), (tmp / "sft", sft)):
         write_checkpoint(folder, tensors, spec.shards)
         (folder / "config.json").write_text(json.dumps(qwen2_config(spec, eos_id),
                                                        indent=2))
         save_tokenizer(tok, folder)
     (tmp / "planted.json").write_text(json.dumps(
-        {"spec_key": spec.key(), "noise_free_dense_std": spec.dense_std,
+        {"spec_key": key, "noise_free_dense_std": spec.dense_std,
          "tensors": planted}, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

@@ -72,13 +72,6 @@ def schemas() -> dict:
     }
 
 
-def __getattr__(name: str):  # SPECTRA_SCHEMA / VECTOR_SCHEMA, built on first use
-    kinds = {"SPECTRA_SCHEMA": "spectra", "VECTOR_SCHEMA": "vectors"}
-    if name in kinds:
-        return schemas()[kinds[name]]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def write_rows(rows: list[dict], kind: str, path: Path) -> None:
     """Rows (dicts) as a Parquet file of `kind` ("spectra" or "vectors")."""
     import pyarrow as pa

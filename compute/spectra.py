@@ -202,11 +202,9 @@ def _workspace(device: torch.device, n: int, k: int, int_dtype: torch.dtype
     ws = cache.get(key)
     if ws is None or ws["f64"][0].numel() < n:
         ws = {"f64": [torch.empty(n, dtype=torch.float64, device=device)
-                      for _ in range(3)], "int": {}, "gram": {}}
+                      for _ in range(3)], "gram": {}}
         cache[key] = ws
-    ints = ws["int"].get(int_dtype)
-    if ints is None or ints.numel() < n:
-        ints = ws["int"][int_dtype] = torch.empty(n, dtype=int_dtype, device=device)
+    ints = _flat(device, int_dtype, n)
     grams = ws["gram"].get(k)
     if grams is None:
         grams = [torch.empty(k, k, dtype=torch.float64, device=device)
@@ -217,13 +215,13 @@ def _workspace(device: torch.device, n: int, k: int, int_dtype: torch.dtype
     return ws["f64"], ints, grams
 
 
-def _flags(device: torch.device, n: int) -> torch.Tensor:
-    """This thread's reusable flat boolean buffer of >= n entries."""
-    cache = _local.__dict__.setdefault("flags", {})
-    key = (device.type, device.index)
+def _flat(device: torch.device, dtype: torch.dtype, n: int) -> torch.Tensor:
+    """This thread's reusable flat buffer of `dtype` with >= n entries."""
+    cache = _local.__dict__.setdefault("flat", {})
+    key = (device.type, device.index, dtype)
     buf = cache.get(key)
     if buf is None or buf.numel() < n:
-        buf = cache[key] = torch.empty(n, dtype=torch.bool, device=device)
+        buf = cache[key] = torch.empty(n, dtype=dtype, device=device)
     return buf
 
 
@@ -469,7 +467,7 @@ def _gram_spectra(wb: torch.Tensor, ws: torch.Tensor) -> list[dict]:
     k, long = (n, m) if tall else (m, n)
     blocks = _blocks(long, k)
     bufs, ints, grams = _workspace(device, _block_elems(blocks, k), k, BITS[storage][0])
-    flags = _flags(device, _block_elems(blocks, k))
+    flags = _flat(device, torch.bool, _block_elems(blocks, k))
     nonzero = [0, 0, 0]
     pow2_sq, subnormal = 0.0, 0
     role_s = [0.0, 0.0, 0.0]  # seconds in each role's own Gram and eigensolve

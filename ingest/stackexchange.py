@@ -236,10 +236,10 @@ def _parsed(chunks, table: str, source: str, opts: LoadOptions, pool: _Pool | No
         for data, line in chunks:
             yield parse_chunk(table, source, data, line, opts.skip_bad_rows)
         return
-    ex = pool.get()
     if pool.threads:
         yield from _parsed_ahead(chunks, table, source, opts, pool)
         return
+    ex = pool.get()
     window: deque[cf.Future] = deque()
     try:
         for data, line in chunks:
@@ -391,6 +391,26 @@ def _load_source(con, src: _Source, site: str, opts: LoadOptions, pool, replaced
             bar.close()
 
 
+def configure_load(con: duckdb.DuckDBPyConnection) -> None:
+    """DuckDB settings of a bulk load (the connection is attached with
+    LOAD_ROW_GROUP_SIZE-row groups)."""
+    # DuckDB's buffer (written row groups, uncommitted rows) stays under this; beyond
+    # it DuckDB evicts or spills to disk, so memory is flat whatever the file's size
+    # (its own default is 80% of the machine's memory)
+    limit = os.environ.get("SFTSCOPE_INGEST_MEMORY_LIMIT") or INGEST_MEMORY_LIMIT
+    con.execute("set memory_limit = ?", [limit])
+    # Rows of a file may land in any order (every query orders explicitly): then
+    # DuckDB compresses and writes row groups on all its threads, not on one (1.8x on
+    # 2 cores, bench/ingest.py)
+    con.execute("set preserve_insertion_order = false")
+    # DuckDB >= 1.4 buffers 5 full row groups before it compresses and writes them,
+    # which on a 100 MB file leaves most of that work until the parsing is over; one
+    # at a time overlaps it with the parsing (~8% faster end to end, bench/ingest.py,
+    # and a little less memory)
+    with contextlib.suppress(duckdb.CatalogException):  # older DuckDB
+        con.execute("set write_buffer_row_group_count = 1")
+
+
 def load(path: str | os.PathLike, opts: LoadOptions | None = None, **kw) -> LoadReport:
     """Load a site's dump (see the module docstring); returns what was loaded.
 
@@ -406,21 +426,7 @@ def load(path: str | os.PathLike, opts: LoadOptions | None = None, **kw) -> Load
     replaced: set[str] = set()
     try:
         with connect(opts.db, row_group_size=LOAD_ROW_GROUP_SIZE) as con:
-            # DuckDB's buffer (written row groups, uncommitted rows) stays under this;
-            # beyond it DuckDB evicts or spills to disk, so memory is flat whatever
-            # the file's size (its own default is 80% of the machine's memory)
-            limit = os.environ.get("SFTSCOPE_INGEST_MEMORY_LIMIT") or INGEST_MEMORY_LIMIT
-            con.execute("set memory_limit = ?", [limit])
-            # Rows of a file may land in any order (every query orders explicitly):
-            # then DuckDB compresses and writes row groups on all its threads, not
-            # on one (1.8x on 2 cores, bench/ingest.py)
-            con.execute("set preserve_insertion_order = false")
-            # DuckDB >= 1.4 buffers 5 full row groups before it compresses and writes
-            # them, which on a 100 MB file leaves most of that work until the parsing
-            # is over; one at a time overlaps it with the parsing (~8% faster end to
-            # end, bench/ingest.py, and a little less memory)
-            with contextlib.suppress(duckdb.CatalogException):  # older DuckDB
-                con.execute("set write_buffer_row_group_count = 1")
+            configure_load(con)
             con.execute("begin transaction")
             try:
                 ensure_raw_schema(con)
