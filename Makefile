@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 .PHONY: all demo test test-fast app bench bench-gpu lint browser-deps clean dbt
 all: demo
 
-$(VENV)/.installed: pyproject.toml ingest/_sefast.c
+$(VENV)/.installed: pyproject.toml ingest/_sefast.c compute/_kernels.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=25.1"
 	$(PY) -m pip install -q "$(TORCH_SPEC)"

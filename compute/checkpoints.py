@@ -3,11 +3,14 @@
     ckpt = resolve("Qwen/Qwen2.5-0.5B")      # hub id (honours HF_HUB_OFFLINE, cache)
     ckpt = resolve("data/models/demo/base")  # or a local folder
     plan = pair_plan(base, sft)              # checks both hold the same tensors
-    w = ckpt.read("model.layers.0.mlp.up_proj.weight")   # (m, n), storage dtype
+    w, storage = ckpt.read_array("model.layers.0.mlp.up_proj.weight")  # NumPy
+    w = ckpt.read("model.layers.0.mlp.up_proj.weight")   # torch, storage dtype
 
 Never `from_pretrained` for the weights: tensors are streamed from the safetensors
-files one by one (`safe_open`, one shard handle at a time, closed after each read),
-so memory is bounded by a few matrices whatever the model size.
+files one by one (the byte range the header gives, read into a fresh array; no mmap
+of whole files is held), so memory is bounded by a few matrices whatever the model
+size. Headers are validated by safetensors' own reader when a shard is scanned.
+torch is imported only by `read`: the CPU spectra need NumPy alone.
 """
 
 from __future__ import annotations
@@ -17,13 +20,22 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from compute.demo import parse_name
 
+if TYPE_CHECKING:
+    import torch
+
 HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer*", "*.txt", "*.model"]
+# safetensors dtype -> (storage dtype of compute.spectra, NumPy dtype of the array;
+# bfloat16 has none, so its arrays hold the bits)
+STORAGE = {"BF16": ("bfloat16", np.uint16), "F16": ("float16", np.float16),
+           "F32": ("float32", np.float32), "F64": ("float64", np.float64)}
+READ_CHUNK = 1 << 30  # bytes per read call (Linux reads at most ~2 GiB at once)
 
 
 class CheckpointError(RuntimeError):
@@ -36,6 +48,8 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str  # safetensors dtype: BF16, F16, F32
     file: str
+    start: int = 0  # byte range of the data in the file
+    end: int = 0
 
 
 @dataclasses.dataclass
@@ -46,16 +60,44 @@ class Checkpoint:
     config: dict
     tensors: dict[str, TensorInfo]
 
-    def read(self, name: str) -> torch.Tensor:
-        """The tensor `name` in its storage dtype, on the CPU."""
+    def read_array(self, name: str) -> tuple[np.ndarray, str]:
+        """(the tensor `name` as a NumPy array, its storage dtype: "bfloat16", ...);
+        a bfloat16 array holds the bits (uint16)."""
         info = self.tensors[name]
-        try:
-            with safe_open(self.path / info.file, framework="pt") as f:
-                return f.get_tensor(name)
-        except (SafetensorError, OSError) as exc:
+        path = self.path / info.file
+        if info.dtype not in STORAGE:
             raise CheckpointError(
-                f"{self.path / info.file}: cannot read tensor {name}: {exc}"
-            ) from exc
+                f"{path}: tensor {name} is stored as {info.dtype}; sftscope reads "
+                f"{', '.join(STORAGE)} weights")
+        storage, dtype = STORAGE[info.dtype]
+        arr = np.empty(info.shape, dtype)
+        if arr.nbytes != info.end - info.start:  # safe_open checks it too
+            raise CheckpointError(
+                f"{path}: tensor {name} has {info.end - info.start} bytes of data, "
+                f"its shape {list(info.shape)} of {info.dtype} needs {arr.nbytes}")
+        view, done = memoryview(arr.reshape(-1).view(np.uint8)), 0
+        try:
+            with open(path, "rb", buffering=0) as fh:
+                fh.seek(info.start)
+                while done < arr.nbytes:
+                    got = fh.readinto(view[done:done + READ_CHUNK])
+                    if not got:
+                        raise CheckpointError(
+                            f"{path}: truncated in tensor {name} (the file ends "
+                            f"{arr.nbytes - done} bytes early); download it again")
+                    done += got
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read tensor {name}: {exc}"
+                                  ) from exc
+        return arr, storage
+
+    def read(self, name: str) -> torch.Tensor:
+        """The tensor `name` in its storage dtype, on the CPU (imports torch)."""
+        import torch
+
+        arr, storage = self.read_array(name)
+        t = torch.from_numpy(arr)
+        return t.view(torch.bfloat16) if storage == "bfloat16" else t
 
     @property
     def n_layers(self) -> int | None:
@@ -109,7 +151,8 @@ MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 
 def read_header(path: Path) -> tuple[dict, int]:
     """The JSON header of a safetensors file and the file size that it promises
-    (8 + header + data); the errors say what is wrong with the file."""
+    (8 + header + data: the data start at that size less the largest end offset);
+    the errors say what is wrong with the file."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
@@ -144,14 +187,19 @@ def read_header(path: Path) -> tuple[dict, int]:
 
 def scan_shard(path: Path) -> dict[str, TensorInfo]:
     """The tensors of one safetensors file, after checking it is complete."""
-    read_header(path)
+    header, size = read_header(path)
+    data_start = size - max((int(v["data_offsets"][1]) for k, v in header.items()
+                             if k != "__metadata__"), default=0)
     tensors: dict[str, TensorInfo] = {}
     try:
-        with safe_open(path, framework="pt") as f:
+        # safetensors' reader validates the header (dtypes, shapes against byte
+        # ranges, no overlaps); NumPy's framework so that torch is not imported
+        with safe_open(path, framework="numpy") as f:
             for name in f.keys():
                 sl = f.get_slice(name)
+                start, end = (data_start + int(o) for o in header[name]["data_offsets"])
                 tensors[name] = TensorInfo(name, tuple(sl.get_shape()), sl.get_dtype(),
-                                           path.name)
+                                           path.name, start, end)
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file: {exc}"
                               ) from exc

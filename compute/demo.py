@@ -24,9 +24,10 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import save_file
+if TYPE_CHECKING:  # imported where used: compute.checkpoints needs parse_name only
+    import torch
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -148,6 +149,8 @@ def planted_update(
     m: int, n: int, rank: int, spec: PairSpec, gen: torch.Generator
 ) -> tuple[torch.Tensor, list[float]]:
     """U diag(s) V^T with orthonormal U (m, r), V (n, r) and s from s_hi to s_lo."""
+    import torch
+
     rank, dev = min(rank, m, n), gen.device
     if rank == 0:
         return torch.zeros(m, n, device=dev), []
@@ -175,6 +178,8 @@ def corpus_lines() -> list[str]:
         "$E=mc^2$ $F=ma$ $\\hbar$ $\\psi(x)$ $\\nabla\\cdot E$ 1 2 3 10 100 0.5 "
         "code print def return numpy array plot"
     ).split()
+    import torch
+
     gen = torch.Generator().manual_seed(1)
     lines = []
     for _ in range(3000):
@@ -215,6 +220,8 @@ def save_tokenizer(tok, folder: Path) -> None:
 
 
 def write_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], shards: int) -> None:
+    from safetensors.torch import save_file
+
     folder.mkdir(parents=True, exist_ok=True)
     names = list(tensors)
     if shards <= 1:
@@ -249,6 +256,8 @@ def build_pair(out: str | os.PathLike, spec: PairSpec = DEMO, *, force: bool = F
                 return base_dir, sft_dir
         except (json.JSONDecodeError, OSError):
             pass
+    import torch
+
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     gen = torch.Generator(device=device).manual_seed(spec.seed)

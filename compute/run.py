@@ -29,10 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from compute.checkpoints import Checkpoint, CheckpointError, Plan, pair_plan, resolve
-from compute.spectra import METHODS, STORAGE_NAMES, tensor_spectra, vector_change
+from compute.spectra import METHODS
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -45,7 +43,8 @@ DEMO_DIR = Path("data/models/demo")
 
 # pyarrow (and tqdm) are imported where they are used: on the spectra path that is
 # after the workers have started, so the imports overlap the arithmetic instead of
-# delaying it (`python -X importtime -m compute.run ...`).
+# delaying it (`python -X importtime -m compute.run ...`). torch is imported only
+# for a GPU, the svd methods and the behaviour half: the CPU spectra are NumPy's.
 @functools.cache
 def schemas() -> dict:
     """{"spectra": schema of raw.spectra's files, "vectors": raw.vector_changes'}."""
@@ -177,12 +176,46 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   progress=a.progress, check=a.check, scan=a.scan)
 
 
-def pick_device(name: str) -> torch.device:
+def torch_build_has_gpu() -> bool:
+    """Whether the installed torch is a CUDA or ROCm build, from its torch/version.py
+    (written at build time: `cuda = None` in a CPU wheel), without importing torch."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    version = Path(next(iter(spec.submodule_search_locations))) / "version.py"
+    try:
+        tree = ast.parse(version.read_text())
+    except (OSError, SyntaxError, ValueError):
+        return True  # unknown: ask torch itself
+    values = {}
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            for target in (node.targets if isinstance(node, ast.Assign)
+                           else [node.target]):
+                if isinstance(target, ast.Name):
+                    values[target.id] = node.value
+    return not all(isinstance(values.get(key), ast.Constant) and values[key].value is None
+                   for key in ("cuda", "hip"))
+
+
+def pick_device(name: str) -> str:
+    """"cpu" or "cuda" for --device; "auto" needs torch only when its build could
+    have a GPU."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    return torch.device(name)
+        if not torch_build_has_gpu():
+            return "cpu"
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device is available")
+    return name
 
 
 def code_version() -> str:
@@ -275,7 +308,7 @@ def spectra_file(run_dir: Path, index: int) -> Path:
 
 
 def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
-                    manifest: dict, device: torch.device) -> None:
+                    manifest: dict, device: str) -> None:
     """Spectra of every matrix, one Parquet file per tensor (a killed run resumes).
 
     On a CPU, tensors are spread over worker threads (one per core, up to
@@ -287,8 +320,21 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
     import math
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
+    import numpy as np
+
     from compute.checkpoints import layer_module
-    from compute.spectra import spectra_workers, worker_threads
+    from compute.spectra import (
+        array_spectra,
+        spectra_workers,
+        storage_name,
+        tensor_spectra,
+        vector_change,
+        worker_threads,
+    )
+
+    torch = None
+    if device != "cpu" or cfg.method != "gram":  # else NumPy's path, without torch
+        import torch
 
     run_id, pair = manifest["run_id"], cfg.pair
     started = manifest["kinds"].get("spectra", {}).get("started_at") or now()
@@ -302,14 +348,12 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         if vec_path.exists():
             return
         rows = []
-        with torch.inference_mode():
-            for name in plan.vectors:
-                layer, module = layer_module(name)
-                wb = base.read(name)
-                rows.append({"run_id": run_id, "pair": pair, "tensor": name,
-                             "layer": layer, "module": module,
-                             "storage_dtype": STORAGE_NAMES[wb.dtype]}
-                            | vector_change(wb, sft.read(name)))
+        for name in plan.vectors:
+            layer, module = layer_module(name)
+            (wb, storage), (ws, _) = base.read_array(name), sft.read_array(name)
+            rows.append({"run_id": run_id, "pair": pair, "tensor": name,
+                         "layer": layer, "module": module, "storage_dtype": storage}
+                        | vector_change(wb, ws, storage))
         write_rows(rows, "vectors", vec_path)
 
     todo = [i for i in range(len(plan.matrices))
@@ -324,17 +368,19 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         """Spectra of matrix i into its Parquet file; the non-finite warnings."""
         name = plan.matrices[i]
         layer, module = layer_module(name)
-        with torch.inference_mode():  # thread-local: set in each worker
-            wb, ws = base.read(name), sft.read(name)
-            if wb.dtype != ws.dtype:
-                raise CheckpointError(f"tensor {name}: stored as {wb.dtype} in "
-                                      f"{base.ref} but {ws.dtype} in {sft.ref}")
-            rows = tensor_spectra(wb, ws, device=device, method=cfg.method)
+        if torch is None:
+            (wb, storage), (ws, _) = base.read_array(name), sft.read_array(name)
+            rows = array_spectra(wb, ws, storage)  # pair_plan checked the dtypes
+        else:
+            with torch.inference_mode():  # thread-local: set in each worker
+                wb, ws = base.read(name), sft.read(name)
+                storage = storage_name(wb.dtype)
+                rows = tensor_spectra(wb, ws, device=torch.device(device),
+                                      method=cfg.method)
         common = {"run_id": run_id, "pair": pair, "base_model": base.ref,
                   "sft_model": sft.ref, "tensor": name, "layer": layer,
                   "module": module, "n_rows": wb.shape[0], "n_cols": wb.shape[1],
-                  "storage_dtype": STORAGE_NAMES[wb.dtype], "method": cfg.method,
-                  "device": device.type}
+                  "storage_dtype": storage, "method": cfg.method, "device": device}
         del wb, ws
         warnings = []
         for r in rows:
@@ -371,16 +417,17 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
               file=sys.stderr)
     if all(spectra_file(cfg.run_dir, i).exists() for i in range(len(plan.matrices))):
         manifest["kinds"]["spectra"] |= {
-            "finished_at": now(), "device": device.type,
+            "finished_at": now(), "device": device,
             "dtype": "fp64 gram" if cfg.method == "gram" else cfg.method,
             "options": {"method": cfg.method, "tied_embeddings": plan.tied,
-                        "nonfinite_tensors": bad_list, "torch": torch.__version__,
+                        "nonfinite_tensors": bad_list, "numpy": np.__version__,
+                        "torch": torch.__version__ if torch else None,
                         "workers": workers}}
         save_manifest(cfg, manifest)
 
 
 def run_behaviour_half(cfg: Config, base: Checkpoint, sft: Checkpoint, manifest: dict,
-                       device: torch.device) -> None:
+                       device: str) -> None:
     from compute.behaviour import load_prompts, run_behaviour
 
     source = cfg.prompts
@@ -403,10 +450,10 @@ def run_behaviour_half(cfg: Config, base: Checkpoint, sft: Checkpoint, manifest:
     save_manifest(cfg, manifest)
     options = run_behaviour(base.path, sft.path, prompts, cfg.run_dir,
                             run_id=manifest["run_id"], pair=cfg.pair,
-                            device=device.type, batch_size=cfg.batch_size,
+                            device=device, batch_size=cfg.batch_size,
                             window=cfg.window, progress=cfg.progress)
     manifest["kinds"]["behaviour"] |= {
-        "finished_at": now(), "device": device.type,
+        "finished_at": now(), "device": device,
         "dtype": str(options.get("dtype")), "options": options}
     save_manifest(cfg, manifest)
 

@@ -1,11 +1,15 @@
 """Singular-value spectra of W_base, W_sft and dW = W_sft - W_base.
 
-    rows = tensor_spectra(w_base, w_sft, device=torch.device("cpu"))  # 3 dicts
+    rows = array_spectra(w_base, w_sft, "bfloat16")   # NumPy arrays, CPU: 3 dicts
+    rows = tensor_spectra(w_base, w_sft, device=torch.device("cuda"))  # torch tensors
 
 Default method `gram`: the eigenvalues of the fp64 Gram matrix of the short side,
 G = X X^T with X (k, N), k <= N. sigma_i = sqrt(lambda_i) is accurate to about
 sqrt(eps64) * s_1 ~ 1.5e-8 * s_1. Method `svd` is the reference: LAPACK `svdvals` in
 fp32 (or fp64 with `svd64`).
+
+Arrays in a storage dtype: bfloat16 has no NumPy dtype, so a bfloat16 array holds
+its bits (uint16); float16/32/64 are NumPy's (compute.checkpoints reads them so).
 
 How the gram method is fast (bench/spectra.py measures it; bench/README.md has the
 figures):
@@ -13,17 +17,19 @@ figures):
   so the 151936 x 896 embedding never has a full fp64 copy); each block is upcast once
   into reused buffers, dW's block is their difference in fp64 (exact), and the three
   Grams accumulate from the same blocks;
-- on the CPU the Gram is a symmetric rank-k update (BLAS dsyrk: half the flops of a
-  gemm) and the eigenvalues come from LAPACK dsytrd + dsterf (what dsyevd does for
-  eigenvalues only), both from the OpenBLAS that NumPy loaded, called through ctypes
-  on one triangle in place (_OpenBLAS); NumPy's matmul and eigvalsh are the fallback
-  (same kernels, ~4% slower); OpenBLAS is faster than torch's MKL here; on a GPU
-  both stay torch ops on the device;
-- the zero counts, the noise level and the finiteness come out of the same blocks:
-  no frexp/ldexp, no fp32 copies, no boolean masks of the whole matrix; dW's zeros
-  are counted on the storage bits (2 bytes an entry, not 8). Non-finite
-  entries make the trace of the Gram non-finite (the squares of finite fp16/bf16/fp32
-  values cannot overflow in fp64), so they are counted only when there are some.
+- on the CPU all of it is NumPy and C, without torch (whose import alone is ~2 s of a
+  30 s run): per block one pass of compute/_kernels.c does the upcasts, dW and the
+  counts below (NumPy does the same in ~15 passes when the extension is not built);
+  the Gram is a symmetric rank-k update (BLAS dsyrk: half the flops of a gemm) and
+  the eigenvalues come from LAPACK dsytrd + dsterf (what dsyevd does for eigenvalues
+  only), both from the OpenBLAS that NumPy loaded, called through ctypes on one
+  triangle in place (_OpenBLAS); NumPy's matmul and eigvalsh are the fallback (same
+  kernels, ~4% slower); on a GPU everything stays torch ops on the device;
+- the zero counts, the noise level and the finiteness come out of the same blocks,
+  from the storage bits: no frexp/ldexp, no boolean masks of the whole matrix.
+  Non-finite entries make the trace of the Gram non-finite (the squares of finite
+  fp16/bf16/fp32 values cannot overflow in fp64), so they are counted only when
+  there are some.
 """
 
 from __future__ import annotations
@@ -34,25 +40,34 @@ import functools
 import itertools
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+try:
+    from compute import _kernels
+except ImportError:  # not built (a source checkout without `pip install -e .`)
+    _kernels = None
+
+if TYPE_CHECKING:
+    import torch
 
 METHODS = ("gram", "svd", "svd64")
-MANTISSA_BITS = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23,
-                 torch.float64: 52}
-MIN_NORMAL_EXP = {torch.bfloat16: -126, torch.float16: -14, torch.float32: -126,
-                  torch.float64: -1022}
-STORAGE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16",
-                 torch.float32: "float32", torch.float64: "float64"}
-# storage dtype -> (integer view, mask without the sign bit, mask of the exponent)
-BITS = {torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80),
-        torch.float16: (torch.int16, 0x7FFF, 0x7C00),
-        torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
-        torch.float64: (torch.int64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
+MANTISSA_BITS = {"bfloat16": 7, "float16": 10, "float32": 23, "float64": 52}
+MIN_NORMAL_EXP = {"bfloat16": -126, "float16": -14, "float32": -126, "float64": -1022}
+# storage dtype -> (unsigned integer of its bits, mask without the sign bit, mask of
+# the exponent)
+BITS = {"bfloat16": (np.uint16, 0x7FFF, 0x7F80),
+        "float16": (np.uint16, 0x7FFF, 0x7C00),
+        "float32": (np.uint32, 0x7FFFFFFF, 0x7F800000),
+        "float64": (np.uint64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
+# the NumPy dtype of an array in each storage dtype (bfloat16: its bits)
+ARRAY_DTYPES = {"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32,
+                "float64": np.float64}
 BLOCK_ELEMS = 9 << 19  # fp64 entries per block (36 MiB): a 4864 x 896 MLP matrix
 ROLES = ("base", "sft", "delta")
 MAX_WORKERS = 8  # CPU worker threads in compute.run (one tensor pair each)
@@ -60,13 +75,24 @@ MAX_WORKERS = 8  # CPU worker threads in compute.run (one tensor pair each)
 _local = threading.local()  # per-thread reusable buffers (compute.run uses threads)
 
 
-def spectra_workers(device: torch.device, n_tasks: int) -> int:
+def storage_name(dtype) -> str:
+    """"bfloat16", "float16", "float32" or "float64" of a torch or NumPy dtype (or a
+    name); other dtypes (integers, fp8) are refused."""
+    name = str(dtype).removeprefix("torch.")
+    if name not in MANTISSA_BITS:
+        raise ValueError(f"unsupported storage dtype {dtype}: spectra need bfloat16, "
+                         "float16, float32 or float64 weights")
+    return name
+
+
+def spectra_workers(device, n_tasks: int) -> int:
     """Tensors computed at once: one per core on a CPU (<= MAX_WORKERS), 1 on a GPU.
+    `device`: a torch.device or its type ("cpu", "cuda").
 
     Without threadpoolctl the BLAS thread count cannot be pinned to one per worker,
     and oversubscribed BLAS threads spin: then one worker with threaded BLAS.
     """
-    if device.type != "cpu":
+    if getattr(device, "type", device) != "cpu":
         return 1
     try:
         import threadpoolctl  # noqa: F401
@@ -175,54 +201,24 @@ def _openblas() -> _OpenBLAS | None:
 
 @contextlib.contextmanager
 def worker_threads(workers: int) -> Iterator[None]:
-    """Single-threaded BLAS and torch ops while `workers` > 1 threads share the cores."""
+    """Single-threaded BLAS (and torch ops, when torch is loaded) while `workers` > 1
+    threads share the cores."""
     if workers <= 1:
         yield
         return
     from threadpoolctl import threadpool_limits
 
     _openblas()  # found once, here, rather than by the first workers at once
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch = sys.modules.get("torch")
+    torch_threads = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(1)
     try:
         with threadpool_limits(1, user_api="blas"):
             yield
     finally:
-        torch.set_num_threads(torch_threads)
-
-
-def _workspace(device: torch.device, n: int, k: int, int_dtype: torch.dtype
-               ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
-    """This thread's reusable buffers: three flat fp64 of >= n entries, one flat
-    integer of >= n, four (k, k) fp64 matrices: the three Grams (not zeroed: the
-    first block writes them) and the next block's product, added to a Gram. Fresh
-    large allocations cost page faults on every tensor; these are paid once."""
-    cache = _local.__dict__.setdefault("ws", {})
-    key = (device.type, device.index)
-    ws = cache.get(key)
-    if ws is None or ws["f64"][0].numel() < n:
-        ws = {"f64": [torch.empty(n, dtype=torch.float64, device=device)
-                      for _ in range(3)], "gram": {}}
-        cache[key] = ws
-    ints = _flat(device, int_dtype, n)
-    grams = ws["gram"].get(k)
-    if grams is None:
-        grams = [torch.empty(k, k, dtype=torch.float64, device=device)
-                 for _ in range(len(ROLES) + 1)]
-        if len(ws["gram"]) > 4:  # bound what a thread keeps
-            ws["gram"].clear()
-        ws["gram"][k] = grams
-    return ws["f64"], ints, grams
-
-
-def _flat(device: torch.device, dtype: torch.dtype, n: int) -> torch.Tensor:
-    """This thread's reusable flat buffer of `dtype` with >= n entries."""
-    cache = _local.__dict__.setdefault("flat", {})
-    key = (device.type, device.index, dtype)
-    buf = cache.get(key)
-    if buf is None or buf.numel() < n:
-        buf = cache[key] = torch.empty(n, dtype=dtype, device=device)
-    return buf
+        if torch:
+            torch.set_num_threads(torch_threads)
 
 
 def _blocks(length: int, width: int) -> list[slice]:
@@ -236,204 +232,328 @@ def _block_elems(blocks: list[slice], width: int) -> int:
     return max(sl.stop - sl.start for sl in blocks) * width
 
 
-def _view(buf: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    return buf[:math.prod(shape)].view(shape)
-
-
-def _block_source(w: torch.Tensor, sl: slice, tall: bool) -> torch.Tensor:
+def _block_source(w, sl: slice, tall: bool):
     return w[sl] if tall else w[:, sl]  # (r, k) tall, (k, c) wide (strided)
 
 
-def _syrk_acc(g: torch.Tensor, x: torch.Tensor, tall: bool, first: bool,
-              scratch: torch.Tensor) -> None:
-    """g += x.T @ x (tall block, (r, k)) or x @ x.T (wide block, (k, c)); x contiguous.
+def _from_bits(bits: np.ndarray, storage: str) -> np.ndarray:
+    """The values of storage bits (the unsigned integers of BITS), in a NumPy float."""
+    if storage == "bfloat16":  # the upper half of an fp32
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    return bits.view(ARRAY_DTYPES[storage])
 
-    `first`: g is zero, write the product into it. On the CPU only the lower
-    triangle of g.T (g's upper one) is sure to hold the Gram, and that is what
-    _eigvalsh reads. NumPy's path: the product goes to `scratch` (k, k), then is
-    added."""
-    if x.device.type == "cpu" and (blas := _openblas()) is not None:
-        # x.T is x in Fortran order: (k, r) for a tall block (g = x.T x.T^T); for a
-        # wide one (c, k), and g = x.T^T x.T = x x^T
-        blas.syrk_lower(g.numpy().T, x.numpy().T, trans=not tall,
-                        beta=0.0 if first else 1.0)
-        return
-    if x.device.type == "cpu":
-        xn, gn = x.numpy(), g.numpy()
-        a, b = (xn.T, xn) if tall else (xn, xn.T)
+
+def prepare_numpy(storage: str, src_b: np.ndarray, src_s: np.ndarray, xb: np.ndarray,
+                  xs: np.ndarray, xd: np.ndarray) -> tuple[int, int, int, int, float]:
+    """What compute/_kernels.c's `prepare` does, in NumPy: xb, xs = the blocks in
+    fp64, xd = xs - xb; returns (nonzero in base, in SFT, entries where the values
+    differ (dW != 0 for finite entries: the bits differ, but not +0 against -0),
+    subnormal entries of both, sum over both of p^2 with p = |x| rounded down to a
+    power of two, from the exponent bits). The fallback without the extension, and
+    the reference the tests hold the extension to."""
+    uint, nonsign, exp_mask = BITS[storage]
+    bb, sb = src_b.view(uint), src_s.view(uint)
+    nonzero, subnormal, pow2_sq = [], 0, 0.0
+    for bits, x in ((bb, xb), (sb, xs)):
+        nz = int(np.count_nonzero(bits & uint(nonsign)))
+        exps = bits & uint(exp_mask)
+        p = _from_bits(exps, storage).astype(np.float64).reshape(-1)
+        nonzero.append(nz)
+        subnormal += nz - int(np.count_nonzero(exps))
+        with np.errstate(over="ignore"):  # fp64's largest exponents: inf, as in C
+            pow2_sq += float(np.dot(p, p))
+        x[...] = _from_bits(bits, storage)
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, reported by the trace
+        np.subtract(xs, xb, out=xd)
+    changed = int(np.count_nonzero((bb != sb) & ((bb | sb) & uint(nonsign) != 0)))
+    return nonzero[0], nonzero[1], changed, subnormal, pow2_sq
+
+
+class _NumPyOps:
+    """The blocked pass on the CPU: NumPy arrays, _kernels.prepare, OpenBLAS."""
+
+    @staticmethod
+    def workspace(n: int, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """This thread's reusable buffers: three flat fp64 of >= n entries and four
+        (k, k) fp64 matrices: the three Grams (not zeroed: the first block writes
+        them) and a scratch product. Fresh large allocations cost page faults on
+        every tensor; these are paid once."""
+        ws = _local.__dict__.setdefault("np", {"f64": None, "gram": {}})
+        if ws["f64"] is None or ws["f64"][0].size < n:
+            ws["f64"] = [np.empty(n) for _ in range(3)]
+        grams = ws["gram"].get(k)
+        if grams is None:
+            if len(ws["gram"]) > 4:  # bound what a thread keeps
+                ws["gram"].clear()
+            grams = ws["gram"][k] = [np.empty((k, k)) for _ in range(len(ROLES) + 1)]
+        return ws["f64"], grams
+
+    @staticmethod
+    def view(buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return buf[:math.prod(shape)].reshape(shape)
+
+    @staticmethod
+    def prepare(storage, src_b, src_s, xb, xs, xd) -> tuple[int, int, int, int, float]:
+        if _kernels is not None:
+            return _kernels.prepare(storage, src_b, src_s, xb, xs, xd)
+        return prepare_numpy(storage, src_b, src_s, xb, xs, xd)
+
+    @staticmethod
+    def copy(dst: np.ndarray, src: np.ndarray) -> None:
+        dst[...] = src
+
+    @staticmethod
+    def syrk_acc(g: np.ndarray, x: np.ndarray, tall: bool, first: bool,
+                 scratch: np.ndarray) -> None:
+        """g += x.T @ x (tall block, (r, k)) or x @ x.T (wide block, (k, c)); x
+        C-contiguous. `first`: g is zero, write the product into it. On the
+        OpenBLAS path only the lower triangle of g.T (g's upper one) is sure to hold
+        the Gram, and that is what eigvalsh reads. NumPy's path: the product goes to
+        `scratch` (k, k), then is added."""
+        if (blas := _openblas()) is not None:
+            # x.T is x in Fortran order: (k, r) for a tall block (g = x.T x.T^T); for
+            # a wide one (c, k), and g = x.T^T x.T = x x^T
+            blas.syrk_lower(g.T, x.T, trans=not tall, beta=0.0 if first else 1.0)
+            return
+        a, b = (x.T, x) if tall else (x, x.T)
         # NumPy calls BLAS syrk when one operand is the transpose of the other: half
         # the flops of a gemm. NaN/Inf are not errors here (the trace reports them).
         with np.errstate(invalid="ignore", over="ignore"):
             if first:
-                np.matmul(a, b, out=gn)
+                np.matmul(a, b, out=g)
             else:
-                sn = scratch.numpy()
-                np.matmul(a, b, out=sn)
-                np.add(gn, sn, out=gn)
-    else:
+                np.matmul(a, b, out=scratch)
+                np.add(g, scratch, out=g)
+
+    @staticmethod
+    def trace(g: np.ndarray) -> float:
+        return float(np.trace(g))
+
+    @staticmethod
+    def eigvalsh(g: np.ndarray) -> np.ndarray:
+        """Ascending eigenvalues of the Gram (overwritten on the OpenBLAS path)."""
+        if (blas := _openblas()) is not None:
+            return blas.eigvalsh_lower(g.T)
+        # g is symmetric: its transpose is the same matrix in Fortran order, which
+        # NumPy hands to LAPACK with a contiguous copy instead of a strided one
+        return np.linalg.eigvalsh(g.T)
+
+    @staticmethod
+    def count_nonfinite(wb: np.ndarray, ws: np.ndarray, role: int, storage: str
+                        ) -> tuple[int, int]:
+        """(NaN/Inf entries, zero entries) of base, sft or dW, in fp64 (rare: only
+        when the trace says there are non-finite entries)."""
+        uint = BITS[storage][0]
+        nonfinite = zeros = 0
+        for sl in _blocks(wb.shape[0], wb.shape[1]):
+            b = _from_bits(wb[sl].view(uint), storage).astype(np.float64)
+            s = _from_bits(ws[sl].view(uint), storage).astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                x = (b, s, s - b)[role]
+            nonfinite += int(np.count_nonzero(~np.isfinite(x)))
+            zeros += int(np.count_nonzero(x == 0))
+        return nonfinite, zeros
+
+
+_NUMPY = _NumPyOps()
+
+
+class _TorchOps:
+    """The blocked pass in torch ops on `device` (compute.run uses it on GPUs)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def workspace(self, n: int, k: int) -> tuple[list, list]:
+        """_NumPyOps.workspace's buffers, on the device."""
+        import torch
+
+        cache = _local.__dict__.setdefault("torch", {})
+        key = (self.device.type, self.device.index)
+        ws = cache.setdefault(key, {"f64": None, "gram": {}})
+        if ws["f64"] is None or ws["f64"][0].numel() < n:
+            ws["f64"] = [torch.empty(n, dtype=torch.float64, device=self.device)
+                         for _ in range(3)]
+        grams = ws["gram"].get(k)
+        if grams is None:
+            if len(ws["gram"]) > 4:
+                ws["gram"].clear()
+            grams = ws["gram"][k] = [
+                torch.empty(k, k, dtype=torch.float64, device=self.device)
+                for _ in range(len(ROLES) + 1)]
+        return ws["f64"], grams
+
+    @staticmethod
+    def view(buf, shape):
+        return buf[:math.prod(shape)].view(shape)
+
+    @staticmethod
+    def prepare(storage, src_b, src_s, xb, xs, xd) -> tuple[int, int, int, int, float]:
+        """prepare_numpy's results, in torch ops (signed integer views of the bits:
+        the masks leave the sign bit out, so they fit)."""
+        import torch
+
+        ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[src_b.element_size()]
+        _, nonsign, exp_mask = BITS[storage]
+        bb, sb = src_b.view(ints), src_s.view(ints)
+        nonzero, subnormal, pow2_sq = [], 0, 0.0
+        for src, bits, x in ((src_b, bb, xb), (src_s, sb, xs)):
+            nz = int(torch.count_nonzero(bits & nonsign))
+            exps = bits & exp_mask
+            x.copy_(exps.view(src.dtype))  # p, in x until the block is copied there
+            nonzero.append(nz)
+            subnormal += nz - int(torch.count_nonzero(exps))
+            pow2_sq += float(torch.dot(x.reshape(-1), x.reshape(-1)))
+            x.copy_(src)
+        torch.sub(xs, xb, out=xd)
+        changed = int(torch.count_nonzero((bb != sb) & (((bb | sb) & nonsign) != 0)))
+        return nonzero[0], nonzero[1], changed, subnormal, pow2_sq
+
+    @staticmethod
+    def copy(dst, src) -> None:
+        dst.copy_(src)
+
+    @staticmethod
+    def syrk_acc(g, x, tall: bool, first: bool, scratch) -> None:
+        import torch
+
         a, b = (x.T, x) if tall else (x, x.T)
         if first:
             torch.matmul(a, b, out=g)
         else:
             g.addmm_(a, b)
 
+    @staticmethod
+    def trace(g) -> float:
+        return float(g.diagonal().sum())
 
-def _eigvalsh(g: torch.Tensor) -> torch.Tensor:
-    """Ascending eigenvalues of a symmetric fp64 matrix, on its device; on the CPU
-    from the lower triangle of g.T (g is overwritten on the OpenBLAS path)."""
-    if g.device.type == "cpu" and (blas := _openblas()) is not None:
-        return torch.from_numpy(blas.eigvalsh_lower(g.numpy().T))
-    if g.device.type == "cpu":  # OpenBLAS dsyevd: 1.6x faster than torch's here
-        # g is symmetric: its transpose is the same matrix in Fortran order, which
-        # NumPy hands to LAPACK with a contiguous copy instead of a strided one
-        return torch.from_numpy(np.linalg.eigvalsh(g.numpy().T))
-    return torch.linalg.eigvalsh(g)
+    @staticmethod
+    def eigvalsh(g) -> np.ndarray:
+        import torch
 
+        return torch.linalg.eigvalsh(g).cpu().numpy()
 
-def _count_nonzero(x: torch.Tensor) -> int:
-    if x.device.type == "cpu":
-        return int(np.count_nonzero(x.numpy()))
-    return int(torch.count_nonzero(x))
+    @staticmethod
+    def count_nonfinite(wb, ws, role: int, storage: str) -> tuple[int, int]:
+        import torch
 
-
-def _bits_stats(src: torch.Tensor, tmp: torch.Tensor, p64: torch.Tensor
-                ) -> tuple[int, int, float]:
-    """(nonzero entries, subnormal entries, sum of p^2) of a block in its storage
-    dtype, from its bits: p = 2^floor(log2|x|) for normal x, 0 for zeros and
-    subnormals; the rounding error of x is ulp = p * 2^-mantissa bits (normal) or
-    2^(emin - mantissa bits) (subnormal). Buffers: integer `tmp`, fp64 `p64`."""
-    int_dtype, nonsign, exp_mask = BITS[src.dtype]
-    z = _view(tmp, src.shape)
-    torch.bitwise_and(src.view(int_dtype), nonsign, out=z)  # |x| as bits
-    nonzero = _count_nonzero(z)
-    z.bitwise_and_(exp_mask)  # keep the exponent: |x| rounded down to a power of 2
-    normal = _count_nonzero(z)
-    p = _view(p64, src.shape)
-    p.copy_(z.view(src.dtype))
-    if p.device.type == "cpu":
-        pn = p.numpy().reshape(-1)
-        pow2_sq = float(np.dot(pn, pn))
-    else:
-        pow2_sq = float(torch.dot(p.view(-1), p.view(-1)))
-    return nonzero, nonzero - normal, pow2_sq
+        nonfinite = zeros = 0
+        for sl in _blocks(wb.shape[0], wb.shape[1]):
+            b, s = wb[sl].to(torch.float64), ws[sl].to(torch.float64)
+            x = (b, s, s - b)[role]
+            nonfinite += int((~torch.isfinite(x)).sum())
+            zeros += int((x == 0).sum())
+        return nonfinite, zeros
 
 
-def _count_changed(src_b: torch.Tensor, src_s: torch.Tensor, flags: torch.Tensor,
-                   tmp: torch.Tensor, signed_zeros: bool) -> int:
-    """Entries of a block where base and SFT differ in value (dW != 0), from the
-    storage bits (a quarter of the memory traffic of counting dW in fp64): the bits
-    differ, less the pairs +0/-0 when both blocks hold zeros (`signed_zeros`).
-    Exact for finite values; a block with NaN/Inf makes dW's trace non-finite and
-    the caller recounts it in fp64. Buffers: boolean `flags`, integer `tmp`."""
-    int_dtype, nonsign, _ = BITS[src_b.dtype]
-    bb, sb = src_b.view(int_dtype), src_s.view(int_dtype)
-    if bb.device.type != "cpu":
-        changed = bb != sb
-        if signed_zeros:
-            changed &= ((bb | sb) & nonsign) != 0
-        return int(torch.count_nonzero(changed))
-    bn, sn = bb.numpy(), sb.numpy()
-    f = _view(flags, src_b.shape).numpy()
-    np.not_equal(bn, sn, out=f)
-    changed = int(np.count_nonzero(f))
-    if signed_zeros:  # both +-0 (no magnitude bit in either) with different bits
-        t = _view(tmp, src_b.shape).numpy()
-        np.bitwise_or(bn, sn, out=t)
-        np.bitwise_and(t, nonsign, out=t)
-        zero_pair = _view(flags, src_b.shape).numpy()
-        np.logical_and(f, t == 0, out=zero_pair)
-        changed -= int(np.count_nonzero(zero_pair))
-    return changed
-
-
-def _noise_from_sums(pow2_sq: float, subnormal: int, numel: int,
-                     storage: torch.dtype) -> float:
-    """sigma from the summed _bits_stats of base and SFT."""
+def _noise_from_sums(pow2_sq: float, subnormal: int, numel: int, storage: str
+                     ) -> float:
+    """sigma from the summed prepare() counts of base and SFT."""
     ulp_sq = (pow2_sq + subnormal * 4.0 ** MIN_NORMAL_EXP[storage]) \
         * 4.0 ** -MANTISSA_BITS[storage]
     return math.sqrt(ulp_sq / (12 * numel))
 
 
-def gram_singular_values(a: torch.Tensor) -> tuple[np.ndarray, float]:
-    """(descending singular values, sum of squares) of a 2-D float tensor."""
-    m, n = a.shape
+def _row(role, sv, frob, n_zero, n_nonfinite, seconds) -> dict:
+    return {"role": role, "singular_values": sv, "frobenius_sq": frob,
+            "n_zero": n_zero, "n_nonfinite": n_nonfinite, "noise_sigma": None,
+            "seconds": seconds}
+
+
+def _spectrum(g, ops) -> np.ndarray:
+    """Descending singular values from a Gram (its eigenvalues, clamped at 0)."""
+    eig = ops.eigvalsh(g)  # ascending
+    return np.sqrt(np.maximum(eig, 0.0))[::-1].copy()
+
+
+def _gram_spectra(wb, ws, storage: str, ops) -> list[dict]:
+    """All three roles from one blocked pass over the pair (see the module doc)."""
+    t_start = time.perf_counter()
+    m, n = wb.shape
     tall = m >= n
     k, long = (n, m) if tall else (m, n)
     blocks = _blocks(long, k)
-    bufs, _, grams = _workspace(a.device, _block_elems(blocks, k), k, torch.int16)
-    for j, sl in enumerate(blocks):
-        src = _block_source(a, sl, tall)
-        x = _view(bufs[0], src.shape)
-        x.copy_(src)
-        _syrk_acc(grams[0], x, tall, first=j == 0, scratch=grams[-1])
-    return _spectrum(grams[0])
-
-
-def _spectrum(g: torch.Tensor) -> tuple[np.ndarray, float]:
-    frob_sq = float(torch.diagonal(g).sum())
-    eig = _eigvalsh(g)  # ascending
-    s = torch.sqrt(torch.clamp(eig, min=0.0)).flip(0)
-    return s.cpu().numpy(), frob_sq
-
-
-def svd_singular_values(a: torch.Tensor, dtype=torch.float32) -> tuple[np.ndarray, float]:
-    x = a.to(dtype)
-    s = torch.linalg.svdvals(x)
-    return s.to(torch.float64).cpu().numpy(), float((x.to(torch.float64) ** 2).sum())
-
-
-def singular_values(a: torch.Tensor, method: str = "gram") -> tuple[np.ndarray, float]:
-    if method == "gram":
-        return gram_singular_values(a)
-    if method == "svd":
-        return svd_singular_values(a, torch.float32)
-    if method == "svd64":
-        return svd_singular_values(a, torch.float64)
-    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-
-
-def ulp(w: torch.Tensor, storage: torch.dtype) -> torch.Tensor:
-    """Unit in the last place of each entry of `w` (values exact in `storage`), fp32.
-
-    For |x| in [2^e, 2^(e+1)) the spacing is 2^(e - mantissa bits), and the constant
-    2^(emin - mantissa bits) below the smallest normal 2^emin (np.spacing's values);
-    0 for x == 0.
-    """
-    _, exp = torch.frexp(w.float())  # x = m * 2^exp, m in [0.5, 1)
-    exp = torch.clamp_min(exp - 1, MIN_NORMAL_EXP[storage])
-    u = torch.ldexp(torch.ones_like(w, dtype=torch.float32),
-                    (exp - MANTISSA_BITS[storage]).to(torch.int32))
-    return torch.where(w == 0, torch.zeros_like(u), u)
-
-
-def noise_sigma(w_base: torch.Tensor, w_sft: torch.Tensor, storage: torch.dtype) -> float:
-    """Rounding-noise std per entry of dW: sqrt(mean((ulp_b^2 + ulp_s^2) / 12)).
-
-    Inputs hold values exact in `storage` (in that dtype or a wider one)."""
-    wb = w_base.reshape(w_base.shape[0], -1).to(storage)
-    ws = w_sft.reshape(wb.shape).to(storage)
-    m, n = wb.shape
-    blocks = _blocks(m, n)
-    bufs, ints, _ = _workspace(wb.device, _block_elems(blocks, n), 1, BITS[storage][0])
+    bufs, grams = ops.workspace(_block_elems(blocks, k), k)
+    nonzero = [0, 0, 0]
     pow2_sq, subnormal = 0.0, 0
-    for sl in blocks:
-        for w in (wb, ws):
-            _, sub, sq = _bits_stats(w[sl], ints, bufs[0])
-            pow2_sq += sq
-            subnormal += sub
-    return _noise_from_sums(pow2_sq, subnormal, m * n, storage)
+    role_s = [0.0, 0.0, 0.0]  # seconds in each role's own Gram and eigensolve
+    for j, sl in enumerate(blocks):
+        src_b, src_s = _block_source(wb, sl, tall), _block_source(ws, sl, tall)
+        xb, xs, xd = (ops.view(buf, src_b.shape) for buf in bufs)  # (r, k) | (k, c)
+        nz_b, nz_s, changed, sub, sq = ops.prepare(storage, src_b, src_s, xb, xs, xd)
+        nonzero[0] += nz_b
+        nonzero[1] += nz_s
+        nonzero[2] += changed
+        subnormal += sub
+        pow2_sq += sq
+        for i, x in enumerate((xb, xs, xd)):
+            t0 = time.perf_counter()
+            ops.syrk_acc(grams[i], x, tall, first=j == 0, scratch=grams[-1])
+            role_s[i] += time.perf_counter() - t0
+    numel = m * n
+    rows = []
+    for i, (role, g) in enumerate(zip(ROLES, grams[:len(ROLES)], strict=True)):
+        t0 = time.perf_counter()
+        frob_sq = ops.trace(g)
+        if math.isfinite(frob_sq):  # squares of finite fp16/bf16/fp32 cannot overflow
+            sv, n_nonfinite = _spectrum(g, ops), 0
+        else:
+            sv, frob_sq = np.array([], dtype=np.float64), float("nan")
+            n_nonfinite, n_zero = ops.count_nonfinite(wb, ws, i, storage)
+            nonzero[i] = numel - n_zero  # dW: inf - inf, NaN - NaN are not zeros
+        role_s[i] += time.perf_counter() - t0
+        rows.append(_row(role, sv, frob_sq, numel - nonzero[i], n_nonfinite,
+                         role_s[i]))
+    shared = (time.perf_counter() - t_start - sum(role_s)) / 3  # reading bits, upcasts
+    for r in rows:
+        r["seconds"] += shared
+    if rows[0]["n_nonfinite"] == 0 and rows[1]["n_nonfinite"] == 0:
+        rows[2]["noise_sigma"] = _noise_from_sums(pow2_sq, subnormal, numel, storage)
+    return rows
+
+
+def _check_pair(w_base, w_sft) -> None:
+    assert w_base.shape == w_sft.shape and w_base.ndim == 2, (w_base.shape, w_sft.shape)
+    assert w_base.dtype == w_sft.dtype, (w_base.dtype, w_sft.dtype)
+
+
+def array_spectra(w_base: np.ndarray, w_sft: np.ndarray, storage: str) -> list[dict]:
+    """One row (dict) per role (base, sft, delta) by the gram method, on the CPU,
+    without torch. Arrays in `storage` as ARRAY_DTYPES holds them."""
+    _check_pair(w_base, w_sft)
+    if w_base.dtype != ARRAY_DTYPES[storage]:
+        raise ValueError(f"a {storage} array is {ARRAY_DTYPES[storage].__name__}, "
+                         f"not {w_base.dtype}")
+    return _gram_spectra(w_base, w_sft, storage, _NUMPY)
+
+
+def as_array(t: torch.Tensor) -> tuple[np.ndarray, str]:
+    """(NumPy array in the ARRAY_DTYPES layout, storage dtype) of a CPU tensor; no
+    copy."""
+    import torch
+
+    storage = storage_name(t.dtype)
+    if storage == "bfloat16":
+        return t.view(torch.int16).numpy().view(np.uint16), storage
+    return t.numpy(), storage
 
 
 def tensor_spectra(
     w_base: torch.Tensor, w_sft: torch.Tensor, *, device: torch.device,
     method: str = "gram",
 ) -> list[dict]:
-    """One row (dict) per role: base, sft, delta. Inputs in their storage dtype."""
-    assert w_base.shape == w_sft.shape and w_base.ndim == 2, (w_base.shape, w_sft.shape)
-    assert w_base.dtype == w_sft.dtype, (w_base.dtype, w_sft.dtype)
+    """One row (dict) per role: base, sft, delta. Inputs in their storage dtype; the
+    gram method on a CPU is array_spectra's."""
+    import torch
+
+    _check_pair(w_base, w_sft)
+    storage = storage_name(w_base.dtype)
     if method == "gram":
-        return _gram_spectra(w_base.to(device), w_sft.to(device))
-    storage = w_base.dtype
+        if device.type == "cpu":
+            (b, _), (s, _) = as_array(w_base.cpu()), as_array(w_sft.cpu())
+            return _gram_spectra(b, s, storage, _NUMPY)
+        return _gram_spectra(w_base.to(device), w_sft.to(device), storage,
+                             _TorchOps(device))
     b = w_base.to(device=device, dtype=torch.float32)  # (m, n)
     s = w_sft.to(device=device, dtype=torch.float32)  # (m, n)
     d = s - b  # the reference, as the seed computed it
@@ -452,88 +572,107 @@ def tensor_spectra(
     return rows
 
 
-def _row(role, sv, frob, n_zero, n_nonfinite, seconds) -> dict:
-    return {"role": role, "singular_values": sv, "frobenius_sq": frob,
-            "n_zero": n_zero, "n_nonfinite": n_nonfinite, "noise_sigma": None,
-            "seconds": seconds}
+def gram_singular_values(a: torch.Tensor) -> tuple[np.ndarray, float]:
+    """(descending singular values, sum of squares) of a 2-D float tensor."""
+    import torch
 
-
-def _gram_spectra(wb: torch.Tensor, ws: torch.Tensor) -> list[dict]:
-    """All three roles from one blocked pass over the pair (see the module doc)."""
-    t_start = time.perf_counter()
-    storage, device = wb.dtype, wb.device
-    m, n = wb.shape
+    m, n = a.shape
     tall = m >= n
     k, long = (n, m) if tall else (m, n)
     blocks = _blocks(long, k)
-    bufs, ints, grams = _workspace(device, _block_elems(blocks, k), k, BITS[storage][0])
-    flags = _flat(device, torch.bool, _block_elems(blocks, k))
-    nonzero = [0, 0, 0]
-    pow2_sq, subnormal = 0.0, 0
-    role_s = [0.0, 0.0, 0.0]  # seconds in each role's own Gram and eigensolve
+    if a.device.type == "cpu":
+        ops = _NUMPY
+        a = (a if a.dtype in (torch.float32, torch.float64) else a.double()).numpy()
+    else:
+        ops = _TorchOps(a.device)
+    bufs, grams = ops.workspace(_block_elems(blocks, k), k)
     for j, sl in enumerate(blocks):
-        src_b, src_s = _block_source(wb, sl, tall), _block_source(ws, sl, tall)
-        block_nz = []
-        for i, src in enumerate((src_b, src_s)):  # bufs[2] is free until dW
-            nz, sub, sq = _bits_stats(src, ints, bufs[2])
-            block_nz.append(nz)
-            nonzero[i] += nz
-            subnormal += sub
-            pow2_sq += sq
-        nonzero[2] += _count_changed(src_b, src_s, flags, ints,
-                                     signed_zeros=max(block_nz) < src_b.numel())
-        xb, xs, xd = (_view(buf, src_b.shape) for buf in bufs)  # (r, k) | (k, c)
-        xb.copy_(src_b)
-        xs.copy_(src_s)
-        torch.sub(xs, xb, out=xd)  # exact in fp64
-        for i, x in enumerate((xb, xs, xd)):
-            t0 = time.perf_counter()
-            _syrk_acc(grams[i], x, tall, first=j == 0, scratch=grams[-1])
-            role_s[i] += time.perf_counter() - t0
-    numel = m * n
-    rows = []
-    for i, (role, g) in enumerate(zip(ROLES, grams[:len(ROLES)], strict=True)):
-        t0 = time.perf_counter()
-        frob_sq = float(torch.diagonal(g).sum())
-        if math.isfinite(frob_sq):  # squares of finite fp16/bf16/fp32 cannot overflow
-            sv, frob = _spectrum(g)
-            n_nonfinite = 0
-        else:
-            sv, frob = np.array([], dtype=np.float64), float("nan")
-            n_nonfinite, n_zero = _count_nonfinite(wb, ws, i)
-            nonzero[i] = numel - n_zero  # dW: inf - inf, NaN - NaN are not zeros
-        role_s[i] += time.perf_counter() - t0
-        rows.append(_row(role, sv, frob, numel - nonzero[i], n_nonfinite, role_s[i]))
-    shared = (time.perf_counter() - t_start - sum(role_s)) / 3  # reading bits, upcasts
-    for r in rows:
-        r["seconds"] += shared
-    if rows[0]["n_nonfinite"] == 0 and rows[1]["n_nonfinite"] == 0:
-        rows[2]["noise_sigma"] = _noise_from_sums(pow2_sq, subnormal, numel, storage)
-    return rows
+        src = _block_source(a, sl, tall)
+        x = ops.view(bufs[0], src.shape)
+        ops.copy(x, src)
+        ops.syrk_acc(grams[0], x, tall, first=j == 0, scratch=grams[-1])
+    frob_sq = ops.trace(grams[0])
+    return _spectrum(grams[0], ops), frob_sq
 
 
-def _count_nonfinite(wb: torch.Tensor, ws: torch.Tensor, role: int
-                     ) -> tuple[int, int]:
-    """(NaN/Inf entries, zero entries) of base, sft or dW, in fp64 (rare: only when
-    the trace says there are non-finite entries)."""
-    nonfinite = zeros = 0
-    for sl in _blocks(wb.shape[0], wb.shape[1]):
-        b, s = wb[sl].to(torch.float64), ws[sl].to(torch.float64)
-        x = (b, s, s - b)[role]
-        nonfinite += int((~torch.isfinite(x)).sum())
-        zeros += int((x == 0).sum())
-    return nonfinite, zeros
+def svd_singular_values(a: torch.Tensor, dtype=None) -> tuple[np.ndarray, float]:
+    import torch
+
+    x = a.to(dtype or torch.float32)
+    s = torch.linalg.svdvals(x)
+    return s.to(torch.float64).cpu().numpy(), float((x.to(torch.float64) ** 2).sum())
 
 
-def vector_change(w_base: torch.Tensor, w_sft: torch.Tensor) -> dict:
-    b, s = w_base.double(), w_sft.double()
-    d = s - b
-    finite = torch.isfinite(b).all() and torch.isfinite(s).all()
+def singular_values(a: torch.Tensor, method: str = "gram") -> tuple[np.ndarray, float]:
+    import torch
+
+    if method == "gram":
+        return gram_singular_values(a)
+    if method == "svd":
+        return svd_singular_values(a, torch.float32)
+    if method == "svd64":
+        return svd_singular_values(a, torch.float64)
+    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+
+
+def ulp(w: torch.Tensor, storage) -> torch.Tensor:
+    """Unit in the last place of each entry of `w` (values exact in `storage`), fp32.
+
+    For |x| in [2^e, 2^(e+1)) the spacing is 2^(e - mantissa bits), and the constant
+    2^(emin - mantissa bits) below the smallest normal 2^emin (np.spacing's values);
+    0 for x == 0.
+    """
+    import torch
+
+    storage = storage_name(storage)
+    _, exp = torch.frexp(w.float())  # x = m * 2^exp, m in [0.5, 1)
+    exp = torch.clamp_min(exp - 1, MIN_NORMAL_EXP[storage])
+    u = torch.ldexp(torch.ones_like(w, dtype=torch.float32),
+                    (exp - MANTISSA_BITS[storage]).to(torch.int32))
+    return torch.where(w == 0, torch.zeros_like(u), u)
+
+
+def noise_sigma(w_base: torch.Tensor, w_sft: torch.Tensor, storage) -> float:
+    """Rounding-noise std per entry of dW: sqrt(mean((ulp_b^2 + ulp_s^2) / 12)).
+
+    Inputs hold values exact in `storage` (in that dtype or a wider one)."""
+    import torch
+
+    name = storage_name(storage)
+    dtype = getattr(torch, name)
+    wb = w_base.reshape(w_base.shape[0], -1).to(dtype)
+    ws = w_sft.reshape(wb.shape).to(dtype)
+    if wb.device.type == "cpu":
+        ops, (wb, _), (ws, _) = _NUMPY, as_array(wb), as_array(ws)
+    else:
+        ops = _TorchOps(wb.device)
+    m, n = wb.shape
+    blocks = _blocks(m, n)
+    bufs, _ = ops.workspace(_block_elems(blocks, n), 1)
+    pow2_sq, subnormal = 0.0, 0
+    for sl in blocks:
+        xb, xs, xd = (ops.view(buf, wb[sl].shape) for buf in bufs)
+        *_, sub, sq = ops.prepare(name, wb[sl], ws[sl], xb, xs, xd)
+        pow2_sq += sq
+        subnormal += sub
+    return _noise_from_sums(pow2_sq, subnormal, m * n, name)
+
+
+def vector_change(w_base: np.ndarray, w_sft: np.ndarray, storage: str) -> dict:
+    """Norms of base, SFT and dW of a 1-D tensor (arrays as ARRAY_DTYPES holds them),
+    and the zero and non-finite entry counts."""
+    uint = BITS[storage][0]
+    b = _from_bits(w_base.view(uint), storage).astype(np.float64)
+    s = _from_bits(w_sft.view(uint), storage).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        d = s - b
+    finite = bool(np.isfinite(b).all() and np.isfinite(s).all())
     return {
-        "numel": b.numel(),
-        "base_norm": float(b.norm()) if finite else None,
-        "sft_norm": float(s.norm()) if finite else None,
-        "delta_norm": float(d.norm()) if finite else None,
-        "n_zero": int((d == 0).sum()),
-        "n_nonfinite": int((~torch.isfinite(b)).sum() + (~torch.isfinite(s)).sum()),
+        "numel": int(b.size),
+        "base_norm": float(np.linalg.norm(b)) if finite else None,
+        "sft_norm": float(np.linalg.norm(s)) if finite else None,
+        "delta_norm": float(np.linalg.norm(d)) if finite else None,
+        "n_zero": int(np.count_nonzero(d == 0)),
+        "n_nonfinite": int(np.count_nonzero(~np.isfinite(b))
+                           + np.count_nonzero(~np.isfinite(s))),
     }

@@ -29,6 +29,17 @@ def cpu_lapack(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(autouse=True, params=["c", "numpy"])
+def block_pass(request, monkeypatch):
+    """...and both per-block passes: compute/_kernels.c and its NumPy twin."""
+    if request.param == "c":
+        if spectra._kernels is None:
+            pytest.skip("compute._kernels is not built")
+    else:
+        monkeypatch.setattr(spectra, "_kernels", None)
+    return request.param
+
+
 def pair(shape, dtype, seed=0, delta_scale=1e-3, rank=4):
     """(base, sft) in `dtype`: random weights plus a planted low-rank update."""
     gen = torch.Generator().manual_seed(seed)

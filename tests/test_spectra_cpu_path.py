@@ -1,0 +1,304 @@
+"""The CPU spectra path without torch: compute/_kernels.c's per-block pass against
+its NumPy twin and against values computed independently (torch's upcasts, np.frexp),
+the safetensors reader against safetensors' own, the torch ops path (what runs on a
+GPU) against NumPy, and compute.run on a CPU never importing torch."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from compute import spectra
+from compute.checkpoints import CheckpointError, resolve
+from tests.conftest import ROOT, run_py
+
+STORAGES = ["bfloat16", "float16", "float32", "float64"]
+SPECIALS = {  # +0, -0, smallest subnormal, largest subnormal, inf, -inf, nan, max
+    "bfloat16": [0x0000, 0x8000, 0x0001, 0x007F, 0x7F80, 0xFF80, 0x7FC0, 0x7F7F],
+    "float16": [0x0000, 0x8000, 0x0001, 0x03FF, 0x7C00, 0xFC00, 0x7E00, 0x7BFF],
+    "float32": [0, 0x80000000, 1, 0x007FFFFF, 0x7F800000, 0xFF800000, 0x7FC00000,
+                0x7F7FFFFF],
+    "float64": [0, 0x8000000000000000, 1, 0x000FFFFFFFFFFFFF, 0x7FF0000000000000,
+                0xFFF0000000000000, 0x7FF8000000000000, 0x7FEFFFFFFFFFFFFF],
+}
+needs_kernels = pytest.mark.skipif(spectra._kernels is None,
+                                   reason="compute._kernels is not built")
+
+
+def random_pair(storage: str, shape, seed: int, specials: bool = True):
+    """(base, sft) arrays in the ARRAY_DTYPES layout: random weights, an SFT that
+    keeps a third of the entries, and every special bit pattern in both roles and
+    against each other."""
+    gen = np.random.default_rng(seed)
+    uint = spectra.BITS[storage][0]
+    w = gen.normal(0, 0.02, shape)
+    if storage == "bfloat16":
+        b = (w.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        s = ((w + gen.normal(0, 1e-3, shape)).astype(np.float32).view(np.uint32)
+             >> 16).astype(np.uint16)
+    else:
+        dt = spectra.ARRAY_DTYPES[storage]
+        b, s = w.astype(dt), (w + gen.normal(0, 1e-3, shape)).astype(dt)
+    keep = gen.random(shape) < 0.3
+    s[keep] = b[keep]
+    if specials:
+        sp = np.array(SPECIALS[storage], dtype=np.uint64).astype(uint)
+        bf, sf = b.reshape(-1).view(uint), s.reshape(-1).view(uint)
+        n = len(sp)
+        for i in range(n):  # every special in base against every one in SFT
+            bf[i * n:(i + 1) * n] = sp[i]
+            sf[i * n:(i + 1) * n] = sp
+    return b, s
+
+
+def to_f64(a: np.ndarray, storage: str) -> np.ndarray:
+    """fp64 values through torch's own conversion (an independent upcast)."""
+    if storage == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).double().numpy()
+    return torch.from_numpy(a).double().numpy()
+
+
+def reference_stats(b: np.ndarray, s: np.ndarray, storage: str):
+    """The five counts of prepare() from the fp64 values, by np.frexp."""
+    vb, vs = to_f64(b, storage), to_f64(s, storage)
+    tiny = 2.0 ** spectra.MIN_NORMAL_EXP[storage]
+    pow2_sq, subnormal = 0.0, 0
+    for v in (vb, vs):
+        a = np.abs(v)
+        finite = np.isfinite(a)
+        normal = finite & (a >= tiny)
+        _, e = np.frexp(np.where(normal, a, 1.0))
+        p = np.where(normal, np.ldexp(1.0, e - 1), 0.0)
+        with np.errstate(over="ignore"):  # fp64's largest powers of two square to inf
+            pow2_sq += float(np.sum(p * p)) + (math.inf if (~finite).any() else 0.0)
+        subnormal += int(np.count_nonzero(finite & (a > 0) & (a < tiny)))
+    with np.errstate(invalid="ignore"):
+        d = vs - vb
+    both = np.isfinite(vb) & np.isfinite(vs)
+    return (int(np.count_nonzero(vb)), int(np.count_nonzero(vs)),
+            int(np.count_nonzero(both & (d != 0))), subnormal, pow2_sq), (vb, vs, d), both
+
+
+def run_prepare(fn, storage, b, s):
+    xs = [np.full(b.size, 7.0) for _ in range(3)]
+    views = [x.reshape(b.shape) for x in xs]
+    return fn(storage, b, s, *views), views
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.parametrize("impl", ["c", "numpy"])
+def test_prepare_against_independent_values(storage, impl):
+    if impl == "c" and spectra._kernels is None:
+        pytest.skip("compute._kernels is not built")
+    fn = spectra._kernels.prepare if impl == "c" else spectra.prepare_numpy
+    b, s = random_pair(storage, (70, 90), seed=1)
+    (nz_b, nz_s, changed, sub, sq), (xb, xs, xd) = run_prepare(fn, storage, b, s)
+    (rnz_b, rnz_s, rchanged, rsub, rsq), (vb, vs, d), both = reference_stats(b, s,
+                                                                              storage)
+    np.testing.assert_array_equal(xb, vb)  # NaN at the same places
+    np.testing.assert_array_equal(xs, vs)
+    np.testing.assert_array_equal(xd, d)
+    assert (nz_b, nz_s, sub) == (rnz_b, rnz_s, rsub)
+    # exact for finite pairs; a pair with NaN/Inf counts as changed unless its bits
+    # are equal (the caller recounts those in fp64)
+    fb, fs = (a.reshape(-1).view(spectra.BITS[storage][0]) for a in (b, s))
+    odd = ~both.reshape(-1)
+    assert changed == rchanged + int(np.count_nonzero(odd & (fb != fs)))
+    assert math.isinf(sq) and math.isinf(rsq)  # the specials hold Inf
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_prepare_finite_sums_and_subnormals(storage):
+    b, s = random_pair(storage, (50, 64), seed=2, specials=False)
+    uint = spectra.BITS[storage][0]
+    b.reshape(-1).view(uint)[:20] = 1  # subnormals
+    s.reshape(-1).view(uint)[10:30] = 0  # zeros, some against subnormals
+    want, _, _ = reference_stats(b, s, storage)
+    for fn in filter(None, (spectra.prepare_numpy,
+                            getattr(spectra._kernels, "prepare", None))):
+        got, _ = run_prepare(fn, storage, b, s)
+        assert got[:4] == want[:4], fn
+        assert got[4] == pytest.approx(want[4], rel=1e-13), fn
+
+
+@needs_kernels
+@pytest.mark.parametrize("storage", STORAGES)
+def test_kernel_equals_numpy_twin_on_strided_and_1d_blocks(storage):
+    b, s = random_pair(storage, (40, 300), seed=3)
+    for sl in (np.s_[:, 17:250], np.s_[5:6, :], np.s_[:, 0:1], np.s_[3:3, :]):
+        bb, sb = b[sl], s[sl]
+        c, cx = run_prepare(spectra._kernels.prepare, storage, bb, sb)
+        p, px = run_prepare(spectra.prepare_numpy, storage, bb, sb)
+        assert c[:4] == p[:4] and (c[4] == p[4] or c[4] == pytest.approx(p[4],
+                                                                         rel=1e-13))
+        for u, v in zip(cx, px, strict=True):
+            np.testing.assert_array_equal(u, v)
+    c, _ = run_prepare(spectra._kernels.prepare, storage, b[7], s[7])  # 1-D
+    p, _ = run_prepare(spectra.prepare_numpy, storage, b[7], s[7])
+    assert c[:4] == p[:4]
+
+
+@needs_kernels
+def test_kernel_refuses_bad_buffers():
+    prep = spectra._kernels.prepare
+    b = np.zeros((4, 6), np.uint16)
+    out = [np.empty(24) for _ in range(3)]
+    with pytest.raises(ValueError, match="unknown storage dtype int8"):
+        prep("int8", b, b, *out)
+    with pytest.raises(ValueError, match="base block: 4-byte entries"):
+        prep("bfloat16", b.astype(np.uint32), b, *out)
+    with pytest.raises(ValueError, match="rows are not contiguous"):
+        prep("bfloat16", b[:, ::2], b[:, ::2], *out)
+    with pytest.raises(ValueError, match="base block is 4 x 6, SFT block 4 x 5"):
+        prep("bfloat16", b, b[:, :5], *out)
+    with pytest.raises(ValueError, match="delta output: needs 24 fp64 entries"):
+        prep("bfloat16", b, b, out[0], out[1], np.empty(23))
+    with pytest.raises(ValueError, match="3 dimensions"):
+        prep("bfloat16", b.reshape(2, 2, 6), b.reshape(2, 2, 6), *out)
+    with pytest.raises(BufferError):  # outputs must be writable
+        prep("bfloat16", b, b, out[0], out[1], bytes(192))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32,
+                                   torch.float64])
+def test_reader_matches_safetensors(tmp_path, dtype):
+    """Checkpoint.read_array / read against safetensors' load_file, every dtype,
+    several tensors per file (so nonzero offsets), 1-D and 2-D."""
+    gen = torch.Generator().manual_seed(0)
+    tensors = {f"t{i}": (torch.randn(shape, generator=gen) * 0.02).to(dtype)
+               for i, shape in enumerate([(7, 5), (3,), (64, 33), (1, 1)])}
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    save_file(tensors, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    ckpt = resolve(str(folder))
+    want = load_file(str(folder / "model.safetensors"))
+    for name, t in want.items():
+        arr, storage = ckpt.read_array(name)
+        assert storage == spectra.storage_name(dtype)
+        assert arr.shape == tuple(t.shape) and arr.dtype == spectra.ARRAY_DTYPES[storage]
+        np.testing.assert_array_equal(to_f64(arr, storage), t.double().numpy())
+        assert torch.equal(ckpt.read(name), t)
+
+
+def test_reader_errors_name_file_and_tensor(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    save_file({"a": torch.zeros(4, 4, dtype=torch.int32),
+               "b": torch.ones(256, 256, dtype=torch.bfloat16)},
+              str(folder / "model.safetensors"))
+    (folder / "config.json").write_text("{}")
+    ckpt = resolve(str(folder))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor a is "
+                       r"stored as I32; sftscope reads BF16, F16, F32, F64"):
+        ckpt.read_array("a")
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[:-1000])  # shrunk after the scan
+    with pytest.raises(CheckpointError, match=r"truncated in tensor b .*1000 bytes "
+                       "early"):
+        ckpt.read_array("b")
+
+
+@pytest.mark.parametrize("storage", ["bfloat16", "float16", "float32"])
+@pytest.mark.parametrize("shape", [(120, 40), (30, 200)], ids=["tall", "wide"])
+def test_torch_ops_path_matches_numpy(storage, shape, monkeypatch):
+    """The torch ops pass (compute.run's GPU path), run here on the CPU, against
+    NumPy float64 SVD and the NumPy path, over several blocks."""
+    monkeypatch.setattr(spectra, "BLOCK_ELEMS", 1500)
+    b, s = random_pair(storage, shape, seed=4, specials=False)
+    b.reshape(-1)[:9] = 0
+    s.reshape(-1)[:5] = 0
+    if storage != "float32":  # -0 against +0: not a change
+        s.reshape(-1).view(np.uint16)[5:9] = 0x8000
+    tb, ts = (torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+              if storage == "bfloat16" else torch.from_numpy(a) for a in (b, s))
+    rows_t = spectra._gram_spectra(tb, ts, storage, spectra._TorchOps(torch.device("cpu")))
+    rows_n = spectra.array_spectra(b, s, storage)
+    vb, vs = to_f64(b, storage), to_f64(s, storage)
+    for rt, rn, mat in zip(rows_t, rows_n, (vb, vs, vs - vb), strict=True):
+        want = np.linalg.svd(mat, compute_uv=False)
+        for r in (rt, rn):
+            assert np.max(np.abs(r["singular_values"] - want)) < 1e-7 * want[0]
+            assert r["n_zero"] == int(np.count_nonzero(mat == 0)), r["role"]
+            assert r["frobenius_sq"] == pytest.approx(float(np.sum(mat**2)), rel=1e-12)
+    assert rows_t[2]["noise_sigma"] == pytest.approx(rows_n[2]["noise_sigma"], rel=1e-12)
+
+
+def test_torch_ops_path_nonfinite():
+    b, s = random_pair("bfloat16", (30, 20), seed=5, specials=False)
+    s.reshape(-1)[3] = 0x7FC0  # NaN
+    tb, ts = (torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) for a in (b, s))
+    rows_t = spectra._gram_spectra(tb, ts, "bfloat16",
+                                   spectra._TorchOps(torch.device("cpu")))
+    rows_n = spectra.array_spectra(b, s, "bfloat16")
+    for rt, rn in zip(rows_t, rows_n, strict=True):
+        assert (rt["n_nonfinite"], rt["n_zero"]) == (rn["n_nonfinite"], rn["n_zero"])
+    assert [r["n_nonfinite"] for r in rows_n] == [0, 1, 1]
+
+
+def test_array_spectra_refuses_the_wrong_layout():
+    b = np.zeros((4, 4), np.float32)
+    with pytest.raises(ValueError, match="a bfloat16 array is uint16, not float32"):
+        spectra.array_spectra(b, b, "bfloat16")
+    with pytest.raises(ValueError, match="unsupported storage dtype int8"):
+        spectra.storage_name("int8")
+
+
+def test_torch_build_detection(tmp_path, monkeypatch):
+    import importlib.machinery
+    import importlib.util
+
+    from compute import run
+
+    pkg = tmp_path / "torch"
+    pkg.mkdir()
+    spec = importlib.machinery.ModuleSpec("torch", None, is_package=True)
+    spec.submodule_search_locations = [str(pkg)]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: spec if name == "torch" else real(name, *a))
+    for text, gpu in [("cuda: Optional[str] = None\nhip: Optional[str] = None\n", False),
+                      ("cuda = '12.4'\nhip = None\n", True),
+                      ("cuda = None\nhip: Optional[str] = '6.2.4'\n", True),
+                      ("not python (\n", True)]:
+        (pkg / "version.py").write_text("from typing import Optional\n" + text)
+        assert run.torch_build_has_gpu() is gpu, text
+    (pkg / "version.py").unlink()
+    assert run.torch_build_has_gpu() is True  # unknown: torch is asked
+
+
+def test_cpu_run_does_not_import_torch(demo_pair, tmp_path):
+    """compute.run on a CPU: spectra and vectors through NumPy, torch never loaded
+    (its import is ~2 s of a 30 s run); results equal tensor_spectra's."""
+    code = ("import sys\nfrom compute.run import main\n"
+            f"rc = main(['--base', {str(demo_pair / 'base')!r}, '--sft', "
+            f"{str(demo_pair / 'sft')!r}, '--name', 'x', '--no-load', "
+            f"'--skip-behaviour', '--no-progress', '--device', 'cpu', '--out', "
+            f"{str(tmp_path)!r}])\n"
+            "print('torch loaded:', 'torch' in sys.modules, 'rc', rc)")
+    proc = run_py("-c", code, cwd=ROOT)
+    assert "torch loaded: False rc 0" in proc.stdout, proc.stdout + proc.stderr
+    import pyarrow.parquet as pq
+
+    from compute.checkpoints import pair_plan
+
+    base, sft = resolve(str(demo_pair / "base")), resolve(str(demo_pair / "sft"))
+    plan = pair_plan(base, sft)
+    manifest = json.loads((tmp_path / "x" / "run.json").read_text())
+    assert manifest["kinds"]["spectra"]["options"]["torch"] is None
+    for i in (0, len(plan.matrices) - 1):
+        got = pq.read_table(tmp_path / "x" / "spectra" / f"{i:05d}.parquet").to_pylist()
+        name = plan.matrices[i]
+        want = spectra.tensor_spectra(base.read(name), sft.read(name),
+                                      device=torch.device("cpu"))
+        for g, w in zip(got, want, strict=True):
+            assert g["tensor"] == name and g["role"] == w["role"]
+            np.testing.assert_allclose(g["singular_values"], w["singular_values"],
+                                       rtol=0, atol=1e-12 * w["singular_values"][0])
+            assert g["n_zero"] == w["n_zero"] and g["storage_dtype"] == "bfloat16"
