@@ -533,12 +533,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # The objects of the imports (torch's ~170k) need no cycle collection: frozen,
-    # the collector's full passes during the run stop walking them.
+    # The objects of the imports (~170k when torch is loaded) need no cycle
+    # collection: frozen, the collector's full passes during the run stop walking them.
     gc.freeze()
     code = main()
-    # Everything is written and closed: skip the interpreter's teardown of torch
-    # (about 0.5 s of module and library finalizers, longer than small runs).
+    # Everything is written and closed: skip the interpreter's teardown (with torch
+    # loaded, about 0.5 s of module and library finalizers, longer than small runs).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
