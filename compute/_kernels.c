@@ -7,9 +7,9 @@
  * 2-D buffers whose rows are contiguous (any row stride, so a column slice w[:, a:b]
  * of a C-ordered matrix is fine), bfloat16 and float16 as 16-bit integers. Each is
  * upcast into the C-ordered fp64 buffer out_b / out_s, and out_d = out_s - out_b
- * (exact in fp64: both have at most 24 significant bits and nearby exponents in
- * practice, and in any case the rounding is fp64's). From the storage bits, in the
- * same pass:
+ * (exact in fp64 when the two exponents are at most 53 - p apart, p the significant
+ * bits of the storage dtype: always for float16, and for any bfloat16 pair that is
+ * not 45 binades apart). From the storage bits, in the same pass:
  *   nz_b, nz_s  entries that are not +-0
  *   changed     entries where the bits differ, except +0 against -0 (dW != 0 for
  *               finite values; NaN/Inf make dW's Gram trace non-finite, and the
