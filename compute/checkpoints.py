@@ -26,15 +26,14 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from compute.demo import parse_name
+from compute.spectra import ARRAY_DTYPES
 
 if TYPE_CHECKING:
     import torch
 
 HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer*", "*.txt", "*.model"]
-# safetensors dtype -> (storage dtype of compute.spectra, NumPy dtype of the array;
-# bfloat16 has none, so its arrays hold the bits)
-STORAGE = {"BF16": ("bfloat16", np.uint16), "F16": ("float16", np.float16),
-           "F32": ("float32", np.float32), "F64": ("float64", np.float64)}
+# safetensors dtype -> storage dtype (its arrays: compute.spectra.ARRAY_DTYPES)
+STORAGE = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 READ_CHUNK = 1 << 30  # bytes per read call (Linux reads at most ~2 GiB at once)
 
 
@@ -69,8 +68,8 @@ class Checkpoint:
             raise CheckpointError(
                 f"{path}: tensor {name} is stored as {info.dtype}; sftscope reads "
                 f"{', '.join(STORAGE)} weights")
-        storage, dtype = STORAGE[info.dtype]
-        arr = np.empty(info.shape, dtype)
+        storage = STORAGE[info.dtype]
+        arr = np.empty(info.shape, ARRAY_DTYPES[storage])
         if arr.nbytes != info.end - info.start:  # safe_open checks it too
             raise CheckpointError(
                 f"{path}: tensor {name} has {info.end - info.start} bytes of data, "
@@ -150,8 +149,8 @@ MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 
 
 def read_header(path: Path) -> tuple[dict, int]:
-    """The JSON header of a safetensors file and the file size that it promises
-    (8 + header + data: the data start at that size less the largest end offset);
+    """The JSON header of a safetensors file and the byte where its data start
+    (8 + header length), after checking the file is as long as the header promises;
     the errors say what is wrong with the file."""
     try:
         size = path.stat().st_size
@@ -182,14 +181,12 @@ def read_header(path: Path) -> tuple[dict, int]:
         raise CheckpointError(
             f"{path}: truncated ({size} bytes, header promises {expected}; "
             f"{expected - size} missing): an incomplete download? download it again")
-    return header, expected
+    return header, 8 + header_len
 
 
 def scan_shard(path: Path) -> dict[str, TensorInfo]:
     """The tensors of one safetensors file, after checking it is complete."""
-    header, size = read_header(path)
-    data_start = size - max((int(v["data_offsets"][1]) for k, v in header.items()
-                             if k != "__metadata__"), default=0)
+    header, data_start = read_header(path)
     tensors: dict[str, TensorInfo] = {}
     try:
         # safetensors' reader validates the header (dtypes, shapes against byte

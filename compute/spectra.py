@@ -269,24 +269,28 @@ def prepare_numpy(storage: str, src_b: np.ndarray, src_s: np.ndarray, xb: np.nda
     return nonzero[0], nonzero[1], changed, subnormal, pow2_sq
 
 
+def _workspace(key, n: int, k: int, empty) -> tuple[list, list]:
+    """This thread's reusable buffers for `key` (NumPy, or a torch device), made by
+    `empty(shape)` (fp64): three flat ones of >= n entries and four (k, k) matrices:
+    the three Grams (not zeroed: the first block writes them) and a scratch product.
+    Fresh large allocations cost page faults on every tensor; these are paid once."""
+    ws = _local.__dict__.setdefault("ws", {}).setdefault(key, {"flat": [], "gram": {}})
+    if not ws["flat"] or len(ws["flat"][0]) < n:
+        ws["flat"] = [empty(n) for _ in range(3)]
+    grams = ws["gram"].get(k)
+    if grams is None:
+        if len(ws["gram"]) > 4:  # bound what a thread keeps
+            ws["gram"].clear()
+        grams = ws["gram"][k] = [empty((k, k)) for _ in range(len(ROLES) + 1)]
+    return ws["flat"], grams
+
+
 class _NumPyOps:
     """The blocked pass on the CPU: NumPy arrays, _kernels.prepare, OpenBLAS."""
 
     @staticmethod
     def workspace(n: int, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """This thread's reusable buffers: three flat fp64 of >= n entries and four
-        (k, k) fp64 matrices: the three Grams (not zeroed: the first block writes
-        them) and a scratch product. Fresh large allocations cost page faults on
-        every tensor; these are paid once."""
-        ws = _local.__dict__.setdefault("np", {"f64": None, "gram": {}})
-        if ws["f64"] is None or ws["f64"][0].size < n:
-            ws["f64"] = [np.empty(n) for _ in range(3)]
-        grams = ws["gram"].get(k)
-        if grams is None:
-            if len(ws["gram"]) > 4:  # bound what a thread keeps
-                ws["gram"].clear()
-            grams = ws["gram"][k] = [np.empty((k, k)) for _ in range(len(ROLES) + 1)]
-        return ws["f64"], grams
+        return _workspace("numpy", n, k, np.empty)
 
     @staticmethod
     def view(buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -365,23 +369,10 @@ class _TorchOps:
         self.device = device
 
     def workspace(self, n: int, k: int) -> tuple[list, list]:
-        """_NumPyOps.workspace's buffers, on the device."""
         import torch
 
-        cache = _local.__dict__.setdefault("torch", {})
-        key = (self.device.type, self.device.index)
-        ws = cache.setdefault(key, {"f64": None, "gram": {}})
-        if ws["f64"] is None or ws["f64"][0].numel() < n:
-            ws["f64"] = [torch.empty(n, dtype=torch.float64, device=self.device)
-                         for _ in range(3)]
-        grams = ws["gram"].get(k)
-        if grams is None:
-            if len(ws["gram"]) > 4:
-                ws["gram"].clear()
-            grams = ws["gram"][k] = [
-                torch.empty(k, k, dtype=torch.float64, device=self.device)
-                for _ in range(len(ROLES) + 1)]
-        return ws["f64"], grams
+        return _workspace(self.device, n, k, functools.partial(
+            torch.empty, dtype=torch.float64, device=self.device))
 
     @staticmethod
     def view(buf, shape):

@@ -56,11 +56,16 @@ def random_pair(storage: str, shape, seed: int, specials: bool = True):
     return b, s
 
 
+def as_tensor(a: np.ndarray, storage: str) -> torch.Tensor:
+    """The torch tensor of an array in the ARRAY_DTYPES layout (no copy)."""
+    if storage == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
 def to_f64(a: np.ndarray, storage: str) -> np.ndarray:
     """fp64 values through torch's own conversion (an independent upcast)."""
-    if storage == "bfloat16":
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).double().numpy()
-    return torch.from_numpy(a).double().numpy()
+    return as_tensor(a, storage).double().numpy()
 
 
 def reference_stats(b: np.ndarray, s: np.ndarray, storage: str):
@@ -216,8 +221,7 @@ def test_torch_ops_path_matches_numpy(storage, shape, monkeypatch):
     s.reshape(-1)[:5] = 0
     if storage != "float32":  # -0 against +0: not a change
         s.reshape(-1).view(np.uint16)[5:9] = 0x8000
-    tb, ts = (torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-              if storage == "bfloat16" else torch.from_numpy(a) for a in (b, s))
+    tb, ts = as_tensor(b, storage), as_tensor(s, storage)
     rows_t = spectra._gram_spectra(tb, ts, storage, spectra._TorchOps(torch.device("cpu")))
     rows_n = spectra.array_spectra(b, s, storage)
     vb, vs = to_f64(b, storage), to_f64(s, storage)
@@ -233,7 +237,7 @@ def test_torch_ops_path_matches_numpy(storage, shape, monkeypatch):
 def test_torch_ops_path_nonfinite():
     b, s = random_pair("bfloat16", (30, 20), seed=5, specials=False)
     s.reshape(-1)[3] = 0x7FC0  # NaN
-    tb, ts = (torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) for a in (b, s))
+    tb, ts = as_tensor(b, "bfloat16"), as_tensor(s, "bfloat16")
     rows_t = spectra._gram_spectra(tb, ts, "bfloat16",
                                    spectra._TorchOps(torch.device("cpu")))
     rows_n = spectra.array_spectra(b, s, "bfloat16")
