@@ -3,7 +3,7 @@
     python bench/ingest.py                 # builds data/bench/Posts.xml once, prints JSON
     python bench/ingest.py --mb 200 --workers 2 --keep
 
-The file is made of the real rows in ../shared/se-samples (every sample's Posts rows,
+The file is made of the real rows in samples/stackexchange (every sample's Posts rows,
 repeated with fresh Ids until the size is reached), so the mix of body lengths, HTML
 and entities is the dump's own. Measured in the same run, on the same file, after one
 warm-up read (so all see it in the page cache), baseline and end to end interleaved
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import ratio, report, run_measured  # noqa: E402
 
-SAMPLES = ROOT.parent / "shared" / "se-samples"
+SAMPLES = ROOT / "samples" / "stackexchange"
 
 
 def sample_rows() -> list[bytes]:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-SE_SAMPLES = SHARED / "se-samples"
+# Real Stack Exchange dump files (CC BY-SA; samples/stackexchange/SOURCES.md)
+SE_SAMPLES = ROOT / "samples" / "stackexchange"
 DBT_DIR = ROOT / "dbt_project"
 # Fewer prompts than `make demo` scores, so the session fixture stays quick.
 DEMO_VARS = "{prompt_per_group: 12}"

@@ -10,11 +10,8 @@ import duckdb
 
 from ingest.se_tables import TABLES
 from ingest.stackexchange import LoadOptions, load
+from tests.conftest import SE_SAMPLES as SAMPLES  # noqa: F401  (re-exported)
 from tests.conftest import query  # noqa: F401  (re-exported for the ingest tests)
-
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "se-samples"
-if not SAMPLES.exists():  # a checkout next to shared/ under another name
-    SAMPLES = Path(__file__).resolve().parents[1] / "shared" / "se-samples"
 
 
 def load_quiet(path, db, **kw):

@@ -1,4 +1,4 @@
-"""Every real sample in ../shared/se-samples loads, and what is loaded is the XML."""
+"""Every real sample in samples/stackexchange loads, and what is loaded is the XML."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from lxml import etree
-from se_helpers import load_quiet, query
+from se_helpers import SAMPLES, load_quiet, query
 
 from ingest import demo_site
 from ingest.export_prompts import export
@@ -45,8 +45,7 @@ def demo(tmp_path_factory) -> tuple[Path, Path]:
     db = tmp / "w.duckdb"
     load_quiet(site, db, site="physics.demo")
     # another site, to show the mart picks one; default vars, as `make demo` runs it
-    load_quiet(Path(demo_site.__file__).parents[1].parent / "shared" / "se-samples"
-               / "blender-meta-2013", db, site="blender")
+    load_quiet(SAMPLES / "blender-meta-2013", db, site="blender")
     # the staging view the marts read, the four marts, their data and unit tests
     dbt(db, "build", "--quiet", "--select", "+prompt_candidates+")
     return site, db
