@@ -5,9 +5,12 @@ calls `update_connection_config` just before its one `duckdb.connect()` of a run
 connection stays open for the whole run). Here that call opens the warehouse through
 `ingest.warehouse.connect`, which retries while another process holds the file for up
 to $SFTSCOPE_LOCK_TIMEOUT seconds (default 60) and then names the holder (PID and
-command line). The connection is kept until dbt's own `connect()` has succeeded: in one
-process DuckDB hands the second connect the same database instance, so no other process
-can take the file in between. `configure_connection` then lets ours go.
+command line), and brings the raw tables to this release's layout (the steps of
+`ingest.warehouse.MIGRATIONS` a warehouse of an earlier release lacks, in one
+transaction; empty raw tables on a new file). The connection is kept until dbt's own
+`connect()` has succeeded: in one process DuckDB hands the second connect the same
+database instance, so no other process can take the file in between.
+`configure_connection` then lets ours go.
 
 Why not dbt-duckdb's `retries: {connect_attempts: N}`: it sleeps 2**k s after the k-th
 failed attempt, also after the last one, and dbt's error handling reopens the
@@ -44,11 +47,17 @@ class Plugin(BasePlugin):
             return
         stack = contextlib.ExitStack()
         try:
-            stack.enter_context(warehouse.connect(path, config=dict(config)))
+            con = stack.enter_context(warehouse.connect(path, config=dict(config)))
+            warehouse.migrate(con)
         except warehouse.WarehouseBusy as exc:
             self._failed = f"{exc} Nothing was changed."
             raise DbtRuntimeError(self._failed) from None
+        except warehouse.SchemaError as exc:
+            stack.close()
+            self._failed = f"warehouse {path}: {exc}"
+            raise DbtRuntimeError(self._failed) from None
         except duckdb.Error as exc:  # not a lock: say it once, without waiting
+            stack.close()
             self._failed = f"warehouse {path}: {exc}"
             raise DbtRuntimeError(self._failed) from None
         self._held = stack
@@ -58,3 +67,4 @@ class Plugin(BasePlugin):
         if self._held is not None:
             stack, self._held = self._held, None
             stack.close()
+

@@ -7,15 +7,22 @@
 DuckDB allows one writing process per file, and `dbt run` cannot open the file while
 any other process holds it, so every connection here is short-lived: open, write in
 one transaction, close.
+
+The raw layout is versioned: SCHEMA_VERSION, and MIGRATIONS (the steps from the first
+release's layout; its docstring says how to add one). `ensure_raw_schema` upgrades an
+older warehouse in the writer's transaction; a read-only `connect` refuses one, naming
+`python -m ingest.upgrade`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -59,6 +66,7 @@ def connect(
     timeout_s: float | None = None,
     config: dict | None = None,
     row_group_size: int | None = None,
+    check: bool = True,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the warehouse, retrying while another process holds its lock.
 
@@ -67,7 +75,9 @@ def connect(
     `row_group_size` the file is attached with that DuckDB ROW_GROUP_SIZE (what this
     connection writes; bulk loads use smaller groups so that DuckDB compresses and
     writes each one while the next is still being parsed). The connection is closed
-    on exit.
+    on exit. A `read_only` connection to a warehouse of another release's raw layout
+    raises SchemaError naming the command that upgrades it (`check=False`: don't);
+    writers call `ensure_raw_schema`, which upgrades it.
     """
     path = db_path(path)
     if read_only and not path.exists():
@@ -94,6 +104,8 @@ def connect(
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
     try:
+        if read_only and check:
+            check_schema(con, path)
         yield con
     finally:
         con.close()
@@ -206,19 +218,169 @@ COMPUTE_TABLES: dict[str, str] = {
 }
 
 
-def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the `raw` schema and every raw table (empty) if missing.
+# --- Schema versions -------------------------------------------------------------
+#
+# The warehouse records its layout's version in raw.schema_version (one row per step
+# applied, the highest is current). Version 1 is the first release's layout, which had
+# no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-    All of them exist from the first write on, so `dbt run` builds every staging
-    view whatever has been loaded so far.
+SCHEMA_VERSION = 2
+"""The raw layout this release writes: the last step of MIGRATIONS."""
+
+UPGRADE_COMMAND = "python -m ingest.upgrade"
+
+
+class SchemaError(RuntimeError):
+    """The warehouse's raw layout is not the one this release reads."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the raw layout: from `version - 1` to `version`."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+VERSION_TABLE_DDL = """
+    version INTEGER NOT NULL,         -- the layout reached by this step
+    description VARCHAR NOT NULL,
+    applied_at TIMESTAMP NOT NULL,
+    code_version VARCHAR              -- the sftscope release that applied it
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(2, "raw.schema_version records the layout's version",
+              (f"create table if not exists raw.schema_version ({VERSION_TABLE_DDL})",)),
+)
+"""The ordered steps from version 1 to SCHEMA_VERSION.
+
+To change a raw table (a new column, a new table):
+1. change its definition (COMPUTE_TABLES here, or ingest/se_tables.py), which is what
+   a new warehouse gets;
+2. append `Migration(SCHEMA_VERSION + 1, "what changes", (sql, ...))` here and bump
+   SCHEMA_VERSION to that number. The statements bring an existing warehouse to the
+   same layout, keeping its rows: `alter table raw.spectra add column if not exists
+   expert INTEGER` (existing rows get NULL, or `... default 0`), `create table if
+   not exists raw.training_log (...)` (`table_ddl("training_log")` gives that
+   statement from COMPUTE_TABLES). Write them with `if not exists`: a step may meet a
+   table that a later definition already created. Never edit a released step.
+tests/test_schema_upgrade.py upgrades a first-release warehouse
+(tests/fixtures/warehouse_v1.sql) through every step and checks that every table and
+column of the definitions is there, with the same types as a new warehouse's, and
+that no row was lost.
+"""
+
+
+def table_ddl(name: str) -> str:
+    """`create table if not exists raw.<name> (...)` from COMPUTE_TABLES."""
+    return f"create table if not exists raw.{name} ({COMPUTE_TABLES[name]})"
+
+
+def _raw_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in con.execute(
+        "select table_name from duckdb_tables() where schema_name = 'raw'"
+        " and database_name = current_database()").fetchall()}
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The warehouse's raw layout version; None when it has no raw tables yet."""
+    tables = _raw_tables(con)
+    if "schema_version" in tables:
+        return con.execute("select max(version) from raw.schema_version").fetchone()[0]
+    return 1 if tables else None
+
+
+def _newer_error(found: int) -> SchemaError:
+    return SchemaError(
+        f"the warehouse has raw schema version {found}, written by a newer sftscope "
+        f"release; this one knows versions up to {SCHEMA_VERSION}. Upgrade sftscope "
+        "(or use another SFTSCOPE_DB); nothing was changed.")
+
+
+def check_schema(con: duckdb.DuckDBPyConnection, path: object = None) -> int | None:
+    """For readers: the version, or SchemaError (with the command that upgrades it)
+    when the warehouse is older or newer than this release."""
+    found = schema_version(con)
+    if found is not None and found > SCHEMA_VERSION:
+        raise _newer_error(found)
+    if found is not None and found < SCHEMA_VERSION:
+        db = f" --db {path}" if path is not None else ""
+        raise SchemaError(
+            f"the warehouse {path or ''} has raw schema version {found}, written by an "
+            f"older sftscope release; this one reads version {SCHEMA_VERSION}. Upgrade "
+            f"it in place (one transaction, no rows lost): {UPGRADE_COMMAND}{db}")
+    return found
+
+
+def _release() -> str | None:
+    try:
+        return importlib.metadata.version("sftscope")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _record(con, version: int, description: str) -> None:
+    con.execute("insert into raw.schema_version values (?, ?,"
+                " current_timestamp::timestamp, ?)", [version, description, _release()])
+
+
+def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> list[Migration]:
+    """Bring the `raw` schema to SCHEMA_VERSION: create every raw table (empty) where
+    missing; on a warehouse of an older release, first apply the MIGRATIONS steps it
+    lacks, in order. Returns the steps applied. Raises SchemaError (changing nothing)
+    on a warehouse of a newer release.
+
+    Call it inside the caller's transaction (the loaders do), so a failure anywhere
+    leaves the warehouse as it was. All tables exist from the first write on, so
+    `dbt run` builds every staging view whatever has been loaded so far.
     """
+    found = schema_version(con)
+    if found is not None and found > SCHEMA_VERSION:
+        raise _newer_error(found)
     con.execute("create schema if not exists raw")
+    applied = []
+    if found is not None:
+        for step in MIGRATIONS:
+            if step.version > found:
+                for sql in step.statements:
+                    con.execute(sql)
+                _record(con, step.version, step.description)
+                applied.append(step)
     for name, columns in COMPUTE_TABLES.items():
         con.execute(f"create table if not exists raw.{name} ({columns})")
+    con.execute(f"create table if not exists raw.schema_version ({VERSION_TABLE_DDL})")
     with contextlib.suppress(ImportError):
         from ingest.se_tables import create_tables
 
         create_tables(con)
+    if found is None:
+        _record(con, SCHEMA_VERSION, "created")
+    return applied
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> tuple[int | None, list[Migration]]:
+    """`ensure_raw_schema` in a transaction of its own; returns (version found, steps
+    applied). A no-op (no transaction) when the layout is current."""
+    found = schema_version(con)
+    if found == SCHEMA_VERSION:
+        return found, []
+    con.execute("begin transaction")
+    try:
+        applied = ensure_raw_schema(con)
+        con.execute("commit")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):  # a dead connection rolls back too
+            con.execute("rollback")
+        raise
+    return found, applied
+
+
+def upgrade(path: str | os.PathLike | None = None) -> tuple[int | None, list[Migration]]:
+    """Open the warehouse for writing and `migrate` it."""
+    with connect(path) as con:
+        return migrate(con)
 
 
 def replace_pair_rows(
