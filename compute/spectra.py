@@ -243,30 +243,42 @@ def _from_bits(bits: np.ndarray, storage: str) -> np.ndarray:
     return bits.view(ARRAY_DTYPES[storage])
 
 
-def prepare_numpy(storage: str, src_b: np.ndarray, src_s: np.ndarray, xb: np.ndarray,
-                  xs: np.ndarray, xd: np.ndarray) -> tuple[int, int, int, int, float]:
-    """What compute/_kernels.c's `prepare` does, in NumPy: xb, xs = the blocks in
-    fp64, xd = xs - xb; returns (nonzero in base, in SFT, entries where the values
-    differ (dW != 0 for finite entries: the bits differ, but not +0 against -0),
-    subnormal entries of both, sum over both of p^2 with p = |x| rounded down to a
-    power of two, from the exponent bits). The fallback without the extension, and
-    the reference the tests hold the extension to."""
-    uint, nonsign, exp_mask = BITS[storage]
-    bb, sb = src_b.view(uint), src_s.view(uint)
-    nonzero, subnormal, pow2_sq = [], 0, 0.0
-    for bits, x in ((bb, xb), (sb, xs)):
-        nz = int(np.count_nonzero(bits & uint(nonsign)))
-        exps = bits & uint(exp_mask)
+Prepared = tuple[int, int, int, int, int, float, float]
+
+
+def prepare_numpy(storage_b: str, storage_s: str, src_b: np.ndarray,
+                  src_s: np.ndarray, xb: np.ndarray, xs: np.ndarray, xd: np.ndarray
+                  ) -> Prepared:
+    """What compute/_kernels.c's `prepare` does, in NumPy: xb, xs = the blocks (base
+    in `storage_b`, SFT in `storage_s`) in fp64, xd = xs - xb; returns (nonzero in
+    base, in SFT, entries where the values differ (dW != 0 for finite entries: the
+    bits differ, but not +0 against -0), subnormal entries of base, of SFT, and per
+    side the sum of p^2 with p = |x| rounded down to a power of two, from the
+    exponent bits). The fallback without the extension, and the reference the tests
+    hold the extension to."""
+    nonzero, subnormal, pow2_sq, bits = [], [], [], []
+    for storage, src, x in ((storage_b, src_b, xb), (storage_s, src_s, xs)):
+        uint, nonsign, exp_mask = BITS[storage]
+        b = src.view(uint)
+        nz = int(np.count_nonzero(b & uint(nonsign)))
+        exps = b & uint(exp_mask)
         p = _from_bits(exps, storage).astype(np.float64).reshape(-1)
         nonzero.append(nz)
-        subnormal += nz - int(np.count_nonzero(exps))
+        subnormal.append(nz - int(np.count_nonzero(exps)))
         with np.errstate(over="ignore"):  # fp64's largest exponents: inf, as in C
-            pow2_sq += float(np.dot(p, p))
-        x[...] = _from_bits(bits, storage)
+            pow2_sq.append(float(np.dot(p, p)))
+        x[...] = _from_bits(b, storage)
+        bits.append(b)
     with np.errstate(invalid="ignore"):  # inf - inf: NaN, reported by the trace
         np.subtract(xs, xb, out=xd)
-    changed = int(np.count_nonzero((bb != sb) & ((bb | sb) & uint(nonsign) != 0)))
-    return nonzero[0], nonzero[1], changed, subnormal, pow2_sq
+    if storage_b == storage_s:
+        bb, sb = bits
+        nonsign = BITS[storage_b][0](BITS[storage_b][1])
+        changed = int(np.count_nonzero((bb != sb) & ((bb | sb) & nonsign != 0)))
+    else:
+        changed = int(np.count_nonzero(xb != xs))
+    return (nonzero[0], nonzero[1], changed, subnormal[0], subnormal[1], pow2_sq[0],
+            pow2_sq[1])
 
 
 def _workspace(key, n: int, k: int, empty) -> tuple[list, list]:
@@ -297,10 +309,18 @@ class _NumPyOps:
         return buf[:math.prod(shape)].reshape(shape)
 
     @staticmethod
-    def prepare(storage, src_b, src_s, xb, xs, xd) -> tuple[int, int, int, int, float]:
+    def prepare(storage_b, storage_s, src_b, src_s, xb, xs, xd) -> Prepared:
         if _kernels is not None:
-            return _kernels.prepare(storage, src_b, src_s, xb, xs, xd)
-        return prepare_numpy(storage, src_b, src_s, xb, xs, xd)
+            return _kernels.prepare(storage_b, storage_s, src_b, src_s, xb, xs, xd)
+        return prepare_numpy(storage_b, storage_s, src_b, src_s, xb, xs, xd)
+
+    @staticmethod
+    def add_lowrank(xb, xs, xd, left, right) -> tuple[int, int]:
+        """xd = left @ right, xs = xb + xd (an adapter's block); (nonzero entries of
+        xs, of xd)."""
+        np.matmul(left, right, out=xd)
+        np.add(xb, xd, out=xs)
+        return int(np.count_nonzero(xs)), int(np.count_nonzero(xd))
 
     @staticmethod
     def copy(dst: np.ndarray, src: np.ndarray) -> None:
@@ -343,15 +363,19 @@ class _NumPyOps:
         return np.linalg.eigvalsh(g.T)
 
     @staticmethod
-    def count_nonfinite(wb: np.ndarray, ws: np.ndarray, role: int, storage: str
-                        ) -> tuple[int, int]:
+    def count_nonfinite(wb: np.ndarray, ws: np.ndarray, role: int,
+                        storages: tuple[str, str], lowrank=None) -> tuple[int, int]:
         """(NaN/Inf entries, zero entries) of base, sft or dW, in fp64 (rare: only
         when the trace says there are non-finite entries)."""
-        uint = BITS[storage][0]
         nonfinite = zeros = 0
         for sl in _blocks(wb.shape[0], wb.shape[1]):
-            b = _from_bits(wb[sl].view(uint), storage).astype(np.float64)
-            s = _from_bits(ws[sl].view(uint), storage).astype(np.float64)
+            b = _from_bits(wb[sl].view(BITS[storages[0]][0]), storages[0]
+                           ).astype(np.float64)
+            if lowrank is None:
+                s = _from_bits(ws[sl].view(BITS[storages[1]][0]), storages[1]
+                               ).astype(np.float64)
+            else:
+                s = b + lowrank[0][sl] @ lowrank[1]
             with np.errstate(invalid="ignore"):
                 x = (b, s, s - b)[role]
             nonfinite += int(np.count_nonzero(~np.isfinite(x)))
@@ -379,26 +403,41 @@ class _TorchOps:
         return buf[:math.prod(shape)].view(shape)
 
     @staticmethod
-    def prepare(storage, src_b, src_s, xb, xs, xd) -> tuple[int, int, int, int, float]:
+    def prepare(storage_b, storage_s, src_b, src_s, xb, xs, xd) -> Prepared:
         """prepare_numpy's results, in torch ops (signed integer views of the bits:
         the masks leave the sign bit out, so they fit)."""
         import torch
 
-        ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[src_b.element_size()]
-        _, nonsign, exp_mask = BITS[storage]
-        bb, sb = src_b.view(ints), src_s.view(ints)
-        nonzero, subnormal, pow2_sq = [], 0, 0.0
-        for src, bits, x in ((src_b, bb, xb), (src_s, sb, xs)):
-            nz = int(torch.count_nonzero(bits & nonsign))
-            exps = bits & exp_mask
+        ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+        nonzero, subnormal, pow2_sq, bits = [], [], [], []
+        for storage, src, x in ((storage_b, src_b, xb), (storage_s, src_s, xs)):
+            _, nonsign, exp_mask = BITS[storage]
+            b = src.view(ints[src.element_size()])
+            nz = int(torch.count_nonzero(b & nonsign))
+            exps = b & exp_mask
             x.copy_(exps.view(src.dtype))  # p, in x until the block is copied there
             nonzero.append(nz)
-            subnormal += nz - int(torch.count_nonzero(exps))
-            pow2_sq += float(torch.dot(x.reshape(-1), x.reshape(-1)))
+            subnormal.append(nz - int(torch.count_nonzero(exps)))
+            pow2_sq.append(float(torch.dot(x.reshape(-1), x.reshape(-1))))
             x.copy_(src)
+            bits.append(b)
         torch.sub(xs, xb, out=xd)
-        changed = int(torch.count_nonzero((bb != sb) & (((bb | sb) & nonsign) != 0)))
-        return nonzero[0], nonzero[1], changed, subnormal, pow2_sq
+        if storage_b == storage_s:
+            bb, sb = bits
+            nonsign = BITS[storage_b][1]
+            changed = int(torch.count_nonzero((bb != sb) & (((bb | sb) & nonsign) != 0)))
+        else:
+            changed = int(torch.count_nonzero(xb != xs))
+        return (nonzero[0], nonzero[1], changed, subnormal[0], subnormal[1],
+                pow2_sq[0], pow2_sq[1])
+
+    @staticmethod
+    def add_lowrank(xb, xs, xd, left, right) -> tuple[int, int]:
+        import torch
+
+        torch.matmul(left, right, out=xd)
+        torch.add(xb, xd, out=xs)
+        return int(torch.count_nonzero(xs)), int(torch.count_nonzero(xd))
 
     @staticmethod
     def copy(dst, src) -> None:
@@ -425,23 +464,28 @@ class _TorchOps:
         return torch.linalg.eigvalsh(g).cpu().numpy()
 
     @staticmethod
-    def count_nonfinite(wb, ws, role: int, storage: str) -> tuple[int, int]:
+    def count_nonfinite(wb, ws, role: int, storages: tuple[str, str], lowrank=None
+                        ) -> tuple[int, int]:
         import torch
 
         nonfinite = zeros = 0
         for sl in _blocks(wb.shape[0], wb.shape[1]):
-            b, s = wb[sl].to(torch.float64), ws[sl].to(torch.float64)
+            b = wb[sl].to(torch.float64)
+            s = (ws[sl].to(torch.float64) if lowrank is None
+                 else b + lowrank[0][sl] @ lowrank[1])
             x = (b, s, s - b)[role]
             nonfinite += int((~torch.isfinite(x)).sum())
             zeros += int((x == 0).sum())
         return nonfinite, zeros
 
 
-def _noise_from_sums(pow2_sq: float, subnormal: int, numel: int, storage: str
-                     ) -> float:
-    """sigma from the summed prepare() counts of base and SFT."""
-    ulp_sq = (pow2_sq + subnormal * 4.0 ** MIN_NORMAL_EXP[storage]) \
-        * 4.0 ** -MANTISSA_BITS[storage]
+def _noise_from_sums(pow2_sq: tuple[float, float], subnormal: tuple[int, int],
+                     numel: int, storages: tuple[str, str]) -> float:
+    """sigma from the summed prepare() counts: sqrt(mean((ulp_b^2 + ulp_s^2) / 12)),
+    each side's ulp in its own storage dtype (a float32 side adds 2^-30 of a
+    bfloat16 one's share)."""
+    ulp_sq = sum((sq + sub * 4.0 ** MIN_NORMAL_EXP[st]) * 4.0 ** -MANTISSA_BITS[st]
+                 for sq, sub, st in zip(pow2_sq, subnormal, storages, strict=True))
     return math.sqrt(ulp_sq / (12 * numel))
 
 
@@ -457,8 +501,13 @@ def _spectrum(g, ops) -> np.ndarray:
     return np.sqrt(np.maximum(eig, 0.0))[::-1].copy()
 
 
-def _gram_spectra(wb, ws, storage: str, ops) -> list[dict]:
-    """All three roles from one blocked pass over the pair (see the module doc)."""
+def _gram_spectra(wb, ws, storages: tuple[str, str], ops, lowrank=None
+                  ) -> list[dict]:
+    """All three roles from one blocked pass over the pair (see the module doc).
+
+    `lowrank` (left (m, r), right (r, n), fp64 arrays of `ops`' kind): dW is
+    left @ right (an adapter's, scale folded in) and W_sft = W_base + dW in fp64;
+    `ws` is then unused, and dW carries no storage rounding (noise_sigma 0)."""
     t_start = time.perf_counter()
     m, n = wb.shape
     tall = m >= n
@@ -466,17 +515,26 @@ def _gram_spectra(wb, ws, storage: str, ops) -> list[dict]:
     blocks = _blocks(long, k)
     bufs, grams = ops.workspace(_block_elems(blocks, k), k)
     nonzero = [0, 0, 0]
-    pow2_sq, subnormal = 0.0, 0
+    pow2_sq, subnormal = [0.0, 0.0], [0, 0]
     role_s = [0.0, 0.0, 0.0]  # seconds in each role's own Gram and eigensolve
+    pair = storages if lowrank is None else (storages[0], storages[0])
     for j, sl in enumerate(blocks):
-        src_b, src_s = _block_source(wb, sl, tall), _block_source(ws, sl, tall)
+        src_b = _block_source(wb, sl, tall)
+        src_s = _block_source(ws, sl, tall) if lowrank is None else src_b
         xb, xs, xd = (ops.view(buf, src_b.shape) for buf in bufs)  # (r, k) | (k, c)
-        nz_b, nz_s, changed, sub, sq = ops.prepare(storage, src_b, src_s, xb, xs, xd)
+        nz_b, nz_s, changed, sub_b, sub_s, sq_b, sq_s = ops.prepare(
+            *pair, src_b, src_s, xb, xs, xd)
+        if lowrank is not None:  # (r, rank) @ (rank, k) | (k, rank) @ (rank, c)
+            left, right = lowrank
+            nz_s, changed = ops.add_lowrank(
+                xb, xs, xd, *((left[sl], right) if tall else (left, right[:, sl])))
         nonzero[0] += nz_b
         nonzero[1] += nz_s
         nonzero[2] += changed
-        subnormal += sub
-        pow2_sq += sq
+        subnormal[0] += sub_b
+        subnormal[1] += sub_s
+        pow2_sq[0] += sq_b
+        pow2_sq[1] += sq_s
         for i, x in enumerate((xb, xs, xd)):
             t0 = time.perf_counter()
             ops.syrk_acc(grams[i], x, tall, first=j == 0, scratch=grams[-1])
@@ -490,32 +548,52 @@ def _gram_spectra(wb, ws, storage: str, ops) -> list[dict]:
             sv, n_nonfinite = _spectrum(g, ops), 0
         else:
             sv, frob_sq = np.array([], dtype=np.float64), float("nan")
-            n_nonfinite, n_zero = ops.count_nonfinite(wb, ws, i, storage)
+            n_nonfinite, n_zero = ops.count_nonfinite(wb, ws, i, storages, lowrank)
             nonzero[i] = numel - n_zero  # dW: inf - inf, NaN - NaN are not zeros
         role_s[i] += time.perf_counter() - t0
         rows.append(_row(role, sv, frob_sq, numel - nonzero[i], n_nonfinite,
                          role_s[i]))
     shared = (time.perf_counter() - t_start - sum(role_s)) / 3  # reading bits, upcasts
-    for r in rows:
+    for r, dtype in zip(rows, _role_storage(storages, lowrank is not None),
+                        strict=True):
         r["seconds"] += shared
-    if rows[0]["n_nonfinite"] == 0 and rows[1]["n_nonfinite"] == 0:
-        rows[2]["noise_sigma"] = _noise_from_sums(pow2_sq, subnormal, numel, storage)
+        r["storage_dtype"] = dtype
+    if lowrank is not None:
+        rows[2]["noise_sigma"] = 0.0
+    elif rows[0]["n_nonfinite"] == 0 and rows[1]["n_nonfinite"] == 0:
+        rows[2]["noise_sigma"] = _noise_from_sums(tuple(pow2_sq), tuple(subnormal),
+                                                  numel, storages)
     return rows
+
+
+def _role_storage(storages: tuple[str, str], adapter: bool) -> tuple[str, str, str]:
+    """Each role row's storage_dtype: base's and SFT's own (an adapter-made W_sft is
+    formed in fp64), dW formed exactly in fp64."""
+    return storages[0], "float64" if adapter else storages[1], "float64"
 
 
 def _check_pair(w_base, w_sft) -> None:
     assert w_base.shape == w_sft.shape and w_base.ndim == 2, (w_base.shape, w_sft.shape)
-    assert w_base.dtype == w_sft.dtype, (w_base.dtype, w_sft.dtype)
 
 
-def array_spectra(w_base: np.ndarray, w_sft: np.ndarray, storage: str) -> list[dict]:
+def array_spectra(w_base: np.ndarray, w_sft: np.ndarray, storage: str,
+                  storage_sft: str | None = None, *, lowrank=None) -> list[dict]:
     """One row (dict) per role (base, sft, delta) by the gram method, on the CPU,
-    without torch. Arrays in `storage` as ARRAY_DTYPES holds them."""
+    without torch. Arrays as ARRAY_DTYPES holds them: the base in `storage`, the
+    SFT in `storage_sft` (default: the same). `lowrank` = (left, right): dW is
+    left @ right (an adapter's; fp64 arrays, scale folded in) and `w_sft` is not
+    read (pass w_base)."""
     _check_pair(w_base, w_sft)
-    if w_base.dtype != ARRAY_DTYPES[storage]:
-        raise ValueError(f"a {storage} array is {ARRAY_DTYPES[storage].__name__}, "
-                         f"not {w_base.dtype}")
-    return _gram_spectra(w_base, w_sft, storage, _NUMPY)
+    storages = (storage, storage_sft or storage)
+    for side, arr, st in (("base", w_base, storages[0]), ("SFT", w_sft, storages[1])):
+        if arr.dtype != ARRAY_DTYPES[st]:
+            raise ValueError(f"{side}: a {st} array is {ARRAY_DTYPES[st].__name__}, "
+                             f"not {arr.dtype}")
+    if lowrank is not None:
+        left, right = (np.ascontiguousarray(f, dtype=np.float64) for f in lowrank)
+        assert left.shape[0] == w_base.shape[0] and right.shape[1] == w_base.shape[1]
+        lowrank = left, right
+    return _gram_spectra(w_base, w_sft, storages, _NUMPY, lowrank)
 
 
 def as_array(t: torch.Tensor) -> tuple[np.ndarray, str]:
@@ -531,23 +609,32 @@ def as_array(t: torch.Tensor) -> tuple[np.ndarray, str]:
 
 def tensor_spectra(
     w_base: torch.Tensor, w_sft: torch.Tensor, *, device: torch.device,
-    method: str = "gram",
+    method: str = "gram", lowrank: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[dict]:
-    """One row (dict) per role: base, sft, delta. Inputs in their storage dtype; the
-    gram method on a CPU is array_spectra's."""
+    """One row (dict) per role: base, sft, delta. Inputs each in its own storage
+    dtype; the gram method on a CPU is array_spectra's (`lowrank` as there, torch
+    tensors)."""
     import torch
 
     _check_pair(w_base, w_sft)
-    storage = storage_name(w_base.dtype)
+    storages = storage_name(w_base.dtype), storage_name(w_sft.dtype)
+    if lowrank is not None:
+        lowrank = tuple(f.to(device=device, dtype=torch.float64).contiguous()
+                        for f in lowrank)
     if method == "gram":
         if device.type == "cpu":
             (b, _), (s, _) = as_array(w_base.cpu()), as_array(w_sft.cpu())
-            return _gram_spectra(b, s, storage, _NUMPY)
-        return _gram_spectra(w_base.to(device), w_sft.to(device), storage,
-                             _TorchOps(device))
+            return _gram_spectra(b, s, storages, _NUMPY, lowrank and tuple(
+                f.numpy() for f in lowrank))
+        return _gram_spectra(w_base.to(device), w_sft.to(device), storages,
+                             _TorchOps(device), lowrank)
     b = w_base.to(device=device, dtype=torch.float32)  # (m, n)
-    s = w_sft.to(device=device, dtype=torch.float32)  # (m, n)
-    d = s - b  # the reference, as the seed computed it
+    if lowrank is None:
+        s = w_sft.to(device=device, dtype=torch.float32)  # (m, n)
+        d = s - b  # the reference, as the seed computed it
+    else:
+        d = (lowrank[0] @ lowrank[1]).float()
+        s = b + d
     rows = []
     for role, mat in zip(ROLES, (b, s, d), strict=True):
         t0 = time.perf_counter()
@@ -558,8 +645,13 @@ def tensor_spectra(
             sv, frob = singular_values(mat, method)
         rows.append(_row(role, sv, frob, int((mat == 0).sum()), n_nonfinite,
                          time.perf_counter() - t0))
-    if rows[2]["n_nonfinite"] == 0:
-        rows[2]["noise_sigma"] = noise_sigma(b, s, storage)
+    for r, dtype in zip(rows, _role_storage(storages, lowrank is not None),
+                        strict=True):
+        r["storage_dtype"] = dtype
+    if lowrank is not None:
+        rows[2]["noise_sigma"] = 0.0
+    elif rows[2]["n_nonfinite"] == 0:
+        rows[2]["noise_sigma"] = noise_sigma(b, s, *storages)
     return rows
 
 
@@ -623,16 +715,17 @@ def ulp(w: torch.Tensor, storage) -> torch.Tensor:
     return torch.where(w == 0, torch.zeros_like(u), u)
 
 
-def noise_sigma(w_base: torch.Tensor, w_sft: torch.Tensor, storage) -> float:
-    """Rounding-noise std per entry of dW: sqrt(mean((ulp_b^2 + ulp_s^2) / 12)).
+def noise_sigma(w_base: torch.Tensor, w_sft: torch.Tensor, storage,
+                storage_sft=None) -> float:
+    """Rounding-noise std per entry of dW: sqrt(mean((ulp_b^2 + ulp_s^2) / 12)), the
+    base's ulp in `storage`, the SFT's in `storage_sft` (default: the same).
 
-    Inputs hold values exact in `storage` (in that dtype or a wider one)."""
+    Inputs hold values exact in their storage dtype (in it or a wider one)."""
     import torch
 
-    name = storage_name(storage)
-    dtype = getattr(torch, name)
-    wb = w_base.reshape(w_base.shape[0], -1).to(dtype)
-    ws = w_sft.reshape(wb.shape).to(dtype)
+    names = storage_name(storage), storage_name(storage_sft or storage)
+    wb = w_base.reshape(w_base.shape[0], -1).to(getattr(torch, names[0]))
+    ws = w_sft.reshape(wb.shape).to(getattr(torch, names[1]))
     if wb.device.type == "cpu":
         ops, (wb, _), (ws, _) = _NUMPY, as_array(wb), as_array(ws)
     else:
@@ -640,21 +733,23 @@ def noise_sigma(w_base: torch.Tensor, w_sft: torch.Tensor, storage) -> float:
     m, n = wb.shape
     blocks = _blocks(m, n)
     bufs, _ = ops.workspace(_block_elems(blocks, n), 1)
-    pow2_sq, subnormal = 0.0, 0
+    pow2_sq, subnormal = [0.0, 0.0], [0, 0]
     for sl in blocks:
         xb, xs, xd = (ops.view(buf, wb[sl].shape) for buf in bufs)
-        *_, sub, sq = ops.prepare(name, wb[sl], ws[sl], xb, xs, xd)
-        pow2_sq += sq
-        subnormal += sub
-    return _noise_from_sums(pow2_sq, subnormal, m * n, name)
+        *_, sub_b, sub_s, sq_b, sq_s = ops.prepare(*names, wb[sl], ws[sl], xb, xs, xd)
+        pow2_sq = [pow2_sq[0] + sq_b, pow2_sq[1] + sq_s]
+        subnormal = [subnormal[0] + sub_b, subnormal[1] + sub_s]
+    return _noise_from_sums(tuple(pow2_sq), tuple(subnormal), m * n, names)
 
 
-def vector_change(w_base: np.ndarray, w_sft: np.ndarray, storage: str) -> dict:
-    """Norms of base, SFT and dW of a 1-D tensor (arrays as ARRAY_DTYPES holds them),
-    and the zero and non-finite entry counts."""
-    uint = BITS[storage][0]
-    b = _from_bits(w_base.view(uint), storage).astype(np.float64)
-    s = _from_bits(w_sft.view(uint), storage).astype(np.float64)
+def vector_change(w_base: np.ndarray, w_sft: np.ndarray, storage: str,
+                  storage_sft: str | None = None) -> dict:
+    """Norms of base, SFT and dW of a 1-D tensor (arrays as ARRAY_DTYPES holds them:
+    the base in `storage`, the SFT in `storage_sft`, default the same), and the zero
+    and non-finite entry counts."""
+    storage_sft = storage_sft or storage
+    b = _from_bits(w_base.view(BITS[storage][0]), storage).astype(np.float64)
+    s = _from_bits(w_sft.view(BITS[storage_sft][0]), storage_sft).astype(np.float64)
     with np.errstate(invalid="ignore"):
         d = s - b
     finite = bool(np.isfinite(b).all() and np.isfinite(s).all())

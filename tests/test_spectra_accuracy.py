@@ -219,3 +219,34 @@ def test_results_do_not_depend_on_worker_threads():
         for a, r in zip(alone, rows, strict=True):
             np.testing.assert_allclose(r["singular_values"], a["singular_values"],
                                        rtol=0, atol=1e-12 * a["singular_values"][0])
+
+
+MIXED = [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16),
+         (torch.bfloat16, torch.float16), (torch.float16, torch.float32)]
+
+
+@pytest.mark.parametrize(("dtype_b", "dtype_s"), MIXED, ids=str)
+@pytest.mark.parametrize("shape", [(300, 40), (40, 300)], ids=["tall", "wide"])
+def test_mixed_storage_dtypes(shape, dtype_b, dtype_s, monkeypatch):
+    """Base and SFT stored in different dtypes: the three spectra against NumPy's
+    float64 SVD of the exact values (dW formed in fp64), sigma from np.spacing of
+    each side in its own dtype (a float32 side adds almost nothing), each role row
+    naming its storage; over several blocks."""
+    monkeypatch.setattr(spectra, "BLOCK_ELEMS", 3000)
+    b, s = pair(shape, torch.float32, seed=13)
+    b, s = b.to(dtype_b), s.to(dtype_s)
+    s.view(-1)[::5] = b.view(-1)[::5].to(dtype_s)  # unchanged where representable
+    rows = tensor_spectra(b, s, device=CPU)
+    b64, s64 = b.to(torch.float64), s.to(torch.float64)
+    for r, mat in zip(rows, (b64, s64, s64 - b64), strict=True):
+        assert rel_err(r["singular_values"], np_svals(mat)) < TOL, r["role"]
+        assert r["n_zero"] == int((mat == 0).sum()), r["role"]
+    ub, us = np_ulp(b, dtype_b), np_ulp(s, dtype_s)
+    want = math.sqrt(np.mean((ub**2 + us**2) / 12))
+    assert rows[2]["noise_sigma"] == pytest.approx(want, rel=1e-12)
+    assert noise_sigma(b, s, dtype_b, dtype_s) == pytest.approx(want, rel=1e-12)
+    names = [spectra.storage_name(d) for d in (dtype_b, dtype_s)]
+    assert [r["storage_dtype"] for r in rows] == [*names, "float64"]
+    if torch.float32 in (dtype_b, dtype_s):  # the other side's rounding dominates
+        other = ub if dtype_s == torch.float32 else us
+        assert want == pytest.approx(math.sqrt(np.mean(other**2 / 12)), rel=1e-4)
