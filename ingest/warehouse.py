@@ -215,6 +215,18 @@ COMPUTE_TABLES: dict[str, str] = {
         sum_sq_diff DOUBLE NOT NULL,      -- sum over tokens of |h_sft-h_base|^2
         sum_sq_base DOUBLE NOT NULL       -- sum over tokens of |h_base|^2
     """,
+    "training_log": """
+        pair VARCHAR NOT NULL,
+        role VARCHAR NOT NULL,            -- 'base' (pretraining) | 'sft'
+        step INTEGER NOT NULL,            -- 0 = before the first update
+        epoch DOUBLE NOT NULL,
+        tokens_seen BIGINT NOT NULL,      -- tokens trained on so far (not padding)
+        lr DOUBLE NOT NULL,
+        train_loss DOUBLE,                -- mean NLL per token of the step's batch
+        heldout_post_loss DOUBLE,         -- held-out posts, raw text (where evaluated)
+        heldout_answer_loss DOUBLE,       -- held-out answers in the chat format
+        seconds DOUBLE                    -- since the phase started
+    """,
 }
 
 
@@ -224,7 +236,7 @@ COMPUTE_TABLES: dict[str, str] = {
 # applied, the highest is current). Version 1 is the first release's layout, which had
 # no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The raw layout this release writes: the last step of MIGRATIONS."""
 
 UPGRADE_COMMAND = "python -m ingest.upgrade"
@@ -253,6 +265,9 @@ VERSION_TABLE_DDL = """
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "raw.schema_version records the layout's version",
               (f"create table if not exists raw.schema_version ({VERSION_TABLE_DDL})",)),
+    Migration(3, "raw.training_log: loss curves of a trained pair",
+              ("create table if not exists raw.training_log ("
+               + COMPUTE_TABLES["training_log"] + ")",)),
 )
 """The ordered steps from version 1 to SCHEMA_VERSION.
 
