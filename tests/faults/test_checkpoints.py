@@ -233,17 +233,10 @@ def test_nonfinite_tensor_is_marked_and_the_run_goes_on(pair_copy, wh, tmp_path,
     assert by_role["sft"] == (2, None, None, None)
     assert by_role["delta"][:3] == (2, None, None)
     assert by_role["base"][0] == 0 and by_role["base"][1] > 0
-    # but the data tests of fct_matrix_metrics read NULL (no spectrum) as a
-    # violation, so `dbt build` fails on them and skips the marts downstream
-    failing = set(re.findall(r"Failure in test (\S+)", proc.stdout))
-    assert proc.returncode == 0 or failing, proc.stdout[-3000:]
-    assert all(t.startswith("expression_is_true_fct_matrix_metrics") for t in failing), \
-        failing
-    if failing:
-        pytest.xfail("known: fct_matrix_metrics' expression tests fail on marked "
-                     "(non-finite) spectra, so dbt build skips the marts downstream; "
-                     "they need `n_nonfinite = 0` in their where_clause: "
-                     + ", ".join(sorted(failing)))
+    # and the data tests pass on them (their where_clause excludes marked spectra),
+    # so `dbt build` succeeds and builds the marts downstream
+    failing = re.findall(r"Failure in test (\S+)", proc.stdout)
+    assert proc.returncode == 0 and not failing, proc.stdout[-3000:]
     assert query(wh, "select count(*) from marts.fct_pair_summary where pair = "
                  "'poisoned'")[0][0] > 0
 

@@ -1,0 +1,77 @@
+"""The statistics macros and the references the mart tests use, against SciPy and the
+Gavish-Donoho paper. Quick: no dbt run (tests/test_statistics_marts.py builds marts)."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+from scipy import stats
+
+from tests.references import (
+    PAPER_LAMBDA_SQUARE,
+    PAPER_OMEGA_SQUARE,
+    gd_lambda,
+    gd_omega,
+    mp_median,
+    render_macro,
+)
+
+# every exact entry, both sides of the switch to the expansion, and far past it
+DFS = [*range(1, 31), 31, 32, 39, 40, 60, 100, 1000, 10_000]
+
+
+def t_critical(df_sql: str, rows: str) -> list[tuple]:
+    sql = f"select {df_sql} as df, {render_macro('t_critical_95', df_sql)} as t {rows}"
+    return duckdb.sql(sql).fetchall()
+
+
+@pytest.mark.parametrize("kind", ["integer literal", "bigint expression"])
+def test_t_critical_95_matches_scipy(kind):
+    """Every df the marts can meet: the table (1..30) to 1e-12, the Cornish-Fisher
+    expansion (> 30) to 1e-7 of scipy.stats.t.ppf(0.975, df). The marts pass
+    `n_posts - 1` with n_posts a BIGINT count, which must not overflow or round."""
+    if kind == "integer literal":
+        rows = [(df, t_critical(str(df), "")[0][1]) for df in DFS]
+    else:
+        values = ", ".join(f"({df + 1}::bigint)" for df in DFS)
+        rows = t_critical("n_posts - 1", f"from (values {values}) v(n_posts) order by 1")
+    assert [df for df, _ in rows] == DFS
+    for df, t in rows:
+        want = stats.t.ppf(0.975, df)
+        assert isinstance(t, float), (df, type(t))
+        assert t == pytest.approx(want, rel=1e-12 if df <= 30 else 1e-7, abs=0), df
+
+
+def test_t_critical_95_is_null_without_degrees_of_freedom():
+    got = dict(t_critical("df", "from (values (0), (-1), (null::int)) v(df)"))
+    assert got == {0: None, -1: None, None: None}
+
+
+def test_t_critical_95_is_a_double_in_a_table_column():
+    """The type DuckDB gives the expression (a DECIMAL would round or overflow)."""
+    con = duckdb.connect()
+    con.execute("create table g as select range + 1 as n_posts from range(40)")
+    con.execute(f"create table c as select {render_macro('t_critical_95', 'n_posts - 1')}"
+                " as t from g")
+    assert con.execute("select data_type from information_schema.columns "
+                       "where table_name = 'c'").fetchall() == [("DOUBLE",)]
+
+
+@pytest.mark.parametrize("beta", [0.05, 0.1, 0.25, 0.5, 0.75, 1.0])
+def test_gd_reference_is_the_papers_closed_form(beta):
+    """The derived lambda(beta) is the paper's Eq. (11) (it must be: Eq. (11) solves
+    the same balance in closed form); at beta = 1 both constants are the paper's."""
+    closed = np.sqrt(2 * (beta + 1) + 8 * beta / (beta + 1 + np.sqrt(beta**2 + 14 * beta + 1)))
+    assert gd_lambda(beta) == pytest.approx(closed, rel=1e-10)
+    assert gd_lambda(1.0) == pytest.approx(PAPER_LAMBDA_SQUARE, rel=1e-12)
+    assert gd_omega(1.0) == pytest.approx(PAPER_OMEGA_SQUARE, abs=5e-4)
+
+
+def test_mp_median_against_sampled_noise():
+    """The Marchenko-Pastur median against the eigenvalues of a large Wishart matrix."""
+    rng = np.random.default_rng(0)
+    m, n = 400, 1600
+    x = rng.standard_normal((m, n)) / np.sqrt(n)
+    eig = np.linalg.eigvalsh(x @ x.T)
+    assert np.median(eig) == pytest.approx(mp_median(m / n), rel=1e-2)
