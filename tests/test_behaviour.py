@@ -110,17 +110,36 @@ def test_batching_and_padding_change_nothing(tiny, batched, tmp_path):
 # ---------------------------------------------------------------- windows
 
 
+def windows_by_hand(n: int, window: int, context: int) -> list[tuple[int, int, int]]:
+    """The windows as docs/behaviour.md describes them, planned here on their own:
+    the first reads s[0:window] and scores targets 1..; each next one starts
+    `context` tokens before its first unscored target and reads `window` tokens (fewer
+    at the end of the post)."""
+    out, first = [], 1
+    while first <= n:
+        start = 0 if first == 1 else first - context
+        end = min(start + window, n + 1)
+        out.append((start, end, first))
+        first = end
+    return out
+
+
 @pytest.mark.parametrize("window,context", [(3, 1), (4, 2), (8, 3), (16, 14), (32, 8)])
 def test_plan_windows_cover_every_token_once(window, context):
     for n in range(80):
         scored = []
-        for start, end, first in plan_windows(n, window, context):
+        wins = plan_windows(n, window, context)
+        for start, end, first in wins:
             assert 0 <= start < first <= end <= n + 1 and end - start <= window
             assert first - start >= 1  # the target's predecessor is in the window
             if start > 0:
                 assert first - start == context
+            if end < n + 1:  # only the last window may be short
+                assert end - start == window
             scored += range(first, end)
         assert scored == list(range(1, n + 1))
+        if n > 0:
+            assert wins == windows_by_hand(n, window, context), n
 
 
 def test_windowed_scoring(tiny, tmp_path):
@@ -136,7 +155,7 @@ def test_windowed_scoring(tiny, tmp_path):
         rows = lp[(lp.role == "base") & (lp.post_id == post_id)].sort_values("position")
         assert rows["position"].tolist() == list(range(len(ids)))  # once each
         got = rows["logprob"].to_numpy()
-        wins = plan_windows(len(ids), window, context)
+        wins = windows_by_hand(len(ids), window, context)
         if post_id == 7:
             assert len(wins) >= 4
         for start, end, first in wins:
