@@ -2,6 +2,13 @@
     One row per (run, tensor, role): every rank and size measure of one spectrum.
     Definitions: README "Metrics". The spectrum is unnested once (one row per
     singular value, with running energy) and aggregated back.
+
+    An all-zero matrix (an unchanged dW: frozen modules, an adapter's untouched
+    matrices) has no distribution of singular values: its effective rank, energy
+    ranks and energy shares are NULL, its counted ranks (numerical, signal, MP
+    edge, unknown-noise) 0, and a dW of them is flagged `unchanged`. The noise-aware
+    thresholds never go below the numerical tolerance: with sigma = 0 (an adapter's
+    dW, never rounded) the signal rank is the numerical rank.
 -#}
 {%- set lora_ranks = [1, 4, 8, 16, 32, 64, 128, 256] -%}
 
@@ -18,16 +25,22 @@ thresholds as (
     select
         *,
         least(n_rows, n_cols)::double / greatest(n_rows, n_cols) as beta,
+        singular_values[1] * n_long * 2 ^ -23 as numerical_tolerance,
         -- noise level sigma: the Marchenko-Pastur edge of pure noise ...
-        noise_sigma * (sqrt(n_rows) + sqrt(n_cols)) as mp_edge,
-        -- ... and the Gavish-Donoho optimal hard threshold for known noise
-        sqrt(
+        case when noise_sigma is not null then greatest(
+            noise_sigma * (sqrt(n_rows) + sqrt(n_cols)), numerical_tolerance) end
+            as mp_edge,
+        -- ... and the Gavish-Donoho optimal hard threshold for known noise (both
+        -- at least the numerical tolerance: what the computation resolves)
+        case when noise_sigma is not null then greatest(sqrt(
             2 * (beta + 1)
             + 8 * beta / ((beta + 1) + sqrt(beta * beta + 14 * beta + 1))
-        ) * sqrt(n_long) * noise_sigma as gd_threshold,
+        ) * sqrt(n_long) * noise_sigma, numerical_tolerance) end as gd_threshold,
         -- Gavish-Donoho for unknown noise: omega(beta) * median(s)
         0.56 * beta ^ 3 - 0.95 * beta ^ 2 + 1.82 * beta + 1.43 as gd_omega,
-        singular_values[1] * n_long * 2 ^ -23 as numerical_tolerance,
+        -- dW exactly zero: the fine-tune left this matrix alone
+        coalesce(role = 'delta' and n_zero = n_rows::bigint * n_cols, false)
+            as unchanged,
 
     from spectra
 
@@ -122,6 +135,7 @@ final as (
         t.noise_sigma,
         t.mp_edge,
         t.gd_threshold,
+        t.unchanged,
 
         -- from the spectrum
         a.s_max,
@@ -131,11 +145,12 @@ final as (
         a.sum_sq,
         sqrt(a.sum_sq) as frobenius_norm,
         a.sum_sq / nullif(a.s_max * a.s_max, 0) as stable_rank,
-        exp(a.spectral_entropy) as effective_rank,
+        -- a zero matrix has no p_i = s_i / sum(s) and no energy to hold: NULL
+        case when a.sum_s > 0 then exp(a.spectral_entropy) end as effective_rank,
         a.numerical_rank,
-        a.energy_rank_50,
-        a.energy_rank_90,
-        a.energy_rank_99,
+        case when a.sum_sq > 0 then a.energy_rank_50 end as energy_rank_50,
+        case when a.sum_sq > 0 then a.energy_rank_90 end as energy_rank_90,
+        case when a.sum_sq > 0 then a.energy_rank_99 end as energy_rank_99,
         -- noise-aware ranks: defined where the noise level is known (dW)
         case when t.noise_sigma is not null then a.mp_edge_rank end as mp_edge_rank,
         case when t.noise_sigma is not null then a.signal_rank end as signal_rank,
