@@ -1,6 +1,7 @@
-"""The SQL console's guard: only one read-only query, a row limit and a time limit.
+"""The SQL console's guard: one read-only query, bounded in rows, time, memory,
+threads and temporary disk, in a process of its own.
 
-    from app_lib.sqlguard import check, run_readonly, QueryRefused
+    from app_lib.sqlguard import check, run_readonly, QueryRefused, LimitExceeded
     check("select * from marts.dim_pairs")       # raises QueryRefused if not allowed
     result = run_readonly(sql, max_rows=10_000, timeout_s=10)
 
@@ -13,23 +14,44 @@ Three layers, any one of which would stop a write:
 2. The connection is read_only (app_lib.db).
 3. External access is off and the configuration locked (app_lib.db.APP_CONFIG), so
    ATTACH, COPY, INSTALL, LOAD and every file read fail inside DuckDB too.
-Then the result is cut at `max_rows` and the query interrupted after `timeout_s`.
+
+Then the query runs in a child process (forked from a small server process that has
+DuckDB and pandas loaded, so a query starts in milliseconds), never in the app's:
+- DuckDB's limits (app_lib.db.LIMITS: memory_limit, threads, max_temp_directory_size,
+  a temporary folder of the query's own, removed afterwards);
+- the process's data size capped (RLIMIT_DATA) at the memory limit plus
+  `PROCESS_HEADROOM`: DuckDB's memory_limit bounds its buffer pool, not every
+  allocation (`select list(range(400000000))` builds one 3.2 GB value and grew to
+  15 GB under a 500 MB memory_limit); under the cap that allocation fails at once
+  with DuckDB's "Out of Memory" error;
+- killed at `timeout_s` (DuckDB's interrupt is checked between vectors, and that
+  query ignored it for over a minute); the app's process never holds the result
+  of more than `max_rows` + 1 rows.
+Over a limit, `LimitExceeded` (memory, temporary disk) or `TimeoutError` says which
+limit and the setting that raises it.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
-import threading
+import resource
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import pandas as pd
 
-from app_lib.db import connect
+from app_lib import db
+from app_lib.db import LIMITS, Limits, size_bytes
 
-MAX_ROWS = 10_000
-TIMEOUT_S = 15.0
+MAX_ROWS = int(os.environ.get("SFTSCOPE_CONSOLE_MAX_ROWS", "10000"))
+TIMEOUT_S = float(os.environ.get("SFTSCOPE_CONSOLE_TIMEOUT", "15"))
+PROCESS_HEADROOM = 768 * 2**20  # Python, pandas and the result, beside DuckDB's memory
 MAX_CHARS = 20_000
 
 ALLOWED_FIRST = {"select", "with", "from", "pivot", "unpivot", "describe", "desc",
@@ -48,6 +70,10 @@ FORBIDDEN_FUNCS = re.compile(
 
 class QueryRefused(ValueError):
     """The text is not a single read-only query."""
+
+
+class LimitExceeded(RuntimeError):
+    """The query needed more memory or temporary disk than the console allows."""
 
 
 @dataclass
@@ -144,35 +170,87 @@ def check(sql: str) -> str:
 
 
 def run_readonly(sql: str, *, max_rows: int = MAX_ROWS, timeout_s: float = TIMEOUT_S,
-                 path=None) -> Result:
-    """Check `sql`, run it on a fresh read-only connection, return at most
-    `max_rows` rows; interrupt it after `timeout_s` (TimeoutError)."""
+                 path=None, limits: Limits | None = None) -> Result:
+    """Check `sql`, run it in a child process on a fresh read-only connection with
+    `limits` (default app_lib.db.LIMITS), return at most `max_rows` rows. Over the
+    time limit: TimeoutError; over memory or temporary disk: LimitExceeded."""
     text = check(sql)
+    limits = limits or LIMITS
     started = time.monotonic()
-    with connect(path) as con:
-        timed_out = threading.Event()
-
-        def stop() -> None:
-            timed_out.set()
-            con.interrupt()
-
-        timer = threading.Timer(timeout_s, stop)
-        timer.daemon = True
-        timer.start()
+    tmp = tempfile.mkdtemp(prefix="sftscope-console-")
+    ctx = _context()
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, daemon=True, name="sftscope-console",
+                       # the path is resolved here: the child has the server's env
+                       args=(send, text, str(Path(path or db.db_path()).absolute()),
+                             max_rows, limits, tmp))
+    try:
+        proc.start()
+        send.close()
+        if not receive.poll(timeout_s):
+            raise TimeoutError(f"The query ran over {timeout_s:g} s and was stopped "
+                               "(SFTSCOPE_CONSOLE_TIMEOUT).")
         try:
+            kind, payload, retries = receive.recv()
+        except EOFError:  # the child died without a word: killed by the system
+            proc.join(5)
+            raise LimitExceeded(
+                f"The query's process ended (exit status {proc.exitcode}), most "
+                f"likely out of memory; the console allows {limits.memory} "
+                "(SFTSCOPE_APP_MEMORY_LIMIT).") from None
+    finally:
+        receive.close()
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if retries:
+        db.count_retries(retries)
+    if kind == "error":
+        raise _explain(payload, limits)
+    frame = payload
+    truncated = len(frame) > max_rows
+    return Result(frame.iloc[:max_rows], truncated, time.monotonic() - started)
+
+
+def _explain(exc: BaseException, limits: Limits) -> BaseException:
+    """The child's exception, or a LimitExceeded naming the limit it hit."""
+    text = str(exc)
+    if isinstance(exc, duckdb.OutOfMemoryException | MemoryError):
+        first = text.split("\n", 1)[0]
+        if "max_temp_directory_size" in text:
+            return LimitExceeded(
+                f"The query needed more temporary disk than the console allows "
+                f"({limits.temp}, SFTSCOPE_APP_TEMP_LIMIT) and was stopped. {first}")
+        return LimitExceeded(
+            f"The query needed more memory than the console allows ({limits.memory}, "
+            f"SFTSCOPE_APP_MEMORY_LIMIT) and was stopped. {first}")
+    return exc
+
+
+def _context():
+    """The forkserver that forks each query's process (started once, on first use)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["app_lib.sqlguard"])
+    return ctx
+
+
+def _child(send, text: str, path: str, max_rows: int, limits: Limits,
+           tmp: str) -> None:
+    try:
+        cap = size_bytes(limits.memory) + PROCESS_HEADROOM
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+        config = {**db.APP_CONFIG, **limits.config(tmp)}
+        with db.connect(path, config=config) as con:
             rel = con.sql(text)
             if rel is None:
                 raise QueryRefused("This statement returns no rows.")
             frame = rel.limit(max_rows + 1).df()
-        except duckdb.InterruptException as exc:
-            raise TimeoutError(f"The query ran over {timeout_s:g} s and was "
-                               "stopped.") from exc
-        except duckdb.Error as exc:
-            if timed_out.is_set():
-                raise TimeoutError(f"The query ran over {timeout_s:g} s and was "
-                                   "stopped.") from exc
-            raise
-        finally:
-            timer.cancel()
-    truncated = len(frame) > max_rows
-    return Result(frame.iloc[:max_rows], truncated, time.monotonic() - started)
+        message = ("ok", frame, db.retry_count())
+    except BaseException as exc:
+        message = ("error", exc, db.retry_count())
+    try:
+        send.send(message)
+    except Exception as exc:  # an exception that does not pickle, a result too big
+        send.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}"), 0))
+    send.close()

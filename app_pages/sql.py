@@ -33,7 +33,9 @@ EXAMPLES = {
 st.title("SQL console")
 st.caption(f"One read-only query at a time (SELECT, WITH, FROM, PIVOT, DESCRIBE, "
            f"SHOW, SUMMARIZE) on a fresh read-only connection without file access; "
-           f"at most {sqlguard.MAX_ROWS:,} rows and {sqlguard.TIMEOUT_S:g} s.")
+           f"at most {sqlguard.MAX_ROWS:,} rows, {sqlguard.TIMEOUT_S:g} s, "
+           f"{db.LIMITS.memory} of memory, {db.LIMITS.threads} thread(s) and "
+           f"{db.LIMITS.temp} of temporary disk.")
 src = ui.warehouse()
 
 main, side = st.columns([3, 2])
@@ -70,6 +72,8 @@ with main:
             st.error(f"Refused: {exc}", icon=":material/block:")
         except TimeoutError as exc:
             st.error(str(exc), icon=":material/timer_off:")
+        except sqlguard.LimitExceeded as exc:
+            st.error(str(exc), icon=":material/memory:")
         except db.duckdb.Error as exc:
             st.error(f"DuckDB: {exc}")
         else:
