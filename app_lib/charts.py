@@ -265,6 +265,57 @@ def perplexity_chart(df: pd.DataFrame, measure: str = "perplexity",
     return alt.layer(box, dots).properties(height=380)
 
 
+# What each training-curve series is, in legend order, with its colour and dash.
+TRAINING_SERIES = {
+    ("base", "train_loss"): ("pretraining, batch", ROLE_COLOR["base"], [1, 0]),
+    ("base", "heldout_post_loss"): ("pretraining, held-out posts", ROLE_COLOR["base"],
+                                    [6, 3]),
+    ("base", "heldout_answer_loss"): ("pretraining, held-out answers (chat)",
+                                      ROLE_COLOR["base"], [2, 2]),
+    ("sft", "train_loss"): ("SFT, batch", ROLE_COLOR["sft"], [1, 0]),
+    ("sft", "heldout_post_loss"): ("SFT, held-out posts", ROLE_COLOR["sft"], [6, 3]),
+    ("sft", "heldout_answer_loss"): ("SFT, held-out answers (chat)", ROLE_COLOR["sft"],
+                                     [2, 2]),
+}
+
+
+def training_chart(df: pd.DataFrame, *, perplexity: bool = False) -> alt.Chart:
+    """Loss curves of a trained pair on one step axis: pretraining (base colour) then
+    SFT (SFT colour); the batch loss solid, held-out posts dashed, held-out chat
+    answers dotted. `perplexity`: exp(loss) on a log axis instead of the loss.
+
+    df: role, global_step, tokens_seen, and train_loss, heldout_post_loss,
+    heldout_answer_loss (fct_training_curve rows; NULL where not evaluated)."""
+    long = df.melt(id_vars=["role", "global_step", "tokens_seen"],
+                   value_vars=[c for _, c in TRAINING_SERIES if c in df],
+                   var_name="measure", value_name="loss").dropna(subset=["loss"])
+    long = long.drop_duplicates(["role", "global_step", "measure"])
+    keys = [k for k in TRAINING_SERIES if k in set(zip(long["role"], long["measure"],
+                                                       strict=True))]
+    long["series"] = [TRAINING_SERIES[(r, m)][0]
+                      for r, m in zip(long["role"], long["measure"], strict=True)]
+    long["value"] = long["loss"].map(math.exp) if perplexity else long["loss"]
+    domain = [TRAINING_SERIES[k][0] for k in keys]
+    y_title = ("perplexity exp(mean NLL per token)" if perplexity
+               else "loss: mean NLL per token (nats)")
+    return alt.Chart(long).mark_line(strokeWidth=1.6, point=False).encode(
+        x=alt.X("global_step:Q", title="optimizer step (pretraining, then SFT)"),
+        y=alt.Y("value:Q", title=y_title,
+                scale=alt.Scale(type="log" if perplexity else "linear", zero=False)),
+        color=alt.Color("series:N", title=None, sort=domain,
+                        scale=alt.Scale(domain=domain,
+                                        range=[TRAINING_SERIES[k][1] for k in keys]),
+                        legend=alt.Legend(orient="top", columns=3)),
+        strokeDash=alt.StrokeDash("series:N", sort=domain, legend=None,
+                                  scale=alt.Scale(domain=domain, range=[
+                                      TRAINING_SERIES[k][2] for k in keys])),
+        tooltip=["series:N", alt.Tooltip("global_step:Q", title="step"),
+                 alt.Tooltip("tokens_seen:Q", format=",d", title="tokens seen"),
+                 alt.Tooltip("value:Q", format=".4g",
+                             title="perplexity" if perplexity else "loss")],
+    ).properties(height=320).interactive()
+
+
 def cumulative_chart(df: pd.DataFrame, highlight: int | None = None) -> alt.Chart:
     """Cumulative SFT-minus-base log-prob along each post (the seed's plot): one
     line per post, coloured by group; `highlight` drawn on top in dW's colour.

@@ -106,6 +106,13 @@ def pairs(src: Src) -> pd.DataFrame:
 
 
 @_cache
+def training_curve(src: Src) -> pd.DataFrame:
+    """marts.fct_training_curve: the loss curves of pairs trained here (the demo)."""
+    return query("select * from marts.fct_training_curve "
+                 "order by pair, global_step, role", path=src[0])
+
+
+@_cache
 def pair_summary(src: Src) -> pd.DataFrame:
     """marts.fct_pair_summary: medians over layers per pair and module type."""
     return query("""

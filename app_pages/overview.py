@@ -2,8 +2,8 @@
 
 import streamlit as st
 
+from app_lib import charts, ui
 from app_lib import queries as q
-from app_lib import ui
 
 st.title("sftscope")
 st.caption("What did supervised fine-tuning do to this model? Singular-value "
@@ -63,6 +63,21 @@ if ui.need(src, "marts.dim_pairs", run=q.FILL_ALL + "\n# or\n" + q.FILL_WEIGHTS,
                     "relative rank", format="%.4f"),
                 "suggested_lora_rank": st.column_config.NumberColumn("LoRA rank"),
             })
+
+if ui.load(q.row_count, src, "marts.fct_training_curve"):
+    st.subheader("How the trained pairs learned")
+    st.caption("Pairs trained here (`python -m compute.train_demo`): the base "
+               "pretrained from random weights on Stack Exchange posts, then the SFT "
+               "copy fine-tuned on question -> answer pairs in a chat format. Loss per "
+               "token on the training batches, on held-out posts (raw text) and on "
+               "held-out answers (chat format).")
+    curve = ui.load(q.training_curve, src)
+    trained = list(dict.fromkeys(curve["pair"]))
+    pick = (st.selectbox("trained pair", trained) if len(trained) > 1
+            else trained[0])
+    as_ppl = st.toggle("perplexity (log axis) instead of loss", value=False)
+    st.altair_chart(charts.training_chart(curve[curve["pair"] == pick],
+                                          perplexity=as_ppl), width="stretch")
 
 st.subheader("What is in the warehouse")
 rel = ui.load(q.relations, src)

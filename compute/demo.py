@@ -1,6 +1,6 @@
 """Tiny Qwen2-architecture checkpoint pairs with planted, known weight deltas.
 
-    python -m compute.demo data/models            # the embedded demo pair
+    python -m compute.demo data/models/planted    # the planted pair (--pair planted)
     from compute.demo import PairSpec, build_pair  # other shapes, in tests
 
 A pair is two folders in the real Hugging Face layout (config.json, safetensors,
@@ -189,20 +189,22 @@ def corpus_lines() -> list[str]:
     return lines
 
 
-def train_tokenizer(vocab: int):
-    """A byte-level BPE tokenizer with Qwen's special tokens, trained in-process."""
+def train_tokenizer(vocab: int, lines: list[str] | None = None):
+    """A byte-level BPE tokenizer with Qwen's special tokens, trained in-process:
+    on `lines` with `vocab` entries, or (default) on `corpus_lines()` with at most
+    1024 (the planted pair's embedding rows past that are never used)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=min(vocab, 1024),
+        vocab_size=min(vocab, 1024) if lines is None else vocab,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(corpus_lines(), trainer=trainer)
+    tok.train_from_iterator(corpus_lines() if lines is None else lines, trainer=trainer)
     return tok
 
 
@@ -322,11 +324,11 @@ def main() -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", nargs="?", default="data/models/demo")
+    ap.add_argument("out", nargs="?", default="data/models/planted")
     ap.add_argument("--force", action="store_true", help="rebuild even if present")
     args = ap.parse_args()
     base, sft = build_pair(args.out, force=args.force)
-    print(f"demo pair: {base} vs {sft}")
+    print(f"planted pair: {base} vs {sft}")
 
 
 if __name__ == "__main__":

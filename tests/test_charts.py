@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import altair as alt
 import pandas as pd
@@ -185,3 +186,32 @@ def test_token_html_escapes_and_shades():
     assert out.count("<span title=") == 3
     assert "rgba(245,133,24,0.42)" in out  # SFT orange at half strength
     assert "rgba(76,120,168,0.85)" in out  # base blue, clipped at full strength
+
+
+def test_training_chart_series_colours_and_perplexity():
+    """Pretraining then SFT on one axis: each (phase, measure) is a series in its
+    phase's colour; NULL (not evaluated) points are dropped, exp(loss) on a log axis."""
+    rows = []
+    for role, offset in (("base", 0), ("sft", 3)):
+        for step in range(4):
+            held = step in (0, 3)
+            rows.append({"role": role, "global_step": step + offset,
+                         "tokens_seen": 100 * step,
+                         "train_loss": None if step == 0 else 5.0 - step,
+                         "heldout_post_loss": 6.0 - step if held else None,
+                         "heldout_answer_loss": 5.5 - step if held else None})
+    df = pd.DataFrame(rows)
+    s = spec(charts.training_chart(df))
+    data = next(iter(s["datasets"].values()))
+    assert len(data) == 2 * 3 + 2 * 2 + 2 * 2  # batch losses, then 2 evals x 2 measures
+    assert {d["series"] for d in data} == {label for label, _, _ in
+                                           charts.TRAINING_SERIES.values()}
+    color = s["encoding"]["color"]["scale"]
+    base = [c for label, c in zip(color["domain"], color["range"], strict=True)
+            if label.startswith("pretraining")]
+    assert set(base) == {charts.ROLE_COLOR["base"]}
+    assert s["encoding"]["y"]["scale"]["type"] == "linear"
+    ppl = spec(charts.training_chart(df, perplexity=True))
+    assert ppl["encoding"]["y"]["scale"]["type"] == "log"
+    values = sorted(d["value"] for d in next(iter(ppl["datasets"].values())))
+    assert values[0] == pytest.approx(math.exp(2.0))  # the batch loss at step 3
