@@ -10,10 +10,15 @@
 Scoring. Every post is scored as raw text (no chat template) behind the same prefix
 token, `<|endoftext|>`, for both models (Qwen has no BOS token); the two tokenizers
 must give identical ids, which is checked per post. Weights are bf16 on a GPU (never
-fp16: Qwen overflows) and fp32 on the CPU. The decoder's last hidden state goes
-through the LM head a chunk of tokens at a time, upcast to fp32 before log_softmax,
-and only the target token's log-prob is kept, so no (batch, seq, vocab) tensor is ever
-held (for Qwen's 152k vocabulary that would be 5 GB in fp32 at 8 x 1024 tokens).
+fp16: Qwen overflows) and fp32 on the CPU. Both decoders' last hidden states, at the
+scored positions only, go through their LM heads a chunk of positions at a time,
+upcast to fp32 before log_softmax; per token only a few numbers are kept, so no
+(batch, seq, vocab) tensor is ever held (for Qwen's 152k vocabulary that would be
+5 GB in fp32 at 8 x 1024 tokens): each model's log-prob of the target, and, with both
+next-token distributions p_b, p_s at hand, KL(p_s || p_b), KL(p_b || p_s), both
+entropies, both top-1 ids and the rank of each model's top-1 under the other (the
+token shift of URIAL / AlignTDS, Lin et al. 2023: rank 1 unshifted, 2-3 marginal,
+> 3 shifted).
 Posts are batched with right padding and an attention mask; a post longer than
 `window` tokens (prefix included) is scored in windows: the first window scores
 tokens 1..window-1, each later one carries the `context` tokens before its first
@@ -27,23 +32,24 @@ final, normed hidden state the LM head reads), sums over the post's tokens of
 A change planted in block k first shows at index k + 1 (block k's output).
 
 How the two models' states meet: both models stay resident on the device; a micro-
-batch goes through the base model, whose hidden states (L + 1 tensors of
-(batch, seq, hidden)) are kept, then through the SFT model, and drift and both
-models' log-probs are reduced right there. Alternatives: one model at a time would
-need the base states of *every* post kept until the SFT pass (7B: 29 x 3584 x 2 bytes
-= 208 kB per token, 40 GB for 200 posts of 1000 tokens) or swapping 15 GB of weights
-per batch. Memory for Qwen2.5-7B on one 80 GB GPU, bf16, batch 8 x window 1024:
-weights 2 x 15.2 GB; base + SFT hidden states 2 x 29 x 8 x 1024 x 3584 x 2 B = 3.4 GB;
-fp32 per-layer drift temporaries 0.1 GB; one LM-head chunk in fp32 (2^27 logits)
-0.5 GB; attention and MLP activations of one layer < 1 GB: about 36 GB. Pairs whose
-two models do not fit on one device at once (32B and up on 80 GB) need a smaller
-model, or a sharded device map, which this module does not do.
+batch goes through the base model, whose hidden states (L + 1 tensors of (batch,
+seq, hidden)) are kept, then through the SFT model, and drift and both models' log-
+probs are reduced right there. Alternatives: one model at a time would need the base
+states of *every* post kept until the SFT pass (7B: 29 x 3584 x 2 bytes = 208 kB per
+token, 40 GB for 200 posts of 1000 tokens) or swapping 15 GB of weights per batch.
+Memory for Qwen2.5-7B on one 80 GB GPU, bf16, batch 8 x window 1024: weights 2 x
+15.2 GB; base + SFT hidden states 2 x 29 x 8 x 1024 x 3584 x 2 B = 3.4 GB; fp32 per-
+layer drift temporaries 0.1 GB; one LM-head chunk, about six fp32 (rows, vocab)
+temporaries of 2^25 logits, 0.8 GB; attention and MLP activations of one layer < 1
+GB: about 36 GB. Pairs whose two models do not fit on one device at once (32B and up
+on 80 GB) need a smaller model, or a sharded device map, which this module does not
+do.
 
 Output (resumable): `out_dir/behaviour/<table>/<batch>.parquet` for the raw tables
-token_logprobs, residual_drift and post_texts, written per batch of posts to a
-temporary name and renamed, post_texts last: a batch is done when its post_texts file
-exists. A re-run skips the posts already done and deletes the files of a batch that
-was killed halfway, so every post is scored exactly once.
+token_logprobs, token_shift, residual_drift and post_texts, written per batch of
+posts to a temporary name and renamed, post_texts last: a batch is done when its
+post_texts file exists. A re-run skips the posts already done and deletes the files
+of a batch that was killed halfway, so every post is scored exactly once.
 """
 
 from __future__ import annotations
@@ -65,8 +71,11 @@ import torch
 from tqdm import tqdm
 
 PREFIX_TOKEN = "<|endoftext|>"
-TABLES = ("token_logprobs", "residual_drift", "post_texts")  # write order
-LOGIT_CHUNK_ELEMS = 1 << 27  # fp32 logits per LM-head chunk (512 MiB)
+TABLES = ("token_logprobs", "token_shift", "residual_drift", "post_texts")  # write order
+LOGIT_CHUNK_ELEMS = 1 << 25  # fp32 logits per model per LM-head chunk (128 MiB)
+SHIFT_FLOATS = ("kl_sft_base", "kl_base_sft", "entropy_base", "entropy_sft")
+SHIFT_INTS = ("rank_sft_top_in_base", "rank_base_top_in_sft", "top_id_base",
+              "top_id_sft")
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float32": torch.float32, "fp32": torch.float32}
 
@@ -75,6 +84,13 @@ SCHEMAS = {
         ("run_id", pa.string()), ("pair", pa.string()), ("role", pa.string()),
         ("post_id", pa.int64()), ("position", pa.int32()), ("token_id", pa.int32()),
         ("token_text", pa.string()), ("logprob", pa.float64()),
+    ]),
+    "token_shift": pa.schema([
+        ("run_id", pa.string()), ("pair", pa.string()), ("post_id", pa.int64()),
+        ("position", pa.int32()),
+        *((c, pa.float64()) for c in SHIFT_FLOATS),
+        *((c, pa.int32()) for c in SHIFT_INTS),
+        ("top_text_base", pa.string()), ("top_text_sft", pa.string()),
     ]),
     "post_texts": pa.schema([
         ("run_id", pa.string()), ("pair", pa.string()), ("post_id", pa.int64()),
@@ -133,9 +149,13 @@ def check_prompts(prompts: pd.DataFrame) -> None:
         raise ValueError(f"post {bad} has no text")
 
 
-def load_tokenizer(folder: Path):
+def load_tokenizer(folder: Path, fallback: Path | None = None):
+    """The fast tokenizer in `folder`, or in `fallback` when `folder` has none (a
+    LoRA adapter saved without its tokenizer uses the base's)."""
     from transformers import PreTrainedTokenizerFast
 
+    if fallback is not None and not (folder / "tokenizer.json").exists():
+        folder = fallback
     return PreTrainedTokenizerFast.from_pretrained(str(folder))
 
 
@@ -228,13 +248,24 @@ def pick_dtype(device: torch.device, dtype: str | None) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_model(folder: Path, device: torch.device, dtype: torch.dtype, attn: str):
+def load_model(folder: Path, device: torch.device, dtype: torch.dtype, attn: str,
+               base: Path | None = None):
+    """The model in `folder`; a LoRA adapter folder (adapter_config.json) is loaded
+    over the model in `base` with peft and merged into it (W + scale * B @ A)."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": dtype, "attn_implementation": attn}
     if device.type != "cpu":
         kwargs["device_map"] = {"": str(device)}
-    model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    if (folder / "adapter_config.json").exists():
+        if base is None:
+            raise ValueError(f"{folder} is a LoRA adapter: it needs its base model")
+        from peft import PeftModel
+
+        model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
     if device.type == "cpu":
         model = model.to(device)
     return model.eval()
@@ -242,40 +273,89 @@ def load_model(folder: Path, device: torch.device, dtype: torch.dtype, attn: str
 
 @dataclass
 class Forward:
-    hidden: tuple[torch.Tensor, ...]  # L + 1 x (B, T, H)
-    logprobs: torch.Tensor  # (B, T) fp32: log p(input[:, j + 1] | input[:, :j + 1])
+    hidden: tuple[torch.Tensor, ...]  # L + 1 x (B, T, H); hidden[-1] is after the norm
 
 
 def forward(model, input_ids: torch.Tensor, mask: torch.Tensor) -> Forward:
-    """Hidden states of every layer, and the next-token log-probs of every position
-    (the last column and padding are garbage; the caller masks them)."""
+    """Hidden states of every layer (the LM head is applied later, to the scored
+    positions only, by `token_stats`)."""
     out = model.get_decoder()(input_ids=input_ids, attention_mask=mask,
                               output_hidden_states=True, use_cache=False)
     hidden = out.hidden_states
     last = out.last_hidden_state  # (B, T, H), after the final norm
     assert hidden[-1].data_ptr() == last.data_ptr() or torch.equal(hidden[-1], last)
-    b, t, h = last.shape
-    targets = torch.roll(input_ids, -1, dims=1).reshape(-1)  # (B*T,)
-    flat = last.reshape(-1, h)  # (B*T, H)
-    head = model.get_output_embeddings()
+    return Forward(hidden)
+
+
+def head_logits(model, x: torch.Tensor) -> torch.Tensor:
+    """(rows, V) fp32 logits of final hidden states x (rows, H)."""
+    logits = model.get_output_embeddings()(x).float()
     cap = getattr(model.config, "final_logit_softcapping", None)
-    rows = max(1, LOGIT_CHUNK_ELEMS // head.weight.shape[0])
-    lp = torch.empty(b * t, dtype=torch.float32, device=last.device)
-    for i in range(0, b * t, rows):
-        logits = head(flat[i:i + rows]).float()  # (rows, V)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        lp[i:i + rows] = torch.log_softmax(logits, -1).gather(
-            1, targets[i:i + rows, None])[:, 0]
-    return Forward(hidden, lp.reshape(b, t))
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def default_chunk_rows(vocab: int) -> int:
+    return max(1, LOGIT_CHUNK_ELEMS // vocab)
+
+
+def token_stats(base, sft, xb: torch.Tensor, xs: torch.Tensor,
+                targets: torch.Tensor, rows: int | None = None) -> dict[str, torch.Tensor]:
+    """Per scored token, from both models' next-token distributions p_b, p_s:
+    each model's log-prob of the target, KL(p_s || p_b), KL(p_b || p_s), both
+    entropies (nats), each model's top-1 id and its rank under the other model
+    (1 + the number of ids the other model gives a strictly higher probability).
+
+    xb, xs: (N, H) final hidden states of the base and SFT at the scored positions;
+    targets: (N,) the ids they predict. The LM heads run `rows` positions at a time
+    (default: LOGIT_CHUNK_ELEMS logits per model), so the largest fp32 temporaries are
+    a few (rows, V) tensors whatever N is. Where the vocabularies differ (rows added
+    by a fine-tune), log-probs of the target use each model's whole vocabulary and
+    the comparison uses the distributions restricted to the shared first V ids."""
+    n = targets.shape[0]
+    vb = base.get_output_embeddings().weight.shape[0]
+    vs = sft.get_output_embeddings().weight.shape[0]
+    v = min(vb, vs)
+    rows = rows or default_chunk_rows(max(vb, vs))
+    dev = targets.device
+    out = {k: torch.empty(n, dtype=torch.float32, device=dev)
+           for k in ("logprob_base", "logprob_sft", *SHIFT_FLOATS)}
+    out |= {k: torch.empty(n, dtype=torch.int64, device=dev) for k in SHIFT_INTS}
+    for i in range(0, n, rows):
+        sl = slice(i, i + rows)
+        t = targets[sl, None]  # (r, 1)
+        lb = torch.log_softmax(head_logits(base, xb[sl]), -1)  # (r, Vb)
+        ls = torch.log_softmax(head_logits(sft, xs[sl]), -1)  # (r, Vs)
+        out["logprob_base"][sl] = lb.gather(1, t)[:, 0]
+        out["logprob_sft"][sl] = ls.gather(1, t)[:, 0]
+        if vb != v:
+            lb = torch.log_softmax(lb[:, :v], -1)
+        if vs != v:
+            ls = torch.log_softmax(ls[:, :v], -1)
+        pb, ps = lb.exp(), ls.exp()  # (r, V)
+        diff = ls - lb  # (r, V): log p_s - log p_b
+        out["kl_sft_base"][sl] = (ps * diff).sum(-1).clamp_min(0)
+        out["kl_base_sft"][sl] = (pb * diff).sum(-1).neg_().clamp_min(0)
+        del diff
+        out["entropy_base"][sl] = (pb * lb).sum(-1).neg_()
+        out["entropy_sft"][sl] = (ps * ls).sum(-1).neg_()
+        del pb, ps
+        top_b, top_s = lb.argmax(-1), ls.argmax(-1)  # (r,)
+        out["top_id_base"][sl], out["top_id_sft"][sl] = top_b, top_s
+        out["rank_sft_top_in_base"][sl] = 1 + (lb > lb.gather(1, top_s[:, None])).sum(-1)
+        out["rank_base_top_in_sft"][sl] = 1 + (ls > ls.gather(1, top_b[:, None])).sum(-1)
+    return out
 
 
 def check_head(model, ids: list[int], device: torch.device) -> None:
-    """The chunked LM-head path must agree with the model's own logits (guards
-    against architectures whose head does more than a linear map)."""
+    """The decoder + chunked LM-head path must agree with the model's own logits
+    (guards against architectures whose head does more than a linear map)."""
     x = torch.tensor([ids[:32]], device=device)
     m = torch.ones_like(x)
-    ours = forward(model, x, m).logprobs[0, :-1]
+    last = forward(model, x, m).hidden[-1][0, :-1]  # (T - 1, H)
+    ours = torch.log_softmax(head_logits(model, last), -1)
+    ours = ours.gather(1, x[0, 1:, None])[:, 0]
     ref = torch.log_softmax(model(input_ids=x, attention_mask=m).logits.float(), -1)
     ref = ref[0, :-1].gather(1, x[0, 1:, None])[:, 0]
     err = float((ours - ref).abs().max()) if len(ref) else 0.0
@@ -291,7 +371,15 @@ def check_head(model, ids: list[int], device: torch.device) -> None:
 class PostResult:
     logprob: dict[str, np.ndarray]  # role -> (n,) fp64
     drift: np.ndarray  # (L + 1, 4) fp64: rel_l2, cos, sq_diff, sq_base
+    shift: dict[str, np.ndarray]  # SHIFT_FLOATS (n,) fp64, SHIFT_INTS (n,) int64
     n_drift: int = 0
+
+    @classmethod
+    def empty(cls, n_tokens: int, n_layers: int) -> PostResult:
+        shift = {c: np.full(n_tokens, np.nan) for c in SHIFT_FLOATS}
+        shift |= {c: np.full(n_tokens, -1, dtype=np.int64) for c in SHIFT_INTS}
+        return cls({r: np.full(n_tokens, np.nan) for r in ("base", "sft")},
+                   np.zeros((n_layers + 1, 4)), shift)
 
 
 @dataclass
@@ -303,14 +391,14 @@ class Scorer:
     window: int
     context: int
     micro_batch: int
+    chunk_rows: int | None = None  # LM-head positions per chunk (None: by vocab)
     n_layers: int = field(init=False)
 
     def __post_init__(self):
         self.n_layers = self.base.config.num_hidden_layers
 
     def score(self, posts: list[Post]) -> list[PostResult]:
-        res = [PostResult({r: np.full(p.n_tokens, np.nan) for r in ("base", "sft")},
-                          np.zeros((self.n_layers + 1, 4))) for p in posts]
+        res = [PostResult.empty(p.n_tokens, self.n_layers) for p in posts]
         segs = segments(posts, self.prefix, self.window, self.context)
         segs.sort(key=lambda s: -len(s.ids))
         for i in range(0, len(segs), self.micro_batch):
@@ -319,6 +407,7 @@ class Scorer:
             assert r.n_drift == p.n_tokens, (p.post_id, r.n_drift, p.n_tokens)
             for role, lp in r.logprob.items():
                 assert not np.isnan(lp).any(), f"post {p.post_id}: {role} unscored token"
+            assert (r.shift["top_id_sft"] >= 0).all(), f"post {p.post_id}: no shift"
         return res
 
     def score_micro(self, segs: list[Segment], res: list[PostResult]) -> None:
@@ -330,26 +419,36 @@ class Scorer:
             ids[k, :len(s.ids)] = torch.tensor(s.ids)
             mask[k, :len(s.ids)] = 1
             scored[k, s.first - s.start - 1:len(s.ids) - 1] = True
+        # row-major flat indices of the scored inputs and the targets they predict
+        flat = scored.reshape(-1).nonzero()[:, 0].to(self.device)  # (N,)
+        targets = torch.roll(ids, -1, dims=1).reshape(-1).to(self.device)[flat]
         ids, mask = ids.to(self.device), mask.to(self.device)
         # token j's own hidden state counts for drift when s[start + j] is scored here
         own = torch.roll(scored, 1, dims=1).to(self.device)  # (B, T)
-        fb = forward(self.base, ids, mask)
-        lp_base = fb.logprobs.cpu().double().numpy()
-        hidden_base = fb.hidden
-        del fb
-        fs = forward(self.sft, ids, mask)
-        lp_sft = fs.logprobs.cpu().double().numpy()
-        sums = drift_sums(hidden_base, fs.hidden, own)  # (B, L + 1, 4)
-        del fs, hidden_base
+        hidden_base = forward(self.base, ids, mask).hidden
+        hidden_sft = forward(self.sft, ids, mask).hidden
+        sums = drift_sums(hidden_base, hidden_sft, own)  # (B, L + 1, 4)
+        h = hidden_base[-1].shape[-1]
+        stats = token_stats(self.base, self.sft, hidden_base[-1].reshape(-1, h)[flat],
+                            hidden_sft[-1].reshape(-1, h)[flat], targets,
+                            self.chunk_rows)
+        del hidden_base, hidden_sft
+        stats = {k: v.cpu().numpy() for k, v in stats.items()}  # (N,) each
         scored_np = scored.numpy()
+        at = 0
         for k, s in enumerate(segs):
             r = res[s.post]
             cols = np.nonzero(scored_np[k])[0]
             pos = s.start + cols  # position of target s[start + j + 1] = start + j
-            r.logprob["base"][pos] = lp_base[k, cols]
-            r.logprob["sft"][pos] = lp_sft[k, cols]
+            rows = slice(at, at + len(cols))
+            at += len(cols)
+            r.logprob["base"][pos] = stats["logprob_base"][rows]
+            r.logprob["sft"][pos] = stats["logprob_sft"][rows]
+            for c in (*SHIFT_FLOATS, *SHIFT_INTS):
+                r.shift[c][pos] = stats[c][rows]
             r.drift += sums[k]
             r.n_drift += len(cols)
+        assert at == len(flat), (at, len(flat))
 
 
 def drift_sums(hb: tuple[torch.Tensor, ...], hs: tuple[torch.Tensor, ...],
@@ -433,7 +532,7 @@ class TokenText:
 def batch_tables(posts: list[Post], results: list[PostResult], run_id: str, pair: str,
                  token_text: TokenText) -> dict[str, pa.Table]:
     lp_cols: dict[str, list] = {k: [] for k in SCHEMAS["token_logprobs"].names}
-    drift_rows, text_rows = [], []
+    drift_rows, text_rows, shift_parts = [], [], []
     for p, r in zip(posts, results, strict=True):
         n = p.n_tokens
         texts = token_text(p.ids)
@@ -446,6 +545,7 @@ def batch_tables(posts: list[Post], results: list[PostResult], run_id: str, pair
             lp_cols["token_id"] += p.ids
             lp_cols["token_text"] += texts
             lp_cols["logprob"] += r.logprob[role].tolist()
+        shift_parts.append(shift_columns(p, r, run_id, pair, token_text))
         for layer, (rel, cos, sq_d, sq_b) in enumerate(r.drift.tolist()):
             drift_rows.append({"run_id": run_id, "pair": pair, "post_id": p.post_id,
                                "layer": layer, "n_tokens": n, "sum_rel_l2": rel,
@@ -456,9 +556,24 @@ def batch_tables(posts: list[Post], results: list[PostResult], run_id: str, pair
                           "n_words": len(p.text.split())})
     return {
         "token_logprobs": pa.table(lp_cols, schema=SCHEMAS["token_logprobs"]),
+        "token_shift": pa.concat_tables(shift_parts) if shift_parts
+        else SCHEMAS["token_shift"].empty_table(),
         "residual_drift": pa.Table.from_pylist(drift_rows, schema=SCHEMAS["residual_drift"]),
         "post_texts": pa.Table.from_pylist(text_rows, schema=SCHEMAS["post_texts"]),
     }
+
+
+def shift_columns(p: Post, r: PostResult, run_id: str, pair: str,
+                  token_text: TokenText) -> pa.Table:
+    """The post's raw.token_shift rows (one per position)."""
+    n = p.n_tokens
+    cols = {"run_id": [run_id] * n, "pair": [pair] * n, "post_id": [p.post_id] * n,
+            "position": np.arange(n, dtype=np.int32)}
+    cols |= {c: r.shift[c] for c in SHIFT_FLOATS}
+    cols |= {c: r.shift[c].astype(np.int32) for c in SHIFT_INTS}
+    cols["top_text_base"] = token_text(r.shift["top_id_base"].tolist())
+    cols["top_text_sft"] = token_text(r.shift["top_id_sft"].tolist())
+    return pa.table(cols, schema=SCHEMAS["token_shift"])
 
 
 # ---------------------------------------------------------------- entry point
@@ -468,13 +583,14 @@ def run_behaviour(
     base_dir: Path, sft_dir: Path, prompts: pd.DataFrame, out_dir: Path, *,
     run_id: str, pair: str, device: str = "cpu", batch_size: int = 8,
     window: int = 1024, dtype: str | None = None, attn_implementation: str = "sdpa",
-    progress: bool = True, context: int | None = None,
+    progress: bool = True, context: int | None = None, chunk_rows: int | None = None,
 ) -> dict:
     """Score `prompts` (post_id, site, grp, text) with both models; write the batches'
     Parquet files under out_dir/behaviour/<table>/; return the options used.
 
     `context`: tokens carried as unscored context into each window after the first
-    (default window // 2)."""
+    (default window // 2). `chunk_rows`: scored positions per LM-head chunk (default
+    LOGIT_CHUNK_ELEMS // vocabulary); results do not depend on it."""
     t0 = time.perf_counter()
     check_prompts(prompts)
     if batch_size < 1:
@@ -488,7 +604,8 @@ def run_behaviour(
     dtype_name = str(torch_dtype).removeprefix("torch.")
     root = Path(out_dir) / "behaviour"
 
-    tok_base, tok_sft = load_tokenizer(Path(base_dir)), load_tokenizer(Path(sft_dir))
+    tok_base = load_tokenizer(Path(base_dir))
+    tok_sft = load_tokenizer(Path(sft_dir), fallback=Path(base_dir))
     prefix = prefix_id(tok_base, tok_sft)
     done = done_posts(root, run_id, pair)
     todo_rows = prompts[~prompts["post_id"].astype("int64").isin(done)]
@@ -513,7 +630,8 @@ def run_behaviour(
         options["transformers"] = transformers.__version__
         with torch.inference_mode():
             base = load_model(Path(base_dir), dev, torch_dtype, attn_implementation)
-            sft = load_model(Path(sft_dir), dev, torch_dtype, attn_implementation)
+            sft = load_model(Path(sft_dir), dev, torch_dtype, attn_implementation,
+                             base=Path(base_dir))
             for m in (base, sft):
                 if m.config.num_hidden_layers != base.config.num_hidden_layers or \
                         m.config.hidden_size != base.config.hidden_size:
@@ -521,7 +639,11 @@ def run_behaviour(
                 if max(max(p.ids) for p in posts) >= m.get_output_embeddings().weight.shape[0]:
                     raise ValueError("a token id exceeds a model's vocabulary")
                 check_head(m, [prefix, *posts[-1].ids], dev)
-            scorer = Scorer(base, sft, dev, prefix, window, context, batch_size)
+            scorer = Scorer(base, sft, dev, prefix, window, context, batch_size,
+                            chunk_rows)
+            vocab = [m.get_output_embeddings().weight.shape[0] for m in (base, sft)]
+            options |= {"shift_vocab": min(vocab),
+                        "chunk_rows": chunk_rows or default_chunk_rows(max(vocab))}
             t_score = time.perf_counter()
             options["load_seconds"] = round(t_score - t0, 3)
             token_text = TokenText(tok_base)

@@ -9,7 +9,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from compute import behaviour
 from compute.behaviour import load_prompts, plan_windows, run_behaviour
@@ -19,16 +18,8 @@ try:
 except ImportError:  # tests/ itself is on sys.path (no package)
     import behaviour_helpers as H
 
+one_thread = H.one_thread  # autouse: tiny models run on one thread
 TOL = 1e-4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a busy 2-core box run faster (and steadier) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
