@@ -1,4 +1,4 @@
-# sftscope: `make demo` builds everything on the embedded demo pair; `make test` tests it.
+# sftscope: `make demo` builds everything on the trained demo pair; `make test` tests it.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +11,7 @@ export SFTSCOPE_DB ?= $(abspath $(DB))
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: all demo test test-fast app bench bench-gpu lint browser-deps clean dbt
+.PHONY: all demo test test-fast test-pure-python ext mutate app bench bench-gpu lint browser-deps clean dbt
 all: demo
 
 $(VENV)/.installed: pyproject.toml ingest/_sefast.c compute/_kernels.c
@@ -27,7 +27,8 @@ demo: venv
 	$(PY) -m ingest.demo_site data/demo-site
 	$(PY) -m ingest.stackexchange data/demo-site --site physics.demo
 	cd dbt_project && $(DBT) build --quiet
-	$(PY) -m compute.run --pair demo
+	$(PY) -m compute.run --pair demo --window 512
+	$(PY) -m ingest.training_log models/demo --pair demo
 	cd dbt_project && $(DBT) build --quiet
 	$(PY) -m compute.summary
 	@echo
@@ -41,11 +42,26 @@ dbt: venv
 browser-deps:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-test: venv browser-deps
+# the C extensions, rebuilt if an import fails (the tests fail, not skip, without them)
+ext: venv
+	@$(PY) -c "import ingest._sefast, compute._kernels" 2>/dev/null \
+		|| $(PY) -m pip install -q --no-deps -e .
+
+test: venv ext browser-deps
 	$(PY) -m pytest -q
 
-test-fast: venv
+test-fast: venv ext
 	$(PY) -m pytest -q -m "not slow and not browser"
+
+# the fallbacks of a checkout without a C compiler: lxml ingest, NumPy block pass
+test-pure-python: venv
+	$(PY) -m pytest -q -p tests.pure_python -m "not c_extension and not browser" \
+		tests/test_ingest_*.py tests/test_spectra_*.py
+
+# mutation testing (a developer tool, minutes to an hour): SQL/macro mutants of the
+# dbt models, then cosmic-ray on the Python statistics code; prints the survivors
+mutate: venv ext
+	$(PY) tools/mutate.py $(MUTATE_ARGS)
 
 app: venv
 	$(VENV)/bin/streamlit run app.py

@@ -1,0 +1,316 @@
+"""Mutation testing: small deliberate bugs put into a copy of the repository, and the
+tests that guard the code run against each; a mutant they do not catch survives and is
+printed. A developer tool (`make mutate`), not part of `make test`.
+
+    python tools/mutate.py                  # SQL/macro mutants, then cosmic-ray
+    python tools/mutate.py --sql            # only the SQL/macro mutants (~40 s each)
+    python tools/mutate.py --python         # only cosmic-ray on the Python selection
+    python tools/mutate.py -k t_critical    # the mutants whose name contains this
+    python tools/mutate.py --list           # what would run
+
+The copy lives in data/mutate/tree (the working tree is never touched): tracked and
+untracked-but-not-ignored files plus the built C extensions. cosmic-ray is installed by
+this script into its own virtual environment (data/mutate/venv); its mutants of the
+Python statistics code (PYTHON_TARGETS) run with this interpreter's pytest. Exit status:
+0 when every mutant was caught, 1 when some survived, 2 on a broken setup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "data" / "mutate"
+TREE = WORK / "tree"
+COSMIC_RAY = "cosmic-ray==8.7.0"
+
+MACRO = "dbt_project/macros/t_critical_95.sql"
+STATS = "dbt_project/models/intermediate/int_spectrum_stats.sql"
+GROUP_DELTA = "dbt_project/models/marts/behaviour/fct_group_perplexity_delta.sql"
+GROUP = "dbt_project/models/marts/behaviour/fct_group_perplexity.sql"
+WEIGHTS_YML = "dbt_project/models/marts/weights/_weights__models.yml"
+
+QUICK = ("tests/test_statistics.py",)
+MARTS = ("tests/test_statistics.py", "tests/test_statistics_marts.py")
+NONFINITE = ("tests/faults/test_checkpoints.py", "-k", "nonfinite")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    old: str  # must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # pytest arguments
+
+
+SQL_MUTANTS = [
+    # (a 4th-order coefficient changed by a few units moves t by less than the
+    # expansion's own error at every df: no reference can tell, so none is listed)
+    Mutant("t_critical: a 4th-order coefficient", MACRO, "1482 *", "1382 *", QUICK),
+    Mutant("t_critical: a 3rd-order coefficient", MACRO, "19 * {{ z }}^5",
+           "18 * {{ z }}^5", QUICK),
+    Mutant("t_critical: the 2nd-order denominator", MACRO, "(96 * ({{ df }})^2)",
+           "(96 * ({{ df }})^3)", QUICK),
+    Mutant("t_critical: the z quantile rounded", MACRO, '"(1.959963984540054::double)"',
+           '"(1.96::double)"', QUICK),
+    Mutant("t_critical: the expansion from df 32", MACRO, "when ({{ df }}) > 30",
+           "when ({{ df }}) > 31", QUICK),
+    Mutant("t_critical: first-order term", MACRO, "/ (4 * ({{ df }}))",
+           "/ (4 * ({{ df }} + 1))", QUICK),
+    Mutant("t_critical: df 30 to ten digits", MACRO, "2.0422724563012378",
+           "2.042272456", QUICK),
+    Mutant("t_critical: the table shifted by one", MACRO, "{{ loop.index }}",
+           "{{ loop.index + 1 }}", QUICK),
+    Mutant("t_critical: DECIMAL z", MACRO, '"(1.959963984540054::double)"',
+           '"(1.959963984540054)"', QUICK),
+    Mutant("group delta: population sd", GROUP_DELTA,
+           "stddev_samp(delta_perplexity)", "stddev_pop(delta_perplexity)", MARTS),
+    Mutant("group delta: mean for median", GROUP_DELTA, "median(delta_perplexity)",
+           "avg(delta_perplexity)", MARTS),
+    Mutant("group delta: ties counted as lower", GROUP_DELTA, "delta_perplexity < 0",
+           "delta_perplexity <= 0", MARTS),
+    Mutant("group delta: n - 1 in the standard error", GROUP_DELTA,
+           "* sd_delta_perplexity / sqrt(n_posts) as ci95_low",
+           "* sd_delta_perplexity / sqrt(n_posts - 1) as ci95_low", MARTS),
+    Mutant("group delta: log-prob interval on the perplexity sd", GROUP_DELTA,
+           "* sd_delta_mean_logprob / sqrt(n_posts) as ci95_high",
+           "* sd_delta_perplexity / sqrt(n_posts) as ci95_high", MARTS),
+    Mutant("group: population sd", GROUP, "stddev_samp(perplexity)",
+           "stddev_pop(perplexity)", MARTS),
+    Mutant("GD lambda: 14 beta", STATS, "14 * beta", "15 * beta", MARTS),
+    Mutant("GD lambda: 8 beta", STATS, "+ 8 * beta", "+ 7 * beta", MARTS),
+    Mutant("GD threshold: sqrt of the short side", STATS, "* sqrt(n_long) * noise_sigma",
+           "* sqrt(n_short) * noise_sigma", MARTS),
+    Mutant("GD beta: rows over columns", STATS,
+           "least(n_rows, n_cols)::double / greatest(n_rows, n_cols)",
+           "n_rows::double / n_cols", MARTS),
+    Mutant("GD omega: cubic coefficient", STATS, "0.56 * beta ^ 3", "0.50 * beta ^ 3",
+           MARTS),
+    Mutant("GD omega: linear coefficient", STATS, "1.82 * beta", "1.85 * beta", MARTS),
+    Mutant("GD unknown: mean for median", STATS, "median(s) over", "avg(s) over", MARTS),
+    Mutant("MP edge: square root of the long side twice", STATS,
+           "(sqrt(n_rows) + sqrt(n_cols))", "2 * sqrt(n_long)", MARTS),
+    Mutant("signal rank: at or above", STATS, "r.s > t.gd_threshold",
+           "r.s >= t.gd_threshold * 0.997", MARTS),
+    Mutant("data test: a guard against non-finite spectra dropped", WEIGHTS_YML,
+           'expression: "s_max >= s_min"\n            where_clause: "n_nonfinite = 0"',
+           'expression: "s_max >= s_min"', NONFINITE),
+]
+
+# cosmic-ray: the Python statistics code (module, first and last line of the
+# functions to mutate, found by name) and the tests that guard it
+PYTHON_TARGETS = [
+    ("compute/behaviour.py", ("plan_windows",), ("tests/test_behaviour.py", "-k",
+                                                 "windows or windowed")),
+    ("compute/spectra.py", ("_noise_from_sums",), ("tests/test_spectra_cpu_path.py",
+                                                   "tests/test_spectra_accuracy.py")),
+]
+
+
+def copy_tree() -> None:
+    """The repository as git sees it (committed or not, ignored files left out) plus
+    the compiled extensions, into TREE."""
+    if TREE.exists():
+        shutil.rmtree(TREE)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"],
+                           cwd=ROOT, check=True, capture_output=True).stdout
+    names = [n for n in files.decode().split("\0") if n]
+    names += [str(p.relative_to(ROOT)) for d in ("ingest", "compute")
+              for p in (ROOT / d).glob("*.so")]
+    for name in names:
+        src = ROOT / name
+        if src.is_file():
+            dst = TREE / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+
+
+def pytest(args: tuple[str, ...], timeout: float) -> tuple[int, str]:
+    env = dict(os.environ, PYTHONPATH=str(TREE), DBT_SEND_ANONYMOUS_USAGE_STATS="false")
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *args]
+    try:
+        proc = subprocess.run(cmd, cwd=TREE, env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return -1, "timeout"
+    tail = (proc.stdout + proc.stderr).strip().splitlines()
+    return proc.returncode, tail[-1] if tail else ""
+
+
+def run_sql(mutants: list[Mutant], timeout: float) -> list[tuple[Mutant, str]]:
+    """(mutant, outcome) with outcome 'killed', 'survived', 'stale' (text not found
+    once: the model changed, update the mutant) or 'timeout'."""
+    for tests in sorted({m.tests for m in mutants}):
+        rc, tail = pytest(tests, timeout)
+        if rc != 0:
+            sys.exit(f"the tests fail without any mutant ({' '.join(tests)}): {tail}")
+    out = []
+    for i, m in enumerate(mutants, 1):
+        path = TREE / m.path
+        text = path.read_text()
+        if text.count(m.old) != 1:
+            outcome = "stale"
+        else:
+            path.write_text(text.replace(m.old, m.new))
+            t0 = time.monotonic()
+            try:
+                rc, tail = pytest(m.tests, timeout)
+            finally:
+                path.write_text(text)
+            outcome = "timeout" if rc == -1 else "killed" if rc in (1, 2) else (
+                "survived" if rc == 0 else f"error (pytest exit {rc}: {tail})")
+            outcome += f" ({time.monotonic() - t0:.0f} s)"
+        print(f"[{i}/{len(mutants)}] {m.name}: {outcome}", flush=True)
+        out.append((m, outcome.split(" (")[0]))
+    return out
+
+
+def function_lines(path: Path, names: tuple[str, ...]) -> list[tuple[int, int]]:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    spans = [(n.lineno, n.end_lineno) for n in ast.walk(tree)
+             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name in names]
+    if len(spans) != len(names):
+        sys.exit(f"{path}: cannot find all of {names}")
+    return spans
+
+
+# Runs in cosmic-ray's environment: marks every work item outside the selected lines
+# as skipped, so `exec` mutates only the statistics functions.
+FILTER = """
+import json, sys
+from cosmic_ray.work_db import use_db, WorkDB
+from cosmic_ray.work_item import WorkResult, WorkerOutcome
+spans = [tuple(s) for s in json.loads(sys.argv[2])]
+with use_db(sys.argv[1], WorkDB.Mode.open) as db:
+    kept = 0
+    for item in db.pending_work_items:
+        rows = [m.start_pos[0] for m in item.mutations]
+        if all(any(a <= r <= b for a, b in spans) for r in rows):
+            kept += 1
+        else:
+            db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+    print(kept)
+"""
+
+
+def cosmic_ray_env() -> Path:
+    venv = WORK / "venv"
+    bin_ = venv / "bin"
+    if not (bin_ / "cosmic-ray").exists():
+        print(f"installing {COSMIC_RAY} into {venv} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(bin_ / "python"), "-m", "pip", "install", "-q", COSMIC_RAY],
+                       check=True)
+    return bin_
+
+
+def run_python(timeout: float) -> tuple[int, int, list[str]]:
+    """cosmic-ray on each PYTHON_TARGETS entry: (killed, total, survivor reports)."""
+    bin_ = cosmic_ray_env()
+    killed = total = 0
+    survivors = []
+    for module, functions, tests in PYTHON_TARGETS:
+        spans = function_lines(TREE / module, functions)
+        rc, tail = pytest(tests, timeout)
+        if rc != 0:
+            sys.exit(f"the tests fail without any mutant ({' '.join(tests)}): {tail}")
+        slug = module.replace("/", "_").removesuffix(".py")
+        config, session = WORK / f"{slug}.toml", WORK / f"{slug}.sqlite"
+        test_command = " ".join([sys.executable, "-m", "pytest", "-x", "-q", "-p",
+                                 "no:cacheprovider", *(f"'{t}'" for t in tests)])
+        config.write_text(
+            "[cosmic-ray]\n"
+            f'module-path = "{module}"\n'
+            f"timeout = {timeout}\n"
+            "excluded-modules = []\n"
+            f"test-command = {json.dumps(test_command)}\n"
+            "[cosmic-ray.distributor]\n"
+            'name = "local"\n')
+        session.unlink(missing_ok=True)
+        env = dict(os.environ, PYTHONPATH=str(TREE))
+        subprocess.run([str(bin_ / "cosmic-ray"), "init", str(config), str(session)],
+                       cwd=TREE, env=env, check=True)
+        kept = subprocess.run([str(bin_ / "python"), "-c", FILTER, str(session),
+                               json.dumps(spans)], check=True, capture_output=True,
+                              text=True).stdout.strip()
+        print(f"{module} {', '.join(functions)}: {kept} mutants, "
+              f"tests {' '.join(tests)}", flush=True)
+        subprocess.run([str(bin_ / "cosmic-ray"), "exec", str(config), str(session)],
+                       cwd=TREE, env=env, check=True)
+        report = subprocess.run([str(bin_ / "cr-report"), str(session)], cwd=TREE,
+                                check=True, capture_output=True, text=True).stdout
+        k, t, surv = parse_report(report)
+        killed, total = killed + k, total + t
+        survivors += surv
+        print(f"{module}: {k} of {t} killed", flush=True)
+    return killed, total, survivors
+
+
+def parse_report(report: str) -> tuple[int, int, list[str]]:
+    """(killed, total, the report blocks of survivors) from cr-report's text: one
+    block per work item, its outcome on a `worker outcome:` / `test outcome:` line;
+    skipped items are the ones the filter left out."""
+    blocks = [b for b in report.split("\n[job-id]") if "test outcome" in b
+              or "worker outcome" in b]
+    killed = total = 0
+    survivors = []
+    for b in blocks:
+        if "worker outcome: skipped" in b.lower():
+            continue
+        total += 1
+        if "test outcome: survived" in b.lower():
+            survivors.append(b.strip())
+        else:
+            killed += 1
+    return killed, total, survivors
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sql", action="store_true", help="only the SQL/macro mutants")
+    ap.add_argument("--python", action="store_true", help="only cosmic-ray")
+    ap.add_argument("-k", default="", help="SQL mutants whose name contains this")
+    ap.add_argument("--list", action="store_true", help="list the mutants and stop")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per test run")
+    args = ap.parse_args(argv)
+    sql = [m for m in SQL_MUTANTS if args.k.lower() in m.name.lower()]
+    if args.list:
+        for m in sql:
+            print(f"{m.name}: {m.path}: {m.old!r} -> {m.new!r}")
+        for module, functions, tests in PYTHON_TARGETS:
+            print(f"cosmic-ray: {module} {functions}: {' '.join(tests)}")
+        return 0
+    copy_tree()
+    survived: list[str] = []
+    stale: list[str] = []
+    if not args.python:
+        results = run_sql(sql, args.timeout)
+        killed = sum(o == "killed" for _, o in results)
+        survived += [f"SQL {m.name}: {m.path}: {m.old!r} -> {m.new!r}"
+                     for m, o in results if o != "killed" and o != "stale"]
+        stale += [f"{m.name} ({m.path})" for m, o in results if o == "stale"]
+        print(f"SQL/macro mutants: {killed} of {len(results) - len(stale)} killed")
+    if not args.sql and not args.k:
+        k, t, surv = run_python(args.timeout)
+        survived += surv
+        print(f"cosmic-ray mutants: {k} of {t} killed")
+    for s in stale:
+        print(f"STALE (text not found; update tools/mutate.py): {s}")
+    for s in survived:
+        print(f"SURVIVED: {s}")
+    return 1 if survived else 2 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
