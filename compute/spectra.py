@@ -501,13 +501,16 @@ def _spectrum(g, ops) -> np.ndarray:
     return np.sqrt(np.maximum(eig, 0.0))[::-1].copy()
 
 
-def _gram_spectra(wb, ws, storages: tuple[str, str], ops, lowrank=None
+def _gram_spectra(wb, ws, storages: tuple[str, str], ops, lowrank=None, eig=None
                   ) -> list[dict]:
     """All three roles from one blocked pass over the pair (see the module doc).
 
     `lowrank` (left (m, r), right (r, n), fp64 arrays of `ops`' kind): dW is
     left @ right (an adapter's, scale folded in) and W_sft = W_base + dW in fp64;
-    `ws` is then unused, and dW carries no storage rounding (noise_sigma 0)."""
+    `ws` is then unused, and dW carries no storage rounding (noise_sigma 0).
+    `eig(i, g)`, when given, replaces the eigenvalue step of role i's Gram g (whose
+    upper triangle holds it) and returns the descending singular values
+    (compute.directions keeps the eigenvectors there)."""
     t_start = time.perf_counter()
     m, n = wb.shape
     tall = m >= n
@@ -545,7 +548,7 @@ def _gram_spectra(wb, ws, storages: tuple[str, str], ops, lowrank=None
         t0 = time.perf_counter()
         frob_sq = ops.trace(g)
         if math.isfinite(frob_sq):  # squares of finite fp16/bf16/fp32 cannot overflow
-            sv, n_nonfinite = _spectrum(g, ops), 0
+            sv, n_nonfinite = (_spectrum(g, ops) if eig is None else eig(i, g)), 0
         else:
             sv, frob_sq = np.array([], dtype=np.float64), float("nan")
             n_nonfinite, n_zero = ops.count_nonfinite(wb, ws, i, storages, lowrank)
@@ -742,14 +745,17 @@ def noise_sigma(w_base: torch.Tensor, w_sft: torch.Tensor, storage,
     return _noise_from_sums(tuple(pow2_sq), tuple(subnormal), m * n, names)
 
 
+def to_float64(arr: np.ndarray, storage: str) -> np.ndarray:
+    """The values of an array in the ARRAY_DTYPES layout of `storage`, in fp64."""
+    return _from_bits(arr.view(BITS[storage][0]), storage).astype(np.float64)
+
+
 def vector_change(w_base: np.ndarray, w_sft: np.ndarray, storage: str,
                   storage_sft: str | None = None) -> dict:
     """Norms of base, SFT and dW of a 1-D tensor (arrays as ARRAY_DTYPES holds them:
     the base in `storage`, the SFT in `storage_sft`, default the same), and the zero
     and non-finite entry counts."""
-    storage_sft = storage_sft or storage
-    b = _from_bits(w_base.view(BITS[storage][0]), storage).astype(np.float64)
-    s = _from_bits(w_sft.view(BITS[storage_sft][0]), storage_sft).astype(np.float64)
+    b, s = to_float64(w_base, storage), to_float64(w_sft, storage_sft or storage)
     with np.errstate(invalid="ignore"):
         d = s - b
     finite = bool(np.isfinite(b).all() and np.isfinite(s).all())
