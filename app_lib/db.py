@@ -3,8 +3,10 @@
     from app_lib.db import query
     df = query("select * from marts.dim_pairs where pair = ?", ["7B"])
 
-Every call opens its own `read_only` connection, runs one query and closes it before
-returning, so ingest and `dbt run` (which cannot open the file while any other process
+Every call opens its own `read_only` connection to the warehouse's published snapshot
+(ingest.snapshot: writers never wait for the app, nor the app for them), runs one
+query and closes it before returning. Where no snapshot is fresh it reads the file
+itself, so ingest and `dbt run` (which cannot open the file while any other process
 holds it) can take the file between two queries. When a writer holds the file, the
 open is retried a bounded number of times (`ATTEMPTS`, with a doubling pause) and
 then `WarehouseBusy` is raised; the page says so and offers a retry.
@@ -35,6 +37,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from ingest import snapshot
 from ingest.warehouse import WarehouseBusy, db_path, lock_holder
 
 __all__ = ["APP_CONFIG", "ATTEMPTS", "LIMITS", "Limits", "WarehouseBusy", "WarehouseMissing", "connect",
@@ -102,9 +105,12 @@ class WarehouseMissing(FileNotFoundError):
 
 
 def source() -> tuple[str, int]:
-    """(path, change stamp) of the warehouse: the cache key of every query, so a
-    rebuild (the file or its WAL changes) invalidates cached results."""
-    path = db_path().resolve()
+    """(path, change stamp) of what the app reads: the warehouse's published snapshot
+    (ingest.snapshot), or the file itself where none is fresh. It is the cache key of
+    every query, and every query of one page run reads that same file, so a page
+    shows one state of the warehouse; a new snapshot (or a change of the file or its
+    WAL) invalidates cached results."""
+    path = snapshot.reader_path(db_path()).resolve()
     stamp = 0
     for p in (path, path.with_name(path.name + ".wal")):
         try:
@@ -139,7 +145,8 @@ def connect(path: str | os.PathLike | None = None, *, attempts: int | None = Non
     Raises WarehouseMissing if the file does not exist, WarehouseBusy after
     `attempts` lock errors in a row.
     """
-    path = Path(path) if path is not None else db_path()
+    primary = Path(path) if path is not None else db_path()
+    path = snapshot.reader_path(primary)
     if not path.exists():
         raise WarehouseMissing(f"warehouse {path} does not exist yet")
     attempts = ATTEMPTS if attempts is None else max(1, attempts)
@@ -152,6 +159,10 @@ def connect(path: str | os.PathLike | None = None, *, attempts: int | None = Non
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             if not _is_busy(exc):
                 raise
+            published = snapshot.current(primary)
+            if published is not None and published != path:
+                path = published  # a writer has the file: read its last snapshot
+                continue
             if attempt == attempts:
                 raise WarehouseBusy(
                     f"the warehouse {path} is being written by {lock_holder(exc)}; "

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import duckdb
 
+from ingest import snapshot
 from ingest.warehouse import (
     WarehouseBusy,
     connect,
@@ -121,6 +122,7 @@ def load_run(run_dir: str | Path, db: str | Path | None = None,
             with contextlib.suppress(duckdb.Error):  # a dead connection rolls back too
                 con.execute("rollback")
             raise
+        snapshot.publish_or_warn(con, db_path(db))  # what readers see from now on
     return counts
 
 

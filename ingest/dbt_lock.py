@@ -10,7 +10,9 @@ command line), and brings the raw tables to this release's layout (the steps of
 transaction; empty raw tables on a new file). The connection is kept until dbt's own
 `connect()` has succeeded: in one process DuckDB hands the second connect the same
 database instance, so no other process can take the file in between.
-`configure_connection` then lets ours go.
+`configure_connection` then lets ours go, and gives dbt's connection the function
+`sftscope_publish()`, which the on-run-end hook calls after a build without errors to
+publish the read-only snapshot readers see (ingest.snapshot).
 
 Why not dbt-duckdb's `retries: {connect_attempts: N}`: it sleeps 2**k s after the k-th
 failed attempt, also after the last one, and dbt's error handling reopens the
@@ -29,13 +31,14 @@ import duckdb
 from dbt.adapters.duckdb.plugins import BasePlugin
 from dbt_common.exceptions import DbtRuntimeError
 
-from ingest import warehouse
+from ingest import snapshot, warehouse
 
 
 class Plugin(BasePlugin):
     def initialize(self, plugin_config: dict[str, Any]) -> None:
         self._held: contextlib.ExitStack | None = None
         self._failed: str | None = None
+        self._path: str | None = None
 
     def update_connection_config(self, creds, config: dict[str, Any]) -> None:
         path = str(creds.path)
@@ -45,6 +48,7 @@ class Plugin(BasePlugin):
             raise DbtRuntimeError(self._failed)
         if self._held is not None:
             return
+        self._path = path
         stack = contextlib.ExitStack()
         try:
             con = stack.enter_context(warehouse.connect(path, config=dict(config)))
@@ -67,4 +71,11 @@ class Plugin(BasePlugin):
         if self._held is not None:
             stack, self._held = self._held, None
             stack.close()
+        # `select sftscope_publish()`: dbt's on-run-end hook after a good build
+        # (dbt_project/macros/publish_snapshot.sql), once it has checkpointed.
+        if self._path is not None:
+            path = self._path
+            conn.create_function("sftscope_publish",
+                                 lambda: str(snapshot.publish_file(path)), [],
+                                 "VARCHAR", side_effects=True)
 

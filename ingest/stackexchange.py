@@ -37,6 +37,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from ingest import snapshot
 from ingest.se_parse import (
     CorruptSource,
     RowSplitter,
@@ -459,6 +460,7 @@ def load(path: str | os.PathLike, opts: LoadOptions | None = None, **kw) -> Load
             except BaseException:
                 con.execute("rollback")
                 raise
+            snapshot.publish_or_warn(con, report.db)  # what readers see from now on
     finally:
         if pool is not None:
             pool.close()

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import duckdb
 
+from ingest import snapshot
+
 DEFAULT_DB = Path("data/warehouse.duckdb")
 LOCK_TIMEOUT_S = float(os.environ.get("SFTSCOPE_LOCK_TIMEOUT", "60"))
 
@@ -79,9 +81,11 @@ def connect(
     raises SchemaError naming the command that upgrades it (`check=False`: don't);
     writers call `ensure_raw_schema`, which upgrades it.
     """
-    path = db_path(path)
+    path = primary = db_path(path)
     if read_only and not path.exists():
         raise FileNotFoundError(f"warehouse {path} does not exist yet")
+    if read_only:  # readers read the published snapshot (ingest.snapshot)
+        path = snapshot.reader_path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     timeout_s = LOCK_TIMEOUT_S if timeout_s is None else timeout_s
@@ -94,6 +98,10 @@ def connect(
         except duckdb.IOException as exc:
             if not _is_lock_error(exc):
                 raise
+            published = snapshot.current(primary) if read_only else None
+            if published is not None and published != path:
+                path = published  # a writer has the file: read its last snapshot
+                continue
             if time.monotonic() >= deadline:
                 raise WarehouseBusy(
                     f"warehouse {path} is held by {lock_holder(exc)}; waited {timeout_s:g} s"
@@ -393,9 +401,12 @@ def migrate(con: duckdb.DuckDBPyConnection) -> tuple[int | None, list[Migration]
 
 
 def upgrade(path: str | os.PathLike | None = None) -> tuple[int | None, list[Migration]]:
-    """Open the warehouse for writing and `migrate` it."""
+    """Open the warehouse for writing, `migrate` it and publish it to readers."""
     with connect(path) as con:
-        return migrate(con)
+        found, applied = migrate(con)
+        if applied:
+            snapshot.publish_or_warn(con, db_path(path))
+        return found, applied
 
 
 def replace_pair_rows(
