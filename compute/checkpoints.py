@@ -25,13 +25,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from compute.demo import parse_name
+from compute.binfiles import BinError, bin_weight_files, read_bin, scan_bin
+from compute.naming import Layout, LayoutError, View
 from compute.spectra import ARRAY_DTYPES
 
 if TYPE_CHECKING:
     import torch
 
 HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer*", "*.txt", "*.model"]
+BIN_PATTERNS = ["pytorch_model*.bin"]  # fetched only when a repo has no safetensors
 # safetensors dtype -> storage dtype (its arrays: compute.spectra.ARRAY_DTYPES)
 STORAGE = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 READ_CHUNK = 1 << 30  # bytes per read call (Linux reads at most ~2 GiB at once)
@@ -64,6 +66,11 @@ class Checkpoint:
         a bfloat16 array holds the bits (uint16)."""
         info = self.tensors[name]
         path = self.path / info.file
+        if path.suffix == ".bin" and info.dtype in STORAGE:
+            try:
+                return read_bin(path, name), STORAGE[info.dtype]
+            except BinError as exc:
+                raise CheckpointError(str(exc)) from exc
         if info.dtype not in STORAGE:
             raise CheckpointError(
                 f"{path}: tensor {name} is stored as {info.dtype}; sftscope reads "
@@ -100,7 +107,7 @@ class Checkpoint:
 
     @property
     def n_layers(self) -> int | None:
-        return self.config.get("num_hidden_layers")
+        return Layout(self.config).n_layers  # num_hidden_layers, n_layer, ...
 
 
 def _read_config(folder: Path) -> dict:
@@ -139,9 +146,17 @@ def _weight_files(folder: Path) -> dict[str, list[str] | None]:
     others = sorted(p.name for p in folder.glob("*.safetensors"))
     if len(others) == 1:
         return {others[0]: None}
+    if not others:  # an older checkpoint: pytorch_model*.bin, read safely
+        try:
+            bins = bin_weight_files(folder)
+        except BinError as exc:
+            raise CheckpointError(str(exc)) from exc
+        if bins:
+            return bins
     raise CheckpointError(
         f"{folder}: no model.safetensors or model.safetensors.index.json"
-        + (f" (found {', '.join(others)})" if others else "")
+        + (f" (found {', '.join(others)})" if others else
+           " (nor pytorch_model.bin or pytorch_model.bin.index.json)")
     )
 
 
@@ -185,7 +200,14 @@ def read_header(path: Path) -> tuple[dict, int]:
 
 
 def scan_shard(path: Path) -> dict[str, TensorInfo]:
-    """The tensors of one safetensors file, after checking it is complete."""
+    """The tensors of one safetensors file, after checking it is complete (or of a
+    pytorch_model*.bin, loaded safely: compute.binfiles)."""
+    if path.suffix == ".bin":
+        try:
+            return {name: TensorInfo(name, shape, dtype, path.name)
+                    for name, (shape, dtype) in scan_bin(path).items()}
+        except BinError as exc:
+            raise CheckpointError(str(exc)) from exc
     header, data_start = read_header(path)
     tensors: dict[str, TensorInfo] = {}
     try:
@@ -291,6 +313,9 @@ def locate(ref: str, revision: str | None = None) -> tuple[Path, str | None]:
         try:
             folder = Path(snapshot_download(ref, revision=revision,
                                             allow_patterns=HUB_PATTERNS))
+            if not any(folder.glob("*.safetensors")):  # an older checkpoint
+                folder = Path(snapshot_download(ref, revision=folder.name,
+                                                allow_patterns=BIN_PATTERNS))
         except LocalEntryNotFoundError as exc:
             raise CheckpointError(
                 f"{ref}: not in the hub cache and the hub cannot be reached "
@@ -312,9 +337,16 @@ def resolve(ref: str, revision: str | None = None) -> Checkpoint:
 
 @dataclasses.dataclass
 class Plan:
-    matrices: list[str]  # 2-D weights, in file order: spectra of base, sft, delta
+    matrices: list[str]  # 2-D/3-D weights, in file order: spectra of base, sft, delta
     vectors: list[str]  # 1-D tensors: relative change only
     tied: bool  # lm_head shares embed_tokens (absent from the files)
+    # the matrices each tensor gives (compute.naming: whole, fused parts, experts)
+    views: dict[str, list[View]] = dataclasses.field(default_factory=dict)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # buffers: why
+
+    @property
+    def n_views(self) -> int:
+        return sum(len(self.views[m]) for m in self.matrices)
 
 
 ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -341,6 +373,9 @@ def pair_plan(base: Checkpoint, sft: Checkpoint) -> Plan:
             f"{len(only_sft)} only in SFT): {which}"
         )
     matrices, vectors = [], []
+    layout = Layout(base.config)
+    views: dict[str, list[View]] = {}
+    skipped: dict[str, str] = {}
     for name, info in base.tensors.items():
         other = sft.tensors[name]
         if info.shape != other.shape:
@@ -353,15 +388,23 @@ def pair_plan(base: Checkpoint, sft: Checkpoint) -> Plan:
                 f"tensor {name}: stored as {info.dtype} in {base.ref} but "
                 f"{other.dtype} in {sft.ref}"
             )
-        if len(info.shape) == 2:
-            matrices.append(name)
-        elif len(info.shape) == 1:
-            vectors.append(name)
-        else:
-            raise CheckpointError(f"tensor {name}: unexpected shape {list(info.shape)}")
+        if layout.skip(name, info.shape):
+            skipped[name] = layout.skip(name, info.shape)
+            continue
+        try:
+            if len(info.shape) >= 2:
+                views[name] = layout.views(name, info.shape)
+                matrices.append(name)
+            elif len(info.shape) == 1:
+                layout.place(name)
+                vectors.append(name)
+            else:
+                raise LayoutError(f"tensor {name}: a scalar, not a weight")
+        except LayoutError as exc:
+            raise CheckpointError(f"{base.path / info.file}: {exc}") from exc
+    try:
+        layout.check_unique([v for vs in views.values() for v in vs])
+    except LayoutError as exc:
+        raise CheckpointError(f"{base.ref}: {exc}") from exc
     tied = bool(base.config.get("tie_word_embeddings")) and "lm_head.weight" not in base.tensors
-    return Plan(matrices, vectors, tied)
-
-
-def layer_module(name: str) -> tuple[int | None, str]:
-    return parse_name(name)
+    return Plan(matrices, vectors, tied, views, skipped)

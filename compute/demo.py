@@ -26,7 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported where used: compute.checkpoints needs parse_name only
+from compute.naming import parse_name
+
+if TYPE_CHECKING:  # imported where used
     import torch
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -128,21 +130,6 @@ def shapes(spec: PairSpec) -> dict[str, tuple[int, ...]]:
     if not spec.tie_embeddings:
         out["lm_head.weight"] = (spec.vocab, h)
     return out
-
-
-def parse_name(name: str) -> tuple[int | None, str]:
-    """(layer, module) of a tensor name; layer None outside the blocks."""
-    parts = name.split(".")
-    layer = None
-    if "layers" in parts:
-        idx = parts.index("layers")
-        if idx + 1 < len(parts) and parts[idx + 1].isdigit():
-            layer = int(parts[idx + 1])
-    stem = [p for p in parts if p not in ("weight", "bias")]
-    module = stem[-1] if stem else name
-    if parts[-1] == "bias":
-        module = f"{module}.bias"
-    return layer, module
 
 
 def planted_update(

@@ -12,7 +12,10 @@ parses and every shard it names is there, that every shard is complete (its head
 parses and the file is as long as the header promises: a half-downloaded shard is
 caught here) and holds the tensors the index gives it, and that a tokenizer is there
 (the behaviour half needs one). For the pair: the same architecture (config keys that
-decide shapes), the same tensor names, shapes and storage dtypes. With `--verify`,
+decide shapes), the same tensor names, shapes and storage dtypes, and the layout
+compute.naming recognises (the block container and layer count, Conv1D weights
+stored [in, out], fused projections and how they are split, experts, buffers
+skipped; a tensor it cannot place fails here). With `--verify`,
 every shard of a checkpoint from the hub cache is hashed (sha256) and compared with
 the name of its blob, which is the sha256 of what the hub served: a shard damaged on
 disk but of the right length (bit rot, a bad copy) is caught only here. It reads the
@@ -49,6 +52,7 @@ from compute.checkpoints import (
     scan_shard,
     sha256_file,
 )
+from compute.naming import Layout, LayoutError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
@@ -192,13 +196,28 @@ def check_compatible(base: Checked, sft: Checked, rep: Report) -> None:
             rep.add("FAIL", "pair", f"tensor {name}: stored as {b.dtype} in {base.ref} "
                     f"but {s.dtype} in {sft.ref}")
             ok = False
-        if len(b.shape) not in (1, 2):
-            rep.add("FAIL", "pair", f"tensor {name}: unexpected shape {list(b.shape)}")
-            ok = False
     if ok:
-        n2 = sum(len(t.shape) == 2 for t in base.tensors.values())
+        n2 = sum(len(t.shape) >= 2 for t in base.tensors.values())
         rep.add("PASS", "pair", f"same {len(base.tensors)} tensors, shapes and dtypes "
                 f"({n2} matrices)")
+    check_layout(base, rep)
+
+
+def check_layout(base: Checked, rep: Report) -> None:
+    """The layout compute.naming recognises: blocks, Conv1D storage, what is split
+    (fused projections) or analysed per expert, what is skipped."""
+    if base.tensors is None or base.config is None:
+        return
+    rep.section("layout")
+    try:
+        lines = Layout(base.config).summary(
+            {name: info.shape for name, info in base.tensors.items()})
+    except LayoutError as exc:
+        rep.add("FAIL", "layout", str(exc))
+        return
+    for line in lines:
+        rep.add("WARN" if "NOT all" in line or "none recognised" in line else "PASS",
+                "layout", line)
 
 
 def verify_checksums(role: str, c: Checked, rep: Report, progress: bool) -> None:
@@ -321,11 +340,12 @@ def check_pair(base: str, sft: str, *, revision_base: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from compute.run import DEMO_DIR, PAIRS, SIZES
+    from compute.run import DEMO_DIR, PAIRS
 
     ap = argparse.ArgumentParser(prog="python -m compute.doctor",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("--pair", help=f"a known pair: {', '.join(SIZES)} or demo")
+    ap.add_argument("--pair", help=f"a known pair: {', '.join(PAIRS)} or demo "
+                    "(python -m compute.run --help says what each is)")
     ap.add_argument("--base", help="base checkpoint: hub id or local folder")
     ap.add_argument("--sft", help="fine-tuned checkpoint: hub id or local folder")
     ap.add_argument("--revision-base")
@@ -347,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         base, sft = str(DEMO_DIR / "base"), str(DEMO_DIR / "sft")
     elif a.pair:
         if a.pair not in PAIRS:
-            ap.error(f"unknown --pair {a.pair!r}; known: {', '.join(SIZES)}, demo")
+            ap.error(f"unknown --pair {a.pair!r}; known: {', '.join(PAIRS)}, demo")
         base, sft = PAIRS[a.pair]
     elif a.base and a.sft:
         base, sft = a.base, a.sft

@@ -37,6 +37,19 @@ if TYPE_CHECKING:
 
 SIZES = ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")
 PAIRS = {s: (f"Qwen/Qwen2.5-{s}", f"Qwen/Qwen2.5-{s}-Instruct") for s in SIZES}
+# other families (compute.naming reads their layouts): name -> (base, fine-tune)
+FAMILIES = {
+    "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "smollm2-1.7b": ("HuggingFaceTB/SmolLM2-1.7B", "HuggingFaceTB/SmolLM2-1.7B-Instruct"),
+    "llama3.1-8b": ("meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B-Instruct"),
+    "mistral-7b": ("mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-Instruct-v0.1"),
+    "gemma2-2b": ("google/gemma-2-2b", "google/gemma-2-2b-it"),
+    "olmo2-7b": ("allenai/OLMo-2-1124-7B", "allenai/OLMo-2-1124-7B-SFT"),
+    "qwen1.5-moe": ("Qwen/Qwen1.5-MoE-A2.7B", "Qwen/Qwen1.5-MoE-A2.7B-Chat"),
+    "mixtral-8x7b": ("mistralai/Mixtral-8x7B-v0.1",
+                     "mistralai/Mixtral-8x7B-Instruct-v0.1"),
+}
+PAIRS |= FAMILIES
 DEMO_DIR = Path("data/models/demo")
 
 
@@ -54,7 +67,9 @@ def schemas() -> dict:
         "spectra": pa.schema([
             ("run_id", pa.string()), ("pair", pa.string()), ("base_model", pa.string()),
             ("sft_model", pa.string()), ("tensor", pa.string()), ("layer", pa.int32()),
-            ("module", pa.string()), ("role", pa.string()), ("n_rows", pa.int32()),
+            ("module", pa.string()), ("expert", pa.int32()), ("part", pa.string()),
+            ("source_tensor", pa.string()), ("stored_transposed", pa.bool_()),
+            ("role", pa.string()), ("n_rows", pa.int32()),
             ("n_cols", pa.int32()), ("storage_dtype", pa.string()),
             ("singular_values", pa.list_(pa.float64())), ("frobenius_sq", pa.float64()),
             ("noise_sigma", pa.float64()), ("n_zero", pa.int64()),
@@ -116,7 +131,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
         "--sft Qwen/Qwen2.5-1.5B-Instruct --name 1.5B | --base ./a --sft ./b --name x",
     )
     ap.add_argument("--pair", help=f"a known pair: {', '.join(SIZES)} (Qwen2.5 base vs "
-                    "Instruct) or 'demo' (built locally, offline)")
+                    "Instruct), " + ", ".join(f"{k} ({a} vs {b})"
+                                              for k, (a, b) in FAMILIES.items())
+                    + " or 'demo' (built locally, offline)")
     ap.add_argument("--base", help="base checkpoint: hub id or local folder")
     ap.add_argument("--sft", help="fine-tuned checkpoint: hub id or local folder")
     ap.add_argument("--name", help="the pair's name in the warehouse (with --base/--sft)")
@@ -160,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         elif a.pair in PAIRS:
             base, sft = PAIRS[a.pair]
         else:
-            ap.error(f"unknown --pair {a.pair!r}; known: {', '.join(SIZES)}, demo "
+            ap.error(f"unknown --pair {a.pair!r}; known: {', '.join(PAIRS)}, demo "
                      "(or use --base/--sft/--name)")
         name = a.pair
     elif a.base and a.sft:
@@ -322,7 +339,7 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
 
     import numpy as np
 
-    from compute.checkpoints import layer_module
+    from compute.naming import Layout
     from compute.spectra import (
         array_spectra,
         spectra_workers,
@@ -339,7 +356,8 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
     run_id, pair = manifest["run_id"], cfg.pair
     started = manifest["kinds"].get("spectra", {}).get("started_at") or now()
     manifest["kinds"]["spectra"] = {"started_at": started, "finished_at": None,
-                                    "n_matrices": len(plan.matrices),
+                                    "n_matrices": plan.n_views,
+                                    "n_tensors": len(plan.matrices),
                                     "n_vectors": len(plan.vectors)}
     save_manifest(cfg, manifest)
 
@@ -347,9 +365,9 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         vec_path = cfg.run_dir / "spectra" / "vectors.parquet"
         if vec_path.exists():
             return
-        rows = []
+        rows, layout = [], Layout(base.config)
         for name in plan.vectors:
-            layer, module = layer_module(name)
+            layer, module, _ = layout.place(name)
             (wb, storage), (ws, _) = base.read_array(name), sft.read_array(name)
             rows.append({"run_id": run_id, "pair": pair, "tensor": name,
                          "layer": layer, "module": module, "storage_dtype": storage}
@@ -365,29 +383,39 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
     done = len(plan.matrices) - len(todo)
 
     def one(i: int) -> list[str]:
-        """Spectra of matrix i into its Parquet file; the non-finite warnings."""
+        """Spectra of tensor i's matrices (compute.naming's views: itself, its fused
+        parts, its experts) into one Parquet file; the non-finite warnings."""
         name = plan.matrices[i]
-        layer, module = layer_module(name)
         if torch is None:
             (wb, storage), (ws, _) = base.read_array(name), sft.read_array(name)
-            rows = array_spectra(wb, ws, storage)  # pair_plan checked the dtypes
         else:
-            with torch.inference_mode():  # thread-local: set in each worker
-                wb, ws = base.read(name), sft.read(name)
-                storage = storage_name(wb.dtype)
-                rows = tensor_spectra(wb, ws, device=torch.device(device),
-                                      method=cfg.method)
-        common = {"run_id": run_id, "pair": pair, "base_model": base.ref,
-                  "sft_model": sft.ref, "tensor": name, "layer": layer,
-                  "module": module, "n_rows": wb.shape[0], "n_cols": wb.shape[1],
-                  "storage_dtype": storage, "method": cfg.method, "device": device}
+            wb, ws = base.read(name), sft.read(name)
+            storage = storage_name(wb.dtype)
+        out, warnings = [], []
+        for view in plan.views[name]:
+            vb, vs = view.take(wb), view.take(ws)
+            if torch is None:
+                rows = array_spectra(vb, vs, storage)  # pair_plan checked the dtypes
+            else:
+                with torch.inference_mode():  # thread-local: set in each worker
+                    rows = tensor_spectra(vb, vs, device=torch.device(device),
+                                          method=cfg.method)
+            del vb, vs
+            common = {"run_id": run_id, "pair": pair, "base_model": base.ref,
+                      "sft_model": sft.ref, "tensor": view.tensor,
+                      "layer": view.layer, "module": view.module,
+                      "expert": view.expert, "part": view.part, "source_tensor": name,
+                      "stored_transposed": view.transposed, "n_rows": view.shape[0],
+                      "n_cols": view.shape[1], "storage_dtype": storage,
+                      "method": cfg.method, "device": device}
+            for r in rows:
+                r["singular_values"] = r["singular_values"].tolist()
+                if r["n_nonfinite"]:
+                    warnings.append(f"{view.tensor} ({r['role']}: {r['n_nonfinite']} "
+                                    "NaN/Inf)")
+            out += [common | r for r in rows]
         del wb, ws
-        warnings = []
-        for r in rows:
-            r["singular_values"] = r["singular_values"].tolist()
-            if r["n_nonfinite"]:
-                warnings.append(f"{name} ({r['role']}: {r['n_nonfinite']} NaN/Inf)")
-        write_rows([common | r for r in rows], "spectra", spectra_file(cfg.run_dir, i))
+        write_rows(out, "spectra", spectra_file(cfg.run_dir, i))
         return warnings
 
     bad: dict[int, list[str]] = {}
@@ -492,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: nothing was computed or changed", file=sys.stderr)
         return 130
     print(f"pair {cfg.pair}: {base.ref} ({base.revision}) vs {sft.ref} "
-          f"({sft.revision}); {len(plan.matrices)} matrices, {len(plan.vectors)} "
+          f"({sft.revision}); {plan.n_views} matrices in {len(plan.matrices)} "
+          f"tensors, {len(plan.vectors)} "
           f"1-D tensors{', tied embeddings' if plan.tied else ''}; device {device}",
           flush=True)
     with contextlib.ExitStack() as stack:

@@ -176,7 +176,11 @@ COMPUTE_TABLES: dict[str, str] = {
         n_nonfinite BIGINT,               -- NaN/Inf entries (spectrum empty if > 0)
         method VARCHAR NOT NULL,
         device VARCHAR NOT NULL,
-        seconds DOUBLE
+        seconds DOUBLE,
+        expert INTEGER,                   -- mixture of experts: the expert; NULL dense
+        part VARCHAR,                     -- q|k|v|gate|up: cut from a fused projection
+        source_tensor VARCHAR,            -- the checkpoint tensor it was read from
+        stored_transposed BOOLEAN         -- stored [in, out] (Conv1D); rows = out
     """,
     "vector_changes": """
         run_id VARCHAR NOT NULL,
@@ -244,7 +248,7 @@ COMPUTE_TABLES: dict[str, str] = {
 # applied, the highest is current). Version 1 is the first release's layout, which had
 # no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The raw layout this release writes: the last step of MIGRATIONS."""
 
 UPGRADE_COMMAND = "python -m ingest.upgrade"
@@ -276,6 +280,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "raw.training_log: loss curves of a trained pair",
               ("create table if not exists raw.training_log ("
                + COMPUTE_TABLES["training_log"] + ")",)),
+    Migration(4, "raw.spectra: expert, part, source_tensor, stored_transposed "
+              "(layouts beyond Qwen2.5: experts, fused projections, Conv1D)",
+              ("alter table raw.spectra add column if not exists expert INTEGER",
+               "alter table raw.spectra add column if not exists part VARCHAR",
+               "alter table raw.spectra add column if not exists source_tensor VARCHAR",
+               "update raw.spectra set source_tensor = tensor "
+               "where source_tensor is null",
+               "alter table raw.spectra add column if not exists stored_transposed "
+               "BOOLEAN default false")),
 )
 """The ordered steps from version 1 to SCHEMA_VERSION.
 

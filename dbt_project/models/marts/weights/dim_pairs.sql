@@ -10,7 +10,8 @@ runs as (
 
 spectra as (
 
-    select * from {{ ref('stg_compute__spectra') }} where role = 'base'
+    -- the checkpoint's matrices: not the parts cut from fused ones a second time
+    select * from {{ ref('stg_compute__spectra') }} where role = 'base' and part is null
 
 ),
 

@@ -17,10 +17,19 @@ final as (
         tensor,
         layer,
         module,
+        expert,
+        part,
+        source_tensor,
+        stored_transposed,
         case
-            when module in ('q_proj', 'k_proj', 'v_proj', 'o_proj') then 'attention'
-            when module in ('gate_proj', 'up_proj', 'down_proj') then 'mlp'
-            when module = 'embed_tokens' then 'embedding'
+            when module in ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'qkv_proj',
+                            'c_attn', 'query_key_value', 'Wqkv', 'W_pack', 'qkv')
+                then 'attention'
+            when module in ('gate_proj', 'up_proj', 'down_proj', 'gate_up_proj', 'w13')
+                then 'mlp'
+            when module like 'shared_expert%' then 'mlp'
+            when module = 'router' then 'router'
+            when module in ('embed_tokens', 'embed_positions') then 'embedding'
             when module = 'lm_head' then 'head'
             else 'other'
         end as kind,

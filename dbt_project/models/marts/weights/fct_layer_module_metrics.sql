@@ -1,10 +1,24 @@
-{#- One row per (pair, layer, module) inside the blocks: the heatmap's grid. -#}
+{#-
+    One row per (pair, layer, module) inside the blocks: the heatmap's grid. A dense
+    cell is one dW; a mixture-of-experts cell aggregates its experts' dWs: each
+    measure is the median over the experts, with the max of the main ones beside it
+    (the experts one by one: fct_expert_metrics).
+-#}
+{%- set measures = ['relative_frobenius_change', 'relative_spectral_change',
+                    'delta_stable_rank', 'delta_effective_rank', 'delta_numerical_rank',
+                    'delta_energy_rank_90', 'delta_signal_rank', 'delta_gd_unknown_rank',
+                    'relative_stable_rank', 'relative_effective_rank',
+                    'relative_numerical_rank', 'relative_energy_rank_90',
+                    'relative_signal_rank', 'base_stable_rank', 'base_effective_rank',
+                    'base_s_max', 'delta_s_max', 'zero_fraction'] -%}
+{%- set maxed = ['relative_frobenius_change', 'relative_spectral_change',
+                 'delta_signal_rank', 'delta_energy_rank_90'] -%}
 
 with
 
-metrics as (
+matrices as (
 
-    select * from {{ ref('fct_matrix_metrics') }}
+    select * from {{ ref('int_delta_matrices') }}
 
 ),
 
@@ -14,64 +28,87 @@ pairs as (
 
 ),
 
-delta as (
+cells as (
 
-    select * from metrics where role = 'delta' and layer is not null
+    select
+        pair,
+        layer,
+        module,
+        any_value(run_id) as run_id,
+        count(*) as n_matrices,
+        count(expert) as n_experts,
+        -- the tensor; for experts the name with the expert index as '*'
+        case
+            when count(*) = 1 then any_value(tensor)
+            else regexp_replace(regexp_replace(min(tensor), '\.experts\.[0-9]+\.',
+                                               '.experts.*.'), '\[[0-9]+\]', '[*]')
+        end as tensor,
+        any_value(n_rows) as n_rows,
+        any_value(n_cols) as n_cols,
+        {%- for m in measures %}
+        case when count(*) = 1 then any_value({{ m }}) else median({{ m }}) end
+            as {{ m }},
+        {%- endfor %}
+        {%- for m in maxed %}
+        max({{ m }}) as max_{{ m }},
+        {%- endfor %}
 
-),
-
-base as (
-
-    select run_id, tensor, stable_rank, effective_rank, numerical_rank, s_max,
-           frobenius_norm
-    from metrics where role = 'base'
+    from matrices
+    where layer is not null
+    group by pair, layer, module
 
 ),
 
 final as (
 
     select
-        d.pair || '|' || d.layer || '|' || d.module as cell_key,
-        d.run_id,
-        d.pair,
-        d.layer,
-        d.module,
+        c.pair || '|' || c.layer || '|' || c.module as cell_key,
+        c.run_id,
+        c.pair,
+        c.layer,
+        c.module,
         p.n_layers,
-        d.layer::double / p.n_layers as depth,
+        c.layer::double / p.n_layers as depth,
         p.size_billions,
-        d.tensor,
-        d.n_rows,
-        d.n_cols,
+        c.tensor,
+        c.n_rows,
+        c.n_cols,
+        c.n_matrices,
+        c.n_experts,
 
-        -- how much dW changes W
-        d.relative_frobenius_change,
-        d.relative_spectral_change,
+        -- how much dW changes W (experts: median; max_*: the largest expert)
+        c.relative_frobenius_change,
+        c.relative_spectral_change,
 
         -- rank of dW
-        d.stable_rank as delta_stable_rank,
-        d.effective_rank as delta_effective_rank,
-        d.numerical_rank as delta_numerical_rank,
-        d.energy_rank_90 as delta_energy_rank_90,
-        d.signal_rank as delta_signal_rank,
-        d.gd_unknown_rank as delta_gd_unknown_rank,
+        c.delta_stable_rank,
+        c.delta_effective_rank,
+        c.delta_numerical_rank,
+        c.delta_energy_rank_90,
+        c.delta_signal_rank,
+        c.delta_gd_unknown_rank,
 
         -- rank of dW relative to W_base
-        d.relative_stable_rank,
-        d.relative_effective_rank,
-        d.relative_numerical_rank,
-        d.relative_energy_rank_90,
-        d.relative_signal_rank,
+        c.relative_stable_rank,
+        c.relative_effective_rank,
+        c.relative_numerical_rank,
+        c.relative_energy_rank_90,
+        c.relative_signal_rank,
 
         -- W_base itself
-        b.stable_rank as base_stable_rank,
-        b.effective_rank as base_effective_rank,
-        b.s_max as base_s_max,
-        d.s_max as delta_s_max,
-        d.zero_fraction,
+        c.base_stable_rank,
+        c.base_effective_rank,
+        c.base_s_max,
+        c.delta_s_max,
+        c.zero_fraction,
 
-    from delta as d
-    inner join base as b using (run_id, tensor)
-    left join pairs as p on p.pair = d.pair
+        -- the largest over the experts (= the value for a dense cell)
+        {%- for m in maxed %}
+        c.max_{{ m }},
+        {%- endfor %}
+
+    from cells as c
+    left join pairs as p on p.pair = c.pair
 
 )
 

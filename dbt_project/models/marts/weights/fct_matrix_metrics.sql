@@ -19,6 +19,14 @@ base as (
 
 ),
 
+-- where the matrix sits in a layout beyond one-tensor-one-matrix (compute.naming)
+layout as (
+
+    select run_id, tensor, role, expert, part, source_tensor
+    from {{ ref('stg_compute__spectra') }}
+
+),
+
 final as (
 
     select
@@ -32,6 +40,9 @@ final as (
         -- what the matrix is
         s.layer,
         s.module,
+        l.expert,
+        l.part,
+        l.source_tensor,
         s.n_rows,
         s.n_cols,
         s.n_short,
@@ -76,6 +87,8 @@ final as (
 
     from stats as s
     left join base as b using (run_id, tensor)
+    left join layout as l
+        on l.run_id = s.run_id and l.tensor = s.tensor and l.role = s.role
 
 )
 

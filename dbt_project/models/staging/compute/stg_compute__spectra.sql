@@ -18,6 +18,10 @@ renamed as (
         -- what the matrix is
         layer::integer as layer,
         module,
+        expert::integer as expert,
+        part,
+        coalesce(source_tensor, tensor) as source_tensor,
+        coalesce(stored_transposed, false) as stored_transposed,
         n_rows::integer as n_rows,
         n_cols::integer as n_cols,
         least(n_rows, n_cols)::integer as n_short,
