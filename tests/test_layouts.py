@@ -336,3 +336,27 @@ def test_known_pairs_are_listed_in_help(capsys):
     for name in ("smollm2-135m", "llama3.1-8b", "mistral-7b", "gemma2-2b", "olmo2-7b",
                  "mixtral-8x7b", "HuggingFaceTB/SmolLM2-135M-Instruct"):
         assert name in text
+
+
+@pytest.mark.slow
+def test_behaviour_half_runs_on_the_llama_layout_pair(tmp_path):
+    """LlamaForCausalLM with a trained tokenizer: compute.run's log-probs of both
+    models equal an independent transformers forward pass, post by post."""
+    from tests.behaviour_helpers import Reference, prompts, read
+
+    base, sft = build_layout_pair("llama", tmp_path / "llama")
+    posts = prompts(3)
+    posts.to_parquet(tmp_path / "prompts.parquet")
+    code = run_main(["--base", str(base), "--sft", str(sft), "--name", "llama",
+                     "--out", str(tmp_path / "runs"), "--no-load", "--skip-spectra",
+                     "--prompts", str(tmp_path / "prompts.parquet"), "--no-progress"])
+    assert code == 0
+    got = read(tmp_path / "runs" / "llama", "token_logprobs")
+    for role, folder in (("base", base), ("sft", sft)):
+        ref = Reference(folder)
+        for post in posts.itertuples():
+            rows = got[(got.role == role) & (got.post_id == post.post_id)]
+            want = ref.post(post.text).numpy()
+            assert len(rows) == len(want) > 5
+            np.testing.assert_allclose(rows.sort_values("position").logprob, want,
+                                       atol=1e-4, rtol=0)
