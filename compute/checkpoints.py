@@ -32,6 +32,8 @@ from compute.spectra import ARRAY_DTYPES
 if TYPE_CHECKING:
     import torch
 
+    from compute.vocab import VocabChange
+
 HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer*", "*.txt", "*.model"]
 BIN_PATTERNS = ["pytorch_model*.bin"]  # fetched only when a repo has no safetensors
 # safetensors dtype -> storage dtype (its arrays: compute.spectra.ARRAY_DTYPES)
@@ -343,6 +345,7 @@ class Plan:
     # the matrices each tensor gives (compute.naming: whole, fused parts, experts)
     views: dict[str, list[View]] = dataclasses.field(default_factory=dict)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # buffers: why
+    vocab: VocabChange | None = None  # a resized vocabulary, a tied head (compute.vocab)
 
     @property
     def n_views(self) -> int:
@@ -355,8 +358,16 @@ ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_he
 
 def pair_plan(base: Checkpoint, sft: Checkpoint) -> Plan:
     """Check that base and SFT are one architecture; list the work. Errors name the
-    first tensor (or config key) that differs, before any work is done."""
+    first tensor (or config key) that differs, before any work is done. A resized
+    vocabulary and a tied head against an untied one are aligned first
+    (compute.vocab: the checkpoints' tensor tables change); the storage dtypes of
+    the two sides may differ."""
+    from compute.vocab import align_pair
+
+    vocab = align_pair(base, sft)
     for key in ARCH_KEYS:
+        if key == "vocab_size" and vocab and vocab.base_vocab:
+            continue
         if base.config.get(key) != sft.config.get(key):
             raise CheckpointError(
                 f"base and SFT are different architectures: config {key} is "
@@ -383,14 +394,14 @@ def pair_plan(base: Checkpoint, sft: Checkpoint) -> Plan:
                 f"tensor {name}: shape {list(info.shape)} in {base.ref} but "
                 f"{list(other.shape)} in {sft.ref}"
             )
-        if info.dtype != other.dtype:
-            raise CheckpointError(
-                f"tensor {name}: stored as {info.dtype} in {base.ref} but "
-                f"{other.dtype} in {sft.ref}"
-            )
         if layout.skip(name, info.shape):
             skipped[name] = layout.skip(name, info.shape)
             continue
+        for ckpt, t in ((base, info), (sft, other)):  # each side its own dtype
+            if t.dtype not in STORAGE:
+                raise CheckpointError(
+                    f"{ckpt.path / t.file}: tensor {name} is stored as {t.dtype}; "
+                    f"sftscope reads {', '.join(STORAGE)} weights")
         try:
             if len(info.shape) >= 2:
                 views[name] = layout.views(name, info.shape)
@@ -407,4 +418,5 @@ def pair_plan(base: Checkpoint, sft: Checkpoint) -> Plan:
     except LayoutError as exc:
         raise CheckpointError(f"{base.ref}: {exc}") from exc
     tied = bool(base.config.get("tie_word_embeddings")) and "lm_head.weight" not in base.tensors
-    return Plan(matrices, vectors, tied, views, skipped)
+    return Plan(matrices, vectors, tied, views, skipped, vocab)
+

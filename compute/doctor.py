@@ -41,6 +41,7 @@ from typing import TextIO
 
 from compute.checkpoints import (
     ARCH_KEYS,
+    STORAGE,
     Checkpoint,
     CheckpointError,
     TensorInfo,
@@ -53,6 +54,7 @@ from compute.checkpoints import (
     sha256_file,
 )
 from compute.naming import Layout, LayoutError
+from compute.vocab import align_pair
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
@@ -161,8 +163,25 @@ def check_checkpoint(role: str, ref: str, revision: str | None, rep: Report) -> 
 
 def check_compatible(base: Checked, sft: Checked, rep: Report) -> None:
     rep.section("pair")
+    vocab = None
+    if None not in (base.config, sft.config, base.tensors, sft.tensors):
+        try:  # a resized vocabulary, a tied head: compared as compute.run does
+            vocab = align_pair(base, sft)
+        except CheckpointError as exc:
+            rep.add("FAIL", "pair", str(exc))
+    if vocab is not None:
+        o = vocab.options()
+        if vocab.base_vocab:
+            rep.add("PASS", "pair", f"resized vocabulary {o['base_vocab_size']} -> "
+                    f"{o['sft_vocab_size']}: the shared rows of "
+                    f"{', '.join(o['resized_tensors'])} are compared, the added ones "
+                    "recorded apart")
+        if vocab.tied_head:
+            rep.add("PASS", "pair", "lm_head compared with the "
+                    f"{o['tied_head_compared_with']} (tied embeddings on one side)")
     if base.config is not None and sft.config is not None:
-        diff = [k for k in ARCH_KEYS if base.config.get(k) != sft.config.get(k)]
+        diff = [k for k in ARCH_KEYS if base.config.get(k) != sft.config.get(k)
+                and not (k == "vocab_size" and vocab and vocab.base_vocab)]
         for k in diff:
             rep.add("FAIL", "pair", f"different architectures: config {k} is "
                     f"{base.config.get(k)!r} in {base.ref} but {sft.config.get(k)!r} "
@@ -184,6 +203,11 @@ def check_compatible(base: Checked, sft: Checked, rep: Report) -> None:
         rep.add("FAIL", "pair", f"{len(only_sft)} tensor(s) only in {sft.ref}: "
                 f"{_few(only_sft)}")
     ok = not (only_base or only_sft)
+    dtypes = set()
+    try:  # buffers it skips may be integers
+        layout = Layout(base.config) if base.config is not None else None
+    except LayoutError:
+        layout = None
     for name, b in base.tensors.items():
         s = sft.tensors.get(name)
         if s is None:
@@ -192,14 +216,22 @@ def check_compatible(base: Checked, sft: Checked, rep: Report) -> None:
             rep.add("FAIL", "pair", f"tensor {name}: shape {list(b.shape)} in "
                     f"{base.ref} but {list(s.shape)} in {sft.ref}")
             ok = False
-        elif b.dtype != s.dtype:
-            rep.add("FAIL", "pair", f"tensor {name}: stored as {b.dtype} in {base.ref} "
-                    f"but {s.dtype} in {sft.ref}")
+        elif (b.dtype not in STORAGE or s.dtype not in STORAGE) and not (
+                layout and layout.skip(name, b.shape)):
+            rep.add("FAIL", "pair", f"tensor {name}: stored as {b.dtype} in "
+                    f"{base.ref} and {s.dtype} in {sft.ref}; sftscope reads "
+                    f"{', '.join(STORAGE)} weights")
             ok = False
+        elif b.dtype != s.dtype:
+            dtypes.add(f"{b.dtype} -> {s.dtype}")
     if ok:
         n2 = sum(len(t.shape) >= 2 for t in base.tensors.values())
-        rep.add("PASS", "pair", f"same {len(base.tensors)} tensors, shapes and dtypes "
+        rep.add("PASS", "pair", f"same {len(base.tensors)} tensors and shapes "
                 f"({n2} matrices)")
+    if dtypes:  # compared in fp64, each side's rounding its own (docs/finetunes.md)
+        rep.add("PASS", "pair", "storage dtypes differ (base -> SFT: "
+                f"{', '.join(sorted(dtypes))}): dW is formed in fp64, the noise "
+                "level from each side's own rounding")
     check_layout(base, rep)
 
 

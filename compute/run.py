@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from compute.adapters import resolve_sft
 from compute.checkpoints import Checkpoint, CheckpointError, Plan, pair_plan, resolve
 from compute.spectra import METHODS
 
@@ -75,6 +76,10 @@ def schemas() -> dict:
             ("noise_sigma", pa.float64()), ("n_zero", pa.int64()),
             ("n_nonfinite", pa.int64()), ("method", pa.string()),
             ("device", pa.string()), ("seconds", pa.float64()),
+        ]),
+        "added_tokens": pa.schema([
+            ("run_id", pa.string()), ("pair", pa.string()), ("tensor", pa.string()),
+            ("token_id", pa.int64()), ("token", pa.string()), ("norm", pa.float64()),
         ]),
         "vectors": pa.schema([
             ("run_id", pa.string()), ("pair", pa.string()), ("tensor", pa.string()),
@@ -339,6 +344,7 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
 
     import numpy as np
 
+    from compute.adapters import Adapter, view_factors
     from compute.naming import Layout
     from compute.spectra import (
         array_spectra,
@@ -368,10 +374,18 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         rows, layout = [], Layout(base.config)
         for name in plan.vectors:
             layer, module, _ = layout.place(name)
-            (wb, storage), (ws, _) = base.read_array(name), sft.read_array(name)
+            (wb, storage), (ws, storage_s) = base.read_array(name), sft.read_array(name)
             rows.append({"run_id": run_id, "pair": pair, "tensor": name,
-                         "layer": layer, "module": module, "storage_dtype": storage}
-                        | vector_change(wb, ws, storage))
+                         "layer": layer, "module": module,
+                         "storage_dtype": storage if storage == storage_s
+                         else f"{storage}|{storage_s}"}
+                        | vector_change(wb, ws, storage, storage_s))
+        if plan.vocab is not None:  # a resized vocabulary's added rows
+            from compute.vocab import added_token_rows
+
+            write_rows([{"run_id": run_id, "pair": pair} | r
+                        for r in added_token_rows(plan.vocab, sft)], "added_tokens",
+                       cfg.run_dir / "spectra" / "added_tokens.parquet")
         write_rows(rows, "vectors", vec_path)
 
     todo = [i for i in range(len(plan.matrices))
@@ -387,19 +401,26 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         parts, its experts) into one Parquet file; the non-finite warnings."""
         name = plan.matrices[i]
         if torch is None:
-            (wb, storage), (ws, _) = base.read_array(name), sft.read_array(name)
+            (wb, storage), (ws, storage_s) = base.read_array(name), sft.read_array(name)
         else:
             wb, ws = base.read(name), sft.read(name)
-            storage = storage_name(wb.dtype)
+            storage, storage_s = storage_name(wb.dtype), storage_name(ws.dtype)
+        # an adapter: dW = its factors' product (None: W_sft is read), no rounding
+        adapter = isinstance(sft, Adapter)
+        factors = sft.lowrank(name) if adapter else None
         out, warnings = [], []
         for view in plan.views[name]:
             vb, vs = view.take(wb), view.take(ws)
+            lowrank = view_factors(view, factors)
             if torch is None:
-                rows = array_spectra(vb, vs, storage)  # pair_plan checked the dtypes
+                rows = array_spectra(vb, vs, storage, storage_s, lowrank=lowrank)
             else:
                 with torch.inference_mode():  # thread-local: set in each worker
-                    rows = tensor_spectra(vb, vs, device=torch.device(device),
-                                          method=cfg.method)
+                    rows = tensor_spectra(
+                        vb, vs, device=torch.device(device), method=cfg.method,
+                        lowrank=lowrank and tuple(map(torch.from_numpy, lowrank)))
+            if adapter and sft.exact(name):
+                rows[2]["noise_sigma"] = 0.0  # W_sft = W_base (+ BA): never rounded
             del vb, vs
             common = {"run_id": run_id, "pair": pair, "base_model": base.ref,
                       "sft_model": sft.ref, "tensor": view.tensor,
@@ -448,6 +469,8 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
             "finished_at": now(), "device": device,
             "dtype": "fp64 gram" if cfg.method == "gram" else cfg.method,
             "options": {"method": cfg.method, "tied_embeddings": plan.tied,
+                        "adapter": sft.summary() if isinstance(sft, Adapter) else None,
+                        "vocabulary": plan.vocab.options() if plan.vocab else None,
                         "nonfinite_tensors": bad_list, "numpy": np.__version__,
                         "torch": torch.__version__ if torch else None,
                         "workers": workers}}
@@ -510,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 2
     try:
         base = resolve(cfg.base, cfg.revision_base)
-        sft = resolve(cfg.sft, cfg.revision_sft)
+        sft = resolve_sft(cfg.sft, base, cfg.revision_sft)
         plan = pair_plan(base, sft)
     except CheckpointError as exc:
         print(f"error: {exc}\n(python -m compute.doctor --base {cfg.base} --sft "

@@ -15,6 +15,7 @@ select
     pair,
     module,
     n_matrices as layers,
+    n_unchanged as unchanged,
     round(median_base_stable_rank, 1) as "stable rank W_base",
     round(median_delta_stable_rank, 1) as "stable rank dW",
     median_delta_signal_rank as "signal rank dW",
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if df.empty:
         print("no pairs in the warehouse yet: run python -m compute.run --pair demo")
         return 0
-    print("Per module type, medians over layers (dW = W_sft - W_base):")
+    print("Per module type, medians over the layers where dW is not zero "
+          "(dW = W_sft - W_base; 'unchanged': layers where it is):")
     print(df.to_string(index=False))
     return 0
 

@@ -34,7 +34,8 @@ from ingest.warehouse import (
 
 KIND_TABLES = {
     "spectra": {"spectra": "spectra/[0-9]*.parquet",
-                "vector_changes": "spectra/vectors.parquet"},
+                "vector_changes": "spectra/vectors.parquet",
+                "added_tokens": "spectra/added_tokens.parquet"},
     "behaviour": {t: f"behaviour/{t}/*.parquet"
                   for t in ("token_logprobs", "post_texts", "residual_drift")},
 }

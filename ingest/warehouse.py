@@ -196,6 +196,14 @@ COMPUTE_TABLES: dict[str, str] = {
         n_zero BIGINT,
         n_nonfinite BIGINT
     """,
+    "added_tokens": """
+        run_id VARCHAR NOT NULL,
+        pair VARCHAR NOT NULL,
+        tensor VARCHAR NOT NULL,          -- embed_tokens / lm_head of the SFT
+        token_id BIGINT NOT NULL,         -- a row past the base's vocabulary
+        token VARCHAR,                    -- its string (SFT tokenizer), NULL without one
+        norm DOUBLE NOT NULL              -- L2 norm of the row
+    """,
     "token_logprobs": """
         run_id VARCHAR NOT NULL,
         pair VARCHAR NOT NULL,
@@ -248,7 +256,7 @@ COMPUTE_TABLES: dict[str, str] = {
 # applied, the highest is current). Version 1 is the first release's layout, which had
 # no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The raw layout this release writes: the last step of MIGRATIONS."""
 
 UPGRADE_COMMAND = "python -m ingest.upgrade"
@@ -289,6 +297,9 @@ MIGRATIONS: tuple[Migration, ...] = (
                "where source_tensor is null",
                "alter table raw.spectra add column if not exists stored_transposed "
                "BOOLEAN default false")),
+    Migration(5, "raw.added_tokens: the rows a fine-tune added to its vocabulary",
+              ("create table if not exists raw.added_tokens ("
+               + COMPUTE_TABLES["added_tokens"] + ")",)),
 )
 """The ordered steps from version 1 to SCHEMA_VERSION.
 

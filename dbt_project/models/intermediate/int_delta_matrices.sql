@@ -65,6 +65,7 @@ final as (
         b.s_max as base_s_max,
         d.s_max as delta_s_max,
         d.zero_fraction,
+        d.unchanged,
 
     from delta as d
     inner join base as b using (run_id, tensor)

@@ -37,6 +37,9 @@ cells as (
         any_value(run_id) as run_id,
         count(*) as n_matrices,
         count(expert) as n_experts,
+        -- dW exactly zero in every matrix of the cell (a frozen module, an adapter's
+        -- untouched matrix): its ranks are 0 or NULL, and summaries count it apart
+        bool_and(unchanged) as unchanged,
         -- the tensor; for experts the name with the expert index as '*'
         case
             when count(*) = 1 then any_value(tensor)
@@ -75,6 +78,7 @@ final as (
         c.n_cols,
         c.n_matrices,
         c.n_experts,
+        c.unchanged,
 
         -- how much dW changes W (experts: median; max_*: the largest expert)
         c.relative_frobenius_change,

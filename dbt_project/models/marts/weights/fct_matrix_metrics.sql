@@ -60,6 +60,7 @@ final as (
         s.energy_rank_90,
         s.energy_rank_99,
         s.n_nonfinite,
+        s.unchanged,
 
         -- dW only: noise-aware ranks
         s.noise_sigma,
