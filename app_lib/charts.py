@@ -25,7 +25,10 @@ GROUP_COLOR = {"low": "#B5473F", "high": "#2E8B57", "all": "#7F7F7F"}
 GROUP_LABEL = {"low": "low score", "high": "high score", "all": "all posts"}
 SEQUENTIAL = "viridis"
 MODULE_ORDER = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                "down_proj", "embed_tokens", "lm_head"]
+                "down_proj", "embed_tokens", "lm_head",
+                # fused projections (their parts fill the columns above), the router
+                "qkv_proj", "c_attn", "query_key_value", "Wqkv", "W_pack",
+                "gate_up_proj", "w13", "router"]
 
 # What each heatmap / layer metric means, with its axis title.
 METRICS: dict[str, str] = {
@@ -71,10 +74,13 @@ def metric_title(metric: str) -> str:
 
 # --- weights -----------------------------------------------------------------------
 
-def heatmap(df: pd.DataFrame, metric: str, *, log: bool = False) -> alt.Chart:
+def heatmap(df: pd.DataFrame, metric: str, *, log: bool = False,
+            columns: str = "module") -> alt.Chart:
     """Layer (rows, 0 on top) x module type (columns), coloured by `metric`.
 
-    df: fct_layer_module_metrics rows of one pair (layer, module, metric, ...)."""
+    df: fct_layer_module_metrics rows of one pair (layer, module, metric, ...); or,
+    with columns="expert", fct_expert_metrics rows of one pair and module: layer x
+    expert."""
     data = df.copy()
     n_layers = int(data["layer"].max()) + 1 if len(data) else 1
     step = max(12, min(30, 640 // n_layers))  # pixels per layer row
@@ -83,16 +89,18 @@ def heatmap(df: pd.DataFrame, metric: str, *, log: bool = False) -> alt.Chart:
     tooltip = [alt.Tooltip("layer:O", title="layer"),
                alt.Tooltip("module:N", title="module"),
                alt.Tooltip(f"{metric}:Q", title=metric, format=".4g")]
+    if columns == "expert":
+        tooltip.insert(2, alt.Tooltip("expert:O", title="expert"))
+        x = alt.X("expert:O", title="expert", axis=alt.Axis(labelAngle=0, orient="top"))
+    else:
+        x = alt.X("module:N", sort=_modules(data) if len(data) else None,
+                  title="module type", axis=alt.Axis(labelAngle=0, orient="top"))
     for col, fmt in (("relative_frobenius_change", ".4f"),
                      ("relative_spectral_change", ".4f"),
                      ("delta_signal_rank", "d"), ("n_rows", "d"), ("n_cols", "d")):
         if col in data and col != metric:
             tooltip.append(alt.Tooltip(f"{col}:Q", title=col, format=fmt))
-    base = alt.Chart(data).encode(
-        x=alt.X("module:N", sort=_modules(data) if len(data) else None,
-                title="module type", axis=alt.Axis(labelAngle=0, orient="top")),
-        y=alt.Y("layer:O", title="layer (block index)"),
-    )
+    base = alt.Chart(data).encode(x=x, y=alt.Y("layer:O", title="layer (block index)"))
     rect = base.mark_rect(stroke="white", strokeWidth=0.5).encode(
         color=alt.Color(f"{metric}:Q", title=None,
                         scale=alt.Scale(scheme=SEQUENTIAL,

@@ -136,6 +136,16 @@ def layer_module(src: Src, pair: str | None = None) -> pd.DataFrame:
     """, params, path=src[0])
 
 
+@_cache
+def expert_metrics(src: Src, pair: str) -> pd.DataFrame:
+    """marts.fct_expert_metrics of one pair: each expert's dW (mixture of experts;
+    empty for a dense pair)."""
+    return query("""
+        select * from marts.fct_expert_metrics where pair = ?
+        order by layer, module, expert
+    """, [pair], path=src[0])
+
+
 LAYER_MEASURES = ["relative_frobenius_change", "relative_spectral_change",
                   "delta_stable_rank", "delta_effective_rank", "delta_signal_rank",
                   "delta_energy_rank_90", "relative_signal_rank",

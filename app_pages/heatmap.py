@@ -34,10 +34,31 @@ st.altair_chart(charts.heatmap(cells, metric, log=log), width="stretch")
 
 with st.expander("The grid as a table"):
     grid = cells.pivot_table(index="layer", columns="module", values=metric)
-    grid = grid[[m for m in charts.MODULE_ORDER if m in grid.columns]]
+    grid = grid[[m for m in charts.MODULE_ORDER if m in grid.columns] + sorted(
+        set(grid.columns) - set(charts.MODULE_ORDER))]
     st.dataframe(grid, width="stretch")
     st.download_button("Download CSV", cells.to_csv(index=False).encode(),
                        file_name=f"layer_module_{pair}.csv", mime="text/csv")
+experts = (ui.load(q.expert_metrics, src, pair)
+           if ui.load(q.has_table, src, "marts.fct_expert_metrics") else None)
+if experts is not None and not experts.empty:
+    st.subheader("Experts")
+    st.caption("A mixture-of-experts cell above is the median over its experts "
+               "(max_* columns: the largest). Here each expert of one module type: "
+               "which experts did fine-tuning change most?")
+    modules = [m for m in charts.MODULE_ORDER if m in set(experts.module)] + sorted(
+        set(experts.module) - set(charts.MODULE_ORDER))
+    module = st.selectbox("module type", modules, key="heatmap_expert_module")
+    shown = experts[experts.module == module]
+    if metric in shown.columns:
+        st.altair_chart(charts.heatmap(shown, metric, log=log, columns="expert"),
+                        width="stretch")
+    else:
+        st.info(f"{charts.metric_title(metric)} is not kept per expert; pick "
+                "another measure.")
+    with st.expander("The experts as a table"):
+        st.dataframe(shown, width="stretch")
+
 st.caption("Signal rank counts the singular values of dW above the Gavish-Donoho "
            "threshold for the bf16 rounding noise both checkpoints carry; relative "
            "rank divides it by the numerical rank of W_base. Stable and effective "

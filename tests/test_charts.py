@@ -53,6 +53,18 @@ def test_heatmap_grid_modules_in_model_order(cells):
     assert d["layer"][1]["mark"]["type"] == "text"
 
 
+def test_expert_heatmap_has_a_column_per_expert():
+    rows = [{"pair": "moe", "layer": layer, "module": "gate_proj", "expert": e,
+             "relative_frobenius_change": 0.01 * (e + 1), "delta_signal_rank": e}
+            for layer in range(2) for e in range(4)]
+    d = spec(charts.heatmap(pd.DataFrame(rows), "delta_signal_rank", columns="expert"))
+    rect = d["layer"][0]
+    assert rect["encoding"]["x"]["field"] == "expert"
+    assert rect["encoding"]["y"]["field"] == "layer"
+    assert "expert" in [t["field"] for t in rect["encoding"]["tooltip"]]
+    assert len(d["datasets"][next(iter(d["datasets"]))]) == 8
+
+
 def test_heatmap_log_drops_non_positive(cells):
     cells.loc[0, "delta_signal_rank"] = 0
     chart = charts.heatmap(cells, "delta_signal_rank", log=True)

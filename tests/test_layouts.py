@@ -360,3 +360,24 @@ def test_behaviour_half_runs_on_the_llama_layout_pair(tmp_path):
             assert len(rows) == len(want) > 5
             np.testing.assert_allclose(rows.sort_values("position").logprob, want,
                                        atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_heatmap_page_shows_the_experts(layouts_warehouse, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ROOT
+
+    _, db = layouts_warehouse
+    st.cache_data.clear()
+    monkeypatch.setenv("SFTSCOPE_DB", str(db))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("app_pages/heatmap.py").run()
+    at.sidebar.selectbox[0].set_value("mixtral").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Experts" in [h.value for h in at.subheader]
+    specs = [json.loads(el.proto.spec) for el in at.get("vega_lite_chart")]
+    x_fields = [lay["encoding"]["x"]["field"] for s in specs for lay in s["layer"]]
+    assert "module" in x_fields and "expert" in x_fields
+    st.cache_data.clear()
