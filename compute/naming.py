@@ -50,7 +50,8 @@ CANONICAL = {
     "tok_embeddings": "embed_tokens", "wpe": "embed_positions", "embed_out": "lm_head",
     "output": "lm_head", "w1": "gate_proj", "w3": "up_proj", "w2": "down_proj",
     "dense_h_to_4h": "up_proj", "dense_4h_to_h": "down_proj", "fc1": "up_proj",
-    "fc2": "down_proj", "c_fc": "up_proj", "wq": "q_proj", "wk": "k_proj",
+    "fc2": "down_proj", "fc_in": "up_proj", "fc_out": "down_proj",
+    "c_fc": "up_proj", "wq": "q_proj", "wk": "k_proj",
     "wv": "v_proj", "wo": "o_proj", "router": "router",
 }
 # leaf -> stable name inside an attention block (`dense`, `c_proj` are ambiguous)
