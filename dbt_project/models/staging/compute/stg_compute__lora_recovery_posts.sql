@@ -1,0 +1,35 @@
+with
+
+source as (
+
+    select * from {{ source('compute', 'lora_recovery_posts') }}
+
+),
+
+renamed as (
+
+    select
+        -- keys
+        pair || '|' || modules || '|' || rank || '|' || post_id as recovery_post_key,
+        run_id,
+        pair,
+        modules,
+        rank::integer as lora_rank,
+        post_id::bigint as post_id,
+
+        -- where the post comes from
+        site,
+        grp,
+
+        -- sums over the post's tokens (nats)
+        n_tokens::integer as n_tokens,
+        sum_logprob,
+        sum_logprob_sft,
+        sum_kl_sft_rank,
+        sum_kl_rank_sft,
+
+    from source
+
+)
+
+select * from renamed

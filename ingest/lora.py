@@ -1,0 +1,164 @@
+"""Load LoRA extractions and rank-recovery runs into the warehouse.
+
+    python -m ingest.lora data/adapters/p8                       # an extracted adapter
+    python -m ingest.lora data/runs/planted/lora_recovery/all    # a recovery run
+
+compute.extract_lora and compute.lora_recovery call this themselves; run it by hand
+for results made with --no-load (on another machine). An adapter folder's
+lora_extraction.parquet replaces the rows of raw.lora_extractions with the same pair
+and extraction name; a recovery folder (ranks.parquet and posts/*.parquet) replaces
+the rows of raw.lora_recovery_ranks and raw.lora_recovery_posts with the same pair
+and module choice. One transaction each: a failure leaves the warehouse as it was,
+loading twice gives the same rows.
+
+Exit status: 0 loaded; 2 the files are unusable (named in the message); 3 the
+warehouse is held by another process (nothing changed: run it again later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import sys
+from pathlib import Path
+
+import duckdb
+
+from ingest import snapshot
+from ingest.warehouse import (
+    WarehouseBusy,
+    connect,
+    db_path,
+    ensure_raw_schema,
+)
+
+EXTRACTION_FILE = "lora_extraction.parquet"
+RANKS_FILE = "ranks.parquet"
+
+
+class LoraLoadError(ValueError):
+    pass
+
+
+@functools.cache
+def _schemas() -> dict:
+    import pyarrow as pa
+
+    s, i, d, b, big = pa.string(), pa.int32(), pa.float64(), pa.bool_(), pa.int64()
+    return {
+        "lora_extractions": pa.schema([
+            ("extraction", s), ("pair", s), ("base_model", s), ("sft_model", s),
+            ("rule", s), ("rank_asked", s), ("min_energy", d), ("adapter_dir", s),
+            ("dtype", s), ("tensor", s), ("module_path", s), ("layer", i),
+            ("module", s), ("n_rows", i), ("n_cols", i), ("rank", i),
+            ("frobenius_sq", d), ("retained_sq", d), ("retained_share", d),
+            ("s_last", d), ("s_next", d), ("n_params", big), ("seconds", d)]),
+        "lora_recovery_ranks": pa.schema([
+            ("run_id", s), ("pair", s), ("base_model", s), ("sft_model", s),
+            ("modules", s), ("rank", i), ("is_full", b), ("n_matrices", i),
+            ("n_params", big), ("retained_sq", d), ("frobenius_sq", d),
+            ("vectors", s), ("device", s), ("dtype", s), ("seconds", d)]),
+        "lora_recovery_posts": pa.schema([
+            ("run_id", s), ("pair", s), ("modules", s), ("rank", i),
+            ("post_id", big), ("site", s), ("grp", s), ("n_tokens", i),
+            ("sum_logprob", d), ("sum_logprob_sft", d), ("sum_kl_sft_rank", d),
+            ("sum_kl_rank_sft", d)]),
+    }
+
+
+def extraction_schema():
+    return _schemas()["lora_extractions"]
+
+
+def recovery_schemas() -> dict:
+    return {k: v for k, v in _schemas().items() if k.startswith("lora_recovery")}
+
+
+def _files(path: Path) -> tuple[str, dict[str, list[Path]], list[str]]:
+    """(kind, {raw table: files}, key columns) of an adapter or recovery folder."""
+    if path.is_dir() and (path / EXTRACTION_FILE).exists():
+        path = path / EXTRACTION_FILE
+    if path.is_file() and path.name == EXTRACTION_FILE:
+        return "extraction", {"lora_extractions": [path]}, ["pair", "extraction"]
+    if path.is_dir() and (path / RANKS_FILE).exists():
+        posts = sorted((path / "posts").glob("*.parquet"))
+        if not posts:
+            raise LoraLoadError(f"{path}: ranks.parquet but no posts/*.parquet")
+        return "recovery", {"lora_recovery_ranks": [path / RANKS_FILE],
+                            "lora_recovery_posts": posts}, ["pair", "modules"]
+    raise LoraLoadError(f"{path}: neither an extracted adapter ({EXTRACTION_FILE}) "
+                        f"nor a recovery run ({RANKS_FILE} and posts/)")
+
+
+def load(path: str | Path, db: str | Path | None = None) -> dict[str, int]:
+    """Replace the rows of the same keys; returns rows per raw table."""
+    _, tables, keys = _files(Path(path))
+    counts: dict[str, int] = {}
+    with connect(db) as con:
+        con.execute("begin transaction")
+        try:
+            ensure_raw_schema(con)
+            for table, files in tables.items():
+                src = "read_parquet(?, union_by_name = true)"
+                params = [[str(f) for f in files]]
+                found = con.execute(f"select distinct {', '.join(keys)} from {src}",
+                                    params).fetchall()
+                if len(found) != 1:
+                    raise LoraLoadError(f"{files[0].parent}: {table} files hold "
+                                        f"{len(found)} ({', '.join(keys)}) keys, "
+                                        "expected one")
+                con.execute(f"delete from raw.{table} where "
+                            + " and ".join(f"{k} = ?" for k in keys), list(found[0]))
+                con.execute(f"insert into raw.{table} by name select * from {src}",
+                            params)
+                counts[table] = con.execute(
+                    f"select count(*) from raw.{table} where "
+                    + " and ".join(f"{k} = ?" for k in keys), list(found[0])
+                ).fetchone()[0]
+            con.execute("commit")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("rollback")
+            raise
+        snapshot.publish_or_warn(con, db_path(db))
+    return counts
+
+
+def load_or_explain(path: str | Path, db: str | Path | None = None) -> int:
+    """`load`, reported for a person: 0, 2 unusable input, 3 busy, 130 interrupted."""
+    again = f"python -m ingest.lora {path}" + (f" --db {db}" if db else "")
+    try:
+        counts = load(path, db)
+    except LoraLoadError as exc:
+        print(f"error: {exc}\nNothing was changed in the warehouse.", file=sys.stderr)
+        return 2
+    except WarehouseBusy as exc:
+        print(f"error: {exc}\nNothing was changed in the warehouse; load later: "
+              f"{again}", file=sys.stderr)
+        return 3
+    except duckdb.Error as exc:
+        print(f"error: loading {path} failed: {type(exc).__name__}: {exc}\n"
+              "Nothing was changed in the warehouse.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was changed in the warehouse.", file=sys.stderr)
+        return 130
+    print(f"loaded into {db_path(db)}: "
+          + ", ".join(f"raw.{t} {n} rows" for t, n in counts.items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ingest.lora",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("path", type=Path, help="an adapter folder from compute."
+                    "extract_lora, or OUT/<pair>/lora_recovery/<modules>")
+    ap.add_argument("--db", type=Path, help="warehouse (default $SFTSCOPE_DB or "
+                    "data/warehouse.duckdb)")
+    a = ap.parse_args(argv)
+    return load_or_explain(a.path, a.db)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

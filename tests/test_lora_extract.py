@@ -1,0 +1,317 @@
+"""compute.extract_lora and compute.lora_recovery: the extracted adapter against
+NumPy's SVD and PEFT, the rank-r models' behaviour on a pair of exact rank, the
+raw tables and the dbt marts against sums recomputed here (SciPy's t)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from compute import extract_lora as ex
+from compute.demo import PairSpec, build_pair
+from compute.spectra import to_float64
+from tests.conftest import query, run_dbt, run_py
+
+SPEC = PairSpec(hidden=64, intermediate=96, layers=2, heads=4, kv_heads=2, vocab=512,
+                max_positions=256, seed=1617, rank_fn=lambda module, layer, n: 3)
+EXACT_RANK = 3
+TEXTS = [
+    "The electric field of a point charge falls off as the inverse square of distance.",
+    "How do I compute the eigenvalues of a symmetric matrix? I tried numpy's linalg.",
+    "Energy is conserved in a closed system, and momentum when no external force acts.",
+    "Why is the sky blue? Rayleigh scattering grows as the fourth power of frequency.",
+]
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> dict[str, Path]:
+    """A small planted pair (bf16, rank-3 updates under rounding noise) and an
+    exact-rank pair: the same base, an fp32 SFT = W_base + a rank-3 product
+    (1-D tensors the base's), so dW has rank 3 up to fp32 rounding."""
+    root = tmp_path_factory.mktemp("lora")
+    base, sft = build_pair(root / "planted", SPEC)
+    exact = root / "exact" / "sft"
+    exact.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    tensors = {}
+    base_ck = ex.resolve(str(base))
+    for name in base_ck.tensors:
+        w = to_float64(*base_ck.read_array(name))
+        if w.ndim == 2:
+            m, n = w.shape
+            u = np.linalg.qr(rng.standard_normal((m, EXACT_RANK)))[0]
+            v = np.linalg.qr(rng.standard_normal((n, EXACT_RANK)))[0]
+            w = w + (u * [0.3, 0.15, 0.08]) @ v.T
+        tensors[name] = w.astype(np.float32)
+    save_file(tensors, str(exact / "model.safetensors"), metadata={"format": "pt"})
+    for f in base.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, exact / f.name)
+    cfg = json.loads((exact / "config.json").read_text()) | {"torch_dtype": "float32"}
+    (exact / "config.json").write_text(json.dumps(cfg))
+    prompts = root / "prompts.parquet"
+    pd.DataFrame({"post_id": [11, 12, 13, 14], "site": "physics.demo",
+                  "grp": ["low", "low", "high", "high"], "text": TEXTS}
+                 ).to_parquet(prompts)
+    return {"base": base, "sft": sft, "exact": exact, "prompts": prompts,
+            "root": root}
+
+
+def numpy_delta(base: Path, sft: Path, name: str) -> np.ndarray:
+    """dW from the safetensors files, read with safetensors' own NumPy loader."""
+    import torch
+    from safetensors.torch import load_file as load_torch
+
+    def read(folder):
+        return load_torch(str(folder / "model.safetensors"))[name].to(
+            torch.float64).numpy()
+
+    return read(sft) - read(base)
+
+
+def test_adapter_is_the_truncated_svd(pairs, tmp_path):
+    """W_base + (alpha/r) B A equals W_base + U_r S_r V_r^T (NumPy's SVD of dW) for
+    every matrix, embeddings included, within fp32 rounding of the factors."""
+    base, sft = ex.open_pair(str(pairs["base"]), str(pairs["sft"]))
+    tgts = ex.targets(base, sft)
+    assert {t.module for t in tgts} >= {"q_proj", "down_proj", "embed_tokens",
+                                        "lm_head"}
+    out = tmp_path / "r4"
+    rows = ex.extract(base, sft, tgts, ex.Choice(rank=4), out, progress=False)
+    config = json.loads((out / "adapter_config.json").read_text())
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    assert config["peft_type"] == "LORA" and config["r"] == 4
+    assert config["lora_alpha"] == 4 and not config["rank_pattern"]
+    assert len(weights) == 2 * len(tgts) == 2 * len(rows)
+    for t in tgts:
+        dw = numpy_delta(pairs["base"], pairs["sft"], t.tensor)
+        u, s, vt = np.linalg.svd(dw, full_matrices=False)
+        want = (u[:, :4] * s[:4]) @ vt[:4]
+        key = f"base_model.model.{t.module_path}"
+        if t.embedding:  # PEFT: delta = (B A)^T
+            got = (weights[f"{key}.lora_embedding_B"].astype(np.float64)
+                   @ weights[f"{key}.lora_embedding_A"]).T
+        else:
+            got = (weights[f"{key}.lora_B.weight"].astype(np.float64)
+                   @ weights[f"{key}.lora_A.weight"])
+        assert np.abs(got - want).max() <= 1e-6 * s[0], t.tensor
+        row = next(r for r in rows if r["tensor"] == t.tensor)
+        assert row["rank"] == 4
+        assert row["retained_share"] == pytest.approx(
+            np.sum(s[:4] ** 2) / np.sum(dw ** 2), rel=1e-9)
+    # the project's own adapter reader sees the same dW
+    from compute.adapters import resolve_sft
+
+    again = resolve_sft(str(out), base)
+    t = next(t for t in tgts if t.module == "o_proj")
+    left, right = again.lowrank(t.tensor)
+    dw = numpy_delta(pairs["base"], pairs["sft"], t.tensor)
+    u, s, vt = np.linalg.svd(dw, full_matrices=False)
+    assert np.abs(left @ right - (u[:, :4] * s[:4]) @ vt[:4]).max() <= 1e-6 * s[0]
+
+
+def logits(model, ids) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
+
+
+def test_peft_loads_it_and_matches_the_in_memory_merge(pairs, tmp_path):
+    """PeftModel.from_pretrained on the base (not merged) gives the logits of
+    compute.lora_recovery's merge of the same rank with the base's 1-D tensors."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from compute.lora_recovery import Factors, merge
+
+    base, sft = ex.open_pair(str(pairs["base"]), str(pairs["sft"]))
+    tgts = ex.targets(base, sft)
+    out = tmp_path / "r2"
+    ex.extract(base, sft, tgts, ex.Choice(rank=2), out, progress=False)
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(str(pairs["base"]),
+                                                    dtype=torch.float32).eval()
+
+    peft_model = PeftModel.from_pretrained(load(), str(out)).eval()
+    ours = load()
+    merge(ours, base, sft, tgts, Factors(base, sft, tgts, 2, False), 2, "base", [])
+    ids = list(range(5, 60, 3))
+    a, b, plain = logits(peft_model, ids), logits(ours, ids), logits(load(), ids)
+    assert np.abs(a - b).max() < 1e-4
+    assert np.abs(a - plain).max() > 1e-3  # the adapter does change the model
+
+
+def test_min_energy_and_per_module_ranks(pairs, tmp_path):
+    """--min-energy picks per matrix the smallest r with that share of ||dW||_F^2
+    (NumPy's singular values); mixed ranks go to rank_pattern with alpha_pattern,
+    which PEFT (and compute.adapters) read back at scale 1."""
+    base, sft = ex.open_pair(str(pairs["base"]), str(pairs["sft"]))
+    tgts = ex.targets(base, sft, ["q_proj", "up_proj"])
+    assert {t.module for t in tgts} == {"q_proj", "up_proj"}
+    rows = ex.extract(base, sft, tgts, ex.Choice(min_energy=0.999), tmp_path / "e",
+                      progress=False)
+    for r in rows:
+        s = np.linalg.svd(numpy_delta(pairs["base"], pairs["sft"], r["tensor"]),
+                          compute_uv=False)
+        c = np.cumsum(s ** 2) / np.sum(s ** 2)
+        assert r["rank"] == int(np.argmax(c >= 0.999)) + 1
+        assert r["retained_share"] >= 0.999
+    config = json.loads((tmp_path / "e" / "adapter_config.json").read_text())
+    assert config["rank_pattern"] == config["alpha_pattern"]
+    from compute.adapters import resolve_sft
+
+    back = resolve_sft(str(tmp_path / "e"), base)
+    assert {lo.module: lo.rank for lo in back.lora.values()} == {
+        r["module_path"]: r["rank"] for r in rows}
+    assert all(lo.scale == 1.0 for lo in back.lora.values())
+
+
+def test_exact_rank_pair_extraction_keeps_everything(pairs, tmp_path):
+    base, sft = ex.open_pair(str(pairs["base"]), str(pairs["exact"]))
+    rows = ex.extract(base, sft, ex.targets(base, sft), ex.Choice(rank=EXACT_RANK),
+                      tmp_path / "x", progress=False)
+    assert min(r["retained_share"] for r in rows) > 1 - 1e-9
+    assert max(r["s_next"] / r["s_last"] for r in rows) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def recovery(pairs) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    """compute.lora_recovery on the exact-rank pair: ranks 0, 1, 2, 3 and full."""
+    from compute.lora_recovery import parse_args, run
+
+    cfg = parse_args(["--base", str(pairs["base"]), "--sft", str(pairs["exact"]),
+                      "--name", "exact", "--ranks", "1,2,3,full", "--prompts",
+                      str(pairs["prompts"]), "--out", str(pairs["root"] / "runs"),
+                      "--no-load", "--no-progress", "--device", "cpu"])
+    out = run(cfg)
+    posts = pd.concat([pd.read_parquet(f) for f in sorted((out / "posts").glob("*"))])
+    return out, posts, pd.read_parquet(out / "ranks.parquet")
+
+
+def test_rank_zero_is_the_base_and_full_is_the_sft(pairs, recovery):
+    """r = 0 scores the base (an independent transformers forward pass of the base
+    model), r = full the SFT; r >= the exact rank equals the SFT within 1e-3."""
+    import torch
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    _, posts, ranks = recovery
+    assert sorted(ranks["rank"]) == [0, 1, 2, 3, 64]
+    assert ranks.set_index("rank").loc[64, "is_full"]
+    tok = PreTrainedTokenizerFast.from_pretrained(str(pairs["base"]))
+    model = AutoModelForCausalLM.from_pretrained(str(pairs["base"]),
+                                                 dtype=torch.float32).eval()
+    prefix = tok.convert_tokens_to_ids("<|endoftext|>")
+    for post_id, text in zip([11, 12, 13, 14], TEXTS, strict=True):
+        ids = [prefix, *tok(text, add_special_tokens=False)["input_ids"]]
+        with torch.inference_mode():
+            lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0]
+                                   .double(), -1)
+        want = float(lp[:-1].gather(1, torch.tensor(ids[1:])[:, None]).sum())
+        row = posts[(posts["rank"] == 0) & (posts["post_id"] == post_id)].iloc[0]
+        assert row["sum_logprob"] == pytest.approx(want, abs=1e-3)
+    full = posts[posts["rank"] == 64]
+    assert np.allclose(full["sum_logprob"], full["sum_logprob_sft"], atol=1e-4)
+    assert (full["sum_kl_sft_rank"] < 1e-7).all()
+    exact = posts[posts["rank"] == EXACT_RANK]
+    per_token = (exact["sum_logprob"] - exact["sum_logprob_sft"]).abs() / exact["n_tokens"]
+    assert (per_token < 1e-3).all()
+    assert (exact["sum_kl_sft_rank"] / exact["n_tokens"] < 1e-6).all()
+
+
+def test_recovery_grows_with_rank(recovery):
+    """The KL from the SFT falls with r (planted singular values 0.3, 0.15, 0.08);
+    the energy share is NumPy's sum of the top-r s_i^2 over ||dW||_F^2."""
+    _, posts, ranks = recovery
+    kl = posts.groupby("rank")["sum_kl_sft_rank"].sum()
+    assert kl[0] > kl[1] > kl[2] > kl[3]
+    assert kl[3] < 1e-4 * kl[0]
+    energy = (ranks["retained_sq"] / ranks["frobenius_sq"]).to_numpy()
+    assert energy[0] == 0 and np.all(np.diff(energy) >= 0) and energy[-1] == 1
+    expected = [0.3 ** 2, 0.3 ** 2 + 0.15 ** 2, 0.3 ** 2 + 0.15 ** 2 + 0.08 ** 2]
+    assert energy[1:4] == pytest.approx(np.array(expected) / expected[-1], rel=1e-5)
+
+
+def test_bad_inputs_are_named(pairs, tmp_path):
+    out = tmp_path / "too_big"
+    proc = run_py("-m", "compute.extract_lora", "--base", str(pairs["base"]), "--sft",
+                  str(pairs["sft"]), "--rank", "65", "--out", str(out), "--no-load",
+                  check=False)
+    assert proc.returncode == 2
+    assert ("--rank 65 is above min(rows, cols) = 64 of lm_head.weight (512 x 64)"
+            in proc.stderr)
+    assert not out.exists()
+    proc = run_py("-m", "compute.extract_lora", "--base", str(pairs["base"]), "--sft",
+                  str(pairs["sft"]), "--name", "nowhere", "--rank", "auto", "--out",
+                  str(out), "--runs", str(tmp_path / "runs"),
+                  "--db", str(tmp_path / "none.duckdb"), check=False)
+    assert proc.returncode == 2
+    assert "--rank auto: no spectra of pair 'nowhere'" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_loads_and_marts(pairs, recovery, tmp_path):
+    """Extraction and recovery loaded twice (replaced, not duplicated); the dbt
+    marts' shares and intervals against the same sums recomputed here."""
+    from scipy import stats
+
+    db = tmp_path / "w.duckdb"
+    out = tmp_path / "auto"
+    run_dir, posts, _ = recovery
+    # --rank auto from the run's spectra files (compute.run --skip-behaviour)
+    run_py("-m", "compute.run", "--base", str(pairs["base"]), "--sft",
+           str(pairs["sft"]), "--name", "planted", "--out", str(tmp_path / "runs"),
+           "--skip-behaviour", "--no-load", "--no-progress", "--vectors", "0")
+    for _ in range(2):
+        proc = run_py("-m", "compute.extract_lora", "--base", str(pairs["base"]),
+                      "--sft", str(pairs["sft"]), "--name", "planted", "--rank",
+                      "auto", "--runs", str(tmp_path / "runs"), "--out", str(out),
+                      "--no-progress", db=db)
+        assert "ranks from" in proc.stdout
+        run_py("-m", "ingest.lora", str(run_dir), db=db)
+    n = len(ex.targets(*ex.open_pair(str(pairs["base"]), str(pairs["sft"]))))
+    ranks = query(db, "select rank, count(*) from raw.lora_extractions "
+                  "group by all")
+    assert sum(c for _, c in ranks) == n
+    # the suggestion from the planted truth: min(planted rank, r_0.9 of the planted
+    # singular values), the power of two at or above it (every matrix the same)
+    truth = json.loads((pairs["base"].parent / "planted.json").read_text())["tensors"]
+    expect = set()
+    for t in truth.values():
+        sq = np.asarray(t["singular_values"]) ** 2
+        r90 = int(np.argmax(np.cumsum(sq) / sq.sum() >= 0.9)) + 1
+        expect.add(1 << int(np.ceil(np.log2(min(t["rank"], r90)))))
+    assert len(expect) == 1 and ranks == [(expect.pop(), n)]
+    assert query(db, "select count(*) from raw.lora_recovery_posts")[0][0] == len(posts)
+    run_dbt(db, "build", "--quiet", "--select", "stg_compute__lora_extractions",
+            "stg_compute__lora_recovery_ranks", "stg_compute__lora_recovery_posts",
+            "fct_lora_recovery", "fct_lora_recovery_thresholds")
+    got = query(db, "select lora_rank, delta_share, ci95_low_delta_share, "
+                "kl_share from marts.fct_lora_recovery where grp = 'all' "
+                "order by lora_rank")
+    p0 = posts[posts["rank"] == 0].set_index("post_id")
+    big_d = p0["sum_logprob_sft"] - p0["sum_logprob"]
+    for rank, share, low, kl_share in got:
+        pr = posts[posts["rank"] == rank].set_index("post_id").loc[p0.index]
+        d = pr["sum_logprob"] - p0["sum_logprob"]
+        want = d.sum() / big_d.sum()
+        assert share == pytest.approx(want, rel=1e-9, abs=1e-12)
+        n_posts = len(d)
+        se = np.sqrt(((d - want * big_d) ** 2).sum() / (n_posts * (n_posts - 1))
+                     ) / abs(big_d.mean())
+        assert low == pytest.approx(want - stats.t.ppf(0.975, n_posts - 1) * se,
+                                    rel=1e-6, abs=1e-9)
+        assert kl_share == pytest.approx(
+            1 - pr["sum_kl_sft_rank"].sum() / p0["sum_kl_sft_rank"].sum(), rel=1e-9)
+    thresholds = query(db, "select kl_rank_99, energy_rank_90 from "
+                       "marts.fct_lora_recovery_thresholds where grp = 'all'")
+    assert thresholds == [(3, 2)]  # energy: 0.3^2+0.15^2 is 97% of the total
