@@ -21,7 +21,7 @@ from compute.adapters import AdapterError, resolve_sft
 from compute.checkpoints import CheckpointError, pair_plan, resolve
 from compute.run import main as run_main
 from compute.variants import ADDED_TOKENS, LORA, VARIANTS, build_variant
-from tests.conftest import query, run_dbt
+from tests.conftest import query, run_dbt, run_py
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +212,27 @@ def test_peft_merges_the_adapter_as_we_read_it(variants):
         assert np.max(np.abs(got - want)) <= 1e-6 * np.max(np.abs(want)), name
     assert n_adapted == 4 and adapter.full == {"lm_head.weight": adapter.full[
         "lm_head.weight"]}
+
+
+def test_adapter_from_the_hub_cache(variants, tmp_path):
+    """`--sft owner/name` of an adapter repo, offline from the hub cache: the run
+    records the hub commit and the adapter."""
+    from compute.demo import place_in_hub_cache
+
+    cache = tmp_path / "hub"
+    place_in_hub_cache(variants / "lora" / "sft", cache, "someone/tiny-lora", "c" * 40)
+    out = tmp_path / "runs"
+    run_py("-m", "compute.run", "--base", str(variants / "lora" / "base"), "--sft",
+           "someone/tiny-lora", "--name", "hub-lora", "--no-load", "--skip-behaviour",
+           "--no-progress", "--out", str(out), HF_HUB_OFFLINE="1",
+           HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf"))
+    manifest = json.loads((out / "hub-lora" / "run.json").read_text())
+    assert manifest["sft_revision"] == "c" * 40
+    assert manifest["kinds"]["spectra"]["options"]["adapter"]["n_adapted"] == 4
+    planted = json.loads((variants / "lora" / "planted.json").read_text())["ranks"]
+    for r in rows(out, "hub-lora"):
+        if r["role"] == "delta":
+            assert gd_signal_rank(r) == planted[r["tensor"]], r["tensor"]
 
 
 def _adapter_copy(variants, tmp_path, **config):
