@@ -121,6 +121,27 @@ def test_grouped_query_qkv_proj_and_stacked_experts_stored_in_out():
     np.testing.assert_array_equal(views[5].take(w), w[1][:, 6:])
 
 
+def test_views_cut_torch_tensors_as_numpy_arrays(tmp_path):
+    """The GPU and svd paths read torch tensors: each view cuts the same bits."""
+    import torch
+
+    from compute.checkpoints import pair_plan, resolve
+
+    for layout in ("gpt2", "stacked_experts"):
+        base, sft = build_layout_pair(layout, tmp_path / layout)
+        b = resolve(str(base))
+        plan = pair_plan(b, resolve(str(sft)))
+        for name in plan.matrices:
+            arr, t = b.read_array(name)[0], b.read(name)
+            assert t.dtype == torch.bfloat16
+            for view in plan.views[name]:
+                got = view.take(t).view(torch.int16).numpy().view(np.uint16)
+                want = view.take(arr)
+                assert want.flags.c_contiguous and np.array_equal(got, want), view
+                out, inp = view.shape
+                assert got.shape == ((inp, out) if view.transposed else (out, inp))
+
+
 # -- every layout through compute.run and dbt build ------------------------------
 
 
