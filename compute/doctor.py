@@ -39,6 +39,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from compute.adapters import is_adapter, load_adapter
 from compute.checkpoints import (
     ARCH_KEYS,
     STORAGE,
@@ -159,6 +160,37 @@ def check_checkpoint(role: str, ref: str, revision: str | None, rep: Report) -> 
         rep.add("WARN", role, f"{c.folder}: no tokenizer ({' / '.join(TOKENIZER_FILES)})"
                 "; the behaviour half (log-probs, drift) cannot run")
     return c
+
+
+def check_adapter(ref: str, revision: str | None, base: Checked, rep: Report
+                  ) -> bool:
+    """Whether `ref` is a LoRA adapter (then checked against the base here: its
+    type, its modules and shapes; docs/finetunes.md)."""
+    try:
+        folder, rev = locate(ref, revision)
+    except CheckpointError:
+        return False  # check_checkpoint reports it
+    if not is_adapter(folder):
+        return False
+    rep.section(f"sft: {ref} (LoRA adapter)")
+    if base.tensors is None or base.config is None or base.folder is None:
+        rep.add("FAIL", "sft", "adapter not checked: the base is unusable")
+        return True
+    ckpt = Checkpoint(base.ref, base.folder, base.revision or "local", base.config,
+                      base.tensors)
+    try:
+        found = load_adapter(ref, folder, rev, ckpt).summary()
+    except CheckpointError as exc:
+        rep.add("FAIL", "sft", str(exc))
+        return True
+    rep.add("PASS", "sft", f"LoRA adapter over the base: {found['n_adapted']} "
+            f"adapted matrices (r {found['r']}, lora_alpha {found['lora_alpha']}"
+            + (", rsLoRA" if found["use_rslora"] else "")
+            + (", rank_pattern" if found["rank_pattern"] else "")
+            + (", alpha_pattern" if found["alpha_pattern"] else "")
+            + "), saved whole: " + (", ".join(found["full_tensors"]) or "none")
+            + "; dW = scale * B @ A, the others unchanged")
+    return True
 
 
 def check_compatible(base: Checked, sft: Checked, rep: Report) -> None:
@@ -343,16 +375,22 @@ def check_pair(base: str, sft: str, *, revision_base: str | None = None,
     verify = scan if verify is None else verify
     rep = Report(out)
     b = check_checkpoint("base", base, revision_base, rep)
-    s = check_checkpoint("sft", sft, revision_sft, rep)
-    check_compatible(b, s, rep)
+    adapter = check_adapter(sft, revision_sft, b, rep)
+    sides = [("base", b)]
+    if not adapter:
+        s = check_checkpoint("sft", sft, revision_sft, rep)
+        check_compatible(b, s, rep)
+        sides.append(("sft", s))
+    else:
+        check_layout(b, rep)
     if verify:
         rep.section("checksums (--verify)")
-        verify_checksums("base", b, rep, progress)
-        verify_checksums("sft", s, rep, progress)
+        for role, c in sides:
+            verify_checksums(role, c, rep, progress)
     if scan:
         rep.section("values (--scan)")
-        scan_values("base", b, rep, progress)
-        scan_values("sft", s, rep, progress)
+        for role, c in sides:
+            scan_values(role, c, rep, progress)
     fails = rep.failures
     if fails:
         print(f"FAIL: {len(fails)} problem(s); fix them before python -m compute.run "
@@ -361,7 +399,7 @@ def check_pair(base: str, sft: str, *, revision_base: str | None = None,
         warns = sum(f.level == "WARN" for f in rep.findings)
         hashable = not verify and any(
             (blob := hub_blob(p)) is not None and hub_sha256(blob) is not None
-            for p in b.shards + s.shards)
+            for _, c in sides for p in c.shards)
         print("PASS: the pair is complete and compatible"
               + (f" ({warns} warning(s))" if warns else "")
               + ("; add --verify to compare every shard with its hub sha256"

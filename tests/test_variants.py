@@ -153,6 +153,20 @@ def test_doctor_passes_and_says_what_it_aligns(variants, variant, says, capsys):
     assert says in out
 
 
+def test_doctor_checks_an_adapter(variants, tmp_path, capsys):
+    from compute import doctor
+
+    argv = ["--base", str(variants / "lora" / "base"), "--no-progress", "--sft"]
+    assert doctor.main([*argv, str(variants / "lora" / "sft")]) == 0
+    out = capsys.readouterr().out
+    assert "LoRA adapter over the base: 4 adapted matrices" in out, out
+    assert "saved whole: lm_head.weight" in out
+    dora = _adapter_copy(variants, tmp_path, use_dora=True)
+    assert doctor.main([*argv, str(dora)]) == 2
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "a DoRA adapter" in out
+
+
 def test_adapter_spectra_against_numpy(variants, runs):
     """dW = (alpha/r) B A for every adapted matrix (rank_pattern and alpha_pattern
     honoured), against NumPy's SVD of the file's factors; W_sft = W_base + dW."""
