@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from app_lib import charts, ui
+from app_lib import charts, lora, ui
 from app_lib import queries as q
 
 st.title("Perplexity")
@@ -41,6 +41,27 @@ if "delta_perplexity" in deltas:
     right.dataframe(deltas.groupby("grp")[["delta_perplexity",
                                            "delta_bits_per_byte"]].median(),
                     width="stretch")
+
+st.subheader("Is SFT a LoRA? Behaviour recovered per rank")
+st.caption("W_base + the best rank-r approximation of every dW, scored like the two "
+           "models: the share of the SFT-minus-base log-prob delta it recovers (95% "
+           "interval over posts) and of KL(p_sft || p_base) it removes, next to the "
+           "share of ||dW||_F^2 the same truncation keeps.")
+if ui.need(src, lora.TABLE, run=lora.FILL, what="No rank-recovery run yet"):
+    opts = ui.load(lora.choices, src, pair)
+    if opts.empty:
+        st.info(f"No rank-recovery run of pair {pair}: `{lora.FILL.splitlines()[0]}`")
+    else:
+        c1, c2 = st.columns(2)
+        modules = c1.selectbox("matrices truncated", sorted(opts["modules"].unique()),
+                               key="lora_modules")
+        grps = sorted(opts.loc[opts["modules"] == modules, "grp"].unique(),
+                      key=lambda g: (g != "all", g))
+        grp = c2.selectbox("posts", grps, key="lora_grp",
+                           format_func=lambda g: charts.GROUP_LABEL.get(g, g))
+        rec = ui.load(lora.recovery, src, pair, modules, grp)
+        st.markdown(lora.headline(rec))
+        st.altair_chart(lora.recovery_chart(rec), width="stretch")
 
 st.subheader("Cumulative per-token delta along each post")
 st.caption("Running sum of log p_SFT - log p_base over a post's tokens: rising "

@@ -315,3 +315,43 @@ def test_loads_and_marts(pairs, recovery, tmp_path):
     thresholds = query(db, "select kl_rank_99, energy_rank_90 from "
                        "marts.fct_lora_recovery_thresholds where grp = 'all'")
     assert thresholds == [(3, 2)]  # energy: 0.3^2+0.15^2 is 97% of the total
+    # the app's section reads the same mart: its headline and chart
+    import duckdb
+
+    from app_lib import lora
+
+    con = duckdb.connect(str(db), read_only=True)
+    df = con.execute("select * from marts.fct_lora_recovery where grp = 'all' "
+                     "order by lora_rank").df()
+    con.close()
+    text = lora.headline(df)
+    assert text.startswith("Spectrally 95% at r = 2, behaviourally ")
+    spec = lora.recovery_chart(df).to_dict()
+    values = next(iter(spec["datasets"].values()))
+    assert {v["rank"] for v in values} == {"0", "1", "2", "3", "full"}
+    assert len(values) == 3 * len(df)
+
+
+def test_recovery_headline_and_chart_data():
+    """The section's sentence picks the smallest measured rank keeping 90% of the
+    energy; the chart's long form keeps each measure's interval."""
+    from app_lib import lora
+
+    df = pd.DataFrame({
+        "lora_rank": [0, 4, 16, 64, 896], "is_full": [False, False, False, False, True],
+        "energy_share": [0.0, 0.5, 0.92, 0.99, 1.0],
+        "delta_share": [0.0, 0.2, 0.6, 0.9, 1.0],
+        "ci95_low_delta_share": [0.0, 0.1, 0.5, 0.8, 1.0],
+        "ci95_high_delta_share": [0.0, 0.3, 0.7, 1.0, 1.0],
+        "kl_share": [0.0, 0.3, 0.75, 0.95, 1.0],
+        "ci95_low_kl_share": [0.0] * 5, "ci95_high_kl_share": [1.0] * 5})
+    assert lora.headline(df) == ("Spectrally 92% at r = 16, behaviourally 60% of the "
+                                 "log-prob delta (KL removed: 75%).")
+    long = lora.long_form(df)
+    assert list(long["rank"].unique()) == ["0", "4", "16", "64", "full"]
+    energy = long[long["measure"] == lora.MEASURES["energy_share"]]
+    assert energy["low"].isna().all()
+    delta_rows = long[long["measure"] == lora.MEASURES["delta_share"]]
+    assert delta_rows["low"].tolist() == [0.0, 0.1, 0.5, 0.8, 1.0]
+    assert "No measured rank keeps 90%" in lora.headline(df.iloc[:2].assign(
+        is_full=False))

@@ -1,0 +1,112 @@
+"""The "Is SFT a LoRA?" section's queries (cached, read-only) and chart (pure).
+
+    from app_lib import lora
+    df = lora.recovery(src, "planted", "all", "all")   # one row per rank
+    st.altair_chart(lora.recovery_chart(df), width="stretch")
+    st.markdown(lora.headline(df))
+
+From marts.fct_lora_recovery (python -m compute.lora_recovery, then dbt build):
+per rank r, the share of ||dW||_F^2 the rank-r truncation keeps (the energy curve)
+next to the share of the SFT-minus-base log-prob delta and of KL(p_sft || p_base)
+that the model W_base + the truncation recovers. Kept apart from queries.py and
+charts.py so the section and its mart travel together.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from app_lib.db import query
+from app_lib.queries import TTL_S, Src
+
+TABLE = "marts.fct_lora_recovery"
+FILL = ("python -m compute.lora_recovery --pair demo --ranks 1,4,16,64,full\n"
+        "cd dbt_project && dbt build")
+MEASURES = {"energy_share": "||dW||_F^2 kept (spectral)",
+            "delta_share": "log-prob delta recovered (behaviour)",
+            "kl_share": "KL(p_sft || p_base) removed (behaviour)"}
+COLORS = ["#8E44AD", "#F58518", "#4C78A8"]
+
+
+def _cache(fn):
+    return st.cache_data(ttl=TTL_S, show_spinner=False)(fn)
+
+
+@_cache
+def choices(src: Src, pair: str) -> pd.DataFrame:
+    """(modules, grp) measured for the pair."""
+    return query(f"select distinct modules, grp from {TABLE} where pair = ? "
+                 "order by modules, grp", [pair], path=src[0])
+
+
+@_cache
+def recovery(src: Src, pair: str, modules: str, grp: str) -> pd.DataFrame:
+    return query(f"""
+        select lora_rank, is_full, n_posts, n_tokens, n_params, energy_share,
+               delta_share, ci95_low_delta_share, ci95_high_delta_share,
+               kl_share, ci95_low_kl_share, ci95_high_kl_share
+        from {TABLE} where pair = ? and modules = ? and grp = ?
+        order by lora_rank""", [pair, modules, grp], path=src[0])
+
+
+def rank_label(row) -> str:
+    return "full" if row["is_full"] else str(int(row["lora_rank"]))
+
+
+def long_form(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (rank, measure): value and its interval (NULL for energy)."""
+    out = []
+    for _, r in df.iterrows():
+        for m, label in MEASURES.items():
+            out.append({"rank": rank_label(r), "order": int(r["lora_rank"]),
+                        "measure": label, "value": r[m],
+                        "low": r.get(f"ci95_low_{m}"), "high": r.get(f"ci95_high_{m}")})
+    return pd.DataFrame(out, columns=["rank", "order", "measure", "value", "low",
+                                      "high"])
+
+
+def recovery_chart(df: pd.DataFrame) -> alt.LayerChart:
+    """Shares against the rank (ordinal axis: 0, 1, 4, ..., full), behaviour with
+    its 95% interval, the energy curve beside it; 90% and 99% marked."""
+    data = long_form(df)
+    order = list(dict.fromkeys(data.sort_values("order")["rank"]))
+    x = alt.X("rank:O", sort=order, title="LoRA rank r (per matrix)")
+    color = alt.Color("measure:N", title=None,
+                      scale=alt.Scale(domain=list(MEASURES.values()), range=COLORS),
+                      legend=alt.Legend(orient="bottom", columns=1))
+    base = alt.Chart(data).encode(x=x, color=color)
+    lines = base.mark_line(point=True).encode(
+        y=alt.Y("value:Q", title="share", scale=alt.Scale(zero=True)),
+        tooltip=["rank", "measure", alt.Tooltip("value:Q", format=".4f"),
+                 alt.Tooltip("low:Q", format=".4f"),
+                 alt.Tooltip("high:Q", format=".4f")])
+    bars = base.transform_filter("isValid(datum.low)").mark_errorbar(ticks=True
+                                                                      ).encode(
+        y="low:Q", y2="high:Q")
+    rules = alt.Chart(pd.DataFrame({"level": [0.9, 0.99]})).mark_rule(
+        strokeDash=[4, 4], color="#999").encode(y="level:Q")
+    return alt.layer(rules, bars, lines).properties(height=320)
+
+
+def headline(df: pd.DataFrame) -> str:
+    """'spectrally 90% at r = 16, behaviourally 60% (KL: 75%)', from the smallest
+    measured rank keeping 90% of ||dW||_F^2."""
+    if df.empty:
+        return "No ranks measured."
+    measured = df[~df["is_full"].astype(bool)]
+    hit = measured[measured["energy_share"] >= 0.9]
+    if hit.empty:
+        best = measured.iloc[-1]
+        return (f"No measured rank keeps 90% of ||dW||_F^2 (r = "
+                f"{int(best['lora_rank'])}: {best['energy_share']:.0%}, behaviour "
+                f"{_pct(best['delta_share'])}); score larger ranks.")
+    r = hit.iloc[0]
+    return (f"Spectrally {r['energy_share']:.0%} at r = {int(r['lora_rank'])}, "
+            f"behaviourally {_pct(r['delta_share'])} of the log-prob delta "
+            f"(KL removed: {_pct(r['kl_share'])}).")
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or pd.isna(x) else f"{x:.0%}"
