@@ -1,0 +1,62 @@
+with
+
+tokens as (
+
+    select * from {{ ref('fct_token_shift') }}
+
+),
+
+per_bucket as (
+
+    select
+        run_id,
+        pair,
+        grp,
+        coalesce(position_bucket, 'all') as position_bucket,
+        min(position) as first_position,
+        count(distinct post_id) as n_posts,
+        {{ shift_aggregates() }}
+
+    from tokens
+    group by grouping sets (
+        (run_id, pair, grp, position_bucket), (run_id, pair, grp)
+    )
+
+),
+
+final as (
+
+    select
+        -- keys
+        pair || '|' || coalesce(grp, '') || '|' || position_bucket
+            as group_bucket_key,
+        run_id,
+        pair,
+        grp,
+        position_bucket,
+        first_position,
+
+        -- sizes
+        n_posts,
+        n_scored as n_tokens,
+
+        -- token-weighted means (nats)
+        sum_kl_sft_base / n_scored as mean_kl_sft_base,
+        sum_kl_base_sft / n_scored as mean_kl_base_sft,
+        mean_entropy_base,
+        mean_entropy_sft,
+
+        -- shift classes of SFT's top-1 under the base (shares of the tokens)
+        n_unshifted,
+        n_marginal,
+        n_shifted,
+        n_unshifted / n_scored as share_unshifted,
+        n_marginal / n_scored as share_marginal,
+        n_shifted / n_scored as share_shifted,
+        n_reverse_shifted / n_scored as share_reverse_shifted,
+
+    from per_bucket
+
+)
+
+select * from final

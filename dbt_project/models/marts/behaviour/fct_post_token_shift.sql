@@ -1,0 +1,97 @@
+with
+
+tokens as (
+
+    select * from {{ ref('fct_token_shift') }}
+
+),
+
+posts as (
+
+    select * from {{ ref('stg_compute__post_texts') }}
+
+),
+
+per_post as (
+
+    select
+        run_id,
+        pair,
+        post_id,
+        sum(logprob_base) as sum_logprob_base,
+        sum(logprob_sft) as sum_logprob_sft,
+        max(kl_sft_base) as max_kl_sft_base,
+        {{ shift_aggregates() }}
+
+    from tokens
+    group by all
+
+),
+
+bits as (
+
+    select
+        *,
+        -sum_logprob_base / ln(2) as nll_bits_base,
+        -sum_logprob_sft / ln(2) as nll_bits_sft,
+
+    from per_post
+
+),
+
+final as (
+
+    select
+        -- keys
+        posts.pair || '|' || posts.post_id as post_key,
+        posts.run_id,
+        posts.pair,
+        posts.post_id,
+
+        -- the post
+        posts.site,
+        posts.grp,
+        posts.n_tokens,
+        bits.n_scored,
+        posts.n_bytes,
+
+        -- likelihood in bits (lm-eval-harness: -sum log-likelihood / ln 2, per
+        -- UTF-8 byte of the text or per token)
+        bits.nll_bits_base,
+        bits.nll_bits_sft,
+        bits.nll_bits_base / bits.n_scored as bits_per_token_base,
+        bits.nll_bits_sft / bits.n_scored as bits_per_token_sft,
+        (bits.nll_bits_sft - bits.nll_bits_base) / bits.n_scored
+            as delta_bits_per_token,
+        bits.nll_bits_base / nullif(posts.n_bytes, 0) as bits_per_byte_base,
+        bits.nll_bits_sft / nullif(posts.n_bytes, 0) as bits_per_byte_sft,
+        (bits.nll_bits_sft - bits.nll_bits_base) / nullif(posts.n_bytes, 0)
+            as delta_bits_per_byte,
+
+        -- how far apart the two next-token distributions are (nats)
+        bits.sum_kl_sft_base,
+        bits.sum_kl_base_sft,
+        bits.sum_kl_sft_base / bits.n_scored as mean_kl_sft_base,
+        bits.sum_kl_base_sft / bits.n_scored as mean_kl_base_sft,
+        bits.max_kl_sft_base,
+        bits.mean_entropy_base,
+        bits.mean_entropy_sft,
+
+        -- token shift: rank of SFT's top-1 under the base
+        bits.n_unshifted,
+        bits.n_marginal,
+        bits.n_shifted,
+        bits.n_unshifted / bits.n_scored as share_unshifted,
+        bits.n_marginal / bits.n_scored as share_marginal,
+        bits.n_shifted / bits.n_scored as share_shifted,
+        bits.n_reverse_shifted / bits.n_scored as share_reverse_shifted,
+
+    from bits
+    inner join posts
+        on bits.run_id = posts.run_id
+        and bits.pair = posts.pair
+        and bits.post_id = posts.post_id
+
+)
+
+select * from final

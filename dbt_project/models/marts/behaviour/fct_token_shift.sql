@@ -1,0 +1,61 @@
+with
+
+shift as (
+
+    select * from {{ ref('stg_compute__token_shift') }}
+
+),
+
+tokens as (
+
+    select * from {{ ref('fct_token_logprob_delta') }}
+
+),
+
+final as (
+
+    select
+        -- keys
+        tokens.token_key,
+        shift.run_id,
+        shift.pair,
+        shift.post_id,
+        shift.position,
+
+        -- the post and the observed token
+        tokens.site,
+        tokens.grp,
+        {{ position_bucket('shift.position') }} as position_bucket,
+        tokens.token_id,
+        tokens.token_text,
+        tokens.logprob_base,
+        tokens.logprob_sft,
+        tokens.delta_logprob,
+
+        -- the two next-token distributions
+        shift.kl_sft_base,
+        shift.kl_base_sft,
+        shift.entropy_base,
+        shift.entropy_sft,
+        shift.entropy_sft - shift.entropy_base as delta_entropy,
+
+        -- top-1 tokens and token shift
+        shift.top_id_base,
+        shift.top_text_base,
+        shift.top_id_sft,
+        shift.top_text_sft,
+        shift.rank_sft_top_in_base,
+        shift.rank_base_top_in_sft,
+        {{ shift_class('shift.rank_sft_top_in_base') }} as shift_class,
+        {{ shift_class('shift.rank_base_top_in_sft') }} as reverse_shift_class,
+
+    from shift
+    inner join tokens
+        on shift.run_id = tokens.run_id
+        and shift.pair = tokens.pair
+        and shift.post_id = tokens.post_id
+        and shift.position = tokens.position
+
+)
+
+select * from final
