@@ -38,8 +38,10 @@ cells as (
         count(*) as n_matrices,
         count(expert) as n_experts,
         -- dW exactly zero in every matrix of the cell (a frozen module, an adapter's
-        -- untouched matrix): its ranks are 0 or NULL, and summaries count it apart
+        -- untouched matrix): its ranks are 0 or NULL, and summaries count it apart;
+        -- an expert cell's medians are over its changed experts
         bool_and(unchanged) as unchanged,
+        count(*) filter (where unchanged) as n_unchanged,
         -- the tensor; for experts the name with the expert index as '*'
         case
             when count(*) = 1 then any_value(tensor)
@@ -49,8 +51,10 @@ cells as (
         any_value(n_rows) as n_rows,
         any_value(n_cols) as n_cols,
         {%- for m in measures %}
-        case when count(*) = 1 then any_value({{ m }}) else median({{ m }}) end
-            as {{ m }},
+        case
+            when count(*) = 1 then any_value({{ m }})
+            else median({{ m }}) filter (where not unchanged)
+        end as {{ m }},
         {%- endfor %}
         {%- for m in maxed %}
         max({{ m }}) as max_{{ m }},
@@ -79,6 +83,7 @@ final as (
         c.n_matrices,
         c.n_experts,
         c.unchanged,
+        c.n_unchanged,
 
         -- how much dW changes W (experts: median; max_*: the largest expert)
         c.relative_frobenius_change,
