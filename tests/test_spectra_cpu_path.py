@@ -303,12 +303,17 @@ def test_lowrank_delta_against_numpy(shape, monkeypatch):
     right = gen.normal(0, 1e-2, (3, shape[1]))
     vb = to_f64(b, "bfloat16")
     d = left @ right
+    tb = as_tensor(b, "bfloat16")
+    factors = torch.from_numpy(left), torch.from_numpy(right)
     rows_n = spectra.array_spectra(b, b, "bfloat16", lowrank=(left, right))
-    rows_t = spectra.tensor_spectra(as_tensor(b, "bfloat16"), as_tensor(b, "bfloat16"),
-                                    device=torch.device("cpu"),
-                                    lowrank=(torch.from_numpy(left),
-                                             torch.from_numpy(right)))
-    for rows in (rows_n, rows_t):
+    rows_c = spectra.tensor_spectra(tb, tb, device=torch.device("cpu"),
+                                    lowrank=factors)
+    # the torch ops pass (what a GPU runs) and the fp64 SVD reference method
+    rows_t = spectra._gram_spectra(tb, tb, ("bfloat16", "bfloat16"),
+                                   spectra._TorchOps(torch.device("cpu")), factors)
+    rows_s = spectra.tensor_spectra(tb, tb, device=torch.device("cpu"),
+                                    method="svd64", lowrank=factors)
+    for rows in (rows_n, rows_c, rows_t, rows_s):
         for r, mat in zip(rows, (vb, vb + d, d), strict=True):
             want = np.linalg.svd(mat, compute_uv=False)
             assert np.max(np.abs(r["singular_values"] - want)) < 1e-7 * want[0]
