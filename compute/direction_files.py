@@ -199,8 +199,12 @@ def compute(vb, vs, storage: str, storage_s: str, view, lowrank, torch, device: 
 
 
 def start(run_dir: Path, manifest: dict, k: int, full_basis_max: int) -> None:
-    """Mark the directions kind started; earlier vectors of another k are dropped."""
+    """Mark the directions kind started; earlier vectors of another k are dropped.
+    Loads SciPy's LAPACK now, before compute.run pins BLAS to one thread per
+    worker (threadpoolctl limits only the libraries loaded by then)."""
     import shutil
+
+    import scipy.linalg  # noqa: F401
 
     from compute.run import now
 

@@ -119,6 +119,7 @@ class _OpenBLAS:
     def __init__(self, lib: ctypes.CDLL, prefix: str, suffix: str, int_t) -> None:
         p, i, d = ctypes.c_void_p, int_t, ctypes.c_double
         self.int_t = int_t
+        self.lib, self.prefix, self.suffix = lib, prefix, suffix  # for more LAPACK
         self.syrk = getattr(lib, f"{prefix}cblas_dsyrk{suffix}")
         self.syrk.restype = None
         self.syrk.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i, i, d, p, i,

@@ -250,3 +250,50 @@ def test_torch_ops_match_numpy(shape):
             assert x.keys() == y.keys()
             for key in x:
                 assert x[key] == pytest.approx(y[key], abs=1e-7), key
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs CUDA")
+def test_cuda_matches_numpy():
+    """tensor_directions on the GPU (all of W_base's vectors) against NumPy's."""
+    import torch
+
+    rng = np.random.default_rng(8)
+    base = spectrum_matrix(rng, 700, 256)
+    sft = base + 0.05 * spectrum_matrix(rng, 700, 256, decay=0.7)
+    wb, ws = bf16(base), bf16(sft)
+    _, want = array_directions(wb, ws, "bfloat16", k=8, full_basis=True)
+    tb, ts = (torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+              for x in (wb, ws))
+    _, got = directions.tensor_directions(tb, ts, device=torch.device("cuda"), k=8)
+    assert got.full_basis
+    for role in spectra.ROLES:
+        for side in ("left", "right"):
+            np.testing.assert_allclose(got.vectors[role][side][1],
+                                       want.vectors[role][side][1], atol=1e-6)
+    np.testing.assert_allclose([i["max_cos"] for i in got.intruders],
+                               [i["max_cos"] for i in want.intruders], atol=1e-6)
+
+
+def test_adapter_lowrank_delta():
+    """An adapter's dW = left @ right (W_sft formed in fp64): dW's vectors are those
+    of the product, W_sft's those of W_base + product."""
+    rng = np.random.default_rng(9)
+    base = spectrum_matrix(rng, 200, 90)
+    left, right = rng.standard_normal((200, 3)) * 0.3, rng.standard_normal((3, 90))
+    wb = bf16(base)
+    _, found = array_directions(wb, wb, "bfloat16", k=3, lowrank=(left, right))
+    for role, x in (("sft", value(wb) + left @ right), ("delta", left @ right)):
+        u, s, vt = np.linalg.svd(x, full_matrices=False)
+        vals, got = found.vectors[role]["left"]
+        np.testing.assert_allclose(vals, s[:3], rtol=1e-9)
+        assert projector_distance(got, u[:, :3]) < 1e-6
+        assert projector_distance(found.vectors[role]["right"][1], vt[:3].T) < 1e-6
