@@ -20,6 +20,8 @@ nav = st.navigation({
                 url_path="layers"),
         st.Page("app_pages/spectra.py", title="Spectra", icon=":material/ssid_chart:",
                 url_path="spectra"),
+        st.Page("app_pages/directions.py", title="Directions",
+                icon=":material/explore:", url_path="directions"),
     ],
     "Behaviour": [
         st.Page("app_pages/perplexity.py", title="Perplexity",

@@ -1,0 +1,61 @@
+"""Directions: does SFT re-weight the base's directions or write new ones?"""
+
+import streamlit as st
+
+from app_lib import charts, ui
+from app_lib import directions as d
+
+st.title("Directions")
+st.caption("Which directions did fine-tuning change? Overlap: the share of "
+           "||dW||^2 inside W_base's top-r singular subspace (a random subspace of "
+           "that size holds r / dim). Intruders (Shuttleworth et al. 2024): W_sft's "
+           "top singular vectors that match none of W_base's (max |cos| < epsilon), "
+           "against random directions.")
+src = ui.warehouse()
+if not ui.need(src, *d.TABLES, run=d.FILL, what="No singular directions yet"):
+    st.stop()
+
+pair = ui.pick_pair(ui.load(d.pairs, src)["pair"].tolist())
+c1, c2, c3 = st.columns(3)
+side = c1.radio("side", ["left", "right"], horizontal=True, key="dir_side",
+                help="left: rows, the output space of an (out, in) weight")
+r = c2.select_slider("r (W_base's top-r)", [1, 4, 16, 64, 256], value=16,
+                     key="dir_r")
+measure = c3.selectbox("overlap measure", ["share", "enrichment"], key="dir_measure")
+cells = ui.load(d.overlap_grid, src, pair, side, r)
+if cells.empty:
+    st.info(f"No overlap at r = {r} for pair {pair} (r is at most min(m, n)).")
+else:
+    st.altair_chart(charts.heatmap(cells, measure), width="stretch")
+
+st.subheader("Intruder dimensions")
+c1, c2 = st.columns(2)
+k = c1.radio("W_sft's top k", ["paper", "all"], horizontal=True, key="dir_k",
+             format_func={"paper": "10 (the paper's)", "all": "K (--vectors)"}.get)
+eps = c2.select_slider("epsilon", [round(e / 10, 1) for e in range(1, 10)], value=0.5,
+                       key="dir_eps")
+grid = ui.load(d.intruder_grid, src, pair, k, eps)
+if grid.empty:
+    st.info("No intruder counts: W_base's whole basis was not computed for these "
+            "matrices (raw.compute_runs, kind 'directions', says which).")
+else:
+    st.altair_chart(charts.heatmap(grid, "n_intruders"), width="stretch")
+
+st.subheader("One matrix")
+mats = ui.load(d.matrices, src, pair)
+tensor = st.selectbox("matrix", mats["tensor"].tolist(), key="dir_tensor")
+curve = ui.load(d.intruder_curve, src, pair, tensor)
+if not curve.empty:
+    st.altair_chart(d.epsilon_chart(curve), width="stretch")
+st.dataframe(ui.load(d.angles, src, pair, tensor), width="stretch", hide_index=True)
+toks = ui.load(d.tokens, src, pair, tensor)
+table = d.token_table(toks)
+if not table.empty:
+    st.markdown("**What dW's top directions say**: tokens each direction promotes "
+                "and demotes through the final norm and the unembedding.")
+    st.dataframe(table, width="stretch", hide_index=True)
+rows = toks[toks["kind"] == "row_change"]
+if not rows.empty:
+    st.markdown("**Rows that changed most** (||dW row||):")
+    st.dataframe(rows[["rank", "token_id", "token", "score"]], width="stretch",
+                 hide_index=True)
