@@ -161,6 +161,8 @@ def _config(folder: Path) -> dict:
         "lora_bias": "LoRA with a bias on B (lora_bias: true)",
         "target_parameters": "LoRA on parameters (target_parameters), not modules",
         "layer_replication": "an adapter that replicates layers (layer_replication)",
+        "trainable_token_indices": "trainable token rows (trainable_token_indices), "
+        "not W + BA",
     }
     for key, what in refusals.items():
         if config.get(key):

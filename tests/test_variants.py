@@ -261,6 +261,7 @@ def _adapter_copy(variants, tmp_path, **config):
     ({"use_dora": True}, "a DoRA adapter"),
     ({"peft_type": "IA3"}, "a 'IA3' adapter; sftscope reads LoRA adapters only"),
     ({"rank_pattern": {}}, r"layers.1.self_attn.v_proj has A \[2, 64\].*rank 4"),
+    ({"trainable_token_indices": [3, 4]}, "trainable token rows"),
 ])
 def test_adapter_refusals(variants, tmp_path, config, message, capsys):
     folder = _adapter_copy(variants, tmp_path, **config)
