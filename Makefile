@@ -70,6 +70,7 @@ bench: venv
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) bench/spectra.py
 	$(PY) bench/ingest.py
+	$(PY) bench/app_load.py --json data/bench/app-load.json
 
 # the GPU target: a 7B-shaped pair on one CUDA device (needs ~35 GB of disk)
 bench-gpu: venv
