@@ -37,7 +37,8 @@ KIND_TABLES = {
                 "vector_changes": "spectra/vectors.parquet",
                 "added_tokens": "spectra/added_tokens.parquet"},
     "behaviour": {t: f"behaviour/{t}/*.parquet"
-                  for t in ("token_logprobs", "post_texts", "residual_drift")},
+                  for t in ("token_logprobs", "token_shift", "post_texts",
+                            "residual_drift")},
 }
 
 

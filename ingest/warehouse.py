@@ -214,6 +214,22 @@ COMPUTE_TABLES: dict[str, str] = {
         token_text VARCHAR,
         logprob DOUBLE NOT NULL
     """,
+    "token_shift": """
+        run_id VARCHAR NOT NULL,
+        pair VARCHAR NOT NULL,
+        post_id BIGINT NOT NULL,
+        position INTEGER NOT NULL,        -- as in token_logprobs
+        kl_sft_base DOUBLE NOT NULL,      -- KL(p_sft || p_base) of the next token, nats
+        kl_base_sft DOUBLE NOT NULL,      -- KL(p_base || p_sft)
+        entropy_base DOUBLE NOT NULL,     -- entropy of p_base, nats
+        entropy_sft DOUBLE NOT NULL,
+        rank_sft_top_in_base INTEGER NOT NULL,  -- rank of SFT's top-1 under the base
+        rank_base_top_in_sft INTEGER NOT NULL,  -- rank of the base's top-1 under SFT
+        top_id_base INTEGER NOT NULL,     -- each model's most likely next token
+        top_id_sft INTEGER NOT NULL,
+        top_text_base VARCHAR,            -- those tokens decoded on their own
+        top_text_sft VARCHAR
+    """,
     "post_texts": """
         run_id VARCHAR NOT NULL,
         pair VARCHAR NOT NULL,
@@ -256,7 +272,7 @@ COMPUTE_TABLES: dict[str, str] = {
 # applied, the highest is current). Version 1 is the first release's layout, which had
 # no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The raw layout this release writes: the last step of MIGRATIONS."""
 
 UPGRADE_COMMAND = "python -m ingest.upgrade"
@@ -300,6 +316,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "raw.added_tokens: the rows a fine-tune added to its vocabulary",
               ("create table if not exists raw.added_tokens ("
                + COMPUTE_TABLES["added_tokens"] + ")",)),
+    Migration(6, "raw.token_shift: per-token KL, entropies and top-1 ranks of the pair",
+              ("create table if not exists raw.token_shift ("
+               + COMPUTE_TABLES["token_shift"] + ")",)),
 )
 """The ordered steps from version 1 to SCHEMA_VERSION.
 
