@@ -8,7 +8,7 @@ printed. A developer tool (`make mutate`), not part of `make test`.
     python tools/mutate.py -k t_critical    # the mutants whose name contains this
     python tools/mutate.py --list           # what would run
 
-The copy lives in data/mutate/tree (the working tree is never touched): tracked and
+The copy lives in data/mutate/tree* (the working tree is never touched): tracked and
 untracked-but-not-ignored files plus the built C extensions. cosmic-ray is installed by
 this script into its own virtual environment (data/mutate/venv); its mutants of the
 Python statistics code (PYTHON_TARGETS) run with this interpreter's pytest. Exit status:
@@ -106,13 +106,13 @@ SQL_MUTANTS = [
            'expression: "s_max >= s_min"', NONFINITE),
 ]
 
-# cosmic-ray: the Python statistics code (module, first and last line of the
-# functions to mutate, found by name) and the tests that guard it
+# cosmic-ray: the Python statistics code (module, the functions whose lines are
+# mutated) and the tests that guard it
 PYTHON_TARGETS = [
-    ("compute/behaviour.py", ("plan_windows",), ("tests/test_behaviour.py", "-k",
-                                                 "windows or windowed")),
-    ("compute/spectra.py", ("_noise_from_sums",), ("tests/test_spectra_cpu_path.py",
-                                                   "tests/test_spectra_accuracy.py")),
+    ("compute/behaviour.py", ("plan_windows",),
+     ("tests/test_behaviour.py", "-k", "plan_windows")),
+    ("compute/spectra.py", ("_noise_from_sums",),
+     ("tests/test_spectra_accuracy.py", "-k", "noise_sigma")),
 ]
 
 
@@ -185,22 +185,22 @@ def function_lines(path: Path, names: tuple[str, ...]) -> list[tuple[int, int]]:
     return spans
 
 
-# Runs in cosmic-ray's environment: marks every work item outside the selected lines
-# as skipped, so `exec` mutates only the statistics functions.
-FILTER = """
+# Runs in cosmic-ray's environment: the session's results as JSON (skipped items,
+# those outside the selected lines, left out).
+RESULTS = """
 import json, sys
 from cosmic_ray.work_db import use_db, WorkDB
-from cosmic_ray.work_item import WorkResult, WorkerOutcome
-spans = [tuple(s) for s in json.loads(sys.argv[2])]
+from cosmic_ray.work_item import WorkerOutcome
+out = []
 with use_db(sys.argv[1], WorkDB.Mode.open) as db:
-    kept = 0
-    for item in db.pending_work_items:
-        rows = [m.start_pos[0] for m in item.mutations]
-        if all(any(a <= r <= b for a, b in spans) for r in rows):
-            kept += 1
-        else:
-            db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
-    print(kept)
+    for item, result in db.completed_work_items:
+        if result.worker_outcome == WorkerOutcome.SKIPPED:
+            continue
+        m = item.mutations[0]
+        out.append({"killed": bool(result.is_killed), "operator": m.operator_name,
+                    "line": m.start_pos[0], "module": str(m.module_path),
+                    "diff": result.diff or ""})
+print(json.dumps(out))
 """
 
 
@@ -216,63 +216,51 @@ def cosmic_ray_env() -> Path:
 
 
 def run_python(timeout: float) -> tuple[int, int, list[str]]:
-    """cosmic-ray on each PYTHON_TARGETS entry: (killed, total, survivor reports)."""
+    """cosmic-ray on each PYTHON_TARGETS entry, only on the selected functions' lines
+    (cr-filter-lines): (killed, total, survivor diffs)."""
     bin_ = cosmic_ray_env()
     killed = total = 0
     survivors = []
     for module, functions, tests in PYTHON_TARGETS:
         spans = function_lines(TREE / module, functions)
+        t0 = time.monotonic()
         rc, tail = pytest(tests, timeout)
         if rc != 0:
             sys.exit(f"the tests fail without any mutant ({' '.join(tests)}): {tail}")
+        # a mutant that loops forever is caught by the time limit: a few baselines
+        limit = min(timeout, max(30.0, 4 * (time.monotonic() - t0)))
         slug = module.replace("/", "_").removesuffix(".py")
         config, session = WORK / f"{slug}.toml", WORK / f"{slug}.sqlite"
         test_command = " ".join([sys.executable, "-m", "pytest", "-x", "-q", "-p",
                                  "no:cacheprovider", *(f"'{t}'" for t in tests)])
+        lines = ", ".join(f'"{a}-{b}"' for a, b in spans)
         config.write_text(
             "[cosmic-ray]\n"
             f'module-path = "{module}"\n'
-            f"timeout = {timeout}\n"
+            f"timeout = {limit:.0f}\n"
             "excluded-modules = []\n"
             f"test-command = {json.dumps(test_command)}\n"
             "[cosmic-ray.distributor]\n"
-            'name = "local"\n')
+            'name = "local"\n'
+            "[cosmic-ray.filters.line-filter]\n"
+            f'lines = {{ "{module}" = [{lines}] }}\n')
         session.unlink(missing_ok=True)
         env = dict(os.environ, PYTHONPATH=str(TREE))
-        subprocess.run([str(bin_ / "cosmic-ray"), "init", str(config), str(session)],
-                       cwd=TREE, env=env, check=True)
-        kept = subprocess.run([str(bin_ / "python"), "-c", FILTER, str(session),
-                               json.dumps(spans)], check=True, capture_output=True,
-                              text=True).stdout.strip()
-        print(f"{module} {', '.join(functions)}: {kept} mutants, "
-              f"tests {' '.join(tests)}", flush=True)
-        subprocess.run([str(bin_ / "cosmic-ray"), "exec", str(config), str(session)],
-                       cwd=TREE, env=env, check=True)
-        report = subprocess.run([str(bin_ / "cr-report"), str(session)], cwd=TREE,
-                                check=True, capture_output=True, text=True).stdout
-        k, t, surv = parse_report(report)
-        killed, total = killed + k, total + t
-        survivors += surv
-        print(f"{module}: {k} of {t} killed", flush=True)
-    return killed, total, survivors
-
-
-def parse_report(report: str) -> tuple[int, int, list[str]]:
-    """(killed, total, the report blocks of survivors) from cr-report's text: one
-    block per work item, its outcome on a `worker outcome:` / `test outcome:` line;
-    skipped items are the ones the filter left out."""
-    blocks = [b for b in report.split("\n[job-id]") if "test outcome" in b
-              or "worker outcome" in b]
-    killed = total = 0
-    survivors = []
-    for b in blocks:
-        if "worker outcome: skipped" in b.lower():
-            continue
-        total += 1
-        if "test outcome: survived" in b.lower():
-            survivors.append(b.strip())
-        else:
-            killed += 1
+        for step in (["cosmic-ray", "init", str(config), str(session)],
+                     ["cr-filter-lines", "--config", str(config), str(session)],
+                     ["cosmic-ray", "exec", str(config), str(session)]):
+            print(f"{module}: {step[0]} {step[1]}", flush=True)
+            subprocess.run([str(bin_ / step[0]), *step[1:]], cwd=TREE, env=env,
+                           check=True)
+        results = json.loads(subprocess.run(
+            [str(bin_ / "python"), "-c", RESULTS, str(session)], cwd=TREE, check=True,
+            capture_output=True, text=True).stdout)
+        k = sum(r["killed"] for r in results)
+        killed, total = killed + k, total + len(results)
+        survivors += [f"{r['module']}:{r['line']} {r['operator']}\n{r['diff']}"
+                      for r in results if not r["killed"]]
+        print(f"{module} {', '.join(functions)}: {k} of {len(results)} killed "
+              f"(tests: {' '.join(tests)})", flush=True)
     return killed, total, survivors
 
 
@@ -291,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         for module, functions, tests in PYTHON_TARGETS:
             print(f"cosmic-ray: {module} {functions}: {' '.join(tests)}")
         return 0
+    global TREE
+    # one copy per kind of run, so a SQL and a Python run can go side by side
+    TREE = WORK / ("tree-sql" if args.sql else "tree-python" if args.python else "tree")
     copy_tree()
     survived: list[str] = []
     stale: list[str] = []
