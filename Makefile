@@ -71,10 +71,13 @@ bench: venv
 	$(PY) bench/spectra.py
 	$(PY) bench/ingest.py
 	$(PY) bench/app_load.py --json data/bench/app-load.json
+	$(PY) bench/behaviour.py --json data/bench/behaviour.json
 
 # the GPU target: a 7B-shaped pair on one CUDA device (needs ~35 GB of disk)
 bench-gpu: venv
 	$(PY) bench/spectra_gpu.py --json data/bench/spectra-gpu.json
+	$(PY) bench/behaviour.py --device cuda --shape 0.5B --posts 256 --batch-size 32 \
+		--json data/bench/behaviour-gpu.json
 
 lint: venv
 	$(VENV)/bin/ruff check .
