@@ -125,6 +125,19 @@ def publish(con, path: str | os.PathLike) -> Path | None:
     return publish_file(path)
 
 
+_published: dict[str, Path] = {}  # path -> the snapshot published from it, not closed
+
+
+def after_close(path: str | os.PathLike) -> None:
+    """Call when the writer's connection that published `path` has closed: DuckDB
+    may still have written to the file on closing (it gives back blocks freed by the
+    checkpoint), so the stamp that says "nothing changed since" is taken again."""
+    snap = _published.pop(str(path), None)
+    if snap is not None and current(path) == snap:
+        with contextlib.suppress(OSError):
+            (snap.parent / STAMP).write_text(json.dumps(_stat(Path(path))))
+
+
 def publish_file(path: str | os.PathLike) -> Path:
     """`publish` without the checkpoint: for a caller that holds the file, has
     checkpointed it and cannot run SQL on it now (dbt's hook, ingest.dbt_lock)."""
@@ -150,6 +163,7 @@ def publish_file(path: str | os.PathLike) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _prune(top, path.name)
+    _published[str(path)] = top / str(n) / path.name
     return top / str(n) / path.name
 
 

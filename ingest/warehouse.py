@@ -117,6 +117,8 @@ def connect(
         yield con
     finally:
         con.close()
+        if not read_only:
+            snapshot.after_close(path)
 
 
 def _open(path: Path, read_only: bool, config: dict, row_group_size: int | None):

@@ -41,11 +41,12 @@ def rss_peak_mb() -> float:
 def test_a_huge_value_is_stopped_at_once_by_the_memory_limit(wh):
     """Under DuckDB's memory_limit alone this query ran past its time limit for a
     minute and grew to 15 GB; with the default limits it stops in seconds."""
+    run_readonly("select 1", path=wh)  # the console's server process is up
     before = rss_peak_mb()
     started = time.monotonic()
     with pytest.raises(LimitExceeded, match="more memory") as err:
         run_readonly(HUGE_LIST, path=wh)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 20  # ~0.2 s on a quiet machine
     assert f"({db.LIMITS.memory}, SFTSCOPE_APP_MEMORY_LIMIT)" in str(err.value)
     assert rss_peak_mb() - before < 300  # the 3.2 GB never came near this process
     assert len(run_readonly("from marts.t", path=wh).frame) == 100

@@ -141,6 +141,7 @@ def test_a_warehouse_of_a_newer_release_is_refused_unchanged(tmp_path):
     assert out.returncode == 2 and "newer sftscope release" in out.stderr
 
 
+@pytest.mark.slow
 def test_dbt_upgrades_an_old_warehouse_before_it_reads(tmp_path):
     db = tmp_path / "old.duckdb"
     build_v1(db)
