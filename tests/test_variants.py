@@ -376,3 +376,12 @@ def test_dbt_build_on_the_variants(variants, runs, tmp_path):
     assert summary["fp32_sft", "v_proj"] == (2, 0, 5.0)
     assert query(db, "select count(*) from staging.stg_compute__added_tokens")[0][0] \
         == 2 * len(ADDED_TOKENS)
+    pairs = {r[0]: r[1:] for r in query(
+        db, "select pair, adapter_type, adapter_r, n_added_tokens, "
+        "tied_head_compared_with, base_storage_dtypes, sft_storage_dtypes "
+        "from marts.dim_pairs")}
+    assert pairs["lora"][:2] == ("LORA", 4)
+    assert pairs["vocab_plus"][2] == len(ADDED_TOKENS)
+    assert pairs["tied_base"][3] == "base's model.embed_tokens.weight"
+    assert pairs["fp32_sft"][4:] == ("bfloat16", "float32")
+    assert pairs["fp16_sft"][4:] == ("bfloat16", "float16")

@@ -15,6 +15,21 @@ spectra as (
 
 ),
 
+-- each side's storage dtypes (a pair may mix them: docs/finetunes.md)
+dtypes as (
+
+    select
+        pair,
+        string_agg(distinct storage_dtype, ',' order by storage_dtype)
+            filter (where role = 'base') as base_storage_dtypes,
+        string_agg(distinct storage_dtype, ',' order by storage_dtype)
+            filter (where role = 'sft') as sft_storage_dtypes,
+
+    from {{ ref('stg_compute__spectra') }}
+    group by pair
+
+),
+
 sizes as (
 
     select
@@ -44,6 +59,20 @@ pairs as (
         max(case when kind = 'behaviour' then run_id end) as behaviour_run_id,
         max(case when kind = 'behaviour' then device end) as behaviour_device,
         max(case when kind = 'behaviour' then finished_at end) as behaviour_finished_at,
+        -- what the fine-tuned side is (compute.run's options: docs/finetunes.md)
+        max(case when kind = 'spectra' then options ->> '$.adapter.peft_type' end)
+            as adapter_type,
+        max(case when kind = 'spectra' then (options ->> '$.adapter.r')::integer end)
+            as adapter_r,
+        max(case when kind = 'spectra'
+            then (options ->> '$.adapter.lora_alpha')::double end) as adapter_lora_alpha,
+        max(case when kind = 'spectra'
+            then (options ->> '$.vocabulary.sft_vocab_size')::integer
+                - (options ->> '$.vocabulary.base_vocab_size')::integer end)
+            as n_added_tokens,
+        max(case when kind = 'spectra'
+            then options ->> '$.vocabulary.tied_head_compared_with' end)
+            as tied_head_compared_with,
 
     from runs
     group by pair
@@ -54,6 +83,8 @@ final as (
 
     select
         p.*,
+        d.base_storage_dtypes,
+        d.sft_storage_dtypes,
         s.n_matrices,
         s.n_matrix_params,
         -- the size the pair's name states ('7B' -> 7), else its matrices' count
@@ -64,6 +95,7 @@ final as (
 
     from pairs as p
     left join sizes as s using (pair)
+    left join dtypes as d using (pair)
 
 )
 
