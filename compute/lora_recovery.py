@@ -115,13 +115,14 @@ class Factors:
     """Each target's top singular triplets (fp32 copies, scaled: u s and vt), kept
     for the largest rank asked: r (rows + cols) floats per matrix."""
 
-    def __init__(self, base, sft, tgts: list[Target], rmax: int, progress: bool):
+    def __init__(self, base, sft, tgts: list[Target], rmax: int, progress: bool,
+                 device: str = "cpu"):
         self.us: dict[str, np.ndarray] = {}
         self.vt: dict[str, np.ndarray] = {}
         self.s_sq: dict[str, np.ndarray] = {}
         self.total: dict[str, float] = {}
         for t, tr in iter_triplets(base, sft, tgts, lambda t: min(rmax, t.n_short),
-                                   progress=progress, desc="svd"):
+                                   device=device, progress=progress, desc="svd"):
             self.us[t.tensor] = (tr.u * tr.s[:tr.u.shape[1]]).astype(np.float32)
             self.vt[t.tensor] = tr.vt.astype(np.float32)
             self.s_sq[t.tensor] = tr.s ** 2
@@ -252,7 +253,7 @@ def run(cfg: Config) -> Path:
     ranks: list[int | None] = [0, *(r for r in cfg.ranks if r < n_full)]
     ranks += [None] if full else []
     factors = Factors(base, sft, tgts, max((r for r in ranks if r), default=0),
-                      cfg.progress)
+                      cfg.progress, dev.type)  # fp64 SVDs on the scoring device
     total_sq = sum(factors.total.values())
     rank_rows = []
     with torch.inference_mode():
