@@ -50,9 +50,15 @@ PAIR = "bench"
 
 
 def pages() -> list[str]:
-    """The app's pages as their URL paths ('' is the default page)."""
-    files = re.findall(r'st\.Page\("app_pages/(\w+)\.py"', (ROOT / "app.py").read_text())
-    return ["" if f == "overview" else f for f in files]
+    """The app's pages as their URL paths ('' is the default page): each
+    st.Page's url_path, else its file's name."""
+    out = []
+    for call in re.findall(r'st\.Page\("app_pages/\w+\.py".*?\)',
+                           (ROOT / "app.py").read_text(), re.S):
+        stem = re.search(r'app_pages/(\w+)\.py', call).group(1)
+        url = re.search(r'url_path="([^"]*)"', call)
+        out.append("" if stem == "overview" else url.group(1) if url else stem)
+    return out
 
 
 def run(cmd: list[str], env: dict, timeout: float = 900) -> tuple[int, float, str]:
@@ -140,9 +146,12 @@ async def load_page(ws, page: str, timeout: float) -> tuple[float, str | None]:
     problem = None
     while True:
         left = timeout - (time.monotonic() - t0)
-        if left <= 0:
+        try:
+            if left <= 0:
+                raise asyncio.TimeoutError
+            raw = await asyncio.wait_for(ws.recv(), left)
+        except asyncio.TimeoutError:
             return time.monotonic() - t0, f"over {timeout:g} s"
-        raw = await asyncio.wait_for(ws.recv(), left)
         fwd = ForwardMsg()
         fwd.ParseFromString(raw)
         kind = fwd.WhichOneof("type")
@@ -166,8 +175,10 @@ async def session(port: int, names: list[str], stop_at: list[float], timeout: fl
                   out: list[dict], start: int) -> None:
     import websockets
 
+    # No keepalive pings: on a busy machine a late pong would drop the session.
     async with websockets.connect(f"ws://127.0.0.1:{port}/_stcore/stream",
-                                  subprotocols=["streamlit"], max_size=None) as ws:
+                                  subprotocols=["streamlit"], max_size=None,
+                                  ping_interval=None) as ws:
         i = start
         while time.monotonic() < stop_at[0]:
             page = names[i % len(names)]
@@ -178,8 +189,8 @@ async def session(port: int, names: list[str], stop_at: list[float], timeout: fl
                 secs, problem = timeout, f"{type(exc).__name__}: {exc}"
             out.append({"page": page or "overview", "seconds": secs, "problem": problem,
                         "at": time.monotonic()})
-            if problem and problem.startswith(("ConnectionClosed", "over")):
-                return
+            if problem and not problem.startswith(("exception", "busy", "page")):
+                return  # the session is in no state to go on (the page still runs)
 
 
 async def sessions(port: int, n: int, stop_at: list[float], timeout: float,
