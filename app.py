@@ -26,6 +26,8 @@ nav = st.navigation({
     "Behaviour": [
         st.Page("app_pages/perplexity.py", title="Perplexity",
                 icon=":material/psychology:", url_path="perplexity"),
+        st.Page("app_pages/token_shift.py", title="Token shift",
+                icon=":material/swap_vert:", url_path="token-shift"),
         st.Page("app_pages/drift.py", title="Residual drift", icon=":material/waves:",
                 url_path="drift"),
         st.Page("app_pages/posts.py", title="Posts", icon=":material/article:",

@@ -1,0 +1,99 @@
+"""The Token shift page: its pure chart builders on small frames, and the page under
+streamlit.testing's AppTest against the demo warehouse (compute.run's token shift
+loaded and modelled by dbt, the whole pipeline)."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pandas as pd
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from app_lib import shift
+from tests.conftest import ROOT
+
+GROUPS = pd.DataFrame({
+    "grp": ["high", "low"], "metric": ["share_shifted"] * 2, "estimate": [0.08, 0.05],
+    "ci95_low": [0.06, 0.04], "ci95_high": [0.10, 0.06]})
+DIFFS = pd.DataFrame({
+    "metric": ["share_shifted"], "group_a": ["high"], "group_b": ["low"],
+    "n_posts_a": [40], "n_posts_b": [38], "difference": [0.03], "ci95_low": [0.01],
+    "ci95_high": [0.05], "excludes_zero": [True], "n_resamples": [1000],
+    "seed": [6197]})
+
+
+def test_forest_and_headline():
+    f = shift.forest(GROUPS, DIFFS, "share_shifted")
+    assert f["kind"].tolist() == ["group", "group", "difference"]
+    assert f.iloc[2][["value", "low", "high"]].tolist() == [0.03, 0.01, 0.05]
+    spec = shift.difference_chart(f).to_dict()
+    assert {"errorbar", "point", "rule"} <= {
+        (layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"])
+        for layer in spec["layer"]}
+    text = shift.headline(DIFFS, "share_shifted")
+    assert "high - low: +0.03" in text and "1000 bootstrap resamples" in text
+    assert "seed 6197" in text and "the groups differ" in text
+    assert "needed" in shift.headline(DIFFS, "mean_kl_sft_base")
+
+
+def test_classes_long_keeps_every_share():
+    df = pd.DataFrame({"grp": ["high", "high"], "position_bucket": ["all", "0-15"],
+                       "first_position": [0, 0], "n_tokens": [10, 4],
+                       "share_unshifted": [0.7, 0.5], "share_marginal": [0.2, 0.25],
+                       "share_shifted": [0.1, 0.25]})
+    long = shift.classes_long(df)
+    assert len(long) == 6 and set(long["class"]) == {"unshifted", "marginal", "shifted"}
+    sums = long.groupby("position_bucket")["share"].sum()
+    assert sums.round(12).tolist() == [1.0, 1.0]
+    assert shift.classes_chart(df).to_dict()["encoding"]["y"]["stack"] == "normalize"
+
+
+def test_kl_html_shades_escapes_and_explains():
+    df = pd.DataFrame({
+        "position": [0, 1], "token_text": ["<b>", " x"], "kl_sft_base": [0.0, 2.0],
+        "kl_base_sft": [0.0, 1.5], "entropy_base": [1.0, 2.0],
+        "entropy_sft": [1.0, 0.5], "top_text_base": [" a", "&"],
+        "top_text_sft": [" a", " b"], "rank_sft_top_in_base": [1, 9],
+        "rank_base_top_in_sft": [1, 5], "shift_class": ["unshifted", "shifted"]})
+    out = shift.kl_html(df, clip=1.0)
+    assert "&lt;b&gt;" in out and "<b>" not in out
+    assert out.count("rgba(") == 2 and ",0.00);" in out and ",0.85);" in out
+    assert out.count("border-bottom:2px solid #D62728") == 2  # legend + the shifted
+    assert "rank under base 9: shifted" in out and "KL(sft||base) 2.0000" in out
+
+
+@pytest.mark.slow
+def test_token_shift_page(demo_warehouse, monkeypatch):
+    con = duckdb.connect(str(demo_warehouse), read_only=True)
+    try:
+        n_raw = con.execute("select count(*) from raw.token_shift").fetchone()[0]
+        n_logprobs = con.execute("select count(*) from raw.token_logprobs "
+                                 "where role = 'base'").fetchone()[0]
+        (n_groups,) = con.execute("select count(distinct grp) from "
+                                  "marts.fct_post_token_shift").fetchone()
+        (n_diffs,) = con.execute("select count(*) from "
+                                 "marts.fct_group_difference_intervals").fetchone()
+    finally:
+        con.close()
+    assert n_raw == n_logprobs > 0  # one shift row per scored token
+    assert n_groups == 2 and n_diffs == 11  # high - low of every measure
+    st.cache_data.clear()
+    monkeypatch.setenv("SFTSCOPE_DB", str(demo_warehouse))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("app_pages/token_shift.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("bootstrap resamples" in m.value for m in at.markdown)
+    specs = [json.loads(el.proto.spec) for el in at.get("vega_lite_chart")]
+    assert len(specs) >= 3
+    assert "kl" in at.get("html")[0].proto.body.lower()
+    at.selectbox(key="shift_metric").select("mean_kl_sft_base").run()
+    at.radio(key="shift_direction").set_value("demoted").run()
+    at.radio(key="shift_by").set_value("kl_mass").run()
+    post = at.selectbox(key="shift_post")
+    post.select(post.options and int(post.options[-1].split()[0])).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [m.label for m in at.metric] == ["tokens", "mean KL(p_sft || p_base)",
+                                            "shifted"]
