@@ -97,3 +97,19 @@ def test_token_shift_page(demo_warehouse, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     assert [m.label for m in at.metric] == ["tokens", "mean KL(p_sft || p_base)",
                                             "shifted"]
+
+
+def test_token_shift_page_before_dbt(tmp_path, monkeypatch):
+    """Raw tables only (no marts yet): the page says what to run instead of failing."""
+    from ingest.warehouse import connect, ensure_raw_schema
+
+    path = tmp_path / "raw_only.duckdb"
+    with connect(path) as con:
+        ensure_raw_schema(con)
+    st.cache_data.clear()
+    monkeypatch.setenv("SFTSCOPE_DB", str(path))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("app_pages/token_shift.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "No token shift yet" in " ".join(str(i.value) for i in at.info)
+    assert "dbt build" in at.code[0].value
