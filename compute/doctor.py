@@ -410,7 +410,7 @@ def check_pair(base: str, sft: str, *, revision_base: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from compute.run import DEMO_DIR, PAIRS
+    from compute.run import LOCAL_PAIRS, PAIRS, PLANTED_DIR
 
     ap = argparse.ArgumentParser(prog="python -m compute.doctor",
                                  description=__doc__.splitlines()[0])
@@ -430,14 +430,15 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.pair and (a.base or a.sft):
         ap.error("give either --pair or --base/--sft, not both")
-    if a.pair == "demo":
-        from compute.demo import build_pair
+    if a.pair in LOCAL_PAIRS:
+        if a.pair == "planted":
+            from compute.demo import build_pair
 
-        build_pair(DEMO_DIR)
-        base, sft = str(DEMO_DIR / "base"), str(DEMO_DIR / "sft")
+            build_pair(PLANTED_DIR)
+        base, sft = (str(LOCAL_PAIRS[a.pair] / role) for role in ("base", "sft"))
     elif a.pair:
         if a.pair not in PAIRS:
-            ap.error(f"unknown --pair {a.pair!r}; known: {', '.join(PAIRS)}, demo")
+            ap.error(f"unknown --pair {a.pair!r}; known: {', '.join(PAIRS)}, demo, planted")
         base, sft = PAIRS[a.pair]
     elif a.base and a.sft:
         base, sft = a.base, a.sft

@@ -1,7 +1,8 @@
 """Compute the spectra (and behaviour) of a base/SFT pair and load them.
 
     python -m compute.run --pair 7B                 # Qwen/Qwen2.5-7B vs -Instruct
-    python -m compute.run --pair demo               # embedded demo pair, CPU, offline
+    python -m compute.run --pair demo               # the trained demo pair, CPU, offline
+    python -m compute.run --pair planted            # planted deltas (ground truth)
     python -m compute.run --base A --sft B --name N # any two hub ids or folders
     python -m compute.run --pair 7B --no-load --out /scratch/runs   # GPU box, no DB
 
@@ -51,7 +52,9 @@ FAMILIES = {
                      "mistralai/Mixtral-8x7B-Instruct-v0.1"),
 }
 PAIRS |= FAMILIES
-DEMO_DIR = Path("data/models/demo")
+DEMO_DIR = Path("models/demo")  # trained and shipped: python -m compute.train_demo
+PLANTED_DIR = Path("data/models/planted")  # built on first use by compute.demo
+LOCAL_PAIRS = {"demo": DEMO_DIR, "planted": PLANTED_DIR}
 
 
 
@@ -138,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ap.add_argument("--pair", help=f"a known pair: {', '.join(SIZES)} (Qwen2.5 base vs "
                     "Instruct), " + ", ".join(f"{k} ({a} vs {b})"
                                               for k, (a, b) in FAMILIES.items())
-                    + " or 'demo' (built locally, offline)")
+                    + " or 'demo' / 'planted' (local, offline)")
     ap.add_argument("--base", help="base checkpoint: hub id or local folder")
     ap.add_argument("--sft", help="fine-tuned checkpoint: hub id or local folder")
     ap.add_argument("--name", help="the pair's name in the warehouse (with --base/--sft)")
@@ -177,13 +180,13 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if a.pair and (a.base or a.sft):
         ap.error("give either --pair or --base/--sft, not both")
     if a.pair:
-        if a.pair == "demo":
-            base, sft = str(DEMO_DIR / "base"), str(DEMO_DIR / "sft")
+        if a.pair in LOCAL_PAIRS:
+            base, sft = (str(LOCAL_PAIRS[a.pair] / role) for role in ("base", "sft"))
         elif a.pair in PAIRS:
             base, sft = PAIRS[a.pair]
         else:
-            ap.error(f"unknown --pair {a.pair!r}; known: {', '.join(PAIRS)}, demo "
-                     "(or use --base/--sft/--name)")
+            ap.error(f"unknown --pair {a.pair!r}; known: {', '.join(PAIRS)}, demo, "
+                     "planted (or use --base/--sft/--name)")
         name = a.pair
     elif a.base and a.sft:
         base, sft = a.base, a.sft
@@ -520,10 +523,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    if cfg.pair == "demo" and Path(cfg.base).parent == DEMO_DIR:
+    if cfg.pair == "planted" and Path(cfg.base).parent == PLANTED_DIR:
         from compute.demo import build_pair
 
-        build_pair(DEMO_DIR)
+        build_pair(PLANTED_DIR)
     if cfg.check:
         from compute.doctor import check_pair
 

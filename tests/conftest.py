@@ -64,7 +64,7 @@ def run_dbt(db: Path, *args: str, check: bool = True,
 
 @pytest.fixture(scope="session")
 def demo_pair(tmp_path_factory) -> Path:
-    """The embedded demo pair (base/, sft/, planted.json), built once."""
+    """The planted pair (base/, sft/, planted.json; `--pair planted`), built once."""
     from compute.demo import build_pair
 
     out = tmp_path_factory.mktemp("models") / "demo"
@@ -74,8 +74,9 @@ def demo_pair(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_warehouse(tmp_path_factory, demo_pair) -> Path:
-    """A warehouse built as `make demo` builds it: sample site, prompts, spectra,
-    behaviour, dbt build. Read-only for tests: copy it to change it."""
+    """A warehouse built as `make demo` builds it (sample site, prompts, spectra,
+    behaviour, the shipped demo pair's training log, dbt build), on the planted pair
+    (named 'planted'). Read-only for tests: copy it to change it."""
     work = tmp_path_factory.mktemp("demo_warehouse")
     db = work / "warehouse.duckdb"
     have_site = (ROOT / "ingest" / "demo_site.py").exists()
@@ -85,7 +86,9 @@ def demo_warehouse(tmp_path_factory, demo_pair) -> Path:
                "physics.demo", db=db)
         run_dbt(db, "build", "--quiet", "--vars", DEMO_VARS)
     run_py("-m", "compute.run", "--base", str(demo_pair / "base"), "--sft",
-           str(demo_pair / "sft"), "--name", "demo", "--out", str(work / "runs"),
+           str(demo_pair / "sft"), "--name", "planted", "--out", str(work / "runs"),
            "--no-progress", *([] if have_site else ["--skip-behaviour"]), db=db)
+    run_py("-m", "ingest.training_log", str(ROOT / "models" / "demo"), "--pair",
+           "demo", db=db)
     run_dbt(db, "build", "--quiet", "--vars", DEMO_VARS)
     return db

@@ -108,13 +108,13 @@ def scored_warehouse(demo_warehouse, tmp_path_factory) -> Path:
                 words = post.text.split()[:40]
                 for role, shift in (("base", 0.0), ("sft", 0.1)):
                     for i, w in enumerate(words):
-                        tok.append(("syn", "demo", role, post.post_id, i, i, f" {w}",
+                        tok.append(("syn", "planted", role, post.post_id, i, i, f" {w}",
                                     -3.0 - rng.random() + shift * rng.standard_normal()))
                 for layer in range(n_layers + 1):
-                    drift.append(("syn", "demo", post.post_id, layer, len(words),
+                    drift.append(("syn", "planted", post.post_id, layer, len(words),
                                   0.01 * layer * len(words), 0.99 * len(words),
                                   0.1 * layer, 10.0))
-                texts.append(("syn", "demo", post.post_id, "physics.demo", post.grp,
+                texts.append(("syn", "planted", post.post_id, "physics.demo", post.grp,
                               len(words), len(" ".join(words)), len(words)))
             con.executemany("insert into raw.token_logprobs values "
                             "(?, ?, ?, ?, ?, ?, ?, ?)", tok).fetchall()
@@ -154,14 +154,17 @@ def test_overview(demo_warehouse, monkeypatch):
                                             "pairs with behaviour"]
     assert at.metric[0].value == "1"
     pairs = at.dataframe[0].value
-    assert pairs["pair"].tolist() == ["demo"]
+    assert pairs["pair"].tolist() == ["planted"]
     assert len(at.dataframe) == 3  # pairs, medians per module, relations
+    # the trained demo pair's loss curves (its training log is in the warehouse)
+    assert "How the trained pairs learned" in [h.value for h in at.subheader]
+    assert len(at.get("arrow_vega_lite_chart")) == 1
 
 
 def test_heatmap(demo_warehouse, monkeypatch):
     at = open_page("heatmap", demo_warehouse, monkeypatch)
     assert at.selectbox(key="heatmap_metric").value == "relative_frobenius_change"
-    assert at.sidebar.selectbox[0].value == "demo"
+    assert at.sidebar.selectbox[0].value == "planted"
     (spec,) = charts_of(at)
     assert "rect" in marks(spec)
     assert "relative_frobenius_change" in json.dumps(spec["layer"][0]["encoding"])
@@ -231,7 +234,7 @@ def test_sql_console(demo_warehouse, monkeypatch):
     at.button(key="sql_run").click().run()
     assert not at.exception and not at.error
     result = at.columns[0].dataframe  # the query's column, not the schema's
-    assert result[0].value["pair"].tolist() == ["demo"]
+    assert result[0].value["pair"].tolist() == ["planted"]
     assert at.get("download_button")
     at.text_area(key="sql_text").input("attach 'x.duckdb' as x").run()
     at.button(key="sql_run").click().run()

@@ -1,0 +1,154 @@
+"""The trained demo pair: the training script learns, and the shipped pair (models/demo)
+is what its train.json says and shows what the docs claim.
+
+The shipped pair is scored here with a plain transformers forward pass (not the
+training code's evaluator): held-out posts as raw text behind `<|endoftext|>`, and
+held-out question -> answer pairs in the chat format, loss on the answer tokens.
+The bounds are properties (far below the vocabulary size, SFT better than the base
+on answers), not the figures of one run.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from compute import train_demo as td
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "models" / "demo"
+SUMMARY = json.loads((SHIPPED / "train.json").read_text())
+HELD = SUMMARY["config"]["heldout_mod"]
+
+TINY = td.TrainConfig(vocab=320, hidden=32, intermediate=64, layers=1, heads=2,
+                      kv_heads=1, seq_len=64, batch=8, pretrain_epochs=1.0,
+                      sft_epochs=2.0, pretrain_lr=5e-3, sft_lr=2e-3, warmup=3,
+                      eval_every=1000, eval_blocks=8, max_posts=40, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "pair"
+    td.train(dataclasses.replace(TINY, out=out))
+    return out
+
+
+def log_rows(path: Path) -> list[dict]:
+    with open(path / "training_log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_training_lowers_losses(tiny_run):
+    rows = log_rows(tiny_run)
+    for role in ("base", "sft"):
+        steps = [r for r in rows if r["role"] == role]
+        evals = [r for r in steps if r["heldout_post_loss"]]
+        assert [int(r["step"]) for r in steps] == list(range(len(steps)))
+        assert len(evals) == 2, "evaluated before the first and after the last step"
+        first, last = evals[0], evals[-1]
+        if role == "base":  # from random weights: ln(vocab) down to well below it
+            assert float(first["heldout_post_loss"]) > math.log(TINY.vocab) - 0.3
+            assert float(last["heldout_post_loss"]) < float(
+                first["heldout_post_loss"]) - 0.5
+            batch = [float(r["train_loss"]) for r in steps[1:]]
+            assert sum(batch[-5:]) / 5 < sum(batch[:5]) / 5 - 0.5
+        else:  # fine-tuning lowers the loss on held-out answers in the chat format
+            assert float(last["heldout_answer_loss"]) < float(
+                first["heldout_answer_loss"])
+    # a normal checkpoint folder, bf16 like a release, files as recorded
+    summary = json.loads((tiny_run / "train.json").read_text())
+    for rel, digest in summary["sha256"].items():
+        assert hashlib.sha256((tiny_run / rel).read_bytes()).hexdigest() == digest
+    config = json.loads((tiny_run / "base" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"]
+    assert config["torch_dtype"] == "bfloat16"
+
+
+def test_shipped_files_are_the_recorded_ones():
+    """Every file the script wrote, byte for byte (train.json records its sha256)."""
+    assert set(SUMMARY["sha256"]) >= {f"{r}/{f}" for r in ("base", "sft") for f in (
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")}
+    for rel, digest in SUMMARY["sha256"].items():
+        assert hashlib.sha256((SHIPPED / rel).read_bytes()).hexdigest() == digest, rel
+
+
+# ------------------------------------------------------------ the shipped pair
+
+@pytest.fixture(scope="module")
+def shipped():
+    import torch
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    torch.set_num_threads(1)
+    tok = PreTrainedTokenizerFast.from_pretrained(SHIPPED / "base")
+    models = {role: AutoModelForCausalLM.from_pretrained(
+        SHIPPED / role, dtype=torch.float32).eval() for role in ("base", "sft")}
+    posts = td.load_corpus()
+    held = [p for p in posts if td.heldout(p.site, p.thread, HELD)]
+    return tok, models, held
+
+
+def nll(model, ids: list[int], first: int) -> tuple[float, int]:
+    """Sum of -log p(ids[t] | ids[:t]) for t >= first, in fp32 from the logits."""
+    import torch
+
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids])).logits[0].float()
+    logp = torch.log_softmax(logits[:-1], dim=-1)
+    target = torch.tensor(ids[1:])
+    picked = logp[torch.arange(len(target)), target][first - 1:]
+    return -float(picked.sum()), len(picked)
+
+
+def test_shipped_base_perplexity_on_heldout_posts(shipped):
+    tok, models, held = shipped
+    seq = SUMMARY["config"]["seq_len"]
+    total = {"base": [0.0, 0], "sft": [0.0, 0]}
+    for post in held[::3]:
+        ids = [tok.convert_tokens_to_ids(td.EOS)] + tok(post.document)["input_ids"]
+        for role, model in models.items():
+            s, n = nll(model, ids[:seq], 1)
+            total[role][0] += s
+            total[role][1] += n
+    ppl = {r: math.exp(s / n) for r, (s, n) in total.items()}
+    vocab = len(tok)
+    assert vocab >= 1024
+    # far below the vocabulary size: the base learned the text (a uniform guess is
+    # `vocab`; the planted pair's random weights sit near it)
+    assert ppl["base"] < 300 < vocab / 3
+    # the SFT model is another model on raw posts, but not a broken one
+    assert abs(math.log(ppl["sft"] / ppl["base"])) > 0.01
+    assert ppl["sft"] < 2 * ppl["base"]
+
+
+def test_shipped_sft_beats_base_on_heldout_answers(shipped):
+    tok, models, held = shipped
+    seq = SUMMARY["config"]["seq_len"]
+    pairs = td.qa_pairs(held)
+    assert len(pairs) >= 50
+    total = {"base": [0.0, 0], "sft": [0.0, 0]}
+    wins = 0
+    for q, a in pairs[::2]:
+        # the question cut so that the prompt takes at most half the context, the
+        # assistant header kept (as in training)
+        head = tok(f"{td.EOS}{td.IM_START}user\n{q.title}\n\n{q.text}")["input_ids"]
+        tail = tok(f"{td.IM_END}\n{td.IM_START}assistant\n")["input_ids"]
+        prompt = head[: seq // 2 - len(tail)] + tail
+        reply = tok(a.text + td.IM_END)["input_ids"]
+        ids = (prompt + reply)[:seq]
+        per = {}
+        for role, model in models.items():
+            s, n = nll(model, ids, len(prompt))
+            total[role][0] += s
+            total[role][1] += n
+            per[role] = s
+        wins += per["sft"] < per["base"]
+    ppl = {r: math.exp(s / n) for r, (s, n) in total.items()}
+    assert ppl["sft"] < 0.9 * ppl["base"]
+    assert wins > 0.7 * len(pairs[::2])
