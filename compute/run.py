@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from compute.adapters import resolve_sft
 from compute.checkpoints import Checkpoint, CheckpointError, Plan, pair_plan, resolve
+from compute.directions import DEFAULT_VECTORS, FULL_BASIS_MAX
 from compute.spectra import METHODS
 
 if TYPE_CHECKING:
@@ -123,6 +124,8 @@ class Config:
     progress: bool = True
     check: bool = False  # only check the pair (compute.doctor), compute nothing
     scan: bool = False  # with check: verify shard checksums, read every tensor for NaN/Inf
+    vectors: int = DEFAULT_VECTORS  # top singular vectors per matrix (0: none)
+    full_basis_max: int = FULL_BASIS_MAX  # CPU: all W_base vectors up to this side
 
     @property
     def run_dir(self) -> Path:
@@ -174,7 +177,18 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ap.add_argument("--scan", action="store_true",
                     help="with --check: also hash the hub-cache shards against their"
                     " sha256 names and read every tensor to count NaN/Inf")
+    ap.add_argument("--vectors", type=int, default=DEFAULT_VECTORS, metavar="K",
+                    help="top-K singular vectors of W_base, W_sft and dW per matrix "
+                    "(gram method; to OUT/<pair>/directions/vectors), with overlap, "
+                    "principal angles, intruders and token labels (raw.direction_*, "
+                    f"raw.intruders); 0 turns it off (default {DEFAULT_VECTORS})")
+    ap.add_argument("--full-basis-max", type=int, default=FULL_BASIS_MAX, metavar="N",
+                    help="on a CPU, all of W_base's singular vectors (intruders) only "
+                    f"for matrices with min(rows, cols) <= N (default {FULL_BASIS_MAX}"
+                    "; a GPU does every matrix)")
     a = ap.parse_args(argv)
+    if a.vectors < 0:
+        ap.error("--vectors must be >= 0")
     if a.scan and not a.check:
         ap.error("--scan goes with --check")
     if a.pair and (a.base or a.sft):
@@ -198,7 +212,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   revision_sft=a.revision_sft, load=a.load, force=a.force,
                   spectra=a.spectra, behaviour=a.behaviour, prompts=a.prompts,
                   batch_size=a.batch_size, window=a.window, max_tensors=a.max_tensors,
-                  progress=a.progress, check=a.check, scan=a.scan)
+                  progress=a.progress, check=a.check, scan=a.scan,
+                  vectors=a.vectors, full_basis_max=a.full_basis_max)
 
 
 def torch_build_has_gpu() -> bool:
@@ -314,7 +329,7 @@ def open_manifest(cfg: Config, base: Checkpoint, sft: Checkpoint) -> dict:
             return old
         print(f"{cfg.run_dir}: earlier results are for other models or options; "
               "starting over", file=sys.stderr)
-    for sub in ("spectra", "behaviour"):
+    for sub in ("spectra", "behaviour", "directions"):
         shutil.rmtree(cfg.run_dir / sub, ignore_errors=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     manifest = want | {"run_id": f"{cfg.pair}-{stamp}", "code_version": code_version(),
@@ -361,6 +376,14 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
     torch = None
     if device != "cpu" or cfg.method != "gram":  # else NumPy's path, without torch
         import torch
+    from compute import direction_files as dfiles
+
+    want_dirs = cfg.vectors > 0 and cfg.method == "gram"
+    if want_dirs:
+        dfiles.start(cfg.run_dir, manifest, cfg.vectors, cfg.full_basis_max)
+    else:
+        manifest["kinds"].pop("directions", None)
+    save_manifest(cfg, manifest)
 
     run_id, pair = manifest["run_id"], cfg.pair
     started = manifest["kinds"].get("spectra", {}).get("started_at") or now()
@@ -392,7 +415,8 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         write_rows(rows, "vectors", vec_path)
 
     todo = [i for i in range(len(plan.matrices))
-            if not spectra_file(cfg.run_dir, i).exists()]
+            if not spectra_file(cfg.run_dir, i).exists()
+            or (want_dirs and not dfiles.done(cfg.run_dir, i))]
     if cfg.max_tensors is not None:
         todo = todo[:cfg.max_tensors]
     # largest first, so that the embedding does not finish alone at the end
@@ -412,10 +436,15 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         adapter = isinstance(sft, Adapter)
         factors = sft.lowrank(name) if adapter else None
         out, warnings = [], []
+        tables: dict[str, list[dict]] = {}
         for view in plan.views[name]:
             vb, vs = view.take(wb), view.take(ws)
             lowrank = view_factors(view, factors)
-            if torch is None:
+            if want_dirs:  # the same spectra, and the singular vectors
+                rows, found = dfiles.compute(vb, vs, storage, storage_s, view, lowrank,
+                                             torch, device, cfg.vectors,
+                                             cfg.full_basis_max)
+            elif torch is None:
                 rows = array_spectra(vb, vs, storage, storage_s, lowrank=lowrank)
             else:
                 with torch.inference_mode():  # thread-local: set in each worker
@@ -438,8 +467,13 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
                     warnings.append(f"{view.tensor} ({r['role']}: {r['n_nonfinite']} "
                                     "NaN/Inf)")
             out += [common | r for r in rows]
+            if want_dirs:
+                for table, recs in dfiles.matrix_rows(common, found).items():
+                    tables.setdefault(table, []).extend(recs)
         del wb, ws
         write_rows(out, "spectra", spectra_file(cfg.run_dir, i))
+        if want_dirs:
+            dfiles.write_tensor(cfg.run_dir, i, tables)
         return warnings
 
     bad: dict[int, list[str]] = {}
@@ -477,6 +511,9 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
                         "nonfinite_tensors": bad_list, "numpy": np.__version__,
                         "torch": torch.__version__ if torch else None,
                         "workers": workers}}
+        if want_dirs and all(dfiles.done(cfg.run_dir, i)
+                             for i in range(len(plan.matrices))):
+            dfiles.finish(cfg.run_dir, manifest, sft, plan, device)
         save_manifest(cfg, manifest)
 
 

@@ -36,6 +36,10 @@ KIND_TABLES = {
     "spectra": {"spectra": "spectra/[0-9]*.parquet",
                 "vector_changes": "spectra/vectors.parquet",
                 "added_tokens": "spectra/added_tokens.parquet"},
+    "directions": {"direction_overlap": "directions/overlap/*.parquet",
+                   "direction_angles": "directions/angles/*.parquet",
+                   "intruders": "directions/intruders/*.parquet",
+                   "direction_tokens": "directions/tokens.parquet"},
     "behaviour": {t: f"behaviour/{t}/*.parquet"
                   for t in ("token_logprobs", "token_shift", "post_texts",
                             "residual_drift")},
@@ -103,6 +107,12 @@ def load_run(run_dir: str | Path, db: str | Path | None = None,
                     if counts["spectra"] != expected:
                         raise LoadError(f"{run_dir}: {counts['spectra']} spectra rows, "
                                         f"expected {expected}")
+                if kind == "spectra" and "directions" not in finished:
+                    # spectra without vectors (--vectors 0): no stale directions
+                    for table in [*KIND_TABLES["directions"], "compute_runs"]:
+                        con.execute(f"delete from raw.{table} where pair = ?"
+                                    + (" and kind = 'directions'"
+                                       if table == "compute_runs" else ""), [pair])
                 info = manifest["kinds"][kind]
                 con.execute("delete from raw.compute_runs where pair = ? and kind = ?",
                             [pair, kind])

@@ -253,6 +253,53 @@ COMPUTE_TABLES: dict[str, str] = {
         sum_sq_diff DOUBLE NOT NULL,      -- sum over tokens of |h_sft-h_base|^2
         sum_sq_base DOUBLE NOT NULL       -- sum over tokens of |h_base|^2
     """,
+    "direction_overlap": """
+        run_id VARCHAR NOT NULL,
+        pair VARCHAR NOT NULL,
+        tensor VARCHAR NOT NULL,
+        layer INTEGER,
+        module VARCHAR NOT NULL,
+        side VARCHAR NOT NULL,            -- 'left' (rows, output) | 'right'
+        r INTEGER NOT NULL,               -- W_base's top-r singular subspace
+        share DOUBLE NOT NULL,            -- of ||dW||_F^2 inside it
+        random_share DOUBLE NOT NULL      -- r / dim: a random subspace's, on average
+    """,
+    "direction_angles": """
+        run_id VARCHAR NOT NULL,
+        pair VARCHAR NOT NULL,
+        tensor VARCHAR NOT NULL,
+        layer INTEGER,
+        module VARCHAR NOT NULL,
+        side VARCHAR NOT NULL,            -- 'left' | 'right'
+        r INTEGER NOT NULL,               -- top-r subspaces of dW and of W_base
+        cosines DOUBLE[] NOT NULL         -- of the principal angles, descending
+    """,
+    "intruders": """
+        run_id VARCHAR NOT NULL,
+        pair VARCHAR NOT NULL,
+        tensor VARCHAR NOT NULL,
+        layer INTEGER,
+        module VARCHAR NOT NULL,
+        j INTEGER NOT NULL,               -- W_sft's j-th left singular vector
+        singular_value DOUBLE NOT NULL,   -- s_j(W_sft)
+        max_cos DOUBLE NOT NULL,          -- max |cos| over all of W_base's left ones
+        null_max_cos DOUBLE NOT NULL      -- the same for a Haar-random direction
+    """,
+    "direction_tokens": """
+        run_id VARCHAR NOT NULL,
+        pair VARCHAR NOT NULL,
+        tensor VARCHAR NOT NULL,
+        layer INTEGER,
+        module VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,            -- 'direction' (dW's) | 'row_change'
+        direction INTEGER,                -- k of dW's k-th direction; NULL rows
+        singular_value DOUBLE,            -- s_k(dW)
+        pole VARCHAR NOT NULL,            -- 'promoted' | 'demoted' | 'changed'
+        rank INTEGER NOT NULL,            -- 1 = strongest
+        token_id BIGINT NOT NULL,
+        token VARCHAR,                    -- SFT tokenizer's string, NULL without one
+        score DOUBLE NOT NULL             -- logit (direction) or ||dW row|| (row)
+    """,
     "training_log": """
         pair VARCHAR NOT NULL,
         role VARCHAR NOT NULL,            -- 'base' (pretraining) | 'sft'
@@ -274,7 +321,7 @@ COMPUTE_TABLES: dict[str, str] = {
 # applied, the highest is current). Version 1 is the first release's layout, which had
 # no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """The raw layout this release writes: the last step of MIGRATIONS."""
 
 UPGRADE_COMMAND = "python -m ingest.upgrade"
@@ -321,6 +368,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "raw.token_shift: per-token KL, entropies and top-1 ranks of the pair",
               ("create table if not exists raw.token_shift ("
                + COMPUTE_TABLES["token_shift"] + ")",)),
+    Migration(7, "raw.direction_overlap, direction_angles, intruders, "
+              "direction_tokens: singular directions of W_base, W_sft and dW",
+              tuple(f"create table if not exists raw.{t} ({COMPUTE_TABLES[t]})"
+                    for t in ("direction_overlap", "direction_angles", "intruders",
+                              "direction_tokens"))),
 )
 """The ordered steps from version 1 to SCHEMA_VERSION.
 

@@ -1,0 +1,66 @@
+-- One row per (run, matrix, k, epsilon): intruder dimensions (Shuttleworth et al.
+-- 2024) among W_sft's top-k left singular vectors, k = 10 (the paper's) and k = K
+-- (all computed), for epsilon 0.1 ... 0.9; the null is the count expected of k
+-- Haar-random directions, estimated from the matrix's K random draws.
+with
+
+intruders as (
+
+    select * from {{ ref('stg_compute__intruders') }}
+
+),
+
+per_matrix as (
+
+    select run_id, pair, tensor, layer, module, max(j) as n_vectors,
+    from intruders
+    group by all
+
+),
+
+ks as (
+
+    select distinct run_id, tensor, k,
+    from per_matrix,
+        unnest([least(10, n_vectors), n_vectors]) as t(k)
+
+),
+
+epsilons as (
+
+    select round(e / 10, 1) as epsilon from range(1, 10) as t(e)
+
+),
+
+counted as (
+
+    select
+        i.run_id,
+        i.tensor,
+        ks.k,
+        e.epsilon,
+        count(*) filter (where i.j <= ks.k and i.max_cos < e.epsilon)
+            as n_intruders,
+        ks.k * avg((i.null_max_cos < e.epsilon)::integer) as null_expected,
+        min(i.max_cos) filter (where i.j <= ks.k) as min_max_cos,
+    from intruders as i
+    inner join ks using (run_id, tensor)
+    cross join epsilons as e
+    group by i.run_id, i.tensor, ks.k, e.epsilon
+
+)
+
+select
+    c.run_id || '|' || c.tensor || '|' || c.k || '|' || c.epsilon as intruder_key,
+    c.run_id,
+    m.pair,
+    c.tensor,
+    m.layer,
+    m.module,
+    c.k,
+    c.epsilon,
+    c.n_intruders,
+    c.null_expected,
+    c.min_max_cos,
+from counted as c
+inner join per_matrix as m using (run_id, tensor)

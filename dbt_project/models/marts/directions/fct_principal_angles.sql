@@ -1,0 +1,16 @@
+-- One row per (run, matrix, side, r): principal angles between the top-r singular
+-- subspaces of dW and of W_base (cosines descending: the first is the closest pair).
+select
+    run_id || '|' || tensor || '|' || side || '|' || r as angles_key,
+    run_id,
+    pair,
+    tensor,
+    layer,
+    module,
+    side,
+    r,
+    cosines,
+    list_avg(cosines) as mean_cos,
+    list_min(cosines) as min_cos,
+    degrees(acos(least(list_min(cosines), 1.0))) as largest_angle_deg,
+from {{ ref('stg_compute__direction_angles') }}
