@@ -19,6 +19,9 @@ RSS from os.wait4):
   sftscope  python -m compute.run (default method), on the pair
   sftscope_noembed  the same on a copy of the pair without the embedding: like for
             like against WeightWatcher
+  sftscope_vectors  python -m compute.run with its default --vectors K: the spectra
+            and the singular vectors (compute.directions); the others run with
+            --vectors 0, spectra only, what the baselines compute
 
 Prints {"bench": "spectra", "machine", "results", "ratios", "accuracy"} as JSON. Each
 result has wall and CPU seconds, peak RSS, and `others_cpu_seconds`: the CPU time the
@@ -44,7 +47,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import ratio, report, run_measured  # noqa: E402 (after sys.path)
 
-RUNS = ("naive", "ww", "svd", "sftscope", "sftscope_noembed")
+RUNS = ("naive", "ww", "svd", "sftscope", "sftscope_noembed", "sftscope_vectors")
 EMBED = "model.embed_tokens.weight"
 
 
@@ -150,10 +153,14 @@ def worker_main(argv: list[str]) -> None:
 
 # ---- sftscope through its entry point ----
 
-def sftscope_cmd(pair: Path, out: Path, method: str | None) -> list[str]:
+def sftscope_cmd(pair: Path, out: Path, method: str | None,
+                 vectors: int | None = 0) -> list[str]:
+    """compute.run's command; `vectors` None: its default --vectors."""
     cmd = [sys.executable, "-m", "compute.run", "--base", str(pair / "base"),
            "--sft", str(pair / "sft"), "--name", "bench", "--no-load",
            "--skip-behaviour", "--out", str(out), "--force", "--no-progress"]
+    if vectors is not None:
+        cmd += ["--vectors", str(vectors)]
     return cmd + (["--method", method] if method else [])
 
 
@@ -283,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     method = "svd" if run == "svd" else None
                     cmd = sftscope_cmd(noembed if run == "sftscope_noembed" else pair,
-                                       tmp / run, method)
+                                       tmp / run, method,
+                                       None if run == "sftscope_vectors" else 0)
                 print(f"running {run} ({rep + 1}/{a.repeat}) ...", file=sys.stderr,
                       flush=True)
                 r = measure(run, cmd, tmp, res_file)
@@ -308,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         "naive_noembed_over_sftscope_noembed": ratio(
             results.get("naive", {}).get("seconds_without_embedding"), ours_ne),
         "svd_over_sftscope": ratio(sec.get("svd"), ours),
+        # the cost of the default --vectors K (on) against spectra only (off)
+        "vectors_on_over_off": ratio(sec.get("sftscope_vectors"), ours),
         "targets": {"naive_over_sftscope": 4.0, "ww_over_sftscope_noembed": 3.0,
                     "sftscope_peak_rss_mb_max": 1536},
     }
@@ -316,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                   for i in range(a.repeat)]
         ratios["naive_over_sftscope_by_round"] = [
             ratio(r.get("naive"), r.get("sftscope")) for r in rounds]
+        ratios["vectors_on_over_off_by_round"] = [
+            ratio(r.get("sftscope_vectors"), r.get("sftscope")) for r in rounds]
     report("spectra", results, ratios, out=a.json,
            extra={"pair": {"layers": layers, "path": str(pair.relative_to(ROOT))
                            if pair.is_relative_to(ROOT) else str(pair)},
