@@ -76,14 +76,22 @@ def current(path: str | os.PathLike) -> Path | None:
     return snap if snap.exists() else None
 
 
+CLOSE_SLACK_NS = 2_000_000_000  # what the publishing writer may write on closing
+
+
 def is_fresh(path: str | os.PathLike, snap: Path) -> bool:
-    """True if `path` has not changed since `snap` was published from it."""
+    """True if `path` has not changed since `snap` was published from it (but for
+    what its writer wrote while closing, within CLOSE_SLACK_NS of publishing, before
+    `after_close` took the stamp again)."""
     path = Path(path)
     try:
         recorded = json.loads((snap.parent / STAMP).read_text())
-        return (_stat(path) == recorded
-                and not path.with_name(path.name + ".wal").exists())
-    except (OSError, ValueError):
+        now = _stat(path)
+        if path.with_name(path.name + ".wal").exists():
+            return False
+        return (now == {k: recorded[k] for k in now}
+                or now["mtime_ns"] <= recorded.get("published_ns", 0) + CLOSE_SLACK_NS)
+    except (OSError, ValueError, KeyError):
         return False
 
 
@@ -106,9 +114,14 @@ def reader_path(path: str | os.PathLike) -> Path:
     or a writer holds `path`; else (no snapshot, or `path` changed since by a writer
     that did not publish and has let go) `path` itself."""
     path = Path(path)
-    snap = current(path)
-    if snap is not None and (is_fresh(path, snap) or writer_holds(path)):
-        return snap
+    for _ in range(5):
+        snap = current(path)
+        if snap is None:
+            return path
+        if is_fresh(path, snap) or writer_holds(path):
+            return snap
+        if current(path) == snap:  # nothing published meanwhile: `path` is newer
+            return path
     return path
 
 
@@ -135,7 +148,7 @@ def after_close(path: str | os.PathLike) -> None:
     snap = _published.pop(str(path), None)
     if snap is not None and current(path) == snap:
         with contextlib.suppress(OSError):
-            (snap.parent / STAMP).write_text(json.dumps(_stat(Path(path))))
+            (snap.parent / STAMP).write_text(json.dumps(_stat(Path(path))))  # exact
 
 
 def publish_file(path: str | os.PathLike) -> Path:
@@ -152,7 +165,8 @@ def publish_file(path: str | os.PathLike) -> Path:
         shutil.copyfile(path, tmp / path.name)  # in the kernel (sendfile)
         with open(tmp / path.name, "rb+") as dst:
             os.fsync(dst.fileno())
-        (tmp / STAMP).write_text(json.dumps(_stat(path)))
+        (tmp / STAMP).write_text(json.dumps(_stat(path)
+                                            | {"published_ns": time.time_ns()}))
         tmp.rename(top / str(n))
         link = top / f".{CURRENT}.tmp{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
