@@ -13,9 +13,10 @@ from compute import directions, spectra
 from compute.directions import array_directions, token_labels
 
 
-@pytest.fixture(autouse=True, params=["openblas", "numpy"])
+@pytest.fixture(params=["openblas", "numpy"])
 def cpu_lapack(request, monkeypatch):
-    """Both CPU Gram paths: OpenBLAS through ctypes (one triangle) and NumPy's."""
+    """Both CPU Gram and eigenvector paths: OpenBLAS through ctypes (one triangle,
+    one tridiagonal reduction) and NumPy's and SciPy's LAPACK."""
     if request.param == "openblas":
         if spectra._openblas() is None:
             pytest.skip("NumPy's BLAS is not an OpenBLAS with CBLAS and LAPACKE")
@@ -54,7 +55,7 @@ SHAPES = [(300, 80), (60, 200), (96, 96)]  # tall, wide, square
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_vectors_match_numpy_svd(shape):
+def test_vectors_match_numpy_svd(shape, cpu_lapack):
     rng = np.random.default_rng(1)
     m, n = shape
     base = spectrum_matrix(rng, m, n)
@@ -83,7 +84,7 @@ def test_vectors_match_numpy_svd(shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_measures_match_numpy_and_scipy(shape):
+def test_measures_match_numpy_and_scipy(shape, cpu_lapack):
     rng = np.random.default_rng(2)
     m, n = shape
     base = spectrum_matrix(rng, m, n, decay=0.97)
@@ -159,7 +160,7 @@ def test_planted_inside_top8_no_intruders(shape):
 
 
 @pytest.mark.parametrize("shape", [(400, 120), (120, 400)])
-def test_planted_orthogonal_intruders_found(shape):
+def test_planted_orthogonal_intruders_found(shape, cpu_lapack):
     rng = np.random.default_rng(4)
     base, sft = planted(rng, *shape, inside=False)
     wb, ws = bf16(base), bf16(sft)
