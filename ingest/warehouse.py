@@ -312,6 +312,62 @@ COMPUTE_TABLES: dict[str, str] = {
         heldout_answer_loss DOUBLE,       -- held-out answers in the chat format
         seconds DOUBLE                    -- since the phase started
     """,
+    "lora_extractions": """
+        extraction VARCHAR NOT NULL,      -- the adapter's name (its folder's)
+        pair VARCHAR NOT NULL,
+        base_model VARCHAR NOT NULL,
+        sft_model VARCHAR NOT NULL,
+        rule VARCHAR NOT NULL,            -- 'fixed' | 'auto' | 'min_energy'
+        rank_asked VARCHAR,               -- --rank as given (R, 'auto') or NULL
+        min_energy DOUBLE,                -- --min-energy q or NULL
+        adapter_dir VARCHAR NOT NULL,
+        dtype VARCHAR NOT NULL,           -- the factors' storage
+        tensor VARCHAR NOT NULL,
+        module_path VARCHAR NOT NULL,     -- the adapted module's name in the model
+        layer INTEGER,
+        module VARCHAR NOT NULL,
+        n_rows INTEGER NOT NULL,
+        n_cols INTEGER NOT NULL,
+        rank INTEGER NOT NULL,            -- triplets kept (0: not adapted)
+        frobenius_sq DOUBLE NOT NULL,     -- ||dW||_F^2
+        retained_sq DOUBLE NOT NULL,      -- sum of the kept s_i^2
+        retained_share DOUBLE,            -- retained_sq / frobenius_sq (NULL: dW = 0)
+        s_last DOUBLE,                    -- s_r, the smallest kept
+        s_next DOUBLE,                    -- s_(r+1), the largest dropped
+        n_params BIGINT NOT NULL,         -- r (rows + cols)
+        seconds DOUBLE                    -- the whole extraction's
+    """,
+    "lora_recovery_ranks": """
+        run_id VARCHAR NOT NULL,
+        pair VARCHAR NOT NULL,
+        base_model VARCHAR NOT NULL,
+        sft_model VARCHAR NOT NULL,
+        modules VARCHAR NOT NULL,         -- module types truncated: 'all' or a list
+        rank INTEGER NOT NULL,            -- r (0: the base; is_full: dW whole)
+        is_full BOOLEAN NOT NULL,
+        n_matrices INTEGER NOT NULL,
+        n_params BIGINT NOT NULL,         -- LoRA parameters: sum of r (rows + cols)
+        retained_sq DOUBLE NOT NULL,      -- sum over the matrices of kept s_i^2
+        frobenius_sq DOUBLE NOT NULL,     -- sum over the matrices of ||dW||_F^2
+        vectors VARCHAR NOT NULL,         -- 1-D tensors from: 'sft' | 'base'
+        device VARCHAR,
+        dtype VARCHAR,
+        seconds DOUBLE
+    """,
+    "lora_recovery_posts": """
+        run_id VARCHAR NOT NULL,
+        pair VARCHAR NOT NULL,
+        modules VARCHAR NOT NULL,
+        rank INTEGER NOT NULL,
+        post_id BIGINT NOT NULL,
+        site VARCHAR,
+        grp VARCHAR,
+        n_tokens INTEGER NOT NULL,
+        sum_logprob DOUBLE NOT NULL,      -- rank-r model, sum over the post's tokens
+        sum_logprob_sft DOUBLE NOT NULL,  -- the SFT's, same tokens
+        sum_kl_sft_rank DOUBLE NOT NULL,  -- sum of KL(p_sft || p_rank), nats
+        sum_kl_rank_sft DOUBLE NOT NULL   -- sum of KL(p_rank || p_sft)
+    """,
 }
 
 
@@ -321,7 +377,7 @@ COMPUTE_TABLES: dict[str, str] = {
 # applied, the highest is current). Version 1 is the first release's layout, which had
 # no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 """The raw layout this release writes: the last step of MIGRATIONS."""
 
 UPGRADE_COMMAND = "python -m ingest.upgrade"
@@ -373,6 +429,11 @@ MIGRATIONS: tuple[Migration, ...] = (
               tuple(f"create table if not exists raw.{t} ({COMPUTE_TABLES[t]})"
                     for t in ("direction_overlap", "direction_angles", "intruders",
                               "direction_tokens"))),
+    Migration(8, "raw.lora_extractions, lora_recovery_ranks, lora_recovery_posts: "
+              "adapters extracted from dW and the behaviour each rank recovers",
+              tuple(f"create table if not exists raw.{t} ({COMPUTE_TABLES[t]})"
+                    for t in ("lora_extractions", "lora_recovery_ranks",
+                              "lora_recovery_posts"))),
 )
 """The ordered steps from version 1 to SCHEMA_VERSION.
 
