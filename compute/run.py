@@ -126,6 +126,9 @@ class Config:
     scan: bool = False  # with check: verify shard checksums, read every tensor for NaN/Inf
     vectors: int = DEFAULT_VECTORS  # top singular vectors per matrix (0: none)
     full_basis_max: int = FULL_BASIS_MAX  # CPU: all W_base vectors up to this side
+    shard: tuple[int, int] | None = None  # (I, N): only part I of N (compute.shards)
+    shards: int = 1  # with dry_run: the number of parts to plan
+    dry_run: bool = False  # print the shard plan from the headers, compute nothing
 
     @property
     def run_dir(self) -> Path:
@@ -186,7 +189,29 @@ def parse_args(argv: list[str] | None = None) -> Config:
                     help="on a CPU, all of W_base's singular vectors (intruders) only "
                     f"for matrices with min(rows, cols) <= N (default {FULL_BASIS_MAX}"
                     "; a GPU does every matrix)")
+    ap.add_argument("--shard", metavar="I/N", help="compute only part I of N "
+                    "(0 <= I < N) of the pair's tensors, split by estimated cost, into "
+                    "the same OUT/<pair>; any mix of the N parts completes the pair, "
+                    "then python -m ingest.compute_load OUT/<pair> loads it")
+    ap.add_argument("--shards", type=int, default=1, metavar="N",
+                    help="with --dry-run: plan N parts (default 1)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the plan (tensors and estimated cost per shard, peak "
+                    "device memory) from the headers; compute and write nothing")
     a = ap.parse_args(argv)
+    shard = None
+    if a.shard:
+        from compute.shards import parse_shard
+
+        try:
+            shard = parse_shard(a.shard)
+        except ValueError as exc:
+            ap.error(str(exc))
+        if a.force:
+            ap.error("--force with --shard would discard the other shards' results; "
+                     "delete OUT/<pair> instead")
+    if a.shards < 1:
+        ap.error("--shards must be >= 1")
     if a.vectors < 0:
         ap.error("--vectors must be >= 0")
     if a.scan and not a.check:
@@ -213,7 +238,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   spectra=a.spectra, behaviour=a.behaviour, prompts=a.prompts,
                   batch_size=a.batch_size, window=a.window, max_tensors=a.max_tensors,
                   progress=a.progress, check=a.check, scan=a.scan,
-                  vectors=a.vectors, full_basis_max=a.full_basis_max)
+                  vectors=a.vectors, full_basis_max=a.full_basis_max, shard=shard,
+                  shards=shard[1] if shard else a.shards, dry_run=a.dry_run)
 
 
 def torch_build_has_gpu() -> bool:
@@ -292,10 +318,11 @@ def write_parquet(table: pa.Table, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def pair_lock(run_dir: Path) -> Iterator[None]:
-    """One compute.run per pair folder at a time; a second one fails clearly."""
+def pair_lock(run_dir: Path, name: str = ".lock") -> Iterator[None]:
+    """One compute.run per pair folder (or shard of it) at a time; a second one fails
+    clearly."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(run_dir / ".lock", "a+")
+    fh = open(run_dir / name, "a+")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -339,8 +366,15 @@ def open_manifest(cfg: Config, base: Checkpoint, sft: Checkpoint) -> dict:
 
 
 def save_manifest(cfg: Config, manifest: dict) -> None:
-    atomic_write_bytes(cfg.run_dir / "run.json",
-                       json.dumps(manifest, indent=2, default=str).encode())
+    path = cfg.run_dir / "run.json"
+    if cfg.shard is None:
+        atomic_write_bytes(path, json.dumps(manifest, indent=2, default=str).encode())
+        return
+    from compute.shards import manifest_lock, merged
+
+    with manifest_lock(cfg.run_dir):  # other shards write it too: keep their kinds
+        atomic_write_bytes(path, json.dumps(merged(path, manifest), indent=2,
+                                            default=str).encode())
 
 
 def spectra_file(run_dir: Path, index: int) -> Path:
@@ -395,8 +429,8 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
 
     def vectors() -> None:
         vec_path = cfg.run_dir / "spectra" / "vectors.parquet"
-        if vec_path.exists():
-            return
+        if vec_path.exists() or (cfg.shard is not None and cfg.shard[0] != 0):
+            return  # shards: part 0 does the 1-D tensors
         rows, layout = [], Layout(base.config)
         for name in plan.vectors:
             layer, module, _ = layout.place(name)
@@ -417,6 +451,11 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
     todo = [i for i in range(len(plan.matrices))
             if not spectra_file(cfg.run_dir, i).exists()
             or (want_dirs and not dfiles.done(cfg.run_dir, i))]
+    if cfg.shard is not None:
+        from compute.shards import shard_indices
+
+        mine = shard_indices(plan, cfg.shard)
+        todo = [i for i in todo if i in mine]
     if cfg.max_tensors is not None:
         todo = todo[:cfg.max_tensors]
     # largest first, so that the embedding does not finish alone at the end
@@ -501,7 +540,8 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
     for b in bad_list:
         print(f"warning: non-finite entries in {b}; its spectrum is left empty",
               file=sys.stderr)
-    if all(spectra_file(cfg.run_dir, i).exists() for i in range(len(plan.matrices))):
+    if (cfg.run_dir / "spectra" / "vectors.parquet").exists() and all(
+            spectra_file(cfg.run_dir, i).exists() for i in range(len(plan.matrices))):
         manifest["kinds"]["spectra"] |= {
             "finished_at": now(), "device": device,
             "dtype": "fp64 gram" if cfg.method == "gram" else cfg.method,
@@ -582,6 +622,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing was computed or changed", file=sys.stderr)
         return 130
+    if cfg.dry_run:
+        from compute.shards import dry_run, print_plan
+
+        print_plan(dry_run(plan, cfg.shards), cfg.pair)
+        return 0
     print(f"pair {cfg.pair}: {base.ref} ({base.revision}) vs {sft.ref} "
           f"({sft.revision}); {plan.n_views} matrices in {len(plan.matrices)} "
           f"tensors, {len(plan.vectors)} "
@@ -589,15 +634,20 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(pair_lock(cfg.run_dir))
+            from compute.shards import lock_name, manifest_lock
+
+            stack.enter_context(pair_lock(cfg.run_dir, lock_name(cfg.shard)))
         except SystemExit as exc:  # another compute.run holds this pair's folder
             print(f"error: {exc}", file=sys.stderr)
             return 2
         try:
-            manifest = open_manifest(cfg, base, sft)
+            with (manifest_lock(cfg.run_dir) if cfg.shard
+                  else contextlib.nullcontext()):  # shards: the first one creates it
+                manifest = open_manifest(cfg, base, sft)
             if cfg.spectra:
                 compute_spectra(cfg, base, sft, plan, manifest, device)
-            if cfg.behaviour and cfg.max_tensors is None:
+            if cfg.behaviour and cfg.max_tensors is None and (
+                    cfg.shard is None or cfg.shard[0] == 0):  # shards: part 0's
                 run_behaviour_half(cfg, base, sft, manifest, device)
         except CheckpointError as exc:
             print(f"error: {exc}\nResults so far are kept in {cfg.run_dir}; nothing "
@@ -613,7 +663,10 @@ def main(argv: list[str] | None = None) -> int:
                   "same command again to resume.", file=sys.stderr)
             return 130
         kinds = [k for k, v in manifest["kinds"].items() if v.get("finished_at")]
-        if cfg.load and kinds and cfg.max_tensors is None:
+        if cfg.shard is not None:  # one load, once every part is there
+            print(f"shard {cfg.shard[0]}/{cfg.shard[1]} done; when all "
+                  f"{cfg.shard[1]} are: python -m ingest.compute_load {cfg.run_dir}")
+        elif cfg.load and kinds and cfg.max_tensors is None:
             from ingest.compute_load import load_or_explain
 
             code = load_or_explain(cfg.run_dir, cfg.db, kinds,

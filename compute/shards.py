@@ -1,0 +1,170 @@
+"""Split a pair's tensors into N shards of about equal cost; the plan of a dry run.
+
+    python -m compute.run --pair 72B --shard 0/8 --no-load   # one of 8 parts, anywhere
+    python -m compute.run --pair 72B --dry-run --shards 8    # the plan, from headers only
+
+A shard computes only its tensors' spectra into the pair's folder (one Parquet file
+per tensor, as a single run writes them), so any mix of shards, in any order, on any
+machines that share OUT completes the pair; `python -m ingest.compute_load OUT/<pair>`
+then loads it once. The split is a pure function of the tensor shapes: every shard
+computes the same split without talking to the others.
+
+Cost of an m x n matrix: k^2 (m + n) with k = min(m, n) (the Gram of the short side,
+k^2 max(m, n) multiply-adds, and its eigensolve, ~k^3), summed over the matrices a
+tensor gives (compute.naming's views: fused parts and experts too). Shards are filled
+largest first, each tensor to the least loaded shard (ties: the lower index), which
+keeps the largest shard within one tensor's cost of the mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+BYTES_FP64 = 8
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"I/N" (0 <= I < N, as SLURM array and Kubernetes indexed-job indices count)."""
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {text!r}: need 0 <= I < N (the shards of N=4 "
+                         "are 0/4, 1/4, 2/4, 3/4)")
+    return i, n
+
+
+def matrix_cost(m: int, n: int) -> float:
+    """k^2 (m + n), k = min(m, n): the Gram and its eigensolve, in multiply-adds."""
+    k = min(m, n)
+    return float(k) * k * (m + n)
+
+
+def tensor_costs(plan) -> list[float]:
+    """Estimated cost of each of plan.matrices (all its views)."""
+    return [sum(matrix_cost(*v.shape) for v in plan.views[name])
+            for name in plan.matrices]
+
+
+def split(costs: Sequence[float], n: int) -> list[list[int]]:
+    """Indices of `costs` in n shards: largest first, each to the least loaded shard
+    (ties to the lower shard); deterministic, every index in exactly one shard."""
+    if n < 1:
+        raise ValueError("the number of shards must be >= 1")
+    loads = [0.0] * n
+    parts: list[list[int]] = [[] for _ in range(n)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        s = min(range(n), key=lambda s: (loads[s], s))
+        loads[s] += costs[i]
+        parts[s].append(i)
+    return [sorted(p) for p in parts]
+
+
+def shard_indices(plan, shard: tuple[int, int]) -> set[int]:
+    """The indices into plan.matrices that shard (I, N) computes."""
+    i, n = shard
+    return set(split(tensor_costs(plan), n)[i])
+
+
+def peak_bytes(m: int, n: int) -> int:
+    """Device memory bound of one m x n matrix: the matrix in fp64 and its k x k Gram
+    twice (the Gram and the eigensolver's copy); the storage-dtype copies (2 x bf16 =
+    half of fp64) and the fp64 column blocks fit inside the fp64 matrix's share."""
+    k = min(m, n)
+    return BYTES_FP64 * (m * n + 2 * k * k)
+
+
+def dry_run(plan, n: int) -> dict:
+    """The plan of n shards: tensors, estimated cost and peak memory of each; the
+    pair's largest matrix and its memory bound. Reads shapes only."""
+    costs = tensor_costs(plan)
+    parts = split(costs, n)
+    views = {name: plan.views[name] for name in plan.matrices}
+    shapes = [v.shape for vs in views.values() for v in vs]
+    big = max(shapes, key=lambda s: peak_bytes(*s)) if shapes else (0, 0)
+    total = sum(costs)
+    shards = []
+    for s, idx in enumerate(parts):
+        names = [plan.matrices[i] for i in idx]
+        shards.append({
+            "shard": f"{s}/{n}", "tensors": len(idx),
+            "matrices": sum(len(views[m]) for m in names),
+            "cost": sum(costs[i] for i in idx),
+            "peak_bytes": max((peak_bytes(*v.shape) for m in names for v in views[m]),
+                              default=0),
+            "first_tensors": names[:3]})
+    mean = total / n
+    return {"n_shards": n, "n_tensors": len(plan.matrices),
+            "n_matrices": len(shapes), "n_vectors": len(plan.vectors),
+            "total_cost": total,
+            "balance": max(s["cost"] for s in shards) / mean if total else 1.0,
+            "largest_matrix": list(big), "peak_bytes": peak_bytes(*big),
+            "shards": shards}
+
+
+def print_plan(info: dict, pair: str) -> None:
+    gib = 1024 ** 3
+    m, n = info["largest_matrix"]
+    print(f"dry run of {pair}: {info['n_tensors']} tensors ({info['n_matrices']} "
+          f"matrices, {info['n_vectors']} 1-D) in {info['n_shards']} shard(s); "
+          f"estimated cost {info['total_cost']:.3e} (k^2 (m + n)); largest shard / "
+          f"mean {info['balance']:.3f}")
+    print(f"peak device memory: largest matrix {m} x {n}: fp64 {m * n * 8 / gib:.2f} "
+          f"GiB + Gram {min(m, n)}^2 x 2 x 8 B = {info['peak_bytes'] / gib:.2f} GiB")
+    for s in info["shards"]:
+        print(f"  shard {s['shard']}: {s['tensors']} tensors, {s['matrices']} "
+              f"matrices, cost {s['cost']:.3e}, peak {s['peak_bytes'] / gib:.2f} GiB"
+              f" (e.g. {', '.join(s['first_tensors'])})")
+
+
+_held: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def manifest_lock(run_dir: Path) -> Iterator[None]:
+    """Shards of one pair share run.json: its read-modify-writes take this lock
+    (blocking; re-entrant within a process)."""
+    key = str(run_dir.resolve())
+    if _held.get(key):
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".manifest.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        _held[key] = 1
+        try:
+            yield
+        finally:
+            _held[key] = 0
+
+
+def merged(path: Path, manifest: dict) -> dict:
+    """`manifest` with the kinds other shards finished kept: a kind finished on disk
+    stays finished unless this process finished it too (then its record wins)."""
+    try:
+        disk = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return manifest
+    if disk.get("run_id") != manifest.get("run_id"):
+        return manifest
+    kinds = dict(disk.get("kinds", {}))
+    for name, info in manifest["kinds"].items():
+        if kinds.get(name, {}).get("finished_at") and not info.get("finished_at"):
+            continue
+        kinds[name] = info
+    manifest["kinds"] = kinds
+    return manifest
+
+
+def lock_name(shard: tuple[int, int] | None) -> str:
+    """The pair folder's lock file: one per shard, so shards run side by side."""
+    return ".lock" if shard is None else f".lock.shard-{shard[0]}-of-{shard[1]}"

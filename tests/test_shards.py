@@ -1,0 +1,145 @@
+"""`compute.run --shard I/N` and `--dry-run` (compute.shards).
+
+Any mix of shards, in any order, writes exactly the rows a single run writes (the
+planted pair); the split is balanced and covers every tensor once; the dry run of a
+Qwen2.5-72B-shaped pair (headers only, sparse files) states the memory a 80 GB device
+needs, checked against the arithmetic written out here.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+
+import duckdb
+import pytest
+
+from compute import shards
+from compute.run import main
+
+ROWS = {"spectra": "spectra/[0-9]*.parquet", "vectors": "spectra/vectors.parquet"}
+VOLATILE = ("run_id", "seconds")  # a run's id and timings differ between runs
+
+
+def rows(run_dir, kind: str) -> list[tuple]:
+    files = sorted(str(p) for p in run_dir.glob(ROWS[kind]))
+    assert files, f"no {kind} files in {run_dir}"
+    drop = ", ".join(VOLATILE if kind == "spectra" else VOLATILE[:1])
+    rel = duckdb.sql(f"select * exclude ({drop}) from read_parquet(?)", params=[files])
+    return sorted(rel.fetchall(), key=repr)
+
+
+def run(pair, out, *extra) -> int:
+    return main(["--base", str(pair / "base"), "--sft", str(pair / "sft"), "--name",
+                 "planted", "--out", str(out), "--no-load", "--skip-behaviour",
+                 "--no-progress", "--vectors", "0", *extra])
+
+
+@pytest.fixture(scope="module")
+def single(demo_pair, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    assert run(demo_pair, out) == 0
+    return out / "planted"
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_shards_in_any_order_give_the_rows_of_a_single_run(demo_pair, single, n,
+                                                           tmp_path):
+    order = list(range(n))
+    random.Random(n).shuffle(order)
+    run_dir = tmp_path / "planted"
+    n_tensors = len(list(single.glob(ROWS["spectra"])))
+    for k, i in enumerate(order):
+        before = set(run_dir.glob(ROWS["spectra"]))
+        assert run(demo_pair, tmp_path, "--shard", f"{i}/{n}") == 0
+        new = set(run_dir.glob(ROWS["spectra"])) - before
+        manifest = json.loads((run_dir / "run.json").read_text())
+        finished = manifest["kinds"]["spectra"]["finished_at"]
+        assert (finished is not None) == (k == n - 1)  # done with the last part only
+        assert new and (len(new) < n_tensors or n == 1)  # each part does its share
+    assert len(list(run_dir.glob(ROWS["spectra"]))) == n_tensors
+    for kind in ROWS:
+        assert rows(run_dir, kind) == rows(single, kind)
+    run_ids = duckdb.sql("select distinct run_id from read_parquet(?)", params=[
+        [str(p) for p in run_dir.glob(ROWS["spectra"])]]).fetchall()
+    assert len(run_ids) == 1  # the shards share one run
+
+
+def test_a_rerun_shard_skips_its_finished_tensors(demo_pair, tmp_path):
+    assert run(demo_pair, tmp_path, "--shard", "1/2") == 0
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "planted").glob(
+        ROWS["spectra"])}
+    assert run(demo_pair, tmp_path, "--shard", "1/2") == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_split_is_balanced_and_covers_every_tensor_once():
+    rng = random.Random(0)
+    costs = [rng.choice([1.0, 4.0, 30.0]) * rng.random() for _ in range(200)]
+    for n in (1, 2, 3, 8, 250):
+        parts = shards.split(costs, n)
+        assert parts == shards.split(list(costs), n)  # deterministic
+        assert sorted(i for p in parts for i in p) == list(range(len(costs)))
+        loads = [sum(costs[i] for i in p) for p in parts]
+        # greedy largest-first: the largest shard exceeds the mean by < one tensor
+        assert max(loads) <= sum(costs) / n + max(costs) + 1e-9
+    assert shards.matrix_cost(8192, 29568) == 8192 ** 2 * (8192 + 29568)
+    with pytest.raises(ValueError, match="0 <= I < N"):
+        shards.parse_shard("4/4")
+
+
+def write_header_only(folder, tensors: dict[str, list[int]], config: dict) -> None:
+    """A bf16 safetensors file with these shapes whose data is a hole (sparse)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    header, offset = {}, 0
+    for name, shape in tensors.items():
+        size = 2 * shape[0] * (shape[1] if len(shape) > 1 else 1)
+        header[name] = {"dtype": "BF16", "shape": shape,
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(folder / "model.safetensors", "wb") as fh:
+        fh.write(struct.pack("<Q", len(blob)) + blob)
+        fh.truncate(8 + len(blob) + offset)
+
+
+def test_dry_run_of_a_72b_shaped_pair(tmp_path, capsys):
+    h, ff, layers, vocab, heads, kv = 8192, 29568, 80, 152064, 64, 8
+    hd = h // heads
+    cfg = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
+           "hidden_size": h, "intermediate_size": ff, "num_hidden_layers": layers,
+           "num_attention_heads": heads, "num_key_value_heads": kv,
+           "vocab_size": vocab, "tie_word_embeddings": False}
+    t = {"model.embed_tokens.weight": [vocab, h], "lm_head.weight": [vocab, h],
+         "model.norm.weight": [h]}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t |= {p + "self_attn.q_proj.weight": [h, h], p + "self_attn.q_proj.bias": [h],
+              p + "self_attn.k_proj.weight": [kv * hd, h],
+              p + "self_attn.k_proj.bias": [kv * hd],
+              p + "self_attn.v_proj.weight": [kv * hd, h],
+              p + "self_attn.v_proj.bias": [kv * hd],
+              p + "self_attn.o_proj.weight": [h, h],
+              p + "mlp.gate_proj.weight": [ff, h], p + "mlp.up_proj.weight": [ff, h],
+              p + "mlp.down_proj.weight": [h, ff],
+              p + "input_layernorm.weight": [h],
+              p + "post_attention_layernorm.weight": [h]}
+    for side in ("base", "sft"):
+        write_header_only(tmp_path / side, t, cfg)
+    assert main(["--base", str(tmp_path / "base"), "--sft", str(tmp_path / "sft"),
+                 "--name", "72B", "--dry-run", "--shards", "8"]) == 0
+    out = capsys.readouterr().out
+    # 2 + 80 x 7 matrices; the largest, the 152064 x 8192 embedding: 8 B x m x n =
+    # 9.966e9 B in fp64, and its 8192 x 8192 Gram twice, 2 x 5.369e8 B: 11.04e9 B,
+    # 10.28 GiB, far below 80 GB
+    assert "562 tensors (562 matrices, 401 1-D) in 8 shard(s)" in out
+    assert "largest matrix 152064 x 8192: fp64 9.28 GiB" in out
+    assert "= 10.28 GiB" in out
+    assert 8 * (152064 * 8192 + 2 * 8192 ** 2) == 11_039_408_128
+    assert out.count("  shard ") == 8
+    # nothing was read or written: no run folder
+    assert not (tmp_path / "data").exists()
+    assert not list(tmp_path.glob("**/run.json"))
