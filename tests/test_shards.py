@@ -143,3 +143,24 @@ def test_dry_run_of_a_72b_shaped_pair(tmp_path, capsys):
     # nothing was read or written: no run folder
     assert not (tmp_path / "data").exists()
     assert not list(tmp_path.glob("**/run.json"))
+
+
+def test_the_load_of_shards_holds_the_rows_of_a_single_run(demo_pair, single,
+                                                          tmp_path):
+    from ingest.compute_load import load_or_explain
+
+    for i in (2, 0, 1):
+        assert run(demo_pair, tmp_path, "--shard", f"{i}/3") == 0
+    db = tmp_path / "warehouse.duckdb"
+    assert load_or_explain(tmp_path / "planted", db) == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        loaded = sorted(con.sql(
+            "select tensor, role, singular_values, n_zero, noise_sigma "
+            "from raw.spectra").fetchall(), key=repr)
+        n_vectors = con.sql("select count(*) from raw.vector_changes").fetchall()[0][0]
+    want = sorted(duckdb.sql(
+        "select tensor, role, singular_values, n_zero, noise_sigma "
+        "from read_parquet(?)", params=[[str(p) for p in single.glob(
+            ROWS["spectra"])]]).fetchall(), key=repr)
+    assert loaded == want
+    assert n_vectors == len(rows(single, "vectors"))
