@@ -259,7 +259,7 @@ def test_bad_inputs_are_named(pairs, tmp_path):
 
 
 @pytest.mark.slow
-def test_loads_and_marts(pairs, recovery, tmp_path):
+def test_loads_and_marts(pairs, recovery, tmp_path, monkeypatch):
     """Extraction and recovery loaded twice (replaced, not duplicated); the dbt
     marts' shares and intervals against the same sums recomputed here."""
     from scipy import stats
@@ -271,12 +271,13 @@ def test_loads_and_marts(pairs, recovery, tmp_path):
     run_py("-m", "compute.run", "--base", str(pairs["base"]), "--sft",
            str(pairs["sft"]), "--name", "planted", "--out", str(tmp_path / "runs"),
            "--skip-behaviour", "--no-load", "--no-progress", "--vectors", "0")
+    proc = run_py("-m", "compute.extract_lora", "--base", str(pairs["base"]),
+                  "--sft", str(pairs["sft"]), "--name", "planted", "--rank", "auto",
+                  "--runs", str(tmp_path / "runs"), "--out", str(out), "--no-progress",
+                  db=db)
+    assert "ranks from" in proc.stdout
     for _ in range(2):
-        proc = run_py("-m", "compute.extract_lora", "--base", str(pairs["base"]),
-                      "--sft", str(pairs["sft"]), "--name", "planted", "--rank",
-                      "auto", "--runs", str(tmp_path / "runs"), "--out", str(out),
-                      "--no-progress", db=db)
-        assert "ranks from" in proc.stdout
+        run_py("-m", "ingest.lora", str(out), db=db)
         run_py("-m", "ingest.lora", str(run_dir), db=db)
     n = len(ex.targets(*ex.open_pair(str(pairs["base"]), str(pairs["sft"]))))
     ranks = query(db, "select rank, count(*) from raw.lora_extractions "
@@ -292,6 +293,15 @@ def test_loads_and_marts(pairs, recovery, tmp_path):
         expect.add(1 << int(np.ceil(np.log2(min(t["rank"], r90)))))
     assert len(expect) == 1 and ranks == [(expect.pop(), n)]
     assert query(db, "select count(*) from raw.lora_recovery_posts")[0][0] == len(posts)
+    import duckdb
+
+    con = duckdb.connect(str(db))  # a few scored tokens let the Perplexity page open
+    con.executemany("insert into raw.token_logprobs values (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [("syn", "exact", role, 11, i, 5 + i, " w", -3.0 - i)
+                     for role in ("base", "sft") for i in range(4)])
+    con.execute("insert into raw.post_texts values ('syn', 'exact', 11, "
+                "'physics.demo', 'low', 4, 8, 4)")
+    con.close()
     run_dbt(db, "build", "--quiet", "--select", "stg_compute__lora_extractions",
             "stg_compute__lora_recovery_ranks", "stg_compute__lora_recovery_posts",
             "fct_lora_recovery", "fct_lora_recovery_thresholds")
@@ -316,8 +326,6 @@ def test_loads_and_marts(pairs, recovery, tmp_path):
                        "marts.fct_lora_recovery_thresholds where grp = 'all'")
     assert thresholds == [(3, 2)]  # energy: 0.3^2+0.15^2 is 97% of the total
     # the app's section reads the same mart: its headline and chart
-    import duckdb
-
     from app_lib import lora
 
     con = duckdb.connect(str(db), read_only=True)
@@ -327,9 +335,19 @@ def test_loads_and_marts(pairs, recovery, tmp_path):
     text = lora.headline(df)
     assert text.startswith("Spectrally 95% at r = 2, behaviourally ")
     spec = lora.recovery_chart(df).to_dict()
-    values = next(iter(spec["datasets"].values()))
+    values = next(v for v in spec["datasets"].values() if "measure" in v[0])
     assert {v["rank"] for v in values} == {"0", "1", "2", "3", "full"}
     assert len(values) == 3 * len(df)
+    # and the Perplexity page shows it
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("SFTSCOPE_DB", str(db))
+    at = AppTest.from_file(str(Path(__file__).parent.parent / "app.py"),
+                           default_timeout=60).run()
+    at.switch_page("app_pages/perplexity.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="lora_modules").value == "all"
+    assert text in [m.value for m in at.markdown]
 
 
 def test_recovery_headline_and_chart_data():
