@@ -158,7 +158,7 @@ def test_overview(demo_warehouse, monkeypatch):
     assert len(at.dataframe) == 3  # pairs, medians per module, relations
     # the trained demo pair's loss curves (its training log is in the warehouse)
     assert "How the trained pairs learned" in [h.value for h in at.subheader]
-    assert len(at.get("arrow_vega_lite_chart")) == 1
+    assert len(at.get("vega_lite_chart")) == 1
 
 
 def test_heatmap(demo_warehouse, monkeypatch):
