@@ -336,13 +336,39 @@ def adapter_config(base: Checkpoint, ranks: dict[str, int]) -> dict:
 def iter_triplets(base: Checkpoint, sft: Checkpoint, tgts: list[Target], keep,
                   device: str = "cpu", progress: bool = True, desc: str = "svd"
                   ) -> Iterator[tuple[Target, Triplets]]:
-    """(target, its dW's triplets), one matrix at a time; `keep(target)` says how
-    many singular vectors to keep."""
+    """(target, its dW's triplets) in order; `keep(target)` says how many singular
+    vectors to keep. On a CPU one matrix per core at a time, each with single-
+    threaded BLAS (compute.spectra's workers: threaded LAPACK on a shared machine
+    spins); at most two matrices per worker are in flight."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import islice
+
     from tqdm import tqdm
 
-    for t in tqdm(tgts, desc=desc, unit="matrix", disable=not progress,
-                  dynamic_ncols=True):
-        yield t, svd(delta(base, sft, t.tensor), keep(t), device)
+    from compute.spectra import spectra_workers, worker_threads
+
+    def one(t: Target) -> tuple[Target, Triplets]:
+        return t, svd(delta(base, sft, t.tensor), keep(t), device)
+
+    workers = spectra_workers(device, len(tgts))
+    todo = iter(tgts)
+    bar = tqdm(total=len(tgts), desc=desc, unit="matrix", disable=not progress,
+               dynamic_ncols=True)
+    with worker_threads(workers), ThreadPoolExecutor(workers) as pool:
+        pending = deque(pool.submit(one, t) for t in islice(todo, 2 * workers))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.submit(one, nxt))
+                bar.update(1)
+                yield result
+        finally:  # an error downstream: start nothing new
+            for fut in pending:
+                fut.cancel()
+            bar.close()
 
 
 def extract(base: Checkpoint, sft: Checkpoint, tgts: list[Target], choice: Choice,
