@@ -11,7 +11,7 @@ export SFTSCOPE_DB ?= $(abspath $(DB))
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: all demo test test-fast test-pure-python ext mutate app bench bench-gpu lint browser-deps clean dbt
+.PHONY: all demo test test-fast test-pure-python ext mutate app bench bench-gpu lint browser-deps cluster-deps clean dbt
 all: demo
 
 $(VENV)/.installed: pyproject.toml ingest/_sefast.c compute/_kernels.c
@@ -39,6 +39,10 @@ demo: venv
 dbt: venv
 	cd dbt_project && $(DBT) build
 
+# Ray, the optional extra of compute.run --ray (tests/test_cluster.py)
+cluster-deps: venv
+	@$(PY) -c "import ray" 2>/dev/null || $(PY) -m pip install -q -e ".[cluster]"
+
 browser-deps:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
@@ -47,7 +51,7 @@ ext: venv
 	@$(PY) -c "import ingest._sefast, compute._kernels" 2>/dev/null \
 		|| $(PY) -m pip install -q --no-deps -e .
 
-test: venv ext browser-deps
+test: venv ext browser-deps cluster-deps
 	$(PY) -m pytest -q
 
 test-fast: venv ext

@@ -129,6 +129,8 @@ class Config:
     shard: tuple[int, int] | None = None  # (I, N): only part I of N (compute.shards)
     shards: int = 1  # with dry_run: the number of parts to plan
     dry_run: bool = False  # print the shard plan from the headers, compute nothing
+    ray: str | None = None  # every shard as a Ray task ("": a local cluster)
+    pairs: list[str] | None = None  # with ray: these known pairs
 
     @property
     def run_dir(self) -> Path:
@@ -194,7 +196,13 @@ def parse_args(argv: list[str] | None = None) -> Config:
                     "the same OUT/<pair>; any mix of the N parts completes the pair, "
                     "then python -m ingest.compute_load OUT/<pair> loads it")
     ap.add_argument("--shards", type=int, default=1, metavar="N",
-                    help="with --dry-run: plan N parts (default 1)")
+                    help="with --dry-run: plan N parts; with --ray: run N parts "
+                    "(default 1)")
+    ap.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                    help="run every (pair, shard) as a Ray task on the cluster at "
+                    "ADDRESS (a local one without), then load (compute.cluster; pip "
+                    'install -e ".[cluster]")')
+    ap.add_argument("--pairs", metavar="A,B,...", help="with --ray: these known pairs")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the plan (tensors and estimated cost per shard, peak "
                     "device memory) from the headers; compute and write nothing")
@@ -212,6 +220,16 @@ def parse_args(argv: list[str] | None = None) -> Config:
                      "delete OUT/<pair> instead")
     if a.shards < 1:
         ap.error("--shards must be >= 1")
+    pairs = a.pairs.split(",") if a.pairs else None
+    if pairs:
+        if a.ray is None or a.pair or a.base or a.sft:
+            ap.error("--pairs goes with --ray, instead of --pair or --base/--sft")
+        unknown = [p for p in pairs if p not in PAIRS and p not in LOCAL_PAIRS]
+        if unknown:
+            ap.error(f"--pairs: unknown {', '.join(unknown)}")
+        a.pair = pairs[0]
+    if a.ray is not None and a.shard:
+        ap.error("--ray runs every shard: give --shards N, not --shard")
     if a.vectors < 0:
         ap.error("--vectors must be >= 0")
     if a.scan and not a.check:
@@ -239,7 +257,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   batch_size=a.batch_size, window=a.window, max_tensors=a.max_tensors,
                   progress=a.progress, check=a.check, scan=a.scan,
                   vectors=a.vectors, full_basis_max=a.full_basis_max, shard=shard,
-                  shards=shard[1] if shard else a.shards, dry_run=a.dry_run)
+                  shards=shard[1] if shard else a.shards, dry_run=a.dry_run,
+                  ray=a.ray, pairs=pairs)
 
 
 def torch_build_has_gpu() -> bool:
@@ -600,6 +619,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
+    if cfg.ray is not None and not cfg.dry_run:
+        from compute.cluster import main as on_ray
+
+        return on_ray(cfg, sys.argv[1:] if argv is None else argv, cfg.pairs,
+                      cfg.ray or None)
     if cfg.pair == "planted" and Path(cfg.base).parent == PLANTED_DIR:
         from compute.demo import build_pair
 
