@@ -155,7 +155,7 @@ def layouts_warehouse(tmp_path_factory) -> tuple[Path, Path]:
         base, sft = build_layout_pair(layout, root / layout)
         code = run_main(["--base", str(base), "--sft", str(sft), "--name", layout,
                          "--out", str(root / "runs"), "--db", str(db),
-                         "--skip-behaviour", "--no-progress"])
+                         "--skip-behaviour", "--vectors", "0", "--no-progress"])
         assert code == 0, layout
     run_dbt(db, "build", "--quiet")
     return root, db
