@@ -8,8 +8,9 @@
 (`python -m compute.run --pair 7B` calls it after the spectra and loads the result.)
 
 Scoring. Every post is scored as raw text (no chat template) behind the same prefix
-token, `<|endoftext|>`, for both models (Qwen has no BOS token); the two tokenizers
-must give identical ids, which is checked per post. Weights are bf16 on a GPU (never
+token for both models: `<|endoftext|>` (Qwen has no BOS token), else the BOS token
+both tokenizers share (Llama 3, Mistral, Gemma); the two tokenizers must give
+identical ids, which is checked per post. Weights are bf16 on a GPU (never
 fp16: Qwen overflows) and fp32 on the CPU. Both decoders' last hidden states, at the
 scored positions only, go through their LM heads a chunk of positions at a time,
 upcast to fp32 before log_softmax; per token only a few numbers are kept, so no
@@ -160,11 +161,26 @@ def load_tokenizer(folder: Path, fallback: Path | None = None):
 
 
 def prefix_id(tok_base, tok_sft) -> int:
-    ids = [t.convert_tokens_to_ids(PREFIX_TOKEN) for t in (tok_base, tok_sft)]
-    if ids[0] is None or ids[0] == tok_base.unk_token_id or ids[0] != ids[1]:
-        raise ValueError(f"prefix token {PREFIX_TOKEN!r} has ids {ids} in the base and "
-                         "SFT tokenizers; both need it, with one id")
-    return ids[0]
+    """The id both models are scored behind: `<|endoftext|>` where both tokenizers
+    have it (Qwen, SmolLM2, OLMo 2: no BOS token), else the BOS token they share
+    (`<|begin_of_text|>` of Llama 3, `<s>` of Mistral, `<bos>` of Gemma)."""
+
+    def own(tok, token: str | None) -> int | None:
+        if token is None:
+            return None
+        i = tok.convert_tokens_to_ids(token)
+        return None if i is None or i == tok.unk_token_id else i
+
+    eot = [own(t, PREFIX_TOKEN) for t in (tok_base, tok_sft)]
+    if eot[0] is not None and eot[0] == eot[1]:
+        return eot[0]
+    bos = [own(t, t.bos_token) for t in (tok_base, tok_sft)]
+    if bos[0] is not None and bos[0] == bos[1]:
+        return bos[0]
+    raise ValueError(
+        f"no common prefix token: {PREFIX_TOKEN!r} has ids {eot} and the BOS tokens "
+        f"({tok_base.bos_token!r}, {tok_sft.bos_token!r}) ids {bos} in the base and "
+        "SFT tokenizers; both need one of them, with one id")
 
 
 def tokenize(tok, texts: list[str]) -> list[list[int]]:
