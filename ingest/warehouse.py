@@ -145,7 +145,7 @@ COMPUTE_TABLES: dict[str, str] = {
     "compute_runs": """
         run_id VARCHAR NOT NULL,
         pair VARCHAR NOT NULL,
-        kind VARCHAR NOT NULL,            -- 'spectra' | 'behaviour'
+        kind VARCHAR NOT NULL,            -- 'spectra' | 'behaviour' | 'directions'
         base_model VARCHAR NOT NULL,
         sft_model VARCHAR NOT NULL,
         base_revision VARCHAR,
