@@ -234,8 +234,10 @@ def test_two_pairs_loading_at_once_queue_and_both_complete(small_pair, wh, tmp_p
                  "count(distinct run_id) from raw.spectra group by pair order by pair")
     assert rows == [(p, 3 * N_MATRICES, 3 * N_MATRICES, 1)
                     for p in ("first", "second", "small")]
-    runs = query(wh, "select pair, count(*) from raw.compute_runs group by pair "
-                 "order by pair")
+    runs = query(wh, "select pair, count(*) from raw.compute_runs where kind = "
+                 "'spectra' group by pair order by pair")
     assert runs == [("first", 1), ("second", 1), ("small", 1)]
+    assert query(wh, "select pair, kind from raw.compute_runs group by all "
+                 "having count(*) > 1") == []  # one row per (pair, kind)
     assert query(wh, "select run_id, tensor, role from raw.spectra where pair = "
                  "'small' order by all") == old
