@@ -27,7 +27,7 @@ demo: venv
 	$(PY) -m ingest.demo_site data/demo-site
 	$(PY) -m ingest.stackexchange data/demo-site --site physics.demo
 	cd dbt_project && $(DBT) build --quiet
-	$(PY) -m compute.run --pair demo --window 512
+	$(PY) -m compute.run --pair demo
 	$(PY) -m ingest.training_log models/demo --pair demo
 	cd dbt_project && $(DBT) build --quiet
 	$(PY) -m compute.summary

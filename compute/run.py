@@ -119,7 +119,7 @@ class Config:
     behaviour: bool = True
     prompts: Path | None = None
     batch_size: int = 8
-    window: int = 1024
+    window: int | None = None  # tokens per window; None: min(1024, the context)
     max_tensors: int | None = None  # stop after this many (tests, dry runs)
     progress: bool = True
     check: bool = False  # only check the pair (compute.doctor), compute nothing
@@ -173,7 +173,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ap.add_argument("--prompts", type=Path, help="Parquet of prompts (from python -m "
                     "ingest.export_prompts) instead of the warehouse's marts.prompts")
     ap.add_argument("--batch-size", type=int, default=8, help="posts per forward pass")
-    ap.add_argument("--window", type=int, default=1024, help="tokens per window")
+    ap.add_argument("--window", type=int, help="tokens per window (default: 1024, or "
+                    "the models' context where it is shorter)")
     ap.add_argument("--max-tensors", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     ap.add_argument("--check", action="store_true",
@@ -576,6 +577,14 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         save_manifest(cfg, manifest)
 
 
+def default_window(base: Checkpoint, sft: Checkpoint, cap: int = 1024) -> int:
+    """1024 tokens, or the shorter context of the two models (the trained demo
+    pair's is 512): scoring past it would measure what neither model learned."""
+    contexts = [c.config.get(k) for c in (base, sft)
+                for k in ("max_position_embeddings", "n_positions", "seq_length")]
+    return min([cap, *(n for n in contexts if isinstance(n, int) and n > 0)])
+
+
 def run_behaviour_half(cfg: Config, base: Checkpoint, sft: Checkpoint, manifest: dict,
                        device: str) -> None:
     from compute.behaviour import load_prompts, run_behaviour
@@ -601,7 +610,8 @@ def run_behaviour_half(cfg: Config, base: Checkpoint, sft: Checkpoint, manifest:
     options = run_behaviour(base.path, sft.path, prompts, cfg.run_dir,
                             run_id=manifest["run_id"], pair=cfg.pair,
                             device=device, batch_size=cfg.batch_size,
-                            window=cfg.window, progress=cfg.progress)
+                            window=cfg.window or default_window(base, sft),
+                            progress=cfg.progress)
     manifest["kinds"]["behaviour"] |= {
         "finished_at": now(), "device": device,
         "dtype": str(options.get("dtype")), "options": options}
