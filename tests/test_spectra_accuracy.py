@@ -170,6 +170,26 @@ def test_noise_sigma_matches_np_spacing(dtype):
     np.testing.assert_array_equal(got_ulp, ub)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_noise_sigma_of_subnormal_weights(dtype):
+    """Weights below the smallest normal number: every entry's ulp is the subnormal
+    step (smallest normal x eps), so sigma = step / sqrt(6) over the nonzero
+    entries, as np.spacing gives it."""
+    info = torch.finfo(dtype)
+    step = info.smallest_normal * info.eps
+    gen = torch.Generator().manual_seed(5)
+    top = int(1 / info.eps)  # k * step < smallest normal for k < 1 / eps
+    b, s = ((torch.randint(1, top, (60, 50), generator=gen).double() * step).to(dtype)
+            for _ in range(2))
+    ub, us = np_ulp(b, dtype), np_ulp(s, dtype)
+    assert np.all(ub == step) and np.all(us == step)
+    want = math.sqrt(np.mean((ub**2 + us**2) / 12))
+    assert want == pytest.approx(step / math.sqrt(6), rel=1e-12)
+    assert noise_sigma(b, s, dtype) == pytest.approx(want, rel=1e-12)
+    assert tensor_spectra(b, s, device=CPU)[2]["noise_sigma"] == pytest.approx(
+        want, rel=1e-12)
+
+
 def test_singular_values_methods_agree():
     b, _ = pair((120, 70), torch.bfloat16, seed=2)
     want = np_svals(b)
