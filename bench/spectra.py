@@ -19,7 +19,7 @@ RSS from os.wait4):
   sftscope  python -m compute.run (default method), on the pair
   sftscope_noembed  the same on a copy of the pair without the embedding: like for
             like against WeightWatcher
-  sftscope_vectors  python -m compute.run with its default --vectors K: the spectra
+  sftscope_vectors  python -m compute.run --vectors 32 (the GPU default): the spectra
             and the singular vectors (compute.directions); the others run with
             --vectors 0, spectra only, what the baselines compute
 
@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import ratio, report, run_measured  # noqa: E402 (after sys.path)
+from compute.directions import DEFAULT_VECTORS  # noqa: E402
 
 RUNS = ("naive", "ww", "svd", "sftscope", "sftscope_noembed", "sftscope_vectors")
 EMBED = "model.embed_tokens.weight"
@@ -291,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                     method = "svd" if run == "svd" else None
                     cmd = sftscope_cmd(noembed if run == "sftscope_noembed" else pair,
                                        tmp / run, method,
-                                       None if run == "sftscope_vectors" else 0)
+                                       DEFAULT_VECTORS if run == "sftscope_vectors"
+                                       else 0)
                 print(f"running {run} ({rep + 1}/{a.repeat}) ...", file=sys.stderr,
                       flush=True)
                 r = measure(run, cmd, tmp, res_file)

@@ -38,6 +38,7 @@ from compute.spectra import METHODS
 if TYPE_CHECKING:
     import pyarrow as pa
 
+AUTO_VECTORS_CPU_SIDE = 512  # the largest short side with vectors on by default
 SIZES = ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")
 PAIRS = {s: (f"Qwen/Qwen2.5-{s}", f"Qwen/Qwen2.5-{s}-Instruct") for s in SIZES}
 # other families (compute.naming reads their layouts): name -> (base, fine-tune)
@@ -124,7 +125,7 @@ class Config:
     progress: bool = True
     check: bool = False  # only check the pair (compute.doctor), compute nothing
     scan: bool = False  # with check: verify shard checksums, read every tensor for NaN/Inf
-    vectors: int = DEFAULT_VECTORS  # top singular vectors per matrix (0: none)
+    vectors: int | None = None  # top singular vectors per matrix (0: none; None: auto)
     full_basis_max: int = FULL_BASIS_MAX  # CPU: all W_base vectors up to this side
     shard: tuple[int, int] | None = None  # (I, N): only part I of N (compute.shards)
     shards: int = 1  # with dry_run: the number of parts to plan
@@ -183,11 +184,13 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ap.add_argument("--scan", action="store_true",
                     help="with --check: also hash the hub-cache shards against their"
                     " sha256 names and read every tensor to count NaN/Inf")
-    ap.add_argument("--vectors", type=int, default=DEFAULT_VECTORS, metavar="K",
+    ap.add_argument("--vectors", type=int, metavar="K",
                     help="top-K singular vectors of W_base, W_sft and dW per matrix "
                     "(gram method; to OUT/<pair>/directions/vectors), with overlap, "
                     "principal angles, intruders and token labels (raw.direction_*, "
-                    f"raw.intruders); 0 turns it off (default {DEFAULT_VECTORS})")
+                    f"raw.intruders); 0 turns it off (default {DEFAULT_VECTORS} on a "
+                    f"GPU, and on a CPU for models whose matrices are at most "
+                    f"{AUTO_VECTORS_CPU_SIDE} on their short side; else 0)")
     ap.add_argument("--full-basis-max", type=int, default=FULL_BASIS_MAX, metavar="N",
                     help="on a CPU, all of W_base's singular vectors (intruders) only "
                     f"for matrices with min(rows, cols) <= N (default {FULL_BASIS_MAX}"
@@ -231,7 +234,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         a.pair = pairs[0]
     if a.ray is not None and a.shard:
         ap.error("--ray runs every shard: give --shards N, not --shard")
-    if a.vectors < 0:
+    if a.vectors is not None and a.vectors < 0:
         ap.error("--vectors must be >= 0")
     if a.scan and not a.check:
         ap.error("--scan goes with --check")
@@ -401,6 +404,23 @@ def spectra_file(run_dir: Path, index: int) -> Path:
     return run_dir / "spectra" / f"{index:05d}.parquet"
 
 
+def auto_vectors(plan: Plan, device: str) -> int:
+    """--vectors' default: DEFAULT_VECTORS on a GPU; on a CPU only where cheap, for
+    models whose matrices are all at most AUTO_VECTORS_CPU_SIDE on their short side
+    (the demo and tiny pairs). On a 0.5B-shaped pair (short side 896) the vectors
+    took 2.1x the spectra's CPU seconds (docs/directions.md), so they are asked for."""
+    if device != "cpu":
+        return DEFAULT_VECTORS
+    side = max((min(v.shape) for views in plan.views.values() for v in views),
+               default=0)
+    if side <= AUTO_VECTORS_CPU_SIDE:
+        return DEFAULT_VECTORS
+    print(f"singular vectors off on the CPU for matrices of short side {side} "
+          f"(about 2x the spectra's time): --vectors {DEFAULT_VECTORS} computes them",
+          file=sys.stderr)
+    return 0
+
+
 def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
                     manifest: dict, device: str) -> None:
     """Spectra of every matrix, one Parquet file per tensor (a killed run resumes).
@@ -432,12 +452,16 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         import torch
     from compute import direction_files as dfiles
 
-    want_dirs = cfg.vectors > 0 and cfg.method == "gram"
-    if want_dirs:
-        dfiles.start(cfg.run_dir, manifest, cfg.vectors, cfg.full_basis_max)
-    else:
-        manifest["kinds"].pop("directions", None)
-    save_manifest(cfg, manifest)
+    n_vectors = auto_vectors(plan, device) if cfg.vectors is None else cfg.vectors
+    want_dirs = n_vectors > 0 and cfg.method == "gram"
+    from compute.shards import joined
+
+    with joined(cfg.run_dir, manifest) if cfg.shard else contextlib.nullcontext():
+        if want_dirs:  # shards: as the shards started before left them
+            dfiles.start(cfg.run_dir, manifest, n_vectors, cfg.full_basis_max)
+        else:
+            manifest["kinds"].pop("directions", None)
+        save_manifest(cfg, manifest)
 
     run_id, pair = manifest["run_id"], cfg.pair
     started = manifest["kinds"].get("spectra", {}).get("started_at") or now()
@@ -501,7 +525,7 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
             lowrank = view_factors(view, factors)
             if want_dirs:  # the same spectra, and the singular vectors
                 rows, found = dfiles.compute(vb, vs, storage, storage_s, view, lowrank,
-                                             torch, device, cfg.vectors,
+                                             torch, device, n_vectors,
                                              cfg.full_basis_max)
             elif torch is None:
                 rows = array_spectra(vb, vs, storage, storage_s, lowrank=lowrank)
