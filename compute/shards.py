@@ -165,6 +165,21 @@ def merged(path: Path, manifest: dict) -> dict:
     return manifest
 
 
+@contextlib.contextmanager
+def joined(run_dir: Path, manifest: dict) -> Iterator[None]:
+    """Hold the manifest lock with `manifest`'s kinds as run.json has them now, so a
+    shard starts its kinds as the shards before it left them (not as they were when
+    it read run.json: another shard may have started the directions since)."""
+    with manifest_lock(run_dir):
+        try:
+            disk = json.loads((run_dir / "run.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            disk = {}
+        if disk.get("run_id") == manifest.get("run_id"):
+            manifest["kinds"] = disk.get("kinds", {})
+        yield
+
+
 def lock_name(shard: tuple[int, int] | None) -> str:
     """The pair folder's lock file: one per shard, so shards run side by side."""
     return ".lock" if shard is None else f".lock.shard-{shard[0]}-of-{shard[1]}"

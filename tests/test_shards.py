@@ -164,3 +164,31 @@ def test_the_load_of_shards_holds_the_rows_of_a_single_run(demo_pair, single,
             ROWS["spectra"])]]).fetchall(), key=repr)
     assert loaded == want
     assert n_vectors == len(rows(single, "vectors"))
+
+
+@pytest.mark.slow  # two processes on the planted pair with singular vectors
+def test_shards_started_together_complete_spectra_and_directions(demo_pair, tmp_path):
+    """Two shards started at once, singular vectors on, in processes of their own:
+    both finish, the pair's spectra and directions are marked finished and every
+    tensor has its vectors file."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    cmd = [sys.executable, "-m", "compute.run", "--base", str(demo_pair / "base"),
+           "--sft", str(demo_pair / "sft"), "--name", "planted", "--out",
+           str(tmp_path), "--no-load", "--skip-behaviour", "--no-progress",
+           "--vectors", "4"]
+    procs = [subprocess.Popen([*cmd, "--shard", f"{i}/2"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()[-2000:]
+    manifest = json.loads((tmp_path / "planted" / "run.json").read_text())
+    n = len(list((tmp_path / "planted").glob(ROWS["spectra"])))
+    assert manifest["kinds"]["spectra"]["finished_at"]
+    assert manifest["kinds"]["directions"]["finished_at"]
+    assert len(list((tmp_path / "planted" / "directions" / "vectors").glob(
+        "*.parquet"))) == n
