@@ -554,9 +554,9 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
                 for table, recs in dfiles.matrix_rows(common, found).items():
                     tables.setdefault(table, []).extend(recs)
         del wb, ws
-        write_rows(out, "spectra", spectra_file(cfg.run_dir, i))
-        if want_dirs:
+        if want_dirs:  # first: the spectra file marks tensor i done (resume)
             dfiles.write_tensor(cfg.run_dir, i, tables)
+        write_rows(out, "spectra", spectra_file(cfg.run_dir, i))
         return warnings
 
     bad: dict[int, list[str]] = {}
