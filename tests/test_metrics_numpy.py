@@ -6,52 +6,73 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
+from tests.references import gd_lambda, gd_omega
 from tests.test_weights_pipeline import query, weights
 
 LORA_RANKS = (1, 4, 8, 16, 32, 64, 128, 256)
 
 
+def energy_ranks(w: np.ndarray, qs=(0.5, 0.9, 0.99)) -> dict[float, int]:
+    """Smallest r whose best rank-r approximation (Eckart-Young: the truncated SVD)
+    keeps a share q of ||W||_F^2, found by bisection on the residual's entries."""
+    u, s, vt = np.linalg.svd(w, full_matrices=False)
+    total = np.square(w).sum()
+
+    def kept(r):
+        return 1 - np.square(w - (u[:, :r] * s[:r]) @ vt[:r]).sum() / total
+
+    out = {}
+    for q in qs:
+        lo, hi = 1, len(s)  # kept(hi) = 1 >= q
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if kept(mid) >= q - 1e-12 else (mid + 1, hi)
+        out[q] = lo
+    return out
+
+
 def reference_metrics(w: np.ndarray, sigma: float | None) -> dict:
-    """The README's definitions, from NumPy's float64 SVD."""
+    """Each metric from a source other than the README's formula where one exists:
+    norms of the entries, SciPy's entropy, NumPy's matrix_rank, the rank-r
+    reconstructions' energy, the Gavish-Donoho constants derived in
+    tests/references.py."""
     m, n = w.shape
     s = np.linalg.svd(w, compute_uv=False)
-    energy = np.cumsum(s**2)
-    total = energy[-1]
-    p = s / s.sum()
-    p = p[p > 0]
+    spectral, frobenius = np.linalg.norm(w, 2), np.linalg.norm(w, "fro")
+    u, sv, vt = np.linalg.svd(w, full_matrices=False)
+    ranks = energy_ranks(w)
     out = {
-        "s_max": s[0],
+        "s_max": spectral,
         "s_min": s[-1],
-        "frobenius_norm": math.sqrt(total),
-        "stable_rank": total / s[0] ** 2,
-        "effective_rank": math.exp(-(p * np.log(p)).sum()),
-        "numerical_rank": int((s > s[0] * max(m, n) * 2.0**-23).sum()),
-        "energy_rank_50": int(np.argmax(energy >= 0.5 * total)) + 1,
-        "energy_rank_90": int(np.argmax(energy >= 0.9 * total)) + 1,
-        "energy_rank_99": int(np.argmax(energy >= 0.99 * total)) + 1,
-        "energy_share": {r: energy[min(r, len(s)) - 1] / total for r in LORA_RANKS},
+        "frobenius_norm": frobenius,
+        "stable_rank": frobenius**2 / spectral**2,
+        "effective_rank": math.exp(stats.entropy(s)),
+        "numerical_rank": int(np.linalg.matrix_rank(
+            w, rtol=max(m, n) * np.finfo(np.float32).eps)),
+        "energy_rank_50": ranks[0.5],
+        "energy_rank_90": ranks[0.9],
+        "energy_rank_99": ranks[0.99],
+        "energy_share": {r: np.square((u[:, :r] * sv[:r]) @ vt[:r]).sum() / frobenius**2
+                         for r in LORA_RANKS},
     }
     beta = min(m, n) / max(m, n)
-    omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
-    out["gd_unknown_rank"] = int((s > omega * np.median(s)).sum())
+    out["omega"] = gd_omega(beta)
+    out["singular_values"] = s
     if sigma is not None:
-        lam = math.sqrt(2 * (beta + 1) + 8 * beta / ((beta + 1)
-                                                      + math.sqrt(beta**2 + 14 * beta + 1)))
         out["mp_edge"] = sigma * (math.sqrt(m) + math.sqrt(n))
-        out["gd_threshold"] = lam * math.sqrt(max(m, n)) * sigma
+        out["gd_threshold"] = gd_lambda(beta) * math.sqrt(max(m, n)) * sigma
         out["signal_rank"] = int((s > out["gd_threshold"]).sum())
         out["mp_edge_rank"] = int((s > out["mp_edge"]).sum())
     return out
 
 
 def ulp_bf16(x: np.ndarray) -> np.ndarray:
-    """Spacing of bf16 numbers at x (x exact in bf16): 2^(floor(log2|x|) - 7)."""
-    ax = np.abs(x)
-    out = np.zeros_like(ax)
-    nz = ax > 0
-    out[nz] = 2.0 ** (np.floor(np.log2(ax[nz])) - 7)
-    return out
+    """Spacing of bf16 numbers at x (x exact in bf16): float32's spacing times 2^16
+    (bf16 keeps 7 of float32's 23 mantissa bits); 0 at 0, as the noise model has it."""
+    x32 = np.abs(x).astype(np.float32)
+    return np.where(x32 > 0, np.spacing(x32).astype(np.float64) * 2.0**16, 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +103,19 @@ def test_every_metric_matches_numpy(marts, demo_pair):
         for role, ref in refs.items():
             row = metrics.loc[(name, role)]
             for key, want in ref.items():
-                if key == "energy_share":
-                    continue
-                if key == "gd_unknown_rank" and role != "delta":
+                if key in ("energy_share", "omega", "singular_values"):
                     continue
                 if key == "s_min":  # one value: the spectra's own bound, 1e-7 s_1
                     assert abs(row[key] - want) <= 1e-7 * ref["s_max"], (name, role)
                     continue
                 close(row[key], want, (name, role, key))
             if role == "delta":
+                sv = ref["singular_values"]
+                threshold = ref["omega"] * np.median(sv)
+                # the mart's omega is the paper's cubic fit: within 0.6% of omega
+                assert row["gd_unknown_threshold"] == pytest.approx(threshold, rel=6e-3)
+                if not np.any(np.abs(sv / threshold - 1) < 6e-3):
+                    assert row["gd_unknown_rank"] == int((sv > threshold).sum()), name
                 close(row["noise_sigma"], sigma, (name, "sigma"))
                 close(row["zero_fraction"], float(np.mean(d == 0)), (name, "zeros"))
                 for r, share in ref["energy_share"].items():
