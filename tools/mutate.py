@@ -5,7 +5,7 @@ printed. A developer tool (`make mutate`), not part of `make test`.
     python tools/mutate.py                  # SQL/macro mutants, then cosmic-ray
     python tools/mutate.py --sql            # only the SQL/macro mutants (~40 s each)
     python tools/mutate.py --python         # only cosmic-ray on the Python selection
-    python tools/mutate.py -k t_critical    # the mutants whose name contains this
+    python tools/mutate.py -k t_critical    # the mutants / Python functions named so
     python tools/mutate.py --list           # what would run
 
 The copy lives in data/mutate/tree* (the working tree is never touched): tracked and
@@ -215,13 +215,15 @@ def cosmic_ray_env() -> Path:
     return bin_
 
 
-def run_python(timeout: float) -> tuple[int, int, list[str]]:
+def run_python(timeout: float, pick: str = "") -> tuple[int, int, list[str]]:
     """cosmic-ray on each PYTHON_TARGETS entry, only on the selected functions' lines
     (cr-filter-lines): (killed, total, survivor diffs)."""
     bin_ = cosmic_ray_env()
     killed = total = 0
     survivors = []
     for module, functions, tests in PYTHON_TARGETS:
+        if pick.lower() not in " ".join((module, *functions)).lower():
+            continue
         spans = function_lines(TREE / module, functions)
         t0 = time.monotonic()
         rc, tail = pytest(tests, timeout)
@@ -268,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sql", action="store_true", help="only the SQL/macro mutants")
     ap.add_argument("--python", action="store_true", help="only cosmic-ray")
-    ap.add_argument("-k", default="", help="SQL mutants whose name contains this")
+    ap.add_argument("-k", default="", help="only the SQL mutants and Python targets "
+                    "whose name contains this")
     ap.add_argument("--list", action="store_true", help="list the mutants and stop")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per test run")
     args = ap.parse_args(argv)
@@ -292,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                      for m, o in results if o != "killed" and o != "stale"]
         stale += [f"{m.name} ({m.path})" for m, o in results if o == "stale"]
         print(f"SQL/macro mutants: {killed} of {len(results) - len(stale)} killed")
-    if not args.sql and not args.k:
-        k, t, surv = run_python(args.timeout)
+    if not args.sql:
+        k, t, surv = run_python(args.timeout, args.k)
         survived += surv
         print(f"cosmic-ray mutants: {k} of {t} killed")
     for s in stale:
