@@ -25,10 +25,10 @@ import duckdb
 
 from ingest import snapshot
 from ingest.warehouse import (
-    WarehouseBusy,
     connect,
     db_path,
     ensure_raw_schema,
+    load_reported,
     replace_pair_rows,
 )
 
@@ -146,25 +146,8 @@ def load_or_explain(run_dir: str | Path, db: str | Path | None = None,
     each failure says that the warehouse was not changed and what to do."""
     run_dir = Path(run_dir)
     again = f"python -m ingest.compute_load {run_dir}" + (f" --db {db}" if db else "")
-    try:
-        counts = load_run(run_dir, db, kinds)
-    except LoadError as exc:
-        print(f"error: {exc}\nNothing was changed in the warehouse.", file=sys.stderr)
-        return 2
-    except WarehouseBusy as exc:
-        print(f"error: {exc}\nNothing was changed in the warehouse; the results are "
-              f"kept in {run_dir}. Load them when it is free: {again}", file=sys.stderr)
-        return 3
-    except duckdb.Error as exc:  # e.g. a damaged Parquet file (the message names it)
-        print(f"error: loading {run_dir} failed: {type(exc).__name__}: {exc}\n"
-              "Nothing was changed in the warehouse.", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing was changed in the warehouse.", file=sys.stderr)
-        return 130
-    done = done or f"loaded {run_dir} into {db_path(db)}"
-    print(f"{done}: " + ", ".join(f"raw.{t} {n} rows" for t, n in counts.items()))
-    return 0
+    return load_reported(lambda: load_run(run_dir, db, kinds), run_dir, again,
+                         (LoadError,), done or f"loaded {run_dir} into {db_path(db)}")
 
 
 def main(argv: list[str] | None = None) -> int:

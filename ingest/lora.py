@@ -27,10 +27,10 @@ import duckdb
 
 from ingest import snapshot
 from ingest.warehouse import (
-    WarehouseBusy,
     connect,
     db_path,
     ensure_raw_schema,
+    load_reported,
 )
 
 EXTRACTION_FILE = "lora_extraction.parquet"
@@ -128,25 +128,8 @@ def load(path: str | Path, db: str | Path | None = None) -> dict[str, int]:
 def load_or_explain(path: str | Path, db: str | Path | None = None) -> int:
     """`load`, reported for a person: 0, 2 unusable input, 3 busy, 130 interrupted."""
     again = f"python -m ingest.lora {path}" + (f" --db {db}" if db else "")
-    try:
-        counts = load(path, db)
-    except LoraLoadError as exc:
-        print(f"error: {exc}\nNothing was changed in the warehouse.", file=sys.stderr)
-        return 2
-    except WarehouseBusy as exc:
-        print(f"error: {exc}\nNothing was changed in the warehouse; load later: "
-              f"{again}", file=sys.stderr)
-        return 3
-    except duckdb.Error as exc:
-        print(f"error: loading {path} failed: {type(exc).__name__}: {exc}\n"
-              "Nothing was changed in the warehouse.", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing was changed in the warehouse.", file=sys.stderr)
-        return 130
-    print(f"loaded into {db_path(db)}: "
-          + ", ".join(f"raw.{t} {n} rows" for t, n in counts.items()))
-    return 0
+    return load_reported(lambda: load(path, db), path, again, (LoraLoadError,),
+                         f"loaded into {db_path(db)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -567,6 +567,34 @@ def upgrade(path: str | os.PathLike | None = None) -> tuple[int | None, list[Mig
         return found, applied
 
 
+def load_reported(load, source, again: str, input_errors: tuple, done: str) -> int:
+    """Run `load()` ({raw table: rows}, one transaction) and report the outcome for a
+    person: 0 loaded, 2 unusable input (`input_errors` or a DuckDB error, e.g. a
+    damaged Parquet file, whose message names it), 3 warehouse busy, 130
+    interrupted; never a traceback for these. Each failure says that the warehouse
+    was not changed and, when busy, the command (`again`) that loads `source` later."""
+    import sys
+
+    try:
+        counts = load()
+    except input_errors as exc:
+        print(f"error: {exc}\nNothing was changed in the warehouse.", file=sys.stderr)
+        return 2
+    except WarehouseBusy as exc:
+        print(f"error: {exc}\nNothing was changed in the warehouse; {source} is kept "
+              f"as it is. Load it when the warehouse is free: {again}", file=sys.stderr)
+        return 3
+    except duckdb.Error as exc:
+        print(f"error: loading {source} failed: {type(exc).__name__}: {exc}\n"
+              "Nothing was changed in the warehouse.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was changed in the warehouse.", file=sys.stderr)
+        return 130
+    print(f"{done}: " + ", ".join(f"raw.{t} {n} rows" for t, n in counts.items()))
+    return 0
+
+
 def replace_pair_rows(
     con: duckdb.DuckDBPyConnection, table: str, pair: str, select_sql: str,
     params: list | None = None,
