@@ -206,7 +206,9 @@ def _sources(path: Path, report: LoadReport) -> tuple[bool, Iterator[_Source]]:
 class _Pool:
     """Parser workers started on first use, shared by all the files of one load:
     threads when the C parser is built (it releases the GIL while it scans), else
-    processes (forkserver: safe next to DuckDB's threads)."""
+    processes (spawned: safe next to DuckDB's threads, and apart from the fork
+    server that the app's SQL console starts, whose preloads and state are
+    process-wide)."""
 
     def __init__(self, workers: int):
         self.workers = workers
@@ -217,11 +219,8 @@ class _Pool:
         if self._ex is None and self.threads:
             self._ex = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="se-parse")
         if self._ex is None:
-            ctx = mp.get_context("forkserver")
-            # pyarrow imports pandas on its first array (~1 s): pay it once, in
-            # the fork server, not in every worker
-            ctx.set_forkserver_preload(["ingest.se_parse", "pandas"])
-            self._ex = cf.ProcessPoolExecutor(self.workers, mp_context=ctx)
+            self._ex = cf.ProcessPoolExecutor(self.workers,
+                                              mp_context=mp.get_context("spawn"))
         return self._ex
 
     def close(self) -> None:

@@ -108,7 +108,7 @@ def test_hub_cache_layout_offline(tmp_path):
                   "--skip-behaviour", "--no-progress", db=db, HF_HUB_OFFLINE="1",
                   HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf"))
     assert "tied embeddings" in proc.stdout
-    runs = query(db, "select * from raw.compute_runs")
+    runs = query(db, "select * from raw.compute_runs where kind = 'spectra'")
     assert list(runs.base_model) == ["Qwen/Qwen2.5-0.5B"]
     assert list(runs.base_revision) == ["a" * 40]
     assert list(runs.sft_revision) == ["b" * 40]
