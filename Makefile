@@ -26,7 +26,7 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) -m ingest.demo_site data/demo-site
 	$(PY) -m ingest.stackexchange data/demo-site --site physics.demo
-	cd dbt_project && $(DBT) build --quiet
+	cd dbt_project && $(DBT) build --quiet --select +prompts
 	$(PY) -m compute.run --pair demo
 	$(PY) -m ingest.training_log models/demo --pair demo
 	cd dbt_project && $(DBT) build --quiet

@@ -84,7 +84,7 @@ def demo_warehouse(tmp_path_factory, demo_pair) -> Path:
         run_py("-m", "ingest.demo_site", str(work / "site"))
         run_py("-m", "ingest.stackexchange", str(work / "site"), "--site",
                "physics.demo", db=db)
-        run_dbt(db, "build", "--quiet", "--vars", DEMO_VARS)
+        run_dbt(db, "build", "--quiet", "--select", "+prompts", "--vars", DEMO_VARS)
     run_py("-m", "compute.run", "--base", str(demo_pair / "base"), "--sft",
            str(demo_pair / "sft"), "--name", "planted", "--out", str(work / "runs"),
            "--no-progress", *([] if have_site else ["--skip-behaviour"]), db=db)
