@@ -6,7 +6,11 @@ same lines: on every real sample file, on generated rows and on generated HTML.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 from html import escape
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from ingest.se_parse import (
 )
 from ingest.se_text import html_to_text, parse_tags
 from ingest.stackexchange import _file_blocks
+from tests.conftest import ROOT
 
 _sefast = se_parse._sefast
 # `make test` builds the parser; where it did not, every test here fails (not skips)
@@ -203,21 +208,38 @@ def test_bad_rows_name_the_line(data, fragment):
         parse_chunk_lxml("se_posts", "f.xml", data, 40)
 
 
+PURE_PYTHON_LOAD = """
+import json, sys
+from tests.se_helpers import load_quiet
+from ingest.se_parse import fast_parser_available
+assert not fast_parser_available()  # SFTSCOPE_PURE_PYTHON: lxml in processes
+site, db, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ref = load_quiet(site, db, site="beer", workers=workers, chunk_bytes=100_000,
+                 parallel_min_bytes=0)
+print(json.dumps([f.rows_loaded for f in ref.files]))
+"""
+
+
 @pytest.mark.parametrize("workers", [1, 2])
-def test_whole_site_loads_the_same_with_either_parser(tmp_path, monkeypatch, workers):
+def test_whole_site_loads_the_same_with_either_parser(tmp_path, workers):
     """The warehouse a load leaves is the same, row for row, whichever parser ran
     (C in threads, or lxml in processes), in one piece or in many chunks."""
     site = SAMPLES / "beer-2014"
     fast = load_quiet(site, tmp_path / "fast.duckdb", site="beer", workers=workers,
                       chunk_bytes=100_000, parallel_min_bytes=0)
-    monkeypatch.setenv("SFTSCOPE_PURE_PYTHON", "1")
-    ref = load_quiet(site, tmp_path / "ref.duckdb", site="beer", workers=workers,
-                     chunk_bytes=100_000, parallel_min_bytes=0)
+    # the lxml reference in a process of its own, as the command line runs it: its
+    # parser processes then start from a clean interpreter, whatever this test
+    # process has run before
+    ref_rows = json.loads(subprocess.run(
+        [sys.executable, "-c", PURE_PYTHON_LOAD, str(site),
+         str(tmp_path / "ref.duckdb"), str(workers)],
+        cwd=ROOT, env={**os.environ, "SFTSCOPE_PURE_PYTHON": "1"}, check=True,
+        capture_output=True, text=True, timeout=600).stdout)
     got, want = fingerprint(tmp_path / "fast.duckdb"), fingerprint(tmp_path / "ref.duckdb")
     for volatile in ("se_loads", "schema_version"):  # load and upgrade times differ
         assert got.pop(volatile)[0] == want.pop(volatile)[0]  # same row counts
     assert got == want
-    assert [f.rows_loaded for f in fast.files] == [f.rows_loaded for f in ref.files]
+    assert [f.rows_loaded for f in fast.files] == ref_rows
     assert got["se_posts"][0] == 728
 
 
