@@ -51,6 +51,14 @@ token_logprobs, token_shift, residual_drift and post_texts, written per batch of
 posts to a temporary name and renamed, post_texts last: a batch is done when its
 post_texts file exists. A re-run skips the posts already done and deletes the files
 of a batch that was killed halfway, so every post is scored exactly once.
+
+Shards (`share=(I, N)`, `compute.run --shard I/N`): every shard tokenizes all the
+prompts and takes its part of the non-empty posts, split by token count as the
+spectra split tensors by cost (compute.shards.split: largest first to the least
+loaded part; a pure function of the prompts, so the parts never overlap). A shard's
+files are named `sI-N-<batch>.parquet` and a shard cleans up only its own killed
+batches, so shards run side by side in one out_dir; the posts of every part together
+are the posts of a single run.
 """
 
 from __future__ import annotations
@@ -492,10 +500,25 @@ def drift_sums(hb: tuple[torch.Tensor, ...], hs: tuple[torch.Tensor, ...],
 # ---------------------------------------------------------------- files
 
 
-def batch_name(posts: list[Post]) -> str:
+def batch_name(posts: list[Post], tag: str = "") -> str:
     ids = sorted(p.post_id for p in posts)
     digest = hashlib.sha1(",".join(map(str, ids)).encode()).hexdigest()[:12]
-    return f"{ids[0]}-{digest}.parquet"
+    return f"{tag}{ids[0]}-{digest}.parquet"
+
+
+def share_tag(share: tuple[int, int] | None) -> str:
+    """The file-name prefix of shard (I, N)'s batches ("" without shards)."""
+    return "" if share is None else f"s{share[0]}-{share[1]}-"
+
+
+def share_of(posts: list[Post], share: tuple[int, int]) -> list[Post]:
+    """Shard (I, N)'s part of `posts`: split by token count (compute.shards.split),
+    in post_id order so that every shard computes the same parts."""
+    from compute.shards import split
+
+    ordered = sorted(posts, key=lambda p: p.post_id)
+    i, n = share
+    return [ordered[k] for k in split([p.n_tokens for p in ordered], n)[i]]
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
@@ -505,17 +528,24 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def done_posts(root: Path, run_id: str, pair: str) -> set[int]:
-    """Post ids of finished batches; deletes files of unfinished ones."""
+def done_posts(root: Path, run_id: str, pair: str, tag: str = "") -> set[int]:
+    """Post ids of finished batches; deletes the files of unfinished ones whose
+    names start with `tag` (a shard's: the others may be writing theirs)."""
     for table in TABLES:
         (root / table).mkdir(parents=True, exist_ok=True)
-        for tmp in (root / table).glob(".*.tmp*"):
+        for tmp in (root / table).glob(f".{tag}*.tmp*"):
             tmp.unlink(missing_ok=True)
     finished = {f.name for f in (root / "post_texts").glob("*.parquet")}
     for table in TABLES[:-1]:
-        for f in (root / table).glob("*.parquet"):
+        for f in (root / table).glob(f"{tag}*.parquet"):
             if f.name not in finished:
                 f.unlink()  # a batch killed before its post_texts file
+    return finished_posts(root, run_id, pair)
+
+
+def finished_posts(root: Path, run_id: str, pair: str) -> set[int]:
+    """Post ids of the finished batches (their post_texts files) of run_id."""
+    finished = {f.name for f in (root / "post_texts").glob("*.parquet")}
     done: set[int] = set()
     for name in sorted(finished):
         t = pq.read_table(root / "post_texts" / name, columns=["run_id", "pair", "post_id"])
@@ -600,13 +630,17 @@ def run_behaviour(
     run_id: str, pair: str, device: str = "cpu", batch_size: int = 8,
     window: int = 1024, dtype: str | None = None, attn_implementation: str = "sdpa",
     progress: bool = True, context: int | None = None, chunk_rows: int | None = None,
+    share: tuple[int, int] | None = None,
 ) -> dict:
     """Score `prompts` (post_id, site, grp, text) with both models; write the batches'
     Parquet files under out_dir/behaviour/<table>/; return the options used.
 
     `context`: tokens carried as unscored context into each window after the first
     (default window // 2). `chunk_rows`: scored positions per LM-head chunk (default
-    LOGIT_CHUNK_ELEMS // vocabulary); results do not depend on it."""
+    LOGIT_CHUNK_ELEMS // vocabulary); results do not depend on it. `share` (I, N):
+    score only part I of N of the posts (share_of); options["n_posts_pending"] counts
+    the posts of every part not yet done when this part finished (0: the pair's
+    behaviour is complete)."""
     t0 = time.perf_counter()
     check_prompts(prompts)
     if batch_size < 1:
@@ -623,21 +657,33 @@ def run_behaviour(
     tok_base = load_tokenizer(Path(base_dir))
     tok_sft = load_tokenizer(Path(sft_dir), fallback=Path(base_dir))
     prefix = prefix_id(tok_base, tok_sft)
-    done = done_posts(root, run_id, pair)
-    todo_rows = prompts[~prompts["post_id"].astype("int64").isin(done)]
-    posts = tokenize_posts(todo_rows, tok_base, tok_sft)
+    tag = share_tag(share)
+    done = done_posts(root, run_id, pair, tag)
+    if share is None:
+        todo_rows = prompts[~prompts["post_id"].astype("int64").isin(done)]
+        posts = tokenize_posts(todo_rows, tok_base, tok_sft)
+    else:  # the parts come from every post's token count
+        posts = tokenize_posts(prompts, tok_base, tok_sft)
     empty = [p.post_id for p in posts if p.n_tokens == 0]
     if empty:
         print(f"behaviour: skipping {len(empty)} post(s) with no tokens: {empty[:10]}",
               file=sys.stderr)
     posts = [p for p in posts if p.n_tokens]
+    n_all, wanted = len(done) + len(posts), {p.post_id for p in posts}
+    if share is not None:
+        n_all = len(posts)
+        posts = share_of(posts, share)
+        done = done & {p.post_id for p in posts}  # this part's, for the counts
+        posts = [p for p in posts if p.post_id not in done]
     posts.sort(key=lambda p: (-p.n_tokens, p.post_id))  # longest first: OOM shows early
     options = {"batch_size": batch_size, "window": window, "window_context": context,
                "dtype": dtype_name, "attn_implementation": attn_implementation,
                "device": dev.type, "prefix_token": PREFIX_TOKEN,
-               "n_posts": len(done) + len(posts), "n_posts_resumed": len(done),
+               "n_posts": n_all, "n_posts_resumed": len(done),
                "n_posts_scored": len(posts), "skipped_empty": empty,
                "torch": torch.__version__}
+    if share is not None:
+        options["share"] = f"{share[0]}/{share[1]}"
 
     n_tok = 0
     if posts:
@@ -663,14 +709,14 @@ def run_behaviour(
             t_score = time.perf_counter()
             options["load_seconds"] = round(t_score - t0, 3)
             token_text = TokenText(tok_base)
-            bar = tqdm(total=options["n_posts"], initial=len(done), unit="post",
+            bar = tqdm(total=len(done) + len(posts), initial=len(done), unit="post",
                        desc=f"behaviour {pair} (base+sft)", disable=not progress,
                        dynamic_ncols=True)
             for i in range(0, len(posts), batch_size):
                 batch = posts[i:i + batch_size]
                 tables = batch_tables(batch, scorer.score(batch), run_id, pair,
                                       token_text)
-                name = batch_name(batch)
+                name = batch_name(batch, tag)
                 for table in TABLES:  # post_texts last: it marks the batch done
                     write_parquet(tables[table], root / table / name)
                 n_tok += sum(p.n_tokens for p in batch)
@@ -680,6 +726,8 @@ def run_behaviour(
             options["score_seconds"] = round(time.perf_counter() - t_score, 3)
             options["tokens_per_s"] = round(n_tok / options["score_seconds"], 1)
     seconds = time.perf_counter() - t0
+    if share is not None:  # the other parts' posts, as their files say now
+        options["n_posts_pending"] = len(wanted - finished_posts(root, run_id, pair))
     options |= {"n_tokens_scored": n_tok, "seconds": round(seconds, 3),
                 "posts_per_s": round(len(posts) / seconds, 3) if posts else None}
     return options

@@ -635,7 +635,12 @@ def run_behaviour_half(cfg: Config, base: Checkpoint, sft: Checkpoint, manifest:
                             run_id=manifest["run_id"], pair=cfg.pair,
                             device=device, batch_size=cfg.batch_size,
                             window=cfg.window or default_window(base, sft),
-                            progress=cfg.progress)
+                            progress=cfg.progress, share=cfg.shard)
+    pending = options.get("n_posts_pending", 0)
+    if pending:  # shards: the part that finds every post done marks it finished
+        print(f"behaviour: {pending} post(s) of other shards are not done yet",
+              file=sys.stderr)
+        return
     manifest["kinds"]["behaviour"] |= {
         "finished_at": now(), "device": device,
         "dtype": str(options.get("dtype")), "options": options}
@@ -704,8 +709,7 @@ def main(argv: list[str] | None = None) -> int:
                 manifest = open_manifest(cfg, base, sft)
             if cfg.spectra:
                 compute_spectra(cfg, base, sft, plan, manifest, device)
-            if cfg.behaviour and cfg.max_tensors is None and (
-                    cfg.shard is None or cfg.shard[0] == 0):  # shards: part 0's
+            if cfg.behaviour and cfg.max_tensors is None:  # shards: their posts
                 run_behaviour_half(cfg, base, sft, manifest, device)
         except CheckpointError as exc:
             print(f"error: {exc}\nResults so far are kept in {cfg.run_dir}; nothing "

@@ -192,3 +192,117 @@ def test_shards_started_together_complete_spectra_and_directions(demo_pair, tmp_
     assert manifest["kinds"]["directions"]["finished_at"]
     assert len(list((tmp_path / "planted" / "directions" / "vectors").glob(
         "*.parquet"))) == n
+
+
+# ---------------------------------------------------------------- behaviour
+
+BEHAVIOUR = ("token_logprobs", "token_shift", "residual_drift", "post_texts")
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """A tiny generated pair, 9 prompts (one of them empty: no tokens, skipped) and a
+    single run's behaviour files, one post per batch (a post's numbers then do not
+    depend on which posts share its batch, so shards must match them exactly)."""
+    from compute.demo import build_pair
+    from tests.behaviour_helpers import SPEC, prompts
+
+    work = tmp_path_factory.mktemp("scored")
+    pair = build_pair(work / "pair", SPEC)
+    df = prompts(9)
+    df.loc[4, "text"] = ""
+    df.to_parquet(work / "prompts.parquet")
+    assert score(pair, work / "prompts.parquet", work / "single") == 0
+    return pair, work / "prompts.parquet", work / "single" / "tiny"
+
+
+def score(pair, prompts, out, *extra) -> int:
+    return main(["--base", str(pair[0]), "--sft", str(pair[1]), "--name", "tiny",
+                 "--out", str(out), "--no-load", "--skip-spectra", "--no-progress",
+                 "--prompts", str(prompts), "--batch-size", "1", *extra])
+
+
+def behaviour_rows(run_dir, table: str) -> list[tuple]:
+    files = sorted(str(p) for p in (run_dir / "behaviour" / table).glob("*.parquet"))
+    assert files, f"no {table} files in {run_dir}"
+    rel = duckdb.sql("select * exclude (run_id) from read_parquet(?)", params=[files])
+    return sorted(rel.fetchall(), key=repr)
+
+
+def post_ids(files) -> set[int]:
+    return {r[0] for f in files for r in duckdb.sql(
+        "select post_id from read_parquet(?)", params=[str(f)]).fetchall()}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_behaviour_shards_in_any_order_give_the_rows_of_a_single_run(scored, n,
+                                                                     tmp_path):
+    pair, prompts, single = scored
+    order = list(range(n))
+    random.Random(n).shuffle(order)
+    run_dir = tmp_path / "tiny"
+    seen: set[int] = set()
+    for k, i in enumerate(order):
+        assert score(pair, prompts, tmp_path, "--shard", f"{i}/{n}") == 0
+        manifest = json.loads((run_dir / "run.json").read_text())
+        finished = manifest["kinds"]["behaviour"]["finished_at"]
+        assert (finished is not None) == (k == n - 1)  # with the last part only
+        mine = post_ids((run_dir / "behaviour" / "post_texts").glob(f"s{i}-{n}-*"))
+        assert mine and not mine & seen  # each part scores posts of its own
+        seen |= mine
+    assert len(seen) == 8  # 9 prompts, the empty one skipped
+    for table in BEHAVIOUR:
+        assert behaviour_rows(run_dir, table) == behaviour_rows(single, table)
+    opts = manifest["kinds"]["behaviour"]["options"]
+    assert opts["n_posts"] == 8 and opts["n_posts_pending"] == 0
+
+
+def test_behaviour_share_is_balanced_by_tokens():
+    from compute.behaviour import Post, share_of
+
+    rng = random.Random(1)
+    posts = [Post(1000 + k, None, None, "", [0] * rng.randint(1, 400))
+             for k in range(60)]
+    tokens = sum(p.n_tokens for p in posts)
+    for n in (1, 2, 3, 7):
+        parts = [share_of(list(reversed(posts)), (i, n)) for i in range(n)]
+        ids = sorted(p.post_id for part in parts for p in part)
+        assert ids == [p.post_id for p in posts]  # every post in exactly one part
+        loads = [sum(p.n_tokens for p in part) for part in parts]
+        assert max(loads) <= tokens / n + 400  # within one post of the mean
+
+
+def test_a_killed_behaviour_shard_resumes_and_the_load_has_a_single_runs_rows(
+        scored, tmp_path, monkeypatch):
+    from compute import behaviour
+    from ingest.compute_load import load_or_explain
+
+    pair, prompts, single = scored
+    real, calls = behaviour.write_parquet, []
+
+    def dying(table, path):
+        calls.append(path)
+        if len(calls) == 7:  # the second batch: two of its four files written
+            raise KeyboardInterrupt("killed")
+        real(table, path)
+
+    monkeypatch.setattr(behaviour, "write_parquet", dying)
+    assert score(pair, prompts, tmp_path, "--shard", "1/2") == 130
+    monkeypatch.setattr(behaviour, "write_parquet", real)
+    root = tmp_path / "tiny" / "behaviour"
+    assert len(list((root / "token_logprobs").glob("*.parquet"))) == 2  # one orphan
+    assert score(pair, prompts, tmp_path, "--shard", "0/2") == 0
+    assert score(pair, prompts, tmp_path, "--shard", "1/2") == 0
+    texts = {p.name for p in (root / "post_texts").glob("*.parquet")}
+    for table in BEHAVIOUR:  # no orphan, no half-written file left
+        assert {p.name for p in (root / table).glob("*.parquet")} == texts
+        assert not list((root / table).glob(".*"))
+        assert behaviour_rows(tmp_path / "tiny", table) == behaviour_rows(single,
+                                                                          table)
+    db = tmp_path / "warehouse.duckdb"
+    assert load_or_explain(tmp_path / "tiny", db) == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        for table in BEHAVIOUR:
+            got = sorted(con.sql(f"select * exclude (run_id) from raw.{table}")
+                         .fetchall(), key=repr)
+            assert got == behaviour_rows(single, table), table
