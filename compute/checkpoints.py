@@ -337,6 +337,96 @@ def resolve(ref: str, revision: str | None = None) -> Checkpoint:
                       tensors)
 
 
+def hub_headers(ref: str, revision: str | None = None) -> Checkpoint | None:
+    """A hub id's checkpoint from its config.json, its index and the safetensors
+    headers alone (two HTTP range requests per weight file: the 8-byte length, then
+    the header), for a dry run: the weights are never downloaded and the returned
+    checkpoint cannot read them. None when that is not possible (a local folder, an
+    offline hub, a LoRA adapter or a repo without safetensors): resolve() then
+    finds or fetches the checkpoint as a run does."""
+    if Path(ref).expanduser().is_dir() or ref.count("/") != 1 or ref.startswith("."):
+        return None
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    if constants.is_offline_mode():
+        return None
+    try:
+        config_path = Path(hf_hub_download(ref, "config.json", revision=revision))
+        folder = config_path.parent  # snapshots/<commit>: later files pinned to it
+        try:
+            index = Path(hf_hub_download(ref, "model.safetensors.index.json",
+                                         revision=folder.name))
+        except EntryNotFoundError:
+            index = None
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        return None  # an adapter (no config.json), or the hub cannot be reached
+    except (OSError, ValueError) as exc:  # HTTP errors, unknown repo or revision
+        raise CheckpointError(f"{ref}: cannot fetch from the hub: {exc}") from exc
+    files = _weight_files(folder) if index else {"model.safetensors": None}
+    tensors: dict[str, TensorInfo] = {}
+    for file, expected in files.items():
+        try:
+            header, data_start = _remote_header(ref, file, folder.name)
+        except EntryNotFoundError:
+            if index is None:
+                return None  # no model.safetensors: an older (.bin) checkpoint
+            raise CheckpointError(f"{ref}: {file}, named in "
+                                  "model.safetensors.index.json, is missing") from None
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{ref}: cannot read the header of {file}: {exc}"
+                                  ) from exc
+        try:
+            for name, v in header.items():
+                if name != "__metadata__":
+                    start, end = (data_start + int(o) for o in v["data_offsets"])
+                    tensors[name] = TensorInfo(name, tuple(int(d) for d in v["shape"]),
+                                               str(v["dtype"]), file, start, end)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{ref}: {file}: corrupt header ({exc})") from exc
+        missing = sorted(set(expected or ()) - set(header))
+        if missing:
+            raise CheckpointError(f"{ref}: index names {len(missing)} tensor(s) "
+                                  f"{file} lacks, e.g. {missing[0]}")
+    return Checkpoint(ref, folder, folder.name, _read_config(folder), tensors)
+
+
+def _remote_header(ref: str, file: str, revision: str) -> tuple[dict, int]:
+    """The JSON header of the hub file `file` and the byte where its data start,
+    by two range requests (huggingface_hub's session: its endpoint, token,
+    redirects and errors)."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    url, headers = hf_hub_url(ref, file, revision=revision), build_hf_headers()
+
+    def fetch(first: int, last: int) -> bytes:
+        """Bytes first..last; streamed, so a server that ignores the range (and
+        sends the whole file) is stopped after them."""
+        want, got = last - first + 1, b""
+        with get_session().stream("GET", url, headers={
+                **headers, "Range": f"bytes={first}-{last}"}) as r:
+            if r.status_code >= 400:
+                r.read()  # the error's message
+            hf_raise_for_status(r)
+            for chunk in r.iter_bytes():
+                got += chunk
+                if len(got) >= want:
+                    break
+        if r.status_code != 206 or len(got) != want:
+            raise ValueError(f"the server did not answer the byte range {first}-{last}"
+                             f" (status {r.status_code}, {len(got)} bytes)")
+        return got
+
+    n = int.from_bytes(fetch(0, 7), "little")
+    if n > MAX_HEADER_BYTES:
+        raise ValueError(f"header of {n} bytes: not a safetensors file")
+    header = json.loads(fetch(8, 7 + n))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    return header, 8 + n
+
+
 @dataclasses.dataclass
 class Plan:
     matrices: list[str]  # 2-D/3-D weights, in file order: spectra of base, sft, delta

@@ -675,8 +675,13 @@ def main(argv: list[str] | None = None) -> int:
                         progress=cfg.progress and sys.stderr.isatty())
         return 0 if ok else 2
     try:
-        base = resolve(cfg.base, cfg.revision_base)
-        sft = resolve_sft(cfg.sft, base, cfg.revision_sft)
+        # a dry run of hub ids reads their headers only, not the weights
+        from compute.checkpoints import hub_headers
+
+        heads = (cfg.base, cfg.revision_base), (cfg.sft, cfg.revision_sft)
+        base, sft = (hub_headers(*h) if cfg.dry_run else None for h in heads)
+        base = base or resolve(cfg.base, cfg.revision_base)
+        sft = sft or resolve_sft(cfg.sft, base, cfg.revision_sft)
         plan = pair_plan(base, sft)
     except CheckpointError as exc:
         print(f"error: {exc}\n(python -m compute.doctor --base {cfg.base} --sft "

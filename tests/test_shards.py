@@ -306,3 +306,98 @@ def test_a_killed_behaviour_shard_resumes_and_the_load_has_a_single_runs_rows(
             got = sorted(con.sql(f"select * exclude (run_id) from raw.{table}")
                          .fetchall(), key=repr)
             assert got == behaviour_rows(single, table), table
+
+
+# ---------------------------------------------------------------- dry run of hub ids
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class HubServer:
+    """The hub's resolve endpoint (`/<owner>/<name>/resolve/<revision>/<file>`) over
+    local folders, as huggingface_hub talks to it: HEAD with X-Repo-Commit and ETag,
+    GET with Range (206), 404 with X-Error-Code EntryNotFound. Records the bytes
+    each GET sent."""
+
+    def __init__(self, repos: dict[str, object]):
+        import http.server
+        import threading
+
+        self.repos, self.sent = repos, []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self.answer(body=False)
+
+            def do_GET(self):
+                self.answer(body=True)
+
+            def answer(self, body: bool):
+                owner, name, _, _rev, *file = self.path.split("?")[0].strip(
+                    "/").split("/")
+                path = hub.repos.get(f"{owner}/{name}")
+                path = path / "/".join(file) if path else None
+                if path is None or not path.is_file():
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = path.read_bytes()
+                first, last, status = 0, len(data) - 1, 200
+                if body and "Range" in self.headers:
+                    a, b = self.headers["Range"].removeprefix("bytes=").split("-")
+                    first, last, status = int(a), min(int(b or last), last), 206
+                self.send_response(status)
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("ETag", f'"{len(data):x}-{path.name}"')
+                self.send_header("Content-Length", str(last - first + 1))
+                if status == 206:
+                    self.send_header("Content-Range",
+                                     f"bytes {first}-{last}/{len(data)}")
+                self.end_headers()
+                if body:
+                    hub.sent.append((path.name, first, last))
+                    self.wfile.write(data[first:last + 1])
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_dry_run_of_hub_ids_reads_only_the_headers(tmp_path):
+    """A generated pair (single-file base, two-shard SFT) served as hub repos: the
+    dry run's plan equals the plan from the local folders, and of the weight files
+    only the 8-byte length and the header were ever sent."""
+    from compute.demo import PairSpec, build_pair
+    from tests.conftest import run_py
+
+    spec = PairSpec(hidden=64, intermediate=160, layers=2, heads=2, kv_heads=1,
+                    vocab=512)
+    build_pair(tmp_path / "one", spec)
+    build_pair(tmp_path / "two", PairSpec(**{**spec.__dict__, "shards": 2}))
+    base, sft = tmp_path / "one" / "base", tmp_path / "two" / "sft"
+    hub = HubServer({"org/base": base, "org/sft": sft})
+    cache = tmp_path / "hub-cache"
+    args = ("-m", "compute.run", "--name", "p", "--dry-run", "--shards", "3")
+    proc = run_py(*args, "--base", "org/base", "--sft", "org/sft", HF_ENDPOINT=hub.url,
+                  HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="0",
+                  HF_HUB_DISABLE_TELEMETRY="1")
+    hub.server.shutdown()
+    local = run_py(*args, "--base", str(base), "--sft", str(sft))
+    assert proc.stdout == local.stdout
+    assert "in 3 shard(s)" in proc.stdout
+    weights = {p.name: p for p in [*base.glob("*.safetensors"),
+                                   *sft.glob("*.safetensors")]}
+    assert len(weights) == 3
+    got = {name: [(a, b) for f, a, b in hub.sent if f == name] for name in weights}
+    for name, path in weights.items():
+        with open(path, "rb") as fh:
+            header_end = 8 + struct.unpack("<Q", fh.read(8))[0]
+        assert got[name] == [(0, 7), (8, header_end - 1)], name  # the header only
+        assert path.stat().st_size > 100 * header_end  # the data is most of the file
+    assert not list(cache.glob("**/*.safetensors"))  # nothing of the weights cached
