@@ -133,6 +133,14 @@ def test_plan_windows_cover_every_token_once(window, context):
             assert wins == windows_by_hand(n, window, context), n
 
 
+@pytest.mark.parametrize("window,context", [(2, 1), (3, 0), (3, 2), (8, 7), (2, 0)])
+def test_plan_windows_refuses_a_window_without_room(window, context):
+    """A window must hold `context` tokens, one scored target and its predecessor:
+    1 <= context <= window - 2."""
+    with pytest.raises(ValueError, match="need window >= 3"):
+        plan_windows(5, window, context)
+
+
 def test_windowed_scoring(tiny, tmp_path):
     prompts = H.prompts(3, first=40, id0=7)
     prompts.loc[0, "text"] = " ".join(H.texts(6, first=50))  # several windows long

@@ -71,6 +71,21 @@ def test_gd_reference_is_the_papers_closed_form(beta):
     assert gd_omega(1.0) == pytest.approx(PAPER_OMEGA_SQUARE, abs=5e-4)
 
 
+def test_gd_omega_reference_against_the_papers_cubic_fit():
+    """The paper's fit omega(beta) ~ 0.56 beta^3 - 0.95 beta^2 + 1.82 beta + 1.43
+    (the one the marts use) against the derived omega: within 0.4% on
+    0.05 <= beta <= 1, where it was fitted (measured: 0.38% at beta = 0.12), and
+    drifting to 1.1% at beta = 0.001 (an embedding's aspect ratio is ~0.006: 0.9%)."""
+    def cubic(b):
+        return 0.56 * b**3 - 0.95 * b**2 + 1.82 * b + 1.43
+
+    for beta in np.linspace(0.05, 1.0, 20):
+        assert cubic(beta) == pytest.approx(gd_omega(beta), rel=4e-3), beta
+    for beta in (0.001, 0.006, 0.02):
+        assert cubic(beta) == pytest.approx(gd_omega(beta), rel=1.1e-2), beta
+    assert cubic(1.0) == pytest.approx(PAPER_OMEGA_SQUARE, abs=2.5e-3)
+
+
 def test_mp_median_against_sampled_noise():
     """The Marchenko-Pastur median against the eigenvalues of a large Wishart matrix."""
     rng = np.random.default_rng(0)

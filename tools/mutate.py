@@ -7,6 +7,7 @@ printed. A developer tool (`make mutate`), not part of `make test`.
     python tools/mutate.py --python         # only cosmic-ray on the Python selection
     python tools/mutate.py -k t_critical    # the mutants / Python functions named so
     python tools/mutate.py --list           # what would run
+    python tools/mutate.py --python -k shards --rerun-survivors  # after new tests
 
 The copy lives in data/mutate/tree* (the working tree is never touched): tracked and
 untracked-but-not-ignored files plus the built C extensions. cosmic-ray is installed by
@@ -106,14 +107,30 @@ SQL_MUTANTS = [
            'expression: "s_max >= s_min"', NONFINITE),
 ]
 
-# cosmic-ray: the Python statistics code (module, the functions whose lines are
-# mutated) and the tests that guard it
+# cosmic-ray: the Python metric and statistics code (module, the functions whose
+# lines are mutated) and the few tests that guard it (seconds per mutant)
 PYTHON_TARGETS = [
     ("compute/behaviour.py", ("plan_windows",),
      ("tests/test_behaviour.py", "-k", "plan_windows")),
     ("compute/spectra.py", ("_noise_from_sums",),
      ("tests/test_spectra_accuracy.py", "-k", "noise_sigma")),
+    ("compute/behaviour.py", ("token_stats", "drift_sums"),
+     ("tests/test_core_math.py", "-k", "token_stats or drift")),
+    ("compute/shards.py", ("matrix_cost", "split", "peak_bytes", "dry_run"),
+     ("tests/test_core_math.py", "-k", "shard")),
+    ("compute/vocab.py", ("align_pair", "_tie", "_embedding"),
+     ("tests/test_core_math.py", "-k", "vocab")),
+    ("compute/lora_recovery.py", ("post_rows", "update"),
+     ("tests/test_core_math.py", "-k", "lora")),
+    ("compute/directions.py", ("_inverse", "_cosines", "_haar"),
+     ("tests/test_core_math.py", "-k", "directions")),
+    # the measures (overlap shares, principal angles, intruders) from the vectors
+    ("compute/directions.py", ("gram_directions:frob_d = rows[2]",),
+     ("tests/test_directions.py", "-k", "measures or planted")),
 ]
+# a mutant that loops forever while it allocates stops here, not in the machine's
+# memory (the time limit catches the others)
+MEMORY_LIMIT = 4 << 30
 
 
 def copy_tree() -> None:
@@ -175,11 +192,24 @@ def run_sql(mutants: list[Mutant], timeout: float) -> list[tuple[Mutant, str]]:
 
 
 def function_lines(path: Path, names: tuple[str, ...]) -> list[tuple[int, int]]:
+    """The line spans of the named functions; "name:text" starts at the first line
+    of the function that holds `text` (the rest of a long function)."""
     import ast
 
-    tree = ast.parse(path.read_text())
-    spans = [(n.lineno, n.end_lineno) for n in ast.walk(tree)
-             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name in names]
+    source = path.read_text()
+    lines = source.splitlines()
+    wanted = dict(n.partition(":")[::2] for n in names)
+    spans = []
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                and node.name in wanted):
+            start, text = node.lineno, wanted[node.name]
+            if text:
+                start = next((i for i in range(start, node.end_lineno + 1)
+                              if text in lines[i - 1]), 0)
+                if not start:
+                    sys.exit(f"{path}: {node.name} has no line with {text!r}")
+            spans.append((start, node.end_lineno))
     if len(spans) != len(names):
         sys.exit(f"{path}: cannot find all of {names}")
     return spans
@@ -215,9 +245,11 @@ def cosmic_ray_env() -> Path:
     return bin_
 
 
-def run_python(timeout: float, pick: str = "") -> tuple[int, int, list[str]]:
+def run_python(timeout: float, pick: str = "", rerun: bool = False
+               ) -> tuple[int, int, list[str]]:
     """cosmic-ray on each PYTHON_TARGETS entry, only on the selected functions' lines
-    (cr-filter-lines): (killed, total, survivor diffs)."""
+    (cr-filter-lines): (killed, total, survivor diffs). `rerun`: only the mutants
+    that survived the target's last session (after new tests), the others kept."""
     bin_ = cosmic_ray_env()
     killed = total = 0
     survivors = []
@@ -231,10 +263,13 @@ def run_python(timeout: float, pick: str = "") -> tuple[int, int, list[str]]:
             sys.exit(f"the tests fail without any mutant ({' '.join(tests)}): {tail}")
         # a mutant that loops forever is caught by the time limit: a few baselines
         limit = min(timeout, max(30.0, 4 * (time.monotonic() - t0)))
-        slug = module.replace("/", "_").removesuffix(".py")
+        slug = f"{module.replace('/', '_').removesuffix('.py')}_{functions[0]}"
         config, session = WORK / f"{slug}.toml", WORK / f"{slug}.sqlite"
-        test_command = " ".join([sys.executable, "-m", "pytest", "-x", "-q", "-p",
-                                 "no:cacheprovider", *(f"'{t}'" for t in tests)])
+        prlimit = shutil.which("prlimit")
+        test_command = " ".join([
+            *([prlimit, f"--as={MEMORY_LIMIT}"] if prlimit else []), sys.executable,
+            "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+            *(f"'{t}'" for t in tests)])
         lines = ", ".join(f'"{a}-{b}"' for a, b in spans)
         config.write_text(
             "[cosmic-ray]\n"
@@ -246,11 +281,28 @@ def run_python(timeout: float, pick: str = "") -> tuple[int, int, list[str]]:
             'name = "local"\n'
             "[cosmic-ray.filters.line-filter]\n"
             f'lines = {{ "{module}" = [{lines}] }}\n')
-        session.unlink(missing_ok=True)
+        steps = [["cosmic-ray", "init", str(config), str(session)],
+                 ["cr-filter-lines", "--config", str(config), str(session)],
+                 ["cosmic-ray", "exec", str(config), str(session)]]
+        source = (TREE / module).read_text()
+        kept = session.with_suffix(".py")  # the module as the session mutates it
+        if rerun and session.exists() and kept.exists() and kept.read_text() != source:
+            sys.exit(f"{module} changed since its last session: run it whole")
+        if rerun and session.exists():
+            import sqlite3
+
+            con = sqlite3.connect(session)  # a survivor's result gone: pending again
+            with con:
+                n = con.execute("delete from work_results "
+                                "where test_outcome = 'SURVIVED'").rowcount
+            con.close()
+            print(f"{module}: {n} survivors of the last session run again", flush=True)
+            steps = steps[2:]
+        else:
+            session.unlink(missing_ok=True)
+            kept.write_text(source)
         env = dict(os.environ, PYTHONPATH=str(TREE))
-        for step in (["cosmic-ray", "init", str(config), str(session)],
-                     ["cr-filter-lines", "--config", str(config), str(session)],
-                     ["cosmic-ray", "exec", str(config), str(session)]):
+        for step in steps:
             print(f"{module}: {step[0]} {step[1]}", flush=True)
             subprocess.run([str(bin_ / step[0]), *step[1:]], cwd=TREE, env=env,
                            check=True)
@@ -261,8 +313,9 @@ def run_python(timeout: float, pick: str = "") -> tuple[int, int, list[str]]:
         killed, total = killed + k, total + len(results)
         survivors += [f"{r['module']}:{r['line']} {r['operator']}\n{r['diff']}"
                       for r in results if not r["killed"]]
-        print(f"{module} {', '.join(functions)}: {k} of {len(results)} killed "
-              f"(tests: {' '.join(tests)})", flush=True)
+        print(f"{module} {', '.join(functions)}: {k} of {len(results)} killed in "
+              f"{(time.monotonic() - t0) / 60:.0f} min (tests: {' '.join(tests)})",
+              flush=True)
     return killed, total, survivors
 
 
@@ -272,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--python", action="store_true", help="only cosmic-ray")
     ap.add_argument("-k", default="", help="only the SQL mutants and Python targets "
                     "whose name contains this")
+    ap.add_argument("--rerun-survivors", action="store_true",
+                    help="cosmic-ray: run again only the last session's survivors")
     ap.add_argument("--list", action="store_true", help="list the mutants and stop")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per test run")
     args = ap.parse_args(argv)
@@ -296,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         stale += [f"{m.name} ({m.path})" for m, o in results if o == "stale"]
         print(f"SQL/macro mutants: {killed} of {len(results) - len(stale)} killed")
     if not args.sql:
-        k, t, surv = run_python(args.timeout, args.k)
+        k, t, surv = run_python(args.timeout, args.k, args.rerun_survivors)
         survived += surv
         print(f"cosmic-ray mutants: {k} of {t} killed")
     for s in stale:

@@ -1,0 +1,319 @@
+"""Small, fast checks of the Python arithmetic behind published numbers, each against
+a reference that shares no code with it: the shard cost plan (hand-computed costs and
+bytes, a heap-based second implementation of the split), the shared rows of a
+resized vocabulary (byte ranges by hand), LoRA recovery's per-post sums and rank-r
+update (NumPy's SVD), and the helpers of the directions measures (SciPy's principal
+angles, a Gram-Schmidt QR). No torch import: `make mutate` runs these per mutant."""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from compute import directions, lora_recovery, shards, vocab
+from compute.checkpoints import Checkpoint, CheckpointError, TensorInfo
+
+# --- shards: cost plan --------------------------------------------------------------
+
+
+def test_shard_matrix_cost_and_peak_bytes_by_hand():
+    # k^2 (m + n), k = min(m, n); 8 B (m n + 2 k^2)
+    assert shards.matrix_cost(3, 5) == 9 * 8 == shards.matrix_cost(5, 3)
+    assert shards.matrix_cost(4, 4) == 128.0
+    assert isinstance(shards.matrix_cost(2, 7), float)
+    assert shards.peak_bytes(3, 5) == 8 * (15 + 18) == 264 == shards.peak_bytes(5, 3)
+    assert shards.peak_bytes(1, 1) == 24
+
+
+def greedy_by_heap(costs: list[float], n: int) -> list[list[int]]:
+    """Largest cost first (ties: lower index) to the least loaded shard (ties: lower
+    shard), with a heap of (load, shard): the documented rule, written apart."""
+    heap = [(0.0, s) for s in range(n)]
+    parts: list[list[int]] = [[] for _ in range(n)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        load, s = heapq.heappop(heap)
+        parts[s].append(i)
+        heapq.heappush(heap, (load + costs[i], s))
+    return [sorted(p) for p in parts]
+
+
+def test_shard_split_by_hand_and_against_a_heap():
+    # 5 -> s0; 4 -> s1; 3 -> s1 (4 < 5); 3 -> s0 (5 < 7); 3 -> s1 (7 < 8)
+    assert shards.split([5, 4, 3, 3, 3], 2) == [[0, 3], [1, 2, 4]]
+    # equal costs go in index order, equal loads to the lower shard
+    assert shards.split([1, 1, 1, 1, 1], 2) == [[0, 2, 4], [1, 3]]
+    assert shards.split([2, 7], 1) == [[0, 1]]
+    assert shards.split([2, 7], 4) == [[1], [0], [], []]
+    assert shards.split([], 3) == [[], [], []]
+    with pytest.raises(ValueError, match="shards must be >= 1"):
+        shards.split([1.0], 0)
+    rng = random.Random(1)
+    for _ in range(60):
+        costs = [float(rng.choice([1, 2, 3, 8, 20])) for _ in range(rng.randrange(25))]
+        n = rng.randrange(1, 6)
+        assert shards.split(costs, n) == greedy_by_heap(costs, n), (costs, n)
+
+
+@dataclasses.dataclass
+class FakePlan:
+    matrices: list[str]
+    views: dict[str, list]
+    vectors: list[str]
+
+
+def view(m: int, n: int):
+    return SimpleNamespace(shape=(m, n), stack=None, rows=None, transposed=False)
+
+
+def test_shard_dry_run_by_hand():
+    """Five tensors in 2 shards. Costs k^2 (m + n): a 100x100 (2e6), a 1000x10
+    (1.01e5) and a fused tensor of two 20x50 views (2 x 2.8e4): split 2e6 | the
+    rest. Peak bytes 8 (m n + 2 k^2): the 100x100 has the largest (240000)."""
+    plan = FakePlan(
+        matrices=["a", "wide", "fused", "s1", "s2"],
+        views={"a": [view(100, 100)], "wide": [view(1000, 10)],
+               "fused": [view(20, 50), view(20, 50)], "s1": [view(2, 2)],
+               "s2": [view(3, 1)]},
+        vectors=["norm", "bias", "x"])
+    info = shards.dry_run(plan, 2)
+    costs = [2e6, 100 * 1010, 2 * 400 * 70, 4 * 4, 1 * 4]
+    assert info["total_cost"] == sum(costs)
+    assert (info["n_shards"], info["n_tensors"], info["n_matrices"],
+            info["n_vectors"]) == (2, 5, 6, 3)
+    assert info["largest_matrix"] == [100, 100]
+    assert info["peak_bytes"] == 8 * (10_000 + 20_000)
+    first, second = info["shards"]
+    keys = ("shard", "tensors", "matrices", "cost", "peak_bytes", "first_tensors")
+    assert {k: first[k] for k in keys} == {
+        "shard": "0/2", "tensors": 1, "matrices": 1, "cost": 2e6,
+        "peak_bytes": 240_000, "first_tensors": ["a"]}
+    assert second["shard"] == "1/2"
+    assert (second["tensors"], second["matrices"]) == (4, 5)
+    assert second["cost"] == sum(costs[1:])
+    assert second["peak_bytes"] == 8 * (10_000 + 200)  # the 1000 x 10
+    assert second["first_tensors"] == ["wide", "fused", "s1"]
+    assert info["balance"] == pytest.approx(2e6 / (sum(costs) / 2), rel=1e-12)
+
+
+def test_shard_dry_run_of_nothing():
+    info = shards.dry_run(FakePlan([], {}, []), 3)
+    assert info["balance"] == 1.0
+    assert info["largest_matrix"] == [0, 0] and info["peak_bytes"] == 0
+    assert [s["peak_bytes"] for s in info["shards"]] == [0, 0, 0]
+
+
+# --- vocab: the shared rows of a resized vocabulary, a tied head -------------------
+
+H = 4  # hidden size; bf16: 2 bytes an entry, 8 a row
+
+
+def info(name: str, shape: tuple[int, ...], start: int, file="model.safetensors"):
+    size = 2 * int(np.prod(shape))
+    return TensorInfo(name, shape, "BF16", file, start, start + size)
+
+
+def ckpt(ref: str, tensors: list[TensorInfo], **config) -> Checkpoint:
+    return Checkpoint(ref, Path(ref), "local:x", config, {t.name: t for t in tensors})
+
+
+EMB, HEAD, LAYER = "model.embed_tokens.weight", "lm_head.weight", "model.layers.0.w"
+
+
+def pair(vb: int, vs: int, **kw):
+    base = ckpt("base", [info(EMB, (vb, H), 0), info(HEAD, (vb, H), 1000),
+                         info(LAYER, (H, H), 2000)], vocab_size=vb,
+                tie_word_embeddings=False)
+    sft = ckpt("sft", [info(EMB, (vs, H), 64), info(HEAD, (vs, H), 1064),
+                       info(LAYER, (H, H), 2064)], vocab_size=vs,
+               tie_word_embeddings=False, **kw)
+    return base, sft
+
+
+def test_vocab_resized_rows_narrowed_to_the_shared_ones():
+    """10 shared rows of 12: the SFT's embedding and head keep their first 10 rows,
+    bytes start .. start + 10 x 8."""
+    base, sft = pair(10, 12)
+    before = dict(sft.tensors)
+    change = vocab.align_pair(base, sft)
+    assert change is not None
+    assert (change.base_vocab, change.sft_vocab) == (10, 12)
+    assert change.resized == {EMB: before[EMB], HEAD: before[HEAD]}
+    assert change.tied_head is None
+    assert sft.tensors[EMB] == TensorInfo(EMB, (10, H), "BF16", "model.safetensors",
+                                          64, 64 + 80)
+    assert sft.tensors[HEAD] == TensorInfo(HEAD, (10, H), "BF16", "model.safetensors",
+                                           1064, 1064 + 80)
+    assert sft.tensors[LAYER] == before[LAYER]
+    assert base.tensors[EMB].shape == (10, H)  # the base is never touched
+    assert change.options() == {"base_vocab_size": 10, "sft_vocab_size": 12,
+                                "resized_tensors": [HEAD, EMB],
+                                "tied_head_compared_with": None}
+
+
+@pytest.mark.parametrize("case", ["smaller sft", "another shape", "hidden differs",
+                                  "same", "no sizes"])
+def test_vocab_other_differences_are_left_alone(case):
+    if case == "smaller sft":
+        base, sft = pair(12, 10)
+    elif case == "another shape":
+        base, sft = pair(10, 12)
+        sft.tensors[LAYER] = info(LAYER, (H, H + 1), 2064)
+    elif case == "hidden differs":
+        base, sft = pair(10, 12)
+        sft.tensors[HEAD] = info(HEAD, (12, H + 1), 1064)
+    elif case == "same":
+        base, sft = pair(10, 10)
+    else:
+        base, sft = pair(10, 12)
+        del base.config["vocab_size"]
+    before = dict(sft.tensors), dict(base.tensors)
+    assert vocab.align_pair(base, sft) is None
+    assert (sft.tensors, base.tensors) == before
+
+
+def test_vocab_resized_rows_from_a_bin_file_are_refused():
+    base, sft = pair(10, 12)
+    sft.tensors[EMB] = info(EMB, (12, H), 64, file="pytorch_model.bin")
+    with pytest.raises(CheckpointError,
+                       match=r"resized vocabulary in pytorch_model\.bin"):
+        vocab.align_pair(base, sft)
+
+
+@pytest.mark.parametrize("tied", ["base", "sft"])
+def test_vocab_tied_head_read_as_the_embedding(tied):
+    base, sft = pair(10, 10)
+    side, other = (base, sft) if tied == "base" else (sft, base)
+    del side.tensors[HEAD]
+    del side.config["tie_word_embeddings"]  # the default: tied
+    side.tensors["model.norm.weight"] = info("model.norm.weight", (10, H), 3000)
+    change = vocab.align_pair(base, sft)
+    assert change is not None
+    assert (change.tied_head, change.embedding) == (tied, EMB)
+    assert side.tensors[HEAD] == side.tensors[EMB]
+    assert HEAD in other.tensors and other.tensors[HEAD].name == HEAD
+    assert change.options()["tied_head_compared_with"] == f"{tied}'s {EMB}"
+    assert change.resized == {}
+
+
+def test_vocab_head_left_alone_when_not_tied():
+    base, sft = pair(10, 10)
+    del base.tensors[HEAD]
+    base.config["tie_word_embeddings"] = False
+    assert vocab.align_pair(base, sft) is None
+    assert HEAD not in base.tensors
+
+
+@pytest.mark.parametrize("embeddings", [0, 2])
+def test_vocab_tied_head_needs_one_embedding(embeddings):
+    base, sft = pair(10, 10)
+    del base.tensors[HEAD], base.tensors[EMB], base.config["tie_word_embeddings"]
+    for i in range(embeddings):
+        name = f"model.embed_{i}.weight"
+        base.tensors[name] = info(name, (10, H), 100 * i)
+    base.tensors["model.other.weight"] = info("model.other.weight", (10, H), 900)
+    with pytest.raises(CheckpointError, match=f"{'no' if not embeddings else 2} "
+                       r"embedding tensor\(s\) of shape \[10, 4\]"):
+        vocab.align_pair(base, sft)
+
+
+def test_vocab_tied_head_in_a_bin_file_is_refused():
+    base, sft = pair(10, 10)
+    del base.tensors[HEAD], base.config["tie_word_embeddings"]
+    base.tensors[EMB] = info(EMB, (10, H), 0, file="pytorch_model.bin")
+    with pytest.raises(CheckpointError,
+                       match=r"a tied lm_head in pytorch_model\.bin"):
+        vocab.align_pair(base, sft)
+
+
+# --- LoRA recovery: per-post sums and the rank-r update --------------------------
+
+
+def test_lora_post_rows_sum_each_model_and_each_kl():
+    posts = [SimpleNamespace(post_id=7, site="physics", grp="good", n_tokens=3),
+             SimpleNamespace(post_id=9, site=None, grp=None, n_tokens=2)]
+    res = [SimpleNamespace(logprob={"base": np.array([-1.0, -2.0, -0.5]),
+                                    "sft": np.array([-0.25, -0.5, -0.125])},
+                           shift={"kl_sft_base": np.array([0.5, 0.25, 1.0]),
+                                  "kl_base_sft": np.array([2.0, 4.0, 8.0])}),
+           SimpleNamespace(logprob={"base": np.array([-3.0, -3.0]),
+                                    "sft": np.array([-1.0, -1.5])},
+                           shift={"kl_sft_base": np.array([0.0, 0.125]),
+                                  "kl_base_sft": np.array([16.0, 0.0])})]
+    rows = lora_recovery.post_rows(posts, res, "r1", "planted", "all", 4)
+    assert rows == [
+        {"run_id": "r1", "pair": "planted", "modules": "all", "rank": 4, "post_id": 7,
+         "site": "physics", "grp": "good", "n_tokens": 3, "sum_logprob": -3.5,
+         "sum_logprob_sft": -0.875, "sum_kl_sft_rank": 1.75, "sum_kl_rank_sft": 14.0},
+        {"run_id": "r1", "pair": "planted", "modules": "all", "rank": 4, "post_id": 9,
+         "site": None, "grp": None, "n_tokens": 2, "sum_logprob": -6.0,
+         "sum_logprob_sft": -2.5, "sum_kl_sft_rank": 0.125, "sum_kl_rank_sft": 16.0}]
+    with pytest.raises(ValueError):
+        lora_recovery.post_rows(posts[:1], res, "r1", "planted", "all", 4)
+
+
+def test_lora_rank_r_update_is_numpys_truncated_svd():
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal((6, 9))
+    u, s, vt = np.linalg.svd(d, full_matrices=False)
+    f = object.__new__(lora_recovery.Factors)
+    f.us = {"w": (u * s).astype(np.float32)}
+    f.vt = {"w": vt.astype(np.float32)}
+    t = SimpleNamespace(tensor="w")
+    for r in (1, 2, 6):
+        want = u[:, :r] @ np.diag(s[:r]) @ vt[:r]
+        got = f.update(t, r)
+        assert got.dtype == np.float64 and got.shape == (6, 9)
+        np.testing.assert_allclose(got, want, atol=1e-5 * s[0])
+    # rank 2 is the best rank-2 approximation: its error is sqrt(s_3^2 + ...)
+    assert np.linalg.norm(d - f.update(t, 2)) == pytest.approx(
+        np.sqrt((s[2:] ** 2).sum()), rel=1e-5)
+
+
+# --- directions: helpers of the measures -------------------------------------------
+
+
+def test_directions_inverse_drops_values_below_the_floor():
+    """1/s where s > 1e-13 s_1, else 0 (a vector there has no defined partner)."""
+    got = directions._inverse(np.array([4.0, 0.5, 4e-13 * (1 + 1e-9), 4e-13, 0.0]))
+    np.testing.assert_array_equal(got[[0, 1, 3, 4]], [0.25, 2.0, 0.0, 0.0])
+    assert got[2] == pytest.approx(1 / 4e-13, rel=1e-8)
+    assert directions._inverse(np.array([])).size == 0
+
+
+def test_directions_cosines_are_scipys_principal_angles():
+    rng = np.random.default_rng(3)
+    for r in (1, 3, 6):
+        a = np.linalg.qr(rng.standard_normal((20, r)))[0]
+        b = np.linalg.qr(rng.standard_normal((20, r)))[0]
+        want = np.sort(np.cos(scipy.linalg.subspace_angles(a, b)))[::-1]
+        np.testing.assert_allclose(directions._cosines(a.T @ b), want, atol=1e-12)
+    # rounding can push a cosine past 1, never below 0: clipped to [0, 1]
+    got = directions._cosines(np.diag([1.2, 0.5, 0.0]))
+    np.testing.assert_array_equal(got, [1.0, 0.5, 0.0])
+
+
+def gram_schmidt(g: np.ndarray) -> np.ndarray:
+    """The Q of g = QR with diag(R) > 0, by modified Gram-Schmidt."""
+    q = g.astype(np.float64).copy()
+    for j in range(q.shape[1]):
+        for i in range(j):
+            q[:, j] -= (q[:, i] @ q[:, j]) * q[:, i]
+        q[:, j] /= np.linalg.norm(q[:, j])
+    return q
+
+
+@pytest.mark.parametrize("dim,k", [(7, 3), (30, 30), (50, 1)])
+def test_directions_haar_is_the_positive_diagonal_qr(dim, k):
+    """The null's rotation: QR of a Gaussian matrix with diag(R) > 0 (the QR whose Q
+    is Haar-distributed), from the seed's generator."""
+    got = directions._haar(dim, k, seed=11)
+    want = gram_schmidt(np.random.default_rng(11).standard_normal((dim, k)))
+    np.testing.assert_allclose(got, want, atol=1e-10)
+    assert not np.allclose(directions._haar(dim, k, seed=12), got)
