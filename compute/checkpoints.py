@@ -63,16 +63,19 @@ class Checkpoint:
     config: dict
     tensors: dict[str, TensorInfo]
 
-    def read_array(self, name: str) -> tuple[np.ndarray, str]:
+    def read_array(self, name: str, rows: slice | None = None
+                   ) -> tuple[np.ndarray, str]:
         """(the tensor `name` as a NumPy array, its storage dtype: "bfloat16", ...);
-        a bfloat16 array holds the bits (uint16)."""
+        a bfloat16 array holds the bits (uint16). `rows`: only these rows (first
+        axis; a piece of a matrix split across shards), reading only their bytes."""
         info = self.tensors[name]
         path = self.path / info.file
         if path.suffix == ".bin" and info.dtype in STORAGE:
             try:
-                return read_bin(path, name), STORAGE[info.dtype]
+                arr = read_bin(path, name)
             except BinError as exc:
                 raise CheckpointError(str(exc)) from exc
+            return (arr if rows is None else arr[rows].copy()), STORAGE[info.dtype]
         if info.dtype not in STORAGE:
             raise CheckpointError(
                 f"{path}: tensor {name} is stored as {info.dtype}; sftscope reads "
@@ -83,10 +86,15 @@ class Checkpoint:
             raise CheckpointError(
                 f"{path}: tensor {name} has {info.end - info.start} bytes of data, "
                 f"its shape {list(info.shape)} of {info.dtype} needs {arr.nbytes}")
+        start = info.start
+        if rows is not None:  # the rows' bytes only, into an array of their size
+            first, stop, _ = rows.indices(info.shape[0])
+            start += first * (arr.nbytes // max(info.shape[0], 1))
+            arr = np.empty((stop - first, *info.shape[1:]), arr.dtype)
         view, done = memoryview(arr.reshape(-1).view(np.uint8)), 0
         try:
             with open(path, "rb", buffering=0) as fh:
-                fh.seek(info.start)
+                fh.seek(start)
                 while done < arr.nbytes:
                     got = fh.readinto(view[done:done + READ_CHUNK])
                     if not got:

@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,10 +133,18 @@ class Config:
     dry_run: bool = False  # print the shard plan from the headers, compute nothing
     ray: str | None = None  # every shard as a Ray task ("": a local cluster)
     pairs: list[str] | None = None  # with ray: these known pairs
+    remote: str | None = None  # --out as an object-store URI (out: its staging folder)
 
     @property
     def run_dir(self) -> Path:
         return self.out / self.pair
+
+    @property
+    def results(self) -> str:
+        """Where the pair's results end up: the folder, or its URI on a store."""
+        from compute.results import child
+
+        return child(self.remote, self.pair) if self.remote else str(self.run_dir)
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -161,8 +170,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ap.add_argument("--method", default="gram", choices=METHODS,
                     help="gram: eigenvalues of the fp64 Gram matrix (default); "
                     "svd / svd64: LAPACK svdvals in fp32 / fp64 (reference)")
-    ap.add_argument("--out", type=Path, default=Path("data/runs"),
-                    help="folder for the Parquet results (default data/runs)")
+    ap.add_argument("--out", default="data/runs",
+                    help="folder for the Parquet results (default data/runs), or an "
+                    "object-store URI pyarrow understands (s3://bucket/prefix, "
+                    "gs://..., file:///...; docs/scale.md)")
     ap.add_argument("--db", type=Path, help="warehouse file (default $SFTSCOPE_DB or "
                     "data/warehouse.duckdb)")
     ap.add_argument("--no-load", dest="load", action="store_false",
@@ -254,7 +265,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
         name = a.name or f"{Path(a.base).name}-vs-{Path(a.sft).name}"
     else:
         ap.error("give --pair, or --base and --sft")
-    return Config(pair=name, base=base, sft=sft, out=a.out, db=a.db, device=a.device,
+    from compute.results import is_remote, local_path, staging_dir
+
+    remote = a.out if is_remote(a.out) else None
+    out = staging_dir(remote) if remote else local_path(a.out)
+    return Config(pair=name, base=base, sft=sft, out=out, db=a.db, device=a.device,
                   method=a.method, revision_base=a.revision_base,
                   revision_sft=a.revision_sft, load=a.load, force=a.force,
                   spectra=a.spectra, behaviour=a.behaviour, prompts=a.prompts,
@@ -262,7 +277,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   progress=a.progress, check=a.check, scan=a.scan,
                   vectors=a.vectors, full_basis_max=a.full_basis_max, shard=shard,
                   shards=shard[1] if shard else a.shards, dry_run=a.dry_run,
-                  ray=a.ray, pairs=pairs)
+                  ray=a.ray, pairs=pairs, remote=remote)
 
 
 def torch_build_has_gpu() -> bool:
@@ -382,6 +397,10 @@ def open_manifest(cfg: Config, base: Checkpoint, sft: Checkpoint) -> dict:
     for sub in ("spectra", "behaviour", "directions"):
         shutil.rmtree(cfg.run_dir / sub, ignore_errors=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    if cfg.remote:  # an object store: every shard derives the same id (no lock)
+        from compute.results import run_identity
+
+        stamp = run_identity(want).removeprefix(f"{cfg.pair}-")
     manifest = want | {"run_id": f"{cfg.pair}-{stamp}", "code_version": code_version(),
                        "n_layers": base.n_layers, "kinds": {}}
     save_manifest(cfg, manifest)
@@ -495,21 +514,86 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
     todo = [i for i in range(len(plan.matrices))
             if not spectra_file(cfg.run_dir, i).exists()
             or (want_dirs and not dfiles.done(cfg.run_dir, i))]
+    pieces: dict[int, list[tuple[int, int]]] = {}  # i -> this shard's (piece, of)
+    merging = threading.Lock()
     if cfg.shard is not None:
-        from compute.shards import shard_indices
+        from compute.shards import shard_units
 
-        mine = shard_indices(plan, cfg.shard)
-        todo = [i for i in todo if i in mine]
+        for i, piece, of in shard_units(plan, cfg.shard):
+            pieces.setdefault(i, []).append((piece, of))
+        todo = [i for i in todo if i in pieces]
     if cfg.max_tensors is not None:
         todo = todo[:cfg.max_tensors]
     # largest first, so that the embedding does not finish alone at the end
     todo.sort(key=lambda i: -math.prod(base.tensors[plan.matrices[i]].shape))
     done = len(plan.matrices) - len(todo)
 
+    def common_of(name: str, view, storage: str) -> dict:
+        return {"run_id": run_id, "pair": pair, "base_model": base.ref,
+                "sft_model": sft.ref, "tensor": view.tensor,
+                "layer": view.layer, "module": view.module,
+                "expert": view.expert, "part": view.part, "source_tensor": name,
+                "stored_transposed": view.transposed, "n_rows": view.shape[0],
+                "n_cols": view.shape[1], "storage_dtype": storage,
+                "method": cfg.method, "device": device}
+
+    def rows_of(common: dict, rows: list[dict]) -> tuple[list[dict], list[str]]:
+        """A view's three role rows as raw.spectra rows; their non-finite warnings."""
+        warnings = []
+        for r in rows:
+            r["singular_values"] = r["singular_values"].tolist()
+            if r["n_nonfinite"]:
+                warnings.append(f"{common['tensor']} ({r['role']}: "
+                                f"{r['n_nonfinite']} NaN/Inf)")
+        return [common | r for r in rows], warnings
+
+    def piece(i: int, parts: list[tuple[int, int]]) -> list[str]:
+        """This shard's pieces of tensor i (rows, compute.shards.n_pieces) to
+        spectra/pieces/; the tensor's spectra file once every piece is there."""
+        from compute.checkpoints import STORAGE
+        from compute.shards import manifest_lock, piece_rows
+        from compute.spectra import gram_piece, merge_pieces
+
+        name, of = plan.matrices[i], parts[0][1]
+        folder = cfg.run_dir / "spectra" / "pieces"
+        path = [folder / f"{i:05d}-{p}-of-{of}.npz" for p in range(of)]
+        for p, _ in parts:
+            if path[p].exists():
+                continue  # done before this shard was killed
+            rows = piece_rows(base.tensors[name].shape[0], p, of)
+            (wb, storage), (ws, storage_s) = (base.read_array(name, rows),
+                                              sft.read_array(name, rows))
+            arrays = gram_piece(wb, ws, storage, storage_s)
+            del wb, ws
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{path[p].stem}.tmp{os.getpid()}.npz"
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path[p])
+        # the shard of the last piece merges, once (the lock is per process: its
+        # worker threads take turns first)
+        with merging, manifest_lock(cfg.run_dir):
+            if spectra_file(cfg.run_dir, i).exists() or not all(
+                    f.exists() for f in path):
+                return []
+            storages = tuple(STORAGE[c.tensors[name].dtype] for c in (base, sft))
+            rows = merge_pieces([dict(np.load(f)) for f in path], storages)
+            out, warnings = rows_of(common_of(name, plan.views[name][0],
+                                              storages[0]), rows)
+            write_rows(out, "spectra", spectra_file(cfg.run_dir, i))
+            for f in path:
+                f.unlink(missing_ok=True)
+        return warnings
+
     def one(i: int) -> list[str]:
         """Spectra of tensor i's matrices (compute.naming's views: itself, its fused
         parts, its experts) into one Parquet file; the non-finite warnings."""
         name = plan.matrices[i]
+        parts = pieces.get(i, [(0, 1)])
+        if parts[0][1] > 1:  # a tensor split across shards
+            if torch is None and not want_dirs and not isinstance(sft, Adapter):
+                return piece(i, parts)
+            if not any(p == 0 for p, _ in parts):
+                return []  # the GPU, vectors or an adapter: piece 0's shard does all
         if torch is None:
             (wb, storage), (ws, storage_s) = base.read_array(name), sft.read_array(name)
         else:
@@ -537,19 +621,10 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
             if adapter and sft.exact(name):
                 rows[2]["noise_sigma"] = 0.0  # W_sft = W_base (+ BA): never rounded
             del vb, vs
-            common = {"run_id": run_id, "pair": pair, "base_model": base.ref,
-                      "sft_model": sft.ref, "tensor": view.tensor,
-                      "layer": view.layer, "module": view.module,
-                      "expert": view.expert, "part": view.part, "source_tensor": name,
-                      "stored_transposed": view.transposed, "n_rows": view.shape[0],
-                      "n_cols": view.shape[1], "storage_dtype": storage,
-                      "method": cfg.method, "device": device}
-            for r in rows:
-                r["singular_values"] = r["singular_values"].tolist()
-                if r["n_nonfinite"]:
-                    warnings.append(f"{view.tensor} ({r['role']}: {r['n_nonfinite']} "
-                                    "NaN/Inf)")
-            out += [common | r for r in rows]
+            common = common_of(name, view, storage)
+            view_rows, view_warnings = rows_of(common, rows)
+            out += view_rows
+            warnings += view_warnings
             if want_dirs:
                 for table, recs in dfiles.matrix_rows(common, found).items():
                     tables.setdefault(table, []).extend(recs)

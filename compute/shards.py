@@ -13,7 +13,9 @@ Cost of an m x n matrix: k^2 (m + n) with k = min(m, n) (the Gram of the short s
 k^2 max(m, n) multiply-adds, and its eigensolve, ~k^3), summed over the matrices a
 tensor gives (compute.naming's views: fused parts and experts too). Shards are filled
 largest first, each tensor to the least loaded shard (ties: the lower index), which
-keeps the largest shard within one tensor's cost of the mean.
+keeps the largest shard within one unit's cost of the mean. A tensor larger than the
+mean share is split into pieces of rows (n_pieces), whose partial Grams the last
+piece's shard sums before the eigensolve (compute.spectra.merge_pieces).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -65,10 +68,45 @@ def split(costs: Sequence[float], n: int) -> list[list[int]]:
     return [sorted(p) for p in parts]
 
 
-def shard_indices(plan, shard: tuple[int, int]) -> set[int]:
-    """The indices into plan.matrices that shard (I, N) computes."""
+def n_pieces(plan, n: int) -> list[int]:
+    """Pieces of each of plan.matrices at n shards: 1, or, for a tall matrix taken
+    whole (no fused parts, experts or transposition) whose cost exceeds a shard's
+    mean share, ceil(cost / mean) pieces of rows (each at least as tall as wide).
+    A piece's partial Grams are summed before the eigensolve (compute.spectra.
+    merge_pieces), so the tensor's spectra are those of the whole matrix."""
+    costs = tensor_costs(plan)
+    mean = sum(costs) / n if costs else 0.0
+    out = []
+    for name, cost in zip(plan.matrices, costs, strict=True):
+        v = plan.views[name][0]
+        whole = (len(plan.views[name]) == 1 and v.stack is None and v.rows is None
+                 and not v.transposed and v.shape[0] >= v.shape[1] > 0)
+        out.append(max(1, min(math.ceil(cost / mean), v.shape[0] // v.shape[1]))
+                   if n > 1 and whole and cost > mean else 1)
+    return out
+
+
+def piece_rows(n_rows: int, piece: int, pieces: int) -> slice:
+    """The rows of piece `piece` of `pieces` (balanced, in order)."""
+    return slice(n_rows * piece // pieces, n_rows * (piece + 1) // pieces)
+
+
+def units(plan, n: int) -> tuple[list[tuple[int, int, int]], list[float]]:
+    """The units the n shards share, (tensor index, piece, pieces), and their
+    estimated costs: whole tensors, and the pieces of the ones n_pieces splits."""
+    out, costs = [], []
+    for i, (cost, p) in enumerate(zip(tensor_costs(plan), n_pieces(plan, n),
+                                      strict=True)):
+        out += [(i, j, p) for j in range(p)]
+        costs += [cost / p] * p
+    return out, costs
+
+
+def shard_units(plan, shard: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """The units (tensor index, piece, pieces) that shard (I, N) computes."""
     i, n = shard
-    return set(split(tensor_costs(plan), n)[i])
+    all_units, costs = units(plan, n)
+    return [all_units[k] for k in split(costs, n)[i]]
 
 
 def peak_bytes(m: int, n: int) -> int:
@@ -82,7 +120,7 @@ def peak_bytes(m: int, n: int) -> int:
 def dry_run(plan, n: int) -> dict:
     """The plan of n shards: tensors, estimated cost and peak memory of each; the
     pair's largest matrix and its memory bound. Reads shapes only."""
-    costs = tensor_costs(plan)
+    all_units, costs = units(plan, n)
     parts = split(costs, n)
     views = {name: plan.views[name] for name in plan.matrices}
     shapes = [v.shape for vs in views.values() for v in vs]
@@ -90,17 +128,20 @@ def dry_run(plan, n: int) -> dict:
     total = sum(costs)
     shards = []
     for s, idx in enumerate(parts):
-        names = [plan.matrices[i] for i in idx]
+        mine = [all_units[k] for k in idx]
+        names = list(dict.fromkeys(plan.matrices[i] for i, _, _ in mine))
         shards.append({
-            "shard": f"{s}/{n}", "tensors": len(idx),
+            "shard": f"{s}/{n}", "tensors": len(names),
+            "pieces": sum(p > 1 for _, _, p in mine),
             "matrices": sum(len(views[m]) for m in names),
-            "cost": sum(costs[i] for i in idx),
+            "cost": sum(costs[k] for k in idx),
             "peak_bytes": max((peak_bytes(*v.shape) for m in names for v in views[m]),
                               default=0),
             "first_tensors": names[:3]})
     mean = total / n
     return {"n_shards": n, "n_tensors": len(plan.matrices),
             "n_matrices": len(shapes), "n_vectors": len(plan.vectors),
+            "n_split": sum(p > 1 for p in n_pieces(plan, n)),
             "total_cost": total,
             "balance": max(s["cost"] for s in shards) / mean if total else 1.0,
             "largest_matrix": list(big), "peak_bytes": peak_bytes(*big),
@@ -116,8 +157,12 @@ def print_plan(info: dict, pair: str) -> None:
           f"mean {info['balance']:.3f}")
     print(f"peak device memory: largest matrix {m} x {n}: fp64 {m * n * 8 / gib:.2f} "
           f"GiB + Gram {min(m, n)}^2 x 2 x 8 B = {info['peak_bytes'] / gib:.2f} GiB")
+    if info["n_split"]:
+        print(f"{info['n_split']} tensor(s) larger than a shard's share split into "
+              "pieces of rows (their partial Grams summed before the eigensolve)")
     for s in info["shards"]:
-        print(f"  shard {s['shard']}: {s['tensors']} tensors, {s['matrices']} "
+        pieces = f" ({s['pieces']} of them pieces)" if s["pieces"] else ""
+        print(f"  shard {s['shard']}: {s['tensors']} tensors{pieces}, {s['matrices']} "
               f"matrices, cost {s['cost']:.3e}, peak {s['peak_bytes'] / gib:.2f} GiB"
               f" (e.g. {', '.join(s['first_tensors'])})")
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import itertools
 import math
@@ -513,6 +514,24 @@ def _gram_spectra(wb, ws, storages: tuple[str, str], ops, lowrank=None, eig=None
     upper triangle holds it) and returns the descending singular values
     (compute.directions keeps the eigenvectors there)."""
     t_start = time.perf_counter()
+    sums = _gram_pass(wb, ws, storages, ops, lowrank)
+    return _gram_rows(sums, wb.shape[0] * wb.shape[1], storages, ops, t_start,
+                      lowrank is not None, eig,
+                      lambda i: ops.count_nonfinite(wb, ws, i, storages, lowrank))
+
+
+@dataclasses.dataclass
+class _Sums:
+    """What one blocked pass adds up: the three Grams (upper triangles; a thread's
+    workspace, reused by its next pass), the prepare() counts, each role's seconds."""
+    grams: list
+    nonzero: list[int]
+    subnormal: list[int]
+    pow2_sq: list[float]
+    role_s: list[float]
+
+
+def _gram_pass(wb, ws, storages: tuple[str, str], ops, lowrank=None) -> _Sums:
     m, n = wb.shape
     tall = m >= n
     k, long = (n, m) if tall else (m, n)
@@ -543,31 +562,93 @@ def _gram_spectra(wb, ws, storages: tuple[str, str], ops, lowrank=None, eig=None
             t0 = time.perf_counter()
             ops.syrk_acc(grams[i], x, tall, first=j == 0, scratch=grams[-1])
             role_s[i] += time.perf_counter() - t0
-    numel = m * n
+    return _Sums(grams[:len(ROLES)], nonzero, subnormal, pow2_sq, role_s)
+
+
+def _gram_rows(sums: _Sums, numel: int, storages: tuple[str, str], ops,
+               t_start: float, adapter: bool, eig, nonfinite) -> list[dict]:
+    """The three role rows from a pass's sums: eigenvalues, norms, counts, noise.
+    `nonfinite(i)`: (NaN/Inf entries, zero entries) of role i, asked for only when
+    its Gram's trace is not finite."""
+    nonzero, role_s = list(sums.nonzero), list(sums.role_s)
     rows = []
-    for i, (role, g) in enumerate(zip(ROLES, grams[:len(ROLES)], strict=True)):
+    for i, (role, g) in enumerate(zip(ROLES, sums.grams, strict=True)):
         t0 = time.perf_counter()
         frob_sq = ops.trace(g)
         if math.isfinite(frob_sq):  # squares of finite fp16/bf16/fp32 cannot overflow
             sv, n_nonfinite = (_spectrum(g, ops) if eig is None else eig(i, g)), 0
         else:
             sv, frob_sq = np.array([], dtype=np.float64), float("nan")
-            n_nonfinite, n_zero = ops.count_nonfinite(wb, ws, i, storages, lowrank)
+            n_nonfinite, n_zero = nonfinite(i)
             nonzero[i] = numel - n_zero  # dW: inf - inf, NaN - NaN are not zeros
         role_s[i] += time.perf_counter() - t0
         rows.append(_row(role, sv, frob_sq, numel - nonzero[i], n_nonfinite,
                          role_s[i]))
     shared = (time.perf_counter() - t_start - sum(role_s)) / 3  # reading bits, upcasts
-    for r, dtype in zip(rows, _role_storage(storages, lowrank is not None),
-                        strict=True):
+    for r, dtype in zip(rows, _role_storage(storages, adapter), strict=True):
         r["seconds"] += shared
         r["storage_dtype"] = dtype
-    if lowrank is not None:
+    if adapter:
         rows[2]["noise_sigma"] = 0.0
     elif rows[0]["n_nonfinite"] == 0 and rows[1]["n_nonfinite"] == 0:
-        rows[2]["noise_sigma"] = _noise_from_sums(tuple(pow2_sq), tuple(subnormal),
-                                                  numel, storages)
+        rows[2]["noise_sigma"] = _noise_from_sums(tuple(sums.pow2_sq),
+                                                  tuple(sums.subnormal), numel,
+                                                  storages)
     return rows
+
+
+def gram_piece(w_base: np.ndarray, w_sft: np.ndarray, storage: str,
+               storage_sft: str) -> dict[str, np.ndarray]:
+    """One piece of a tall matrix split by rows (compute.shards): its three partial
+    Grams (upper triangles, (3, k, k) fp64) and counts, as arrays to save; the
+    pieces' sums give the whole matrix's spectra (merge_pieces). CPU, NumPy."""
+    _check_pair(w_base, w_sft)
+    assert w_base.shape[0] >= w_base.shape[1], "pieces split the long side (rows)"
+    storages = (storage, storage_sft)
+    t_start = time.perf_counter()
+    sums = _gram_pass(w_base, w_sft, storages, _NUMPY)
+    grams = np.stack([np.triu(g) for g in sums.grams])  # copies of the workspace
+    # per role: NaN/Inf entries and zeros, counted only where the trace says so
+    counts = [_NUMPY.count_nonfinite(w_base, w_sft, i, storages)
+              if not math.isfinite(float(np.trace(grams[i]))) else (0, -1)
+              for i in range(len(ROLES))]
+    return {"grams": grams, "nonzero": np.array(sums.nonzero, dtype=np.int64),
+            "subnormal": np.array(sums.subnormal, dtype=np.int64),
+            "pow2_sq": np.array(sums.pow2_sq), "counts": np.array(counts, np.int64),
+            "numel": np.array(w_base.size, dtype=np.int64),
+            "role_s": np.array(sums.role_s) + (time.perf_counter() - t_start
+                                               - sum(sums.role_s)) / 3}
+
+
+def merge_pieces(pieces: list[dict], storages: tuple[str, str]) -> list[dict]:
+    """The three role rows of a matrix from its pieces (gram_piece, in row order):
+    the Grams and counts summed, then one eigensolve per role, as array_spectra
+    does for the whole matrix (the sums' rounding differs from one pass's at the
+    level of fp64 rounding, ~1e-16 of the Gram's entries)."""
+    t_start = time.perf_counter()
+    grams = pieces[0]["grams"].copy()
+    for p in pieces[1:]:
+        grams += p["grams"]
+    total = {key: sum(p[key] for p in pieces)
+             for key in ("nonzero", "subnormal", "pow2_sq", "role_s")}
+    numel = int(sum(int(p["numel"]) for p in pieces))
+
+    def nonfinite(i: int) -> tuple[int, int]:
+        """Summed over the pieces; a piece whose part is finite has no NaN/Inf and
+        its zeros are the entries it did not count as nonzero."""
+        out = [0, 0]
+        for p in pieces:
+            n_nf, n_zero = (int(c) for c in p["counts"][i])
+            out[0] += n_nf
+            out[1] += n_zero if n_zero >= 0 else int(p["numel"]) - int(p["nonzero"][i])
+        return out[0], out[1]
+
+    sums = _Sums(list(grams), [int(x) for x in total["nonzero"]],
+                 [int(x) for x in total["subnormal"]],
+                 [float(x) for x in total["pow2_sq"]],
+                 [float(x) for x in total["role_s"]])
+    return _gram_rows(sums, numel, storages, _NUMPY,
+                      t_start - float(sum(total["role_s"])), False, None, nonfinite)
 
 
 def _role_storage(storages: tuple[str, str], adapter: bool) -> tuple[str, str, str]:

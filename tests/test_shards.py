@@ -13,6 +13,7 @@ import random
 import struct
 
 import duckdb
+import numpy as np
 import pytest
 
 from compute import shards
@@ -401,3 +402,72 @@ def test_dry_run_of_hub_ids_reads_only_the_headers(tmp_path):
         assert got[name] == [(0, 7), (8, header_end - 1)], name  # the header only
         assert path.stat().st_size > 100 * header_end  # the data is most of the file
     assert not list(cache.glob("**/*.safetensors"))  # nothing of the weights cached
+
+
+# ---------------------------------------------------------------- pieces
+
+EMBED = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def test_a_tensor_larger_than_a_share_is_split_into_pieces(demo_pair, single,
+                                                           tmp_path):
+    """At N = 16 the planted pair's embedding and head (2048 x 256: 256^2 x 2304 =
+    1.51e8 each) exceed the mean share (1.913e9 / 16 = 1.20e8): each is split into
+    two pieces of 1024 rows whose partial Grams are summed before the eigensolve.
+    The pieces' spectra equal the single run's to fp64 rounding, every other tensor's
+    bit for bit, and the balance is better than with whole tensors."""
+    from compute.checkpoints import pair_plan, resolve
+
+    plan = pair_plan(resolve(str(demo_pair / "base")), resolve(str(demo_pair / "sft")))
+    pieces = dict(zip(plan.matrices, shards.n_pieces(plan, 16), strict=True))
+    assert {k for k, p in pieces.items() if p > 1} == set(EMBED)
+    assert all(pieces[k] == 2 for k in EMBED)
+    assert shards.piece_rows(2048, 1, 2) == slice(1024, 2048)
+    whole = shards.split(shards.tensor_costs(plan), 16)
+    costs = shards.tensor_costs(plan)
+    balance_whole = max(sum(costs[i] for i in p) for p in whole) / (sum(costs) / 16)
+    info = shards.dry_run(plan, 16)
+    assert info["n_split"] == 2 and info["balance"] < balance_whole - 0.1
+    order = list(range(16))
+    random.Random(16).shuffle(order)
+    piece_files = tmp_path / "planted" / "spectra" / "pieces"
+    seen_piece = False
+    for i in order:
+        assert run(demo_pair, tmp_path, "--shard", f"{i}/16") == 0
+        seen_piece |= bool(list(piece_files.glob("*.npz")))
+    assert seen_piece  # a piece waited for the other one's shard
+    assert not list(piece_files.glob("*"))  # merged, then removed
+    got, want = rows(tmp_path / "planted", "spectra"), rows(single, "spectra")
+    cols = duckdb.sql("select * exclude (run_id, seconds) from read_parquet(?)",
+                      params=[[str(next(single.glob(ROWS["spectra"])))]]).columns
+    split = [r for r in got if r[cols.index("tensor")] in EMBED]
+    assert [r for r in got if r not in split] == [
+        r for r in want if r[cols.index("tensor")] not in EMBED]
+    ref = {(r[cols.index("tensor")], r[cols.index("role")]): r for r in want}
+    assert len(split) == 6
+    for r in split:
+        w = ref[r[cols.index("tensor")], r[cols.index("role")]]
+        for c, a, b in zip(cols, r, w, strict=True):
+            if c in ("singular_values", "frobenius_sq", "noise_sigma") and (
+                    b is not None):  # noise_sigma: dW's only
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14 * max(
+                    w[cols.index("singular_values")] or [0]), err_msg=c)
+            else:
+                assert a == b, c
+
+
+@pytest.mark.slow  # 16 shards of the planted pair with singular vectors
+def test_pieces_with_vectors_are_computed_whole_by_the_first_pieces_shard(
+        demo_pair, tmp_path):
+    """Singular vectors need the whole matrix: the shard of piece 0 computes the
+    tensor whole, the other piece's shard skips it; the pair completes."""
+    for i in range(16):
+        assert run(demo_pair, tmp_path, "--shard", f"{i}/16", "--vectors", "2") == 0
+    run_dir = tmp_path / "planted"
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["kinds"]["spectra"]["finished_at"]
+    assert manifest["kinds"]["directions"]["finished_at"]
+    assert not (run_dir / "spectra" / "pieces").exists()
+    n = len(list(run_dir.glob(ROWS["spectra"])))
+    assert n == 44 and len(list((run_dir / "directions" / "vectors").glob(
+        "*.parquet"))) == n
