@@ -317,3 +317,83 @@ def test_directions_haar_is_the_positive_diagonal_qr(dim, k):
     want = gram_schmidt(np.random.default_rng(11).standard_normal((dim, k)))
     np.testing.assert_allclose(got, want, atol=1e-10)
     assert not np.allclose(directions._haar(dim, k, seed=12), got)
+
+
+def f32(rng, m, n, scale=1.0) -> np.ndarray:
+    return (scale * rng.standard_normal((m, n))).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48)])
+def test_directions_measures_of_a_small_pair_against_numpy(shape):
+    """k = 4 on a 48 x 16 and a 16 x 48 float32 pair (r = 16 fills the short side,
+    r = 4 = k the angles): the vectors' signs (short side's largest entry positive)
+    and pairing, the overlap shares, the principal angles (SciPy), the intruders
+    and their null (W_base's left vectors against a Gram-Schmidt Haar rotation) and
+    the rows of dW by norm, all from NumPy's SVD of the float64 values."""
+    rng = np.random.default_rng(4)
+    m, n = shape
+    base = f32(rng, m, n) * np.linspace(1.0, 0.1, n, dtype=np.float32)
+    sft = base + f32(rng, m, n, 0.2) + np.outer(f32(rng, m, 1), f32(rng, 1, n))
+    k, seed = 4, 9
+    _, found = directions.array_directions(base, sft, "float32", k=k, seed=seed,
+                                           full_basis=True, row_changes=True)
+    xb, xs = base.astype(np.float64), sft.astype(np.float64)
+    d = xs - xb
+    short_left = m < n
+    for role, x in (("base", xb), ("sft", xs), ("delta", d)):
+        u, s = np.linalg.svd(x, full_matrices=False)[:2]
+        vals, left = found.vectors[role]["left"]
+        _, right = found.vectors[role]["right"]
+        np.testing.assert_allclose(vals, s[:k], rtol=1e-9)
+        np.testing.assert_allclose(np.einsum("ij,ik,kj->j", left, x, right), s[:k],
+                                   rtol=1e-8)
+        np.testing.assert_allclose(np.abs(left.T @ u[:, :k]), np.eye(k), atol=1e-6)
+        short = left if short_left else right
+        assert (short[np.abs(short).argmax(0), np.arange(k)] > 0).all(), role
+    ub, _, vbt = np.linalg.svd(xb, full_matrices=False)
+    ud, _, vdt = np.linalg.svd(d, full_matrices=False)
+    us = np.linalg.svd(xs, full_matrices=False)[0]
+    total = (d ** 2).sum()
+    want_overlap = []
+    for side, basis, dim in (("left", ub, m), ("right", vbt.T, n)):
+        for r in (1, 4, 16):
+            proj = basis[:, :r].T @ d if side == "left" else d @ basis[:, :r]
+            want_overlap.append((side, r, (proj ** 2).sum() / total, r / dim))
+    got = sorted((o["side"], o["r"], o["share"], o["random_share"])
+                 for o in found.overlap)
+    assert [g[:2] for g in got] == [w[:2] for w in sorted(want_overlap)]
+    for g, w in zip(got, sorted(want_overlap), strict=True):
+        assert g[2] == pytest.approx(w[2], abs=1e-9) and g[3] == w[3], g
+    got = {(a["side"], a["r"]): a["cosines"] for a in found.angles}
+    assert sorted(got) == [("left", 1), ("left", 4), ("right", 1), ("right", 4)]
+    for side, b, dd in (("left", ub, ud), ("right", vbt.T, vdt.T)):
+        for r in (1, 4):
+            want = np.sort(np.cos(scipy.linalg.subspace_angles(b[:, :r],
+                                                               dd[:, :r])))[::-1]
+            np.testing.assert_allclose(got[(side, r)], want, atol=1e-7)
+    q = gram_schmidt(np.random.default_rng(seed).standard_normal((m, k)))
+    assert [i["j"] for i in found.intruders] == [1, 2, 3, 4]
+    np.testing.assert_allclose([i["singular_value"] for i in found.intruders],
+                               np.linalg.svd(xs, compute_uv=False)[:k], rtol=1e-9)
+    np.testing.assert_allclose([i["max_cos"] for i in found.intruders],
+                               np.abs(ub.T @ us[:, :k]).max(0), atol=1e-7)
+    np.testing.assert_allclose([i["null_max_cos"] for i in found.intruders],
+                               np.abs(ub.T @ q).max(0), atol=1e-7)
+    norms = np.linalg.norm(d, axis=1)
+    order = np.argsort(-norms, kind="stable")
+    assert [c["token_id"] for c in found.row_changes] == order.tolist()
+    assert [c["rank"] for c in found.row_changes] == list(range(1, m + 1))
+    np.testing.assert_allclose([c["score"] for c in found.row_changes], norms[order],
+                               rtol=1e-9)
+
+
+def test_directions_of_an_unchanged_matrix_have_no_measures():
+    """dW = 0: no overlap or angles (no energy to share), intruders all cosine 1."""
+    rng = np.random.default_rng(6)
+    w = f32(rng, 20, 8)
+    _, found = directions.array_directions(w, w.copy(), "float32", k=3,
+                                           full_basis=True)
+    assert found.overlap == [] and found.angles == [] and found.row_changes == []
+    np.testing.assert_allclose([i["max_cos"] for i in found.intruders], 1.0,
+                               atol=1e-9)
+    assert all(i["max_cos"] <= 1.0 for i in found.intruders)

@@ -74,7 +74,7 @@ def test_gd_reference_is_the_papers_closed_form(beta):
 def test_gd_omega_reference_against_the_papers_cubic_fit():
     """The paper's fit omega(beta) ~ 0.56 beta^3 - 0.95 beta^2 + 1.82 beta + 1.43
     (the one the marts use) against the derived omega: within 0.4% on
-    0.05 <= beta <= 1, where it was fitted (measured: 0.38% at beta = 0.12), and
+    0.05 <= beta <= 1 (measured: at most 0.38%, at beta = 0.12), and
     drifting to 1.1% at beta = 0.001 (an embedding's aspect ratio is ~0.006: 0.9%)."""
     def cubic(b):
         return 0.56 * b**3 - 0.95 * b**2 + 1.82 * b + 1.43

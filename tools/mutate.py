@@ -115,18 +115,19 @@ PYTHON_TARGETS = [
     ("compute/spectra.py", ("_noise_from_sums",),
      ("tests/test_spectra_accuracy.py", "-k", "noise_sigma")),
     ("compute/behaviour.py", ("token_stats", "drift_sums"),
-     ("tests/test_core_math.py", "-k", "token_stats or drift")),
+     ("tests/test_token_stats.py",)),
     ("compute/shards.py", ("matrix_cost", "split", "peak_bytes", "dry_run"),
      ("tests/test_core_math.py", "-k", "shard")),
     ("compute/vocab.py", ("align_pair", "_tie", "_embedding"),
      ("tests/test_core_math.py", "-k", "vocab")),
     ("compute/lora_recovery.py", ("post_rows", "update"),
      ("tests/test_core_math.py", "-k", "lora")),
-    ("compute/directions.py", ("_inverse", "_cosines", "_haar"),
+    # the measures from the vectors: signs, overlap shares, principal angles,
+    # intruders and their null, row changes (the rest of gram_directions, the
+    # vectors themselves, is tests/test_directions.py's, tens of seconds a run)
+    ("compute/directions.py", ("_inverse", "_cosines", "_haar",
+                               "gram_directions:frob_d = rows[2]"),
      ("tests/test_core_math.py", "-k", "directions")),
-    # the measures (overlap shares, principal angles, intruders) from the vectors
-    ("compute/directions.py", ("gram_directions:frob_d = rows[2]",),
-     ("tests/test_directions.py", "-k", "measures or planted")),
 ]
 # a mutant that loops forever while it allocates stops here, not in the machine's
 # memory (the time limit catches the others)
@@ -151,9 +152,18 @@ def copy_tree() -> None:
             shutil.copy2(src, dst)
 
 
-def pytest(args: tuple[str, ...], timeout: float) -> tuple[int, str]:
+def memory_limit() -> list[str]:
+    prlimit = shutil.which("prlimit")
+    return [prlimit, f"--as={MEMORY_LIMIT}"] if prlimit else []
+
+
+def pytest(args: tuple[str, ...], timeout: float, limit_memory: bool = False
+           ) -> tuple[int, str]:
+    """(exit status or -1 on timeout, the output's last line); `limit_memory`: for
+    a mutant of Python code (DuckDB under dbt reserves more address space)."""
     env = dict(os.environ, PYTHONPATH=str(TREE), DBT_SEND_ANONYMOUS_USAGE_STATS="false")
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *args]
+    cmd = [*(memory_limit() if limit_memory else []), sys.executable, "-m", "pytest",
+           "-x", "-q", "-p", "no:cacheprovider", *args]
     try:
         proc = subprocess.run(cmd, cwd=TREE, env=env, capture_output=True, text=True,
                               timeout=timeout, check=False)
@@ -180,7 +190,7 @@ def run_sql(mutants: list[Mutant], timeout: float) -> list[tuple[Mutant, str]]:
             path.write_text(text.replace(m.old, m.new))
             t0 = time.monotonic()
             try:
-                rc, tail = pytest(m.tests, timeout)
+                rc, tail = pytest(m.tests, timeout, m.path.endswith(".py"))
             finally:
                 path.write_text(text)
             outcome = "timeout" if rc == -1 else "killed" if rc in (1, 2) else (
@@ -245,11 +255,44 @@ def cosmic_ray_env() -> Path:
     return bin_
 
 
+def session_results(bin_: Path, session: Path) -> list[dict]:
+    return json.loads(subprocess.run(
+        [str(bin_ / "python"), "-c", RESULTS, str(session)], cwd=TREE, check=True,
+        capture_output=True, text=True).stdout)
+
+
+def replay_survivors(bin_: Path, session: Path, module: str, tests: tuple[str, ...],
+                     limit: float) -> list[dict]:
+    """The last session's results with its survivors run again against today's
+    tests: each survivor's diff (its removed lines -> its added lines) applied to
+    the module as the tree holds it now, so lines that moved do not matter; a
+    survivor whose lines are gone is 'stale' and counted as surviving."""
+    results = session_results(bin_, session)
+    mutants = []
+    for r in results:
+        if r["killed"]:
+            continue
+        lines = r["diff"].splitlines()
+        hunk = lines[next((i for i, ln in enumerate(lines) if ln.startswith("@@")),
+                          len(lines)) + 1:]  # context lines keep the text unique
+        old = "\n".join(ln[1:] for ln in hunk if ln[:1] in " -")
+        new = "\n".join(ln[1:] for ln in hunk if ln[:1] in " +")
+        mutants.append((r, Mutant(f"{module}:{r['line']} {r['operator']}", module,
+                                  old, new, tests)))
+    print(f"{module}: {len(mutants)} survivors of the last session run again",
+          flush=True)
+    outcomes = run_sql([m for _, m in mutants], limit)
+    for (r, _), (_, outcome) in zip(mutants, outcomes, strict=True):
+        r["killed"] = outcome in ("killed", "timeout") or outcome.startswith("error")
+    return results
+
+
 def run_python(timeout: float, pick: str = "", rerun: bool = False
                ) -> tuple[int, int, list[str]]:
     """cosmic-ray on each PYTHON_TARGETS entry, only on the selected functions' lines
     (cr-filter-lines): (killed, total, survivor diffs). `rerun`: only the mutants
-    that survived the target's last session (after new tests), the others kept."""
+    that survived the target's last session (after new tests), the others kept
+    (replay_survivors)."""
     bin_ = cosmic_ray_env()
     killed = total = 0
     survivors = []
@@ -263,13 +306,12 @@ def run_python(timeout: float, pick: str = "", rerun: bool = False
             sys.exit(f"the tests fail without any mutant ({' '.join(tests)}): {tail}")
         # a mutant that loops forever is caught by the time limit: a few baselines
         limit = min(timeout, max(30.0, 4 * (time.monotonic() - t0)))
-        slug = f"{module.replace('/', '_').removesuffix('.py')}_{functions[0]}"
+        slug = (f"{module.replace('/', '_').removesuffix('.py')}_"
+                f"{functions[0].partition(':')[0]}")
         config, session = WORK / f"{slug}.toml", WORK / f"{slug}.sqlite"
-        prlimit = shutil.which("prlimit")
         test_command = " ".join([
-            *([prlimit, f"--as={MEMORY_LIMIT}"] if prlimit else []), sys.executable,
-            "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-            *(f"'{t}'" for t in tests)])
+            *memory_limit(), sys.executable, "-m", "pytest", "-x", "-q", "-p",
+            "no:cacheprovider", *(f"'{t}'" for t in tests)])
         lines = ", ".join(f'"{a}-{b}"' for a, b in spans)
         config.write_text(
             "[cosmic-ray]\n"
@@ -281,34 +323,18 @@ def run_python(timeout: float, pick: str = "", rerun: bool = False
             'name = "local"\n'
             "[cosmic-ray.filters.line-filter]\n"
             f'lines = {{ "{module}" = [{lines}] }}\n')
-        steps = [["cosmic-ray", "init", str(config), str(session)],
-                 ["cr-filter-lines", "--config", str(config), str(session)],
-                 ["cosmic-ray", "exec", str(config), str(session)]]
-        source = (TREE / module).read_text()
-        kept = session.with_suffix(".py")  # the module as the session mutates it
-        if rerun and session.exists() and kept.exists() and kept.read_text() != source:
-            sys.exit(f"{module} changed since its last session: run it whole")
+        env = dict(os.environ, PYTHONPATH=str(TREE))
         if rerun and session.exists():
-            import sqlite3
-
-            con = sqlite3.connect(session)  # a survivor's result gone: pending again
-            with con:
-                n = con.execute("delete from work_results "
-                                "where test_outcome = 'SURVIVED'").rowcount
-            con.close()
-            print(f"{module}: {n} survivors of the last session run again", flush=True)
-            steps = steps[2:]
+            results = replay_survivors(bin_, session, module, tests, limit)
         else:
             session.unlink(missing_ok=True)
-            kept.write_text(source)
-        env = dict(os.environ, PYTHONPATH=str(TREE))
-        for step in steps:
-            print(f"{module}: {step[0]} {step[1]}", flush=True)
-            subprocess.run([str(bin_ / step[0]), *step[1:]], cwd=TREE, env=env,
-                           check=True)
-        results = json.loads(subprocess.run(
-            [str(bin_ / "python"), "-c", RESULTS, str(session)], cwd=TREE, check=True,
-            capture_output=True, text=True).stdout)
+            for step in (["cosmic-ray", "init", str(config), str(session)],
+                         ["cr-filter-lines", "--config", str(config), str(session)],
+                         ["cosmic-ray", "exec", str(config), str(session)]):
+                print(f"{module}: {step[0]} {step[1]}", flush=True)
+                subprocess.run([str(bin_ / step[0]), *step[1:]], cwd=TREE, env=env,
+                               check=True)
+            results = session_results(bin_, session)
         k = sum(r["killed"] for r in results)
         killed, total = killed + k, total + len(results)
         survivors += [f"{r['module']}:{r['line']} {r['operator']}\n{r['diff']}"
