@@ -3,12 +3,15 @@
     from app_lib.db import query
     df = query("select * from marts.dim_pairs where pair = ?", ["7B"])
 
-Every call opens its own `read_only` connection to the warehouse's published snapshot
-(ingest.snapshot: writers never wait for the app, nor the app for them), runs one
-query and closes it before returning. Where no snapshot is fresh it reads the file
+Every call opens its own `read_only` connection to the warehouse's current published
+snapshot (ingest.snapshot: writers never wait for the app, nor the app for them),
+runs one query and closes it before returning. Once the warehouse has a snapshot the
+app never opens the warehouse file itself; `notice()` says when the warehouse changed
+after its snapshot (every page shows it, with the command that publishes it). Only
+without a snapshot (none published yet, or SFTSCOPE_SNAPSHOTS=0) does it read the file
 itself, so ingest and `dbt run` (which cannot open the file while any other process
-holds it) can take the file between two queries. When a writer holds the file, the
-open is retried a bounded number of times (`ATTEMPTS`, with a doubling pause) and
+holds it) can take the file between two queries; when a writer holds the file then,
+the open is retried a bounded number of times (`ATTEMPTS`, with a doubling pause) and
 then `WarehouseBusy` is raised; the page says so and offers a retry.
 
 All connections share one configuration, `APP_CONFIG`: external access off (no file
@@ -41,7 +44,7 @@ from ingest import snapshot
 from ingest.warehouse import WarehouseBusy, db_path, lock_holder
 
 __all__ = ["APP_CONFIG", "ATTEMPTS", "LIMITS", "Limits", "WarehouseBusy", "WarehouseMissing", "connect",
-           "query", "retry_count", "source"]
+           "notice", "query", "retry_count", "source"]
 
 ATTEMPTS = int(os.environ.get("SFTSCOPE_APP_ATTEMPTS", "5"))
 FIRST_PAUSE_S = 0.2
@@ -105,12 +108,13 @@ class WarehouseMissing(FileNotFoundError):
 
 
 def source() -> tuple[str, int]:
-    """(path, change stamp) of what the app reads: the warehouse's published snapshot
-    (ingest.snapshot), or the file itself where none is fresh. It is the cache key of
+    """(path, change stamp) of what the app reads: the warehouse's current snapshot
+    (ingest.snapshot), or the file itself where it has none. It is the cache key of
     every query, and every query of one page run reads that same file, so a page
     shows one state of the warehouse; a new snapshot (or a change of the file or its
     WAL) invalidates cached results."""
-    path = snapshot.reader_path(db_path()).resolve()
+    primary = db_path()
+    path = (snapshot.reader_path(primary) if primary.exists() else primary).resolve()
     stamp = 0
     for p in (path, path.with_name(path.name + ".wal")):
         try:
@@ -119,6 +123,13 @@ def source() -> tuple[str, int]:
             continue
         stamp += st.st_mtime_ns + st.st_size
     return str(path), stamp
+
+
+def notice() -> snapshot.Notice | None:
+    """What the page should say about the snapshot it reads: that the warehouse is
+    being written, or changed after its last snapshot (and how to publish it); None
+    when the snapshot holds all of it or there is none (snapshot.notice)."""
+    return snapshot.notice(db_path())
 
 
 def retry_count() -> int:
@@ -146,9 +157,9 @@ def connect(path: str | os.PathLike | None = None, *, attempts: int | None = Non
     `attempts` lock errors in a row.
     """
     primary = Path(path) if path is not None else db_path()
+    if not primary.exists():
+        raise WarehouseMissing(f"warehouse {primary} does not exist yet")
     path = snapshot.reader_path(primary)
-    if not path.exists():
-        raise WarehouseMissing(f"warehouse {path} does not exist yet")
     attempts = ATTEMPTS if attempts is None else max(1, attempts)
     pause = FIRST_PAUSE_S
     for attempt in range(1, attempts + 1):
@@ -159,9 +170,9 @@ def connect(path: str | os.PathLike | None = None, *, attempts: int | None = Non
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             if not _is_busy(exc):
                 raise
-            published = snapshot.current(primary)
-            if published is not None and published != path:
-                path = published  # a writer has the file: read its last snapshot
+            published = snapshot.reader_path(primary)
+            if published != path:  # published meanwhile: read that, not the file
+                path = published
                 continue
             if attempt == attempts:
                 raise WarehouseBusy(

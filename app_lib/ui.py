@@ -54,9 +54,15 @@ def load(fn: Callable[..., T], *args, **kwargs) -> T:
 
 def warehouse() -> tuple[str, int]:
     """The warehouse's cache key; stops the page with instructions if it is
-    missing."""
+    missing, and says so when the warehouse changed after the snapshot the page
+    reads (app_lib.db.notice)."""
     src = q.source()
     load(q.relations, src)
+    note = db.notice()
+    if note is not None and note.writing:
+        st.info(note.text, icon=":material/sync:")
+    elif note is not None:
+        st.warning(note.text, icon=":material/history:")
     return src
 
 

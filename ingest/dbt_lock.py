@@ -24,7 +24,6 @@ connect (a missing folder, a damaged file) waits as long.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 from typing import Any
 
@@ -79,5 +78,4 @@ class Plugin(BasePlugin):
             conn.create_function("sftscope_publish",
                                  lambda: str(snapshot.publish_file(path)), [],
                                  "VARCHAR", side_effects=True)
-            atexit.register(snapshot.after_close, path)  # dbt has closed the file
 

@@ -6,7 +6,8 @@ One row per (pair, role, step): the training loss of the step, the held-out loss
 where they were evaluated, the learning rate and the tokens seen. The file is checked
 before anything is written (an error names the file, the line and the column); the
 load is one transaction that replaces the pair's earlier rows, so loading twice gives
-the same rows and a failure leaves the warehouse as it was.
+the same rows and a failure leaves the warehouse as it was; after it, the warehouse is
+published to its readers (ingest.snapshot).
 
 Exit status: 0 loaded; 2 the file is unusable (named in the message); 3 the warehouse
 is held by another process (nothing changed: run it again later).
@@ -23,9 +24,11 @@ from pathlib import Path
 
 import duckdb
 
+from ingest import snapshot
 from ingest.warehouse import (
     WarehouseBusy,
     connect,
+    db_path,
     ensure_raw_schema,
     replace_pair_rows,
 )
@@ -112,6 +115,7 @@ def load_log(path: str | Path, pair: str, db: str | Path | None = None) -> int:
             with contextlib.suppress(duckdb.Error):  # a dead connection rolls back too
                 con.execute("rollback")
             raise
+        snapshot.publish_or_warn(con, db_path(db))  # what readers see from now on
     return n
 
 

@@ -20,6 +20,7 @@ import contextlib
 import importlib.metadata
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,9 +51,11 @@ def _is_lock_error(exc: Exception) -> bool:
 def lock_holder(exc: Exception) -> str:
     """'PID n (command line)' of the process a DuckDB lock error names."""
     m = re.search(r"\(PID (\d+)\)", str(exc))
-    if not m:
-        return "another process"
-    pid = m.group(1)
+    return describe_pid(int(m.group(1))) if m else "another process"
+
+
+def describe_pid(pid: int) -> str:
+    """'PID n (command line)'."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         return f"PID {pid} ({cmd.strip()[:120]})"
@@ -79,13 +82,17 @@ def connect(
     writes each one while the next is still being parsed). The connection is closed
     on exit. A `read_only` connection to a warehouse of another release's raw layout
     raises SchemaError naming the command that upgrades it (`check=False`: don't);
-    writers call `ensure_raw_schema`, which upgrades it.
+    writers call `ensure_raw_schema`, which upgrades it. A `read_only` connection
+    reads the warehouse's current snapshot where it has one (ingest.snapshot), and
+    says on stderr when the warehouse changed after it (`snapshot.notice`).
     """
     path = primary = db_path(path)
     if read_only and not path.exists():
         raise FileNotFoundError(f"warehouse {path} does not exist yet")
     if read_only:  # readers read the published snapshot (ingest.snapshot)
         path = snapshot.reader_path(path)
+        if path != primary and (note := snapshot.notice(primary)) is not None:
+            print(f"{'note' if note.writing else 'warning'}: {note.text}", file=sys.stderr)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     timeout_s = LOCK_TIMEOUT_S if timeout_s is None else timeout_s
@@ -98,9 +105,9 @@ def connect(
         except duckdb.IOException as exc:
             if not _is_lock_error(exc):
                 raise
-            published = snapshot.current(primary) if read_only else None
-            if published is not None and published != path:
-                path = published  # a writer has the file: read its last snapshot
+            published = snapshot.reader_path(primary) if read_only else path
+            if published != path:  # published meanwhile: read that, not the file
+                path = published
                 continue
             if time.monotonic() >= deadline:
                 raise WarehouseBusy(
@@ -117,8 +124,6 @@ def connect(
         yield con
     finally:
         con.close()
-        if not read_only:
-            snapshot.after_close(path)
 
 
 def _open(path: Path, read_only: bool, config: dict, row_group_size: int | None):

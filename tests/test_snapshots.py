@@ -1,6 +1,8 @@
 """Readers apart from writers (ingest/snapshot.py): the app reads the published
 snapshot, so a writer never waits for it and it never waits for a writer, and a page
-sees one committed state: the one before a build or the one after, never a mix."""
+sees one committed state: the one before a build or the one after, never a mix. Once
+there is a snapshot, readers never read the file itself; a change nothing published
+is shown as the last snapshot and a notice naming `python -m ingest.snapshot`."""
 
 from __future__ import annotations
 
@@ -56,6 +58,8 @@ def page(path: Path) -> tuple[int, ...]:
     """What a page does: fix the source once, then one query per table."""
     src, _ = db.source()
     assert Path(src).parent.parent == snapshot.root(path)  # a snapshot, not the file
+    note = db.notice()  # a publishing writer's work never reads as unpublished
+    assert note is None or note.writing, note
     return tuple(int(db.query(f"select max(k) as k from marts.{t}", path=src)["k"][0])
                  for t in TABLES)
 
@@ -103,13 +107,13 @@ def test_an_open_reader_does_not_block_a_writer(wh):
     assert db.query("select max(k) as k from marts.a", path=wh)["k"][0] == 2
 
 
-def test_a_writer_holding_the_file_does_not_block_readers(wh, monkeypatch):
-    monkeypatch.setattr(snapshot, "CLOSE_SLACK_NS", 0)  # its write counts at once
+def test_a_writer_holding_the_file_does_not_block_readers(wh, monkeypatch, capsys):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]);"
          " c.execute('create or replace table marts.b as select 9 as k');"
          " print('held', flush=True); time.sleep(60)", str(wh)],
         stdout=subprocess.PIPE, text=True)
+    monkeypatch.setenv("SFTSCOPE_DB", str(wh))
     try:
         assert holder.stdout.readline().strip() == "held"
         before = db.retry_count()
@@ -118,12 +122,77 @@ def test_a_writer_holding_the_file_does_not_block_readers(wh, monkeypatch):
         assert time.monotonic() - started < 2 and db.retry_count() == before
         with warehouse.connect(wh, read_only=True, timeout_s=1) as con:  # ad hoc
             assert con.execute("select max(k) from marts.b").fetchone() == (1,)
+        note = db.notice()
+        assert note.writing and f"PID {holder.pid}" in note.text
     finally:
         holder.kill()
         holder.wait()
-    # Written without publishing, and free again: readers read the file itself.
-    assert not snapshot.is_fresh(wh, snapshot.current(wh))
+    # Written without publishing (its commit is in the WAL) and free again: readers
+    # still read the snapshot, never the file, and are told how to publish it.
+    assert (snapshot.root(wh) / "current").exists()
+    capsys.readouterr()
+    with db.connect(wh) as reader:  # the file stays free for writers meanwhile
+        assert reader.execute("select max(k) from marts.b").fetchone() == (1,)
+        with warehouse.connect(wh, timeout_s=1):
+            pass
+    note = db.notice()
+    assert note is not None and not note.writing
+    assert "changed after its last snapshot" in note.text
+    assert f"python -m ingest.snapshot --db {wh}" in note.text
+    with warehouse.connect(wh, read_only=True) as con:  # compute.summary's way in
+        assert con.execute("select max(k) from marts.b").fetchone() == (1,)
+    assert f"warning: {note.text}" in capsys.readouterr().err
+    # Publishing it by hand: readers see the change, and nothing more is said.
+    out = subprocess.run([sys.executable, "-m", "ingest.snapshot", "--db", str(wh)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "published" in out.stdout, out.stderr
     assert db.query("select max(k) as k from marts.b", path=wh)["k"][0] == 9
+    assert db.notice() is None
+
+
+def test_a_change_checkpointed_without_publishing_is_noticed(wh):
+    """A `duckdb` shell that wrote and closed: the WAL is gone, the header is new."""
+    with duckdb.connect(str(wh)) as con:
+        con.execute("create or replace table marts.c as select 7 as k")
+    assert not wh.with_name(wh.name + ".wal").exists()
+    assert snapshot.changed_since(wh, snapshot.current(wh))
+    assert db.query("select max(k) as k from marts.c", path=wh)["k"][0] == 1
+    # Opening, checkpointing and closing with nothing to write is no change.
+    with warehouse.connect(wh) as con:
+        snapshot.publish(con, wh)
+    for read_only in (True, False):
+        with duckdb.connect(str(wh), read_only=read_only) as con:
+            con.execute("checkpoint" if not read_only else "select 1")
+    assert not snapshot.changed_since(wh, snapshot.current(wh))
+    assert snapshot.notice(wh) is None
+
+
+def test_the_app_says_the_warehouse_changed_after_its_snapshot(wh, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("SFTSCOPE_DB", str(wh))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    assert not at.exception and not at.warning
+    with duckdb.connect(str(wh)) as con:
+        con.execute("create or replace table marts.a as select 5 as k")
+    at.run()
+    assert not at.exception
+    assert any("changed after its last snapshot" in w.value
+               and "python -m ingest.snapshot" in w.value for w in at.warning)
+
+
+def test_publishing_keeps_the_writers_lock(wh):
+    """The copy is read in another process: closing the file in the writer's would
+    drop DuckDB's lock, and a second writer could open the file alongside."""
+    with warehouse.connect(wh) as con:
+        con.execute("create or replace table marts.a as select 2 as k")
+        snapshot.publish(con, wh)
+        assert snapshot.writer(wh) == os.getpid()
+        other = subprocess.run(
+            [sys.executable, "-c", "import duckdb, sys; duckdb.connect(sys.argv[1])",
+             str(wh)], capture_output=True, text=True, timeout=60)
+        assert other.returncode != 0 and "lock" in other.stderr, other.stderr
+    assert snapshot.writer(wh) is None and snapshot.notice(wh) is None
 
 
 def test_old_snapshots_are_pruned_after_their_grace(wh, monkeypatch):
@@ -143,6 +212,12 @@ def test_snapshots_off(wh, monkeypatch, tmp_path):
     with warehouse.connect(other) as con:
         assert snapshot.publish(con, other) is None
     assert not snapshot.root(other).exists()
+    # Readers read the file itself then, even where snapshots were published before.
+    with warehouse.connect(wh) as con:
+        con.execute("create or replace table marts.a as select 3 as k")
+        assert snapshot.publish(con, wh) is None
+    assert db.query("select max(k) as k from marts.a", path=wh)["k"][0] == 3
+    assert snapshot.notice(wh) is None
 
 
 def dbt(path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -161,7 +236,7 @@ def test_dbt_publishes_after_a_good_run_and_not_after_a_failed_one(tmp_path):
     ok = dbt(path, "run", "--select", "stg_stackexchange__tags")
     assert ok.returncode == 0, ok.stdout[-3000:]
     first = snapshot.current(path)
-    assert first is not None and snapshot.is_fresh(path, first)
+    assert first is not None and snapshot.notice(path) is None  # dbt has closed it
     with duckdb.connect(str(first), read_only=True) as con:
         assert con.execute("select count(*) from staging.stg_stackexchange__tags"
                            ).fetchone() == (3,)
@@ -170,3 +245,5 @@ def test_dbt_publishes_after_a_good_run_and_not_after_a_failed_one(tmp_path):
     bad = dbt(path, "run", "--select", "stg_stackexchange__tags")
     assert bad.returncode == 1
     assert snapshot.current(path) == first  # the last good state stays published
+    note = snapshot.notice(path)  # ... and readers are told the file changed since
+    assert note is not None and not note.writing
