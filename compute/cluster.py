@@ -36,13 +36,13 @@ def shard_task(argv: list[str], cwd: str) -> str:
     return argv[argv.index("--shard") + 1]
 
 
-def task_argv(argv: Sequence[str]) -> list[str]:
-    """`argv` without the options the driver handles (DRIVER_OPTIONS)."""
+def task_argv(argv: Sequence[str], keep: Sequence[str] = ()) -> list[str]:
+    """`argv` without the options the driver handles (DRIVER_OPTIONS), but `keep`."""
     out, rest = [], list(argv)
     while rest:
         arg = rest.pop(0)
         name = arg.split("=", 1)[0]
-        if name not in DRIVER_OPTIONS:
+        if name not in DRIVER_OPTIONS or name in keep:
             out.append(arg)
         elif "=" not in arg and (DRIVER_OPTIONS[name] or (
                 DRIVER_OPTIONS[name] is None and rest
@@ -57,11 +57,12 @@ def jobs(pairs: Sequence[tuple[str, list[str]]], n_shards: int) -> list[list[str
             for _, argv in pairs for i in range(n_shards)]
 
 
-def run_tasks(argvs: list[list[str]], *, address: str | None = None, gpus: bool = False,
-              progress: bool = True, task: Callable = shard_task) -> None:
+def run_tasks(argvs: list[list[str]], *, address: str | None = None,
+              gpus: bool | Sequence[bool] = False, progress: bool = True,
+              task: Callable = shard_task) -> None:
     """Every argv as a Ray task, retried up to MAX_RETRIES times; one progress bar.
     Joins the running Ray session, or starts one (`address`: an existing cluster,
-    None: a local one)."""
+    None: a local one). `gpus`: whether the tasks (or each task) take a GPU."""
     try:
         import ray
     except ImportError:
@@ -71,9 +72,11 @@ def run_tasks(argvs: list[list[str]], *, address: str | None = None, gpus: bool 
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
     remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=True,
-                        num_gpus=1 if gpus else 0, num_cpus=1)(task)
+                        num_cpus=1)(task)
+    per_task = [gpus] * len(argvs) if isinstance(gpus, bool) else list(gpus)
     cwd = os.getcwd()
-    pending = [remote.remote(argv, cwd) for argv in argvs]
+    pending = [remote.options(num_gpus=1 if g else 0).remote(argv, cwd)
+               for argv, g in zip(argvs, per_task, strict=True)]
     with tqdm(total=len(pending), unit="task", desc="shards", disable=not progress,
               dynamic_ncols=True) as bar:
         while pending:
@@ -82,29 +85,36 @@ def run_tasks(argvs: list[list[str]], *, address: str | None = None, gpus: bool 
             bar.update(len(done))
 
 
-def main(cfg, argv: list[str], pair_names: list[str] | None, address: str | None,
-         ) -> int:
-    """compute.run --ray: the pairs' shards as tasks, then their loads, in order."""
-    names = pair_names or [cfg.pair]
+def main(cfg, argv: list[str], entries: list | None, address: str | None) -> int:
+    """compute.run --ray: the pairs' shards as tasks, then their loads, in order.
+    `entries`: the pairs of --pairs (compute.pairlist.Entry), None: cfg's pair."""
     base_argv = task_argv(argv)
-    pairs = [(n, [*base_argv, "--pair", n] if pair_names or "--base" not in base_argv
-              else base_argv) for n in names]
-    gpus = cfg.device == "cuda" or (cfg.device == "auto"
-                                    and _cluster_has_gpus(address))
+    if entries:
+        pairs = [(e.name, [*base_argv, *e.argv]) for e in entries]
+        devices = [e.device or cfg.device for e in entries]
+    else:
+        pairs = [(cfg.pair, base_argv if "--base" in base_argv
+                  else [*base_argv, "--pair", cfg.pair])]
+        devices = [cfg.device]
+    has_gpus = "auto" in devices and _cluster_has_gpus(address)
+    gpus = [d == "cuda" or (d == "auto" and has_gpus)
+            for d in devices for _ in range(cfg.shards)]
+    root = cfg.remote or str(cfg.out)
     try:
         run_tasks(jobs(pairs, cfg.shards), address=address, gpus=gpus,
                   progress=cfg.progress)
     except Exception as exc:  # a task failed every retry: its message says which
-        print(f"error: {exc}\nFinished parts are kept in {cfg.out}; run the same "
+        print(f"error: {exc}\nFinished parts are kept in {root}; run the same "
               "command again to resume.", file=sys.stderr)
         return 2
     if not cfg.load:
         return 0
+    from compute.results import child
     from ingest.compute_load import load_or_explain
 
-    for name in names:
-        code = load_or_explain(Path(cfg.out) / name, cfg.db,
-                               done="loaded into the warehouse")
+    for name, _ in pairs:
+        where = child(cfg.remote, name) if cfg.remote else Path(cfg.out) / name
+        code = load_or_explain(where, cfg.db, done=f"{name}: loaded into the warehouse")
         if code:
             return code
     return 0

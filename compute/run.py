@@ -22,6 +22,7 @@ import functools
 import gc
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -132,7 +133,7 @@ class Config:
     shards: int = 1  # with dry_run: the number of parts to plan
     dry_run: bool = False  # print the shard plan from the headers, compute nothing
     ray: str | None = None  # every shard as a Ray task ("": a local cluster)
-    pairs: list[str] | None = None  # with ray: these known pairs
+    pairs: list | None = None  # --pairs (compute.pairlist.Entry); pair: the first
     remote: str | None = None  # --out as an object-store URI (out: its staging folder)
 
     @property
@@ -217,7 +218,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
                     help="run every (pair, shard) as a Ray task on the cluster at "
                     "ADDRESS (a local one without), then load (compute.cluster; pip "
                     'install -e ".[cluster]")')
-    ap.add_argument("--pairs", metavar="A,B,...", help="with --ray: these known pairs")
+    ap.add_argument("--pairs", metavar="A,B,... | FILE.toml",
+                    help="these pairs instead of one: known pairs' names, or a TOML "
+                    "file of [[pair]] tables (name, base, sft, options; "
+                    "compute.pairlist); as Ray tasks with --ray, else one after another")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the plan (tensors and estimated cost per shard, peak "
                     "device memory) from the headers; compute and write nothing")
@@ -235,14 +239,18 @@ def parse_args(argv: list[str] | None = None) -> Config:
                      "delete OUT/<pair> instead")
     if a.shards < 1:
         ap.error("--shards must be >= 1")
-    pairs = a.pairs.split(",") if a.pairs else None
-    if pairs:
-        if a.ray is None or a.pair or a.base or a.sft:
-            ap.error("--pairs goes with --ray, instead of --pair or --base/--sft")
-        unknown = [p for p in pairs if p not in PAIRS and p not in LOCAL_PAIRS]
-        if unknown:
-            ap.error(f"--pairs: unknown {', '.join(unknown)}")
-        a.pair = pairs[0]
+    pairs = None
+    if a.pairs:
+        from compute.pairlist import PairsError, parse
+
+        if a.pair or a.base or a.sft:
+            ap.error("--pairs goes instead of --pair or --base/--sft")
+        try:
+            pairs = parse(a.pairs, PAIRS | {k: (str(d / "base"), str(d / "sft"))
+                                            for k, d in LOCAL_PAIRS.items()})
+        except PairsError as exc:
+            ap.error(str(exc))
+        a.base, a.sft, a.name = pairs[0].base, pairs[0].sft, pairs[0].name
     if a.ray is not None and a.shard:
         ap.error("--ray runs every shard: give --shards N, not --shard")
     if a.vectors is not None and a.vectors < 0:
@@ -441,7 +449,7 @@ def auto_vectors(plan: Plan, device: str) -> int:
 
 
 def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
-                    manifest: dict, device: str) -> None:
+                    manifest: dict, device: str, store=None) -> None:
     """Spectra of every matrix, one Parquet file per tensor (a killed run resumes).
 
     On a CPU, tensors are spread over worker threads (one per core, up to
@@ -449,6 +457,8 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
     tensors at once than by one multi-threaded eigensolve, and the reading of one
     overlaps the arithmetic of the other. The largest tensors start first; the 1-D
     tensors are done on this thread meanwhile (it only waits otherwise).
+    `store` (compute.results.Store): an object store the files are uploaded to as
+    they are finished; a file counts as done when it is here or there.
     """
     import math
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -492,7 +502,7 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
 
     def vectors() -> None:
         vec_path = cfg.run_dir / "spectra" / "vectors.parquet"
-        if vec_path.exists() or (cfg.shard is not None and cfg.shard[0] != 0):
+        if have(vec_path) or (cfg.shard is not None and cfg.shard[0] != 0):
             return  # shards: part 0 does the 1-D tensors
         rows, layout = [], Layout(base.config)
         for name in plan.vectors:
@@ -511,9 +521,13 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
                        cfg.run_dir / "spectra" / "added_tokens.parquet")
         write_rows(rows, "vectors", vec_path)
 
-    todo = [i for i in range(len(plan.matrices))
-            if not spectra_file(cfg.run_dir, i).exists()
-            or (want_dirs and not dfiles.done(cfg.run_dir, i))]
+    have = store.has if store is not None else Path.exists
+
+    def is_done(i: int) -> bool:
+        return have(spectra_file(cfg.run_dir, i)) and not (
+            want_dirs and not have(dfiles.path(cfg.run_dir, "vectors", i)))
+
+    todo = [i for i in range(len(plan.matrices)) if not is_done(i)]
     pieces: dict[int, list[tuple[int, int]]] = {}  # i -> this shard's (piece, of)
     merging = threading.Lock()
     if cfg.shard is not None:
@@ -558,7 +572,7 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         folder = cfg.run_dir / "spectra" / "pieces"
         path = [folder / f"{i:05d}-{p}-of-{of}.npz" for p in range(of)]
         for p, _ in parts:
-            if path[p].exists():
+            if have(path[p]):
                 continue  # done before this shard was killed
             rows = piece_rows(base.tensors[name].shape[0], p, of)
             (wb, storage), (ws, storage_s) = (base.read_array(name, rows),
@@ -569,17 +583,25 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
             tmp = folder / f".{path[p].stem}.tmp{os.getpid()}.npz"
             np.savez(tmp, **arrays)
             os.replace(tmp, path[p])
+            if store is not None:  # before looking for the others' pieces
+                store.push([path[p]])
         # the shard of the last piece merges, once (the lock is per process: its
         # worker threads take turns first)
         with merging, manifest_lock(cfg.run_dir):
-            if spectra_file(cfg.run_dir, i).exists() or not all(
-                    f.exists() for f in path):
+            if store is not None:  # other machines' pieces: as the store has them
+                store.listing("spectra")
+            if have(spectra_file(cfg.run_dir, i)) or not all(have(f) for f in path):
                 return []
+            if store is not None:
+                store.fetch(path)
             storages = tuple(STORAGE[c.tensors[name].dtype] for c in (base, sft))
             rows = merge_pieces([dict(np.load(f)) for f in path], storages)
             out, warnings = rows_of(common_of(name, plan.views[name][0],
                                               storages[0]), rows)
             write_rows(out, "spectra", spectra_file(cfg.run_dir, i))
+            if store is not None:  # the spectra file replaces the pieces there too
+                store.push([spectra_file(cfg.run_dir, i)])
+                store.delete(path)
             for f in path:
                 f.unlink(missing_ok=True)
         return warnings
@@ -649,7 +671,12 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    bad[pending.pop(fut)] = fut.result()  # re-raises a worker's error
+                    i = pending.pop(fut)
+                    bad[i] = fut.result()  # re-raises a worker's error
+                    if store is not None:  # the files of tensor i, its marker last
+                        store.push([spectra_file(cfg.run_dir, i), *(
+                            dfiles.path(cfg.run_dir, t, i)
+                            for t in (*dfiles.TABLES, "vectors"))])
                     bar.update(1)
             bar.close()
         finally:  # an error or ^C: start nothing new; running tensors finish
@@ -659,8 +686,12 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
     for b in bad_list:
         print(f"warning: non-finite entries in {b}; its spectrum is left empty",
               file=sys.stderr)
-    if (cfg.run_dir / "spectra" / "vectors.parquet").exists() and all(
-            spectra_file(cfg.run_dir, i).exists() for i in range(len(plan.matrices))):
+    if store is not None:  # what this shard made is there: what do the others have?
+        store.push(cfg.run_dir / "spectra" / n for n in ("vectors.parquet",
+                                                         "added_tokens.parquet"))
+        store.listing()
+    if have(cfg.run_dir / "spectra" / "vectors.parquet") and all(
+            have(spectra_file(cfg.run_dir, i)) for i in range(len(plan.matrices))):
         manifest["kinds"]["spectra"] |= {
             "finished_at": now(), "device": device,
             "dtype": "fp64 gram" if cfg.method == "gram" else cfg.method,
@@ -670,8 +701,10 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
                         "nonfinite_tensors": bad_list, "numpy": np.__version__,
                         "torch": torch.__version__ if torch else None,
                         "workers": workers}}
-        if want_dirs and all(dfiles.done(cfg.run_dir, i)
+        if want_dirs and all(have(dfiles.path(cfg.run_dir, "vectors", i))
                              for i in range(len(plan.matrices))):
+            if store is not None:  # the token labels read every tensor's vectors
+                store.pull(["directions/rows", "directions/vectors"])
             dfiles.finish(cfg.run_dir, manifest, sft, plan, device)
         save_manifest(cfg, manifest)
 
@@ -685,7 +718,7 @@ def default_window(base: Checkpoint, sft: Checkpoint, cap: int = 1024) -> int:
 
 
 def run_behaviour_half(cfg: Config, base: Checkpoint, sft: Checkpoint, manifest: dict,
-                       device: str) -> None:
+                       device: str, store=None) -> None:
     from compute.behaviour import load_prompts, run_behaviour
 
     source = cfg.prompts
@@ -706,11 +739,18 @@ def run_behaviour_half(cfg: Config, base: Checkpoint, sft: Checkpoint, manifest:
     started = manifest["kinds"].get("behaviour", {}).get("started_at") or now()
     manifest["kinds"]["behaviour"] = {"started_at": started, "finished_at": None}
     save_manifest(cfg, manifest)
-    options = run_behaviour(base.path, sft.path, prompts, cfg.run_dir,
-                            run_id=manifest["run_id"], pair=cfg.pair,
-                            device=device, batch_size=cfg.batch_size,
-                            window=cfg.window or default_window(base, sft),
-                            progress=cfg.progress, share=cfg.shard)
+    score = functools.partial(
+        run_behaviour, base.path, sft.path, prompts, cfg.run_dir,
+        run_id=manifest["run_id"], pair=cfg.pair, device=device,
+        batch_size=cfg.batch_size, window=cfg.window or default_window(base, sft),
+        progress=cfg.progress, share=cfg.shard)
+    options = score()
+    if store is not None and options.get("n_posts_pending"):
+        # other machines' parts: upload this one's, fetch theirs, count again (this
+        # part is done: nothing is scored)
+        store.push_all("behaviour")
+        store.pull(["behaviour"])
+        options["n_posts_pending"] = score()["n_posts_pending"]
     pending = options.get("n_posts_pending", 0)
     if pending:  # shards: the part that finds every post done marks it finished
         print(f"behaviour: {pending} post(s) of other shards are not done yet",
@@ -733,6 +773,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
+    if cfg.pairs and (cfg.ray is None or cfg.dry_run):
+        from compute.pairlist import one_after_another
+
+        return one_after_another(sys.argv[1:] if argv is None else argv, cfg.pairs,
+                                 main)
     if cfg.ray is not None and not cfg.dry_run:
         from compute.cluster import main as on_ray
 
@@ -783,14 +828,29 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exc:  # another compute.run holds this pair's folder
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        from compute.results import ResultsError
+
         try:
             with (manifest_lock(cfg.run_dir) if cfg.shard
                   else contextlib.nullcontext()):  # shards: the first one creates it
                 manifest = open_manifest(cfg, base, sft)
+            store = None
+            if cfg.remote:  # an object store: claim the prefix, pull what it has
+                from compute.results import attach
+
+                store = attach(cfg.results, cfg.run_dir, manifest, force=cfg.force)
             if cfg.spectra:
-                compute_spectra(cfg, base, sft, plan, manifest, device)
+                compute_spectra(cfg, base, sft, plan, manifest, device, store=store)
             if cfg.behaviour and cfg.max_tensors is None:  # shards: their posts
-                run_behaviour_half(cfg, base, sft, manifest, device)
+                run_behaviour_half(cfg, base, sft, manifest, device, store=store)
+            if store is not None:  # the files, then the records of finished kinds
+                store.push_all()
+                store.publish_kinds(manifest)
+        except (ResultsError, OSError) as exc:  # the store refused, or is unreachable
+            print(f"error: {exc}\nResults so far are kept in {cfg.run_dir} (and "
+                  f"under {cfg.results}); nothing was loaded into the warehouse.",
+                  file=sys.stderr)
+            return 2
         except CheckpointError as exc:
             print(f"error: {exc}\nResults so far are kept in {cfg.run_dir}; nothing "
                   "was loaded into the warehouse.", file=sys.stderr)
@@ -807,7 +867,8 @@ def main(argv: list[str] | None = None) -> int:
         kinds = [k for k, v in manifest["kinds"].items() if v.get("finished_at")]
         if cfg.shard is not None:  # one load, once every part is there
             print(f"shard {cfg.shard[0]}/{cfg.shard[1]} done; when all "
-                  f"{cfg.shard[1]} are: python -m ingest.compute_load {cfg.run_dir}")
+                  f"{cfg.shard[1]} are: python -m ingest.compute_load "
+                  f"{shlex.quote(cfg.results)}")
         elif cfg.load and kinds and cfg.max_tensors is None:
             from ingest.compute_load import load_or_explain
 
@@ -815,7 +876,7 @@ def main(argv: list[str] | None = None) -> int:
                                    done="loaded into the warehouse")
             if code:
                 return code
-    print(f"done in {time.perf_counter() - t0:.1f} s; results in {cfg.run_dir}")
+    print(f"done in {time.perf_counter() - t0:.1f} s; results in {cfg.results}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Load a compute run's Parquet files into the warehouse.
 
     python -m ingest.compute_load data/runs/7B [--db data/warehouse.duckdb]
+    python -m ingest.compute_load s3://bucket/runs/7B   # an object-store URI
 
 compute.run calls this itself; run it by hand for results made on another machine
 (`compute.run --no-load`). One transaction: the pair's earlier rows of each loaded
@@ -18,11 +19,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 
+from compute.results import (
+    BULKY,
+    ResultsError,
+    Store,
+    is_remote,
+    local_path,
+    with_records,
+)
 from ingest import snapshot
 from ingest.warehouse import (
     connect,
@@ -51,19 +62,54 @@ class LoadError(RuntimeError):
 
 
 def _manifest(run_dir: Path) -> dict:
+    """run.json, with the kinds/<kind>.json records of a run made on an object
+    store (compute.results) beside it."""
     path = run_dir / "run.json"
     if not path.exists():
         raise LoadError(f"{run_dir}: no run.json; not a compute.run output folder")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LoadError(f"{path}: not valid JSON ({exc})") from exc
+    files = [path, *sorted((run_dir / "kinds").glob("*.json"))]
+    docs = []
+    for f in files:
+        try:
+            docs.append(json.loads(f.read_text()))
+        except json.JSONDecodeError as exc:
+            raise LoadError(f"{f}: not valid JSON ({exc})") from exc
+    return with_records(docs[0], [(f.stem, d) for f, d in zip(files[1:], docs[1:],
+                                                              strict=True)])
+
+
+@contextlib.contextmanager
+def fetched(uri: str) -> Iterator[Path]:
+    """An object-store run's loadable files (not the singular vectors) in a
+    temporary folder, downloaded whole."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sftscope-load-") as tmp:
+        try:
+            store = Store(uri, Path(tmp))
+            if not store.exists("run.json"):
+                raise LoadError(f"{uri}: no run.json; not a compute.run output folder")
+            store.fetch([Path(tmp, "run.json")])
+            store.pull(skip=(*BULKY, "directions/rows/"))
+            store.fetch(Path(tmp, k) for k in store.listing("kinds"))
+        except ResultsError as exc:
+            raise LoadError(str(exc)) from exc
+        except OSError as exc:
+            raise LoadError(f"{uri}: cannot read the results ({exc})") from exc
+        yield Path(tmp)
 
 
 def load_run(run_dir: str | Path, db: str | Path | None = None,
              kinds: list[str] | None = None) -> dict[str, int]:
-    """Replace the pair's rows of each finished kind; returns rows per raw table."""
-    run_dir = Path(run_dir)
+    """Replace the pair's rows of each finished kind; returns rows per raw table.
+    `run_dir`: a folder, or an object-store URI (compute.results)."""
+    if is_remote(run_dir):
+        with fetched(str(run_dir)) as local:
+            try:
+                return load_run(local, db, kinds)
+            except LoadError as exc:  # name the URI, not the temporary copy
+                raise LoadError(str(exc).replace(str(local), str(run_dir))) from exc
+    run_dir = local_path(run_dir)
     manifest = _manifest(run_dir)
     try:
         pair, run_id = manifest["pair"], manifest["run_id"]
@@ -144,8 +190,10 @@ def load_or_explain(run_dir: str | Path, db: str | Path | None = None,
     """`load_run`, reporting the outcome for a person: 0 loaded, 2 unusable input,
     3 warehouse busy, 130 interrupted; never a traceback for these. The message of
     each failure says that the warehouse was not changed and what to do."""
-    run_dir = Path(run_dir)
-    again = f"python -m ingest.compute_load {run_dir}" + (f" --db {db}" if db else "")
+    if not is_remote(run_dir):
+        run_dir = local_path(run_dir)
+    again = f"python -m ingest.compute_load {shlex.quote(str(run_dir))}" + (
+        f" --db {db}" if db else "")
     return load_reported(lambda: load_run(run_dir, db, kinds), run_dir, again,
                          (LoadError,), done or f"loaded {run_dir} into {db_path(db)}")
 
@@ -153,7 +201,8 @@ def load_or_explain(run_dir: str | Path, db: str | Path | None = None,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ingest.compute_load",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", type=Path, help="a compute.run output folder (OUT/<pair>)")
+    ap.add_argument("run_dir", help="a compute.run output folder (OUT/<pair>), or its "
+                    "object-store URI (s3://bucket/runs/<pair>, ...)")
     ap.add_argument("--db", type=Path, help="warehouse (default $SFTSCOPE_DB or "
                     "data/warehouse.duckdb)")
     ap.add_argument("--kind", action="append", choices=list(KIND_TABLES),
