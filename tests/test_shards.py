@@ -202,7 +202,7 @@ BEHAVIOUR = ("token_logprobs", "token_shift", "residual_drift", "post_texts")
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    """A tiny generated pair, 9 prompts (one of them empty: no tokens, skipped) and a
+    """A tiny generated pair, 7 prompts (one of them empty: no tokens, skipped) and a
     single run's behaviour files, one post per batch (a post's numbers then do not
     depend on which posts share its batch, so shards must match them exactly)."""
     from compute.demo import build_pair
@@ -210,7 +210,7 @@ def scored(tmp_path_factory):
 
     work = tmp_path_factory.mktemp("scored")
     pair = build_pair(work / "pair", SPEC)
-    df = prompts(9)
+    df = prompts(7)
     df.loc[4, "text"] = ""
     df.to_parquet(work / "prompts.parquet")
     assert score(pair, work / "prompts.parquet", work / "single") == 0
@@ -251,11 +251,11 @@ def test_behaviour_shards_in_any_order_give_the_rows_of_a_single_run(scored, n,
         mine = post_ids((run_dir / "behaviour" / "post_texts").glob(f"s{i}-{n}-*"))
         assert mine and not mine & seen  # each part scores posts of its own
         seen |= mine
-    assert len(seen) == 8  # 9 prompts, the empty one skipped
+    assert len(seen) == 6  # 7 prompts, the empty one skipped
     for table in BEHAVIOUR:
         assert behaviour_rows(run_dir, table) == behaviour_rows(single, table)
     opts = manifest["kinds"]["behaviour"]["options"]
-    assert opts["n_posts"] == 8 and opts["n_posts_pending"] == 0
+    assert opts["n_posts"] == 6 and opts["n_posts_pending"] == 0
 
 
 def test_behaviour_share_is_balanced_by_tokens():
