@@ -34,6 +34,7 @@ The loader reads run.json and the kinds/*.json records beside it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -152,10 +153,22 @@ class Store:
 
     def put_bytes(self, rel: str, data: bytes) -> None:
         """One object of `data`, whole or not at all: every byte is in memory before
-        the stream opens, and the stream is closed (the upload completed) only after
-        the write returned; an error leaves the upload uncompleted."""
-        stream = self.fs.open_output_stream(self._key(rel))
-        stream.write(data)
+        the stream opens, and the upload is completed (the stream closed) only after
+        the write returned. pyarrow completes the upload of a stream that is dropped
+        unclosed, so when the write fails the stream is closed and what it made is
+        deleted before the error goes on: no partial object stays."""
+        key = self._key(rel)
+        stream = None
+        try:
+            stream = self.fs.open_output_stream(key)
+            stream.write(data)
+        except BaseException:
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    stream.close()
+                with contextlib.suppress(Exception):
+                    self.fs.delete_file(key)
+            raise
         stream.close()
         self.known.add(rel)
 

@@ -1,0 +1,278 @@
+"""Results under an object-store URI (compute.results), against a real S3 API: moto's
+server in a process of its own on localhost, reached by pyarrow's S3FileSystem
+(endpoint_override, scheme http, dummy credentials); no internet.
+
+Shards run as on separate machines (each its own staging folder, so they share only
+the bucket), in any order: the load from the bucket holds the rows of a single local
+run; tensors split into pieces across machines and the singular vectors' token labels
+(made from every shard's files) come out the same; a shard failing midway leaves only
+whole objects, and an upload that fails leaves none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import duckdb
+import numpy as np
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from compute import results
+from compute.demo import PairSpec, build_pair
+from compute.run import main
+from ingest.compute_load import load_or_explain
+
+# a vocabulary large next to the blocks: at 3 shards embed_tokens and lm_head are
+# each split into 2 pieces of rows (compute.shards.n_pieces)
+WIDE = PairSpec(hidden=64, intermediate=160, layers=2, heads=2, kv_heads=1, vocab=4096)
+TINY = PairSpec(hidden=32, intermediate=64, layers=2, heads=2, kv_heads=1, vocab=256)
+VOLATILE = "run_id, seconds"
+
+
+class S3:
+    """moto's S3 server on localhost and the URI options that reach it."""
+
+    def __init__(self, port: int):
+        self.query = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+        self.fs, _ = pafs.FileSystem.from_uri(
+            f"s3://bkt?{self.query}&allow_bucket_creation=true")
+
+    def root(self, prefix: str) -> str:
+        return f"s3://bkt/{prefix}?{self.query}"
+
+    def keys(self, prefix: str) -> dict[str, int]:
+        """key -> size of every object under bkt/prefix."""
+        infos = self.fs.get_file_info(pafs.FileSelector(
+            f"bkt/{prefix}", recursive=True, allow_not_found=True))
+        return {i.path: i.size for i in infos if i.type == pafs.FileType.File}
+
+
+@pytest.fixture(scope="module")
+def s3():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                               "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_EC2_METADATA_DISABLED": "true"}.items():
+            mp.setenv(key, value)
+        try:
+            for _ in range(300):  # the server starts in a second or two
+                with contextlib.suppress(OSError):
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    break
+                time.sleep(0.1)
+            store = S3(port)
+            store.fs.create_dir("bkt")
+            yield store
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def run(pair, out, *extra, name: str = "p") -> int:
+    return main(["--base", str(pair[0]), "--sft", str(pair[1]), "--name", name,
+                 "--out", str(out), "--no-load", "--skip-behaviour", "--no-progress",
+                 *extra])
+
+
+def machine(monkeypatch, tmp_path, name: str) -> None:
+    """The next run works in a staging folder of its own, as on another machine."""
+    monkeypatch.setenv("SFTSCOPE_STAGING", str(tmp_path / "machines" / name))
+
+
+def loaded(db, table: str, drop: str = VOLATILE) -> list[tuple]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return sorted(con.sql(f"select * exclude ({drop}) from raw.{table}")
+                      .fetchall(), key=repr)
+
+
+def single(pair, tmp_path, *extra) -> str:
+    """A plain local run of the pair, loaded into a warehouse of its own."""
+    db = tmp_path / "single.duckdb"
+    assert run(pair, tmp_path / "single", *extra) == 0
+    assert load_or_explain(tmp_path / "single" / "p", db) == 0
+    return db
+
+
+@pytest.mark.s3
+def test_shards_on_three_machines_load_the_rows_of_a_single_run(s3, tmp_path,
+                                                                monkeypatch):
+    pair = build_pair(tmp_path / "pair", WIDE)
+    root = s3.root("wide")
+    for i in (2, 0, 1):  # any order, each on its own machine
+        machine(monkeypatch, tmp_path, f"m{i}")
+        assert run(pair, root, "--vectors", "0", "--shard", f"{i}/3") == 0
+        keys = s3.keys("wide/p")
+        assert ("bkt/wide/p/kinds/spectra.json" in keys) == (i == 1)  # the last
+    assert not [k for k in keys if "/pieces/" in k]  # merged, and removed there
+    assert not [k for k in keys if k.rsplit("/", 1)[1].startswith(".")]
+    record = json.loads(s3.fs.open_input_stream("bkt/wide/p/run.json").read())
+    assert record["run_id"] == results.run_identity(
+        {k: record[k] for k in results.IDENTITY})  # derived, no lock taken
+    db = tmp_path / "s3.duckdb"
+    assert load_or_explain(results.child(root, "p"), db) == 0
+    want = single(pair, tmp_path, "--vectors", "0")
+    assert loaded(db, "vector_changes", "run_id") == loaded(want, "vector_changes",
+                                                            "run_id")
+    # the pieces' spectra (summed partial Grams) equal the whole's to fp64 rounding,
+    # every other row bit for bit
+    floats = "singular_values, frobenius_sq, noise_sigma"
+    got, ref = (loaded(d, "spectra", f"{VOLATILE}, {floats}") for d in (db, want))
+    assert got == ref and len(got) == 3 * 16  # 7 per block, embed, lm_head
+    sql = f"select tensor, role, {floats} from raw.spectra order by tensor, role"
+    with duckdb.connect(str(db), read_only=True) as a, duckdb.connect(
+            str(want), read_only=True) as b:
+        assert a.sql("select count(distinct run_id) from raw.spectra").fetchall() == [
+            (1,)]
+        for x, y in zip(a.sql(sql).fetchall(), b.sql(sql).fetchall(), strict=True):
+            assert x[:2] == y[:2]
+            for u, v in zip(x[2:], y[2:], strict=True):
+                if v is None:
+                    assert u is None
+                else:
+                    np.testing.assert_allclose(u, v, rtol=1e-12,
+                                               atol=1e-14 * max(y[2] or [0]))
+
+
+@pytest.mark.s3
+@pytest.mark.slow  # singular vectors and token labels on two machines
+def test_directions_of_shards_on_two_machines(s3, tmp_path, monkeypatch):
+    pair = build_pair(tmp_path / "pair", TINY)
+    root = s3.root("dirs")
+    for i in (1, 0):
+        machine(monkeypatch, tmp_path, f"m{i}")
+        assert run(pair, root, "--vectors", "3", "--shard", f"{i}/2") == 0
+    db = tmp_path / "s3.duckdb"
+    assert load_or_explain(results.child(root, "p"), db) == 0
+    want = single(pair, tmp_path, "--vectors", "3")
+    for table in ("direction_overlap", "intruders", "direction_tokens"):
+        assert loaded(db, table, "run_id") == loaded(want, table, "run_id")
+        assert loaded(db, table, "run_id")
+    keys = s3.keys("dirs/p")
+    assert "bkt/dirs/p/kinds/directions.json" in keys
+    assert len([k for k in keys if "/directions/vectors/" in k]) == 16
+
+
+@pytest.mark.s3
+def test_a_shard_failing_midway_leaves_whole_objects_and_resumes(s3, tmp_path,
+                                                                 monkeypatch):
+    import compute.spectra
+
+    pair = build_pair(tmp_path / "pair", TINY)
+    root = s3.root("fail")
+    real, calls = compute.spectra.array_spectra, []
+
+    def dies_on_the_sixth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("the machine died")
+        return real(*args, **kwargs)
+
+    machine(monkeypatch, tmp_path, "first")
+    monkeypatch.setattr(compute.spectra, "array_spectra", dies_on_the_sixth)
+    with pytest.raises(RuntimeError, match="died"):
+        run(pair, root, "--vectors", "0")
+    monkeypatch.setattr(compute.spectra, "array_spectra", real)
+    keys = s3.keys("fail/p")
+    parts = [k for k in keys if "/spectra/0" in k]
+    assert 0 < len(parts) < 16 and "bkt/fail/p/kinds/spectra.json" not in keys
+    for key in keys:  # each object whole: a readable Parquet file (or the JSON)
+        with s3.fs.open_input_file(key) as fh:
+            if key.endswith(".parquet"):
+                assert pq.read_metadata(fh).num_rows >= 0
+            else:
+                json.loads(fh.read())
+    machine(monkeypatch, tmp_path, "second")  # resumes from the bucket's keys
+    put, uploaded = results.Store.put_bytes, []
+
+    def recorded(self, rel, data):
+        uploaded.append(f"bkt/fail/p/{rel}")
+        return put(self, rel, data)
+
+    monkeypatch.setattr(results.Store, "put_bytes", recorded)
+    assert run(pair, root, "--vectors", "0") == 0
+    assert not set(parts) & set(uploaded)  # the finished parts were not redone
+    assert len([k for k in uploaded if "/spectra/0" in k]) == 16 - len(parts)
+    db = tmp_path / "s3.duckdb"
+    assert load_or_explain(results.child(root, "p"), db) == 0
+    assert loaded(db, "spectra") == loaded(single(pair, tmp_path, "--vectors", "0"),
+                                           "spectra")
+
+
+@pytest.mark.s3
+def test_an_upload_that_fails_leaves_no_object(s3, tmp_path):
+    """pyarrow completes the upload of a stream dropped unclosed: the store deletes
+    what a failed write made."""
+    store = results.Store(s3.root("broken"), tmp_path)
+
+    class Cut:  # the connection drops after half of the bytes went out
+        def __init__(self, stream):
+            self.stream = stream
+
+        def write(self, data):
+            self.stream.write(data[:len(data) // 2])
+            raise OSError("connection reset")
+
+        def close(self):
+            self.stream.close()
+
+    class Flaky:
+        def __init__(self, fs):
+            self.fs = fs
+
+        def open_output_stream(self, key):
+            return Cut(self.fs.open_output_stream(key))
+
+        def __getattr__(self, name):
+            return getattr(self.fs, name)
+
+    store.fs = Flaky(store.fs)
+    with pytest.raises(OSError, match="reset"):
+        store.put_bytes("spectra/00000.parquet", b"x" * 1000)
+    assert s3.keys("broken") == {}
+    store.fs = store.fs.fs
+    store.put_bytes("spectra/00000.parquet", b"x" * 1000)
+    assert s3.keys("broken") == {"bkt/broken/spectra/00000.parquet": 1000}
+
+
+@pytest.mark.s3
+def test_a_prefix_of_another_run_is_refused_and_force_starts_over(s3, tmp_path,
+                                                                 monkeypatch, capsys):
+    first = build_pair(tmp_path / "a", TINY)
+    other = build_pair(tmp_path / "b", PairSpec(**{**TINY.__dict__, "seed": 5}))
+    root = s3.root("taken")
+    machine(monkeypatch, tmp_path, "m")
+    assert run(first, root, "--vectors", "0") == 0
+    n = len(s3.keys("taken/p"))
+    assert run(other, root, "--vectors", "0") == 2
+    err = capsys.readouterr().err
+    assert "run.json?" in err and "is a run of other inputs" in err
+    assert "--force" in err
+    assert len(s3.keys("taken/p")) == n  # nothing changed there
+    assert run(other, root, "--vectors", "0", "--force") == 0
+    record = json.loads(s3.fs.open_input_stream("bkt/taken/p/run.json").read())
+    assert record["base_model"] == str(other[0])
+
+
+def test_file_uris_and_plain_paths_are_the_same_root(tmp_path):
+    pair = build_pair(tmp_path / "pair", TINY)
+    uri = (tmp_path / "runs").as_uri()  # file:///...
+    assert not results.is_remote(uri) and results.is_remote("s3://b/p")
+    assert run(pair, uri, "--vectors", "0") == 0
+    assert (tmp_path / "runs" / "p" / "run.json").exists()
+    db = tmp_path / "w.duckdb"
+    assert load_or_explain(results.child(uri, "p"), db) == 0
+    assert len(loaded(db, "spectra")) == 3 * 16
