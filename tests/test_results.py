@@ -6,7 +6,8 @@ Shards run as on separate machines (each its own staging folder, so they share o
 the bucket), in any order: the load from the bucket holds the rows of a single local
 run; tensors split into pieces across machines and the singular vectors' token labels
 (made from every shard's files) come out the same; a shard failing midway leaves only
-whole objects, and an upload that fails leaves none.
+whole objects, and an upload that fails leaves none; the behaviour half's prompts
+split across two machines complete it.
 """
 
 from __future__ import annotations
@@ -276,3 +277,34 @@ def test_file_uris_and_plain_paths_are_the_same_root(tmp_path):
     db = tmp_path / "w.duckdb"
     assert load_or_explain(results.child(uri, "p"), db) == 0
     assert len(loaded(db, "spectra")) == 3 * 16
+
+
+@pytest.mark.s3
+@pytest.mark.slow  # two tiny models score 6 posts three times (45 s on a busy box)
+def test_behaviour_shards_on_two_machines(s3, tmp_path, monkeypatch):
+    """The prompts split across two shards on two machines: the second to finish
+    fetches the first one's batches from the bucket and marks the behaviour done."""
+    from tests.behaviour_helpers import SPEC, prompts
+
+    pair = build_pair(tmp_path / "pair", SPEC)
+    prompts(6).to_parquet(tmp_path / "prompts.parquet")
+    root = s3.root("behaviour")
+
+    def score(out, *extra) -> int:
+        return main(["--base", str(pair[0]), "--sft", str(pair[1]), "--name", "p",
+                     "--out", str(out), "--no-load", "--skip-spectra", "--no-progress",
+                     "--prompts", str(tmp_path / "prompts.parquet"), "--batch-size",
+                     "1", *extra])
+
+    for i in (1, 0):
+        machine(monkeypatch, tmp_path, f"m{i}")
+        assert score(root, "--shard", f"{i}/2") == 0
+        done = "bkt/behaviour/p/kinds/behaviour.json" in s3.keys("behaviour/p")
+        assert done == (i == 0)
+    db, want = tmp_path / "s3.duckdb", tmp_path / "single.duckdb"
+    assert load_or_explain(results.child(root, "p"), db) == 0
+    assert score(tmp_path / "single") == 0
+    assert load_or_explain(tmp_path / "single" / "p", want) == 0
+    for table in ("token_logprobs", "residual_drift"):
+        got = loaded(db, table, "run_id")
+        assert got and got == loaded(want, table, "run_id")
