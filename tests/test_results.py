@@ -308,3 +308,37 @@ def test_behaviour_shards_on_two_machines(s3, tmp_path, monkeypatch):
     for table in ("token_logprobs", "residual_drift"):
         got = loaded(db, table, "run_id")
         assert got and got == loaded(want, table, "run_id")
+
+
+@pytest.mark.s3
+@pytest.mark.slow  # four shards and two loads (15 s on a busy box)
+def test_the_ray_driver_loads_every_pair_from_the_bucket(s3, tmp_path, monkeypatch):
+    """`--pairs FILE --ray --out s3://...`: every (pair, shard) task (run here in
+    turn, each on a machine of its own, in place of Ray's workers), then one load
+    per pair from the bucket by the driver."""
+    import os
+
+    from compute import cluster
+
+    pairs = {n: build_pair(tmp_path / n, PairSpec(**{**TINY.__dict__, "seed": s}))
+             for n, s in (("a", 1), ("b", 2))}
+    toml = tmp_path / "pairs.toml"
+    toml.write_text("".join(f'[[pair]]\nname = "{n}"\nbase = "{p[0]}"\n'
+                            f'sft = "{p[1]}"\n' for n, p in pairs.items()))
+    ran = []
+
+    def in_turn(argvs, **_):
+        for k, argv in enumerate(argvs):
+            machine(monkeypatch, tmp_path, f"worker{k}")
+            ran.append(cluster.shard_task(argv, os.getcwd()))
+
+    monkeypatch.setattr(cluster, "run_tasks", in_turn)
+    db = tmp_path / "w.duckdb"
+    assert main(["--pairs", str(toml), "--ray", "--shards", "2", "--device", "cpu",
+                 "--out", s3.root("ray"), "--db", str(db), "--skip-behaviour",
+                 "--vectors", "0", "--no-progress"]) == 0
+    assert ran == ["0/2", "1/2", "0/2", "1/2"]
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.sql("select pair, count(*), count(distinct run_id) from raw.spectra"
+                       " group by pair order by pair").fetchall() == [
+            ("a", 48, 1), ("b", 48, 1)]
