@@ -2,6 +2,7 @@
 
     python -m ingest.compute_load data/runs/7B [--db data/warehouse.duckdb]
     python -m ingest.compute_load s3://bucket/runs/7B   # an object-store URI
+    python -m ingest.compute_load data/runs             # every pair under a root
 
 compute.run calls this itself; run it by hand for results made on another machine
 (`compute.run --no-load`). One transaction: the pair's earlier rows of each loaded
@@ -30,6 +31,7 @@ from compute.results import (
     BULKY,
     ResultsError,
     Store,
+    child,
     is_remote,
     local_path,
     with_records,
@@ -198,17 +200,46 @@ def load_or_explain(run_dir: str | Path, db: str | Path | None = None,
                          (LoadError,), done or f"loaded {run_dir} into {db_path(db)}")
 
 
+def pair_folders(root: str | Path) -> list[str | Path]:
+    """`root` itself when it holds a run.json (one pair), else its subfolders that
+    do (a results root: OUT, with a folder per pair), in name order."""
+    if not is_remote(root):
+        root = local_path(root)
+        if (root / "run.json").exists() or not root.is_dir():
+            return [root]
+        return sorted(d for d in root.iterdir() if (d / "run.json").is_file())
+    from pyarrow.fs import FileSelector, FileType
+
+    try:
+        store = Store(str(root), Path("."))
+        if store.exists("run.json"):
+            return [root]
+        infos = store.fs.get_file_info(FileSelector(store.base, allow_not_found=True))
+        names = sorted(i.base_name for i in infos if i.type == FileType.Directory)
+        return [child(str(root), n) for n in names
+                if store.exists(f"{n}/run.json")]
+    except (ResultsError, OSError):
+        return [root]  # load_run names the problem
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ingest.compute_load",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", help="a compute.run output folder (OUT/<pair>), or its "
-                    "object-store URI (s3://bucket/runs/<pair>, ...)")
+    ap.add_argument("run_dir", help="a compute.run output folder (OUT/<pair>), or "
+                    "a results root (OUT: every pair in it, each in a transaction of "
+                    "its own); a folder or an object-store URI (s3://bucket/runs, ...)")
     ap.add_argument("--db", type=Path, help="warehouse (default $SFTSCOPE_DB or "
                     "data/warehouse.duckdb)")
     ap.add_argument("--kind", action="append", choices=list(KIND_TABLES),
                     help="load only this half (repeatable); default every finished one")
     a = ap.parse_args(argv)
-    return load_or_explain(a.run_dir, a.db, a.kind)
+    folders = pair_folders(a.run_dir)
+    if not folders:
+        print(f"error: {a.run_dir}: no run.json in it nor in its subfolders; not a "
+              "compute.run output folder or results root", file=sys.stderr)
+        return 2
+    codes = [load_or_explain(f, a.db, a.kind) for f in folders]
+    return next((c for c in codes if c), 0)
 
 
 if __name__ == "__main__":

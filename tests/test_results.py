@@ -28,6 +28,7 @@ import pytest
 from compute import results
 from compute.demo import PairSpec, build_pair
 from compute.run import main
+from ingest import compute_load
 from ingest.compute_load import load_or_explain
 
 # a vocabulary large next to the blocks: at 3 shards embed_tokens and lm_head are
@@ -124,7 +125,7 @@ def test_shards_on_three_machines_load_the_rows_of_a_single_run(s3, tmp_path,
     assert record["run_id"] == results.run_identity(
         {k: record[k] for k in results.IDENTITY})  # derived, no lock taken
     db = tmp_path / "s3.duckdb"
-    assert load_or_explain(results.child(root, "p"), db) == 0
+    assert compute_load.main([root, "--db", str(db)]) == 0  # the root: its pairs
     want = single(pair, tmp_path, "--vectors", "0")
     assert loaded(db, "vector_changes", "run_id") == loaded(want, "vector_changes",
                                                             "run_id")
@@ -268,15 +269,22 @@ def test_a_prefix_of_another_run_is_refused_and_force_starts_over(s3, tmp_path,
     assert record["base_model"] == str(other[0])
 
 
-def test_file_uris_and_plain_paths_are_the_same_root(tmp_path):
+def test_file_uris_and_plain_paths_are_the_same_root(tmp_path, capsys):
     pair = build_pair(tmp_path / "pair", TINY)
     uri = (tmp_path / "runs").as_uri()  # file:///...
     assert not results.is_remote(uri) and results.is_remote("s3://b/p")
-    assert run(pair, uri, "--vectors", "0") == 0
+    for name in ("p", "q"):
+        assert run(pair, uri, "--vectors", "0", name=name) == 0
     assert (tmp_path / "runs" / "p" / "run.json").exists()
     db = tmp_path / "w.duckdb"
     assert load_or_explain(results.child(uri, "p"), db) == 0
     assert len(loaded(db, "spectra")) == 3 * 16
+    assert compute_load.main([str(tmp_path / "runs"), "--db", str(db)]) == 0
+    with duckdb.connect(str(db), read_only=True) as con:  # every pair of the root
+        assert con.sql("select pair, count(*) from raw.spectra group by pair "
+                       "order by pair").fetchall() == [("p", 48), ("q", 48)]
+    assert compute_load.main([str(tmp_path / "pair"), "--db", str(db)]) == 2
+    assert "no run.json in it nor in its subfolders" in capsys.readouterr().err
 
 
 @pytest.mark.s3
