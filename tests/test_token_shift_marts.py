@@ -200,9 +200,9 @@ def test_interval_width_matches_the_analytic_standard_error(built):
 
 
 def test_bootstrap_reproducible_with_its_seed(built):
-    """The resamples are a view, computed afresh on every read: two reads give the
-    same resamples and the marts' intervals; another seed moves the intervals by
-    Monte Carlo error only."""
+    """The resamples are fixed by their seed: two reads give the same resamples and
+    the marts' intervals; another seed (the table redraws every run when its seed or
+    count changes) moves the intervals by Monte Carlo error only."""
     db, _, first = built
     resampled = ("select pair, grp, metric, quantile_cont(value, 0.025) as low, "
                  "quantile_cont(value, 0.975) as high, count(*) as n "

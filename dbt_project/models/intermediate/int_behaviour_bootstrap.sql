@@ -11,6 +11,17 @@
 {%- set seed = var('bootstrap_seed', 6197) | int -%}
 {%- set resamples = var('bootstrap_resamples', 1000) | int -%}
 {%- set ratios = behaviour_ratios() -%}
+{#- A table built per run (macros/incremental_by_run.sql); every run again when the
+    seed or the number of resamples differs from the table's. -#}
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key='run_id', on_schema_change='fail',
+          pre_hook="{{ delete_replaced_runs('behaviour', 'stg_compute__token_shift') }}") }}
+{%- set runs = incremental_runs('behaviour', 'stg_compute__token_shift', is_incremental()) -%}
+{%- if runs is not none and run_query(
+        'select count(*) from ' ~ this ~ ' where seed <> ' ~ seed
+        ~ ' or n_resamples <> ' ~ resamples).columns[0].values()[0] > 0 -%}
+  {%- set runs = none -%}
+{%- endif -%}
 {%- set sums = ['nll_bits_base', 'nll_bits_sft', 'n_bytes', 'n_tokens',
                 'sum_kl_sft_base', 'sum_kl_base_sft', 'n_unshifted', 'n_marginal',
                 'n_shifted'] -%}
@@ -21,6 +32,7 @@ posts as (
 
     select
         run_id,
+        run_finished_at,
         pair,
         grp,
         {%- for c in sums %}
@@ -29,7 +41,7 @@ posts as (
         row_number() over (partition by run_id, pair, grp order by post_id) as k,
         count(*) over (partition by run_id, pair, grp) as n_posts,
     from {{ ref('fct_post_token_shift') }}
-    where grp is not null
+    where grp is not null and {{ run_filter(runs) }}
 
 ),
 
@@ -72,6 +84,7 @@ sums as (
         draws.pair,
         draws.grp,
         draws.b,
+        any_value(posts.run_finished_at) as run_finished_at,
         {%- for c in sums %}
         sum(posts.{{ c }}) as {{ c }},
         {%- endfor %}
@@ -90,6 +103,7 @@ final as (
     {%- for name, num, den in ratios %}
     select
         run_id,
+        run_finished_at,
         pair,
         grp,
         b,

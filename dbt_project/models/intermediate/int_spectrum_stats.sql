@@ -9,14 +9,27 @@
     edge, unknown-noise) 0, and a dW of them is flagged `unchanged`. The noise-aware
     thresholds never go below the numerical tolerance: with sigma = 0 (an adapter's
     dW, never rounded) the signal rank is the numerical rank.
+
+    A table built per run (macros/incremental_by_run.sql): the spectra are unnested
+    once, for the runs loaded since the last build, and the marts read it.
 -#}
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key='run_id', on_schema_change='fail',
+          pre_hook="{{ delete_replaced_runs('spectra', 'stg_compute__spectra') }}") }}
 {%- set lora_ranks = [1, 4, 8, 16, 32, 64, 128, 256] -%}
+{%- set runs = incremental_runs('spectra', 'stg_compute__spectra', is_incremental()) -%}
 
 with
 
 spectra as (
 
-    select * from {{ ref('stg_compute__spectra') }}
+    select * from {{ ref('stg_compute__spectra') }} where {{ run_filter(runs) }}
+
+),
+
+loads as (
+
+    {{ run_loads('spectra') }}
 
 ),
 
@@ -116,6 +129,7 @@ final as (
         t.pair,
         t.tensor,
         t.role,
+        loads.run_finished_at,
 
         -- what the matrix is
         t.layer,
@@ -162,6 +176,7 @@ final as (
 
     from thresholds as t
     left join aggregated as a using (run_id, tensor, role)
+    left join loads on loads.run_id = t.run_id
 
 )
 

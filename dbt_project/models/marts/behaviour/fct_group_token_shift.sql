@@ -1,8 +1,13 @@
+{#- Built per run (macros/incremental_by_run.sql). -#}
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key='run_id', on_schema_change='fail',
+          pre_hook="{{ delete_replaced_runs('behaviour', 'stg_compute__token_shift') }}") }}
+{%- set runs = incremental_runs('behaviour', 'stg_compute__token_shift', is_incremental()) -%}
 with
 
 tokens as (
 
-    select * from {{ ref('fct_token_shift') }}
+    select * from {{ ref('fct_token_shift') }} where {{ run_filter(runs) }}
 
 ),
 
@@ -10,6 +15,7 @@ per_bucket as (
 
     select
         run_id,
+        run_finished_at,
         pair,
         grp,
         coalesce(position_bucket, 'all') as position_bucket,
@@ -19,7 +25,8 @@ per_bucket as (
 
     from tokens
     group by grouping sets (
-        (run_id, pair, grp, position_bucket), (run_id, pair, grp)
+        (run_id, run_finished_at, pair, grp, position_bucket),
+        (run_id, run_finished_at, pair, grp)
     )
 
 ),
@@ -33,6 +40,7 @@ final as (
         run_id,
         pair,
         grp,
+        run_finished_at,
         position_bucket,
         first_position,
 

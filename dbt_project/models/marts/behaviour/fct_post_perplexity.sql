@@ -1,14 +1,25 @@
+{#- Built per run (macros/incremental_by_run.sql). -#}
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key='run_id', on_schema_change='fail',
+          pre_hook="{{ delete_replaced_runs('behaviour', 'stg_compute__token_logprobs') }}") }}
+{%- set runs = incremental_runs('behaviour', 'stg_compute__token_logprobs', is_incremental()) -%}
 with
 
 logprobs as (
 
-    select * from {{ ref('stg_compute__token_logprobs') }}
+    select * from {{ ref('stg_compute__token_logprobs') }} where {{ run_filter(runs) }}
 
 ),
 
 posts as (
 
-    select * from {{ ref('stg_compute__post_texts') }}
+    select * from {{ ref('stg_compute__post_texts') }} where {{ run_filter(runs) }}
+
+),
+
+loads as (
+
+    {{ run_loads('behaviour') }}
 
 ),
 
@@ -37,6 +48,7 @@ final as (
         per_post.pair,
         per_post.post_id,
         per_post.role,
+        loads.run_finished_at,
 
         -- the post
         posts.site,
@@ -59,6 +71,7 @@ final as (
         on per_post.run_id = posts.run_id
         and per_post.pair = posts.pair
         and per_post.post_id = posts.post_id
+    left join loads on loads.run_id = per_post.run_id
 
 )
 

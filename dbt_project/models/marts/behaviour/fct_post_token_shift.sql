@@ -1,14 +1,25 @@
+{#- Built per run (macros/incremental_by_run.sql). -#}
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key='run_id', on_schema_change='fail',
+          pre_hook="{{ delete_replaced_runs('behaviour', 'stg_compute__token_shift') }}") }}
+{%- set runs = incremental_runs('behaviour', 'stg_compute__token_shift', is_incremental()) -%}
 with
 
 tokens as (
 
-    select * from {{ ref('fct_token_shift') }}
+    select * from {{ ref('fct_token_shift') }} where {{ run_filter(runs) }}
 
 ),
 
 posts as (
 
-    select * from {{ ref('stg_compute__post_texts') }}
+    select * from {{ ref('stg_compute__post_texts') }} where {{ run_filter(runs) }}
+
+),
+
+loads as (
+
+    {{ run_loads('behaviour') }}
 
 ),
 
@@ -47,6 +58,7 @@ final as (
         posts.run_id,
         posts.pair,
         posts.post_id,
+        loads.run_finished_at,
 
         -- the post
         posts.site,
@@ -91,6 +103,7 @@ final as (
         on bits.run_id = posts.run_id
         and bits.pair = posts.pair
         and bits.post_id = posts.post_id
+    left join loads on loads.run_id = posts.run_id
 
 )
 

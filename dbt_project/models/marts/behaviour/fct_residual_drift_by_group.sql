@@ -1,14 +1,25 @@
+{#- Built per run (macros/incremental_by_run.sql). -#}
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key='run_id', on_schema_change='fail',
+          pre_hook="{{ delete_replaced_runs('behaviour', 'stg_compute__residual_drift') }}") }}
+{%- set runs = incremental_runs('behaviour', 'stg_compute__residual_drift', is_incremental()) -%}
 with
 
 drift as (
 
-    select * from {{ ref('stg_compute__residual_drift') }}
+    select * from {{ ref('stg_compute__residual_drift') }} where {{ run_filter(runs) }}
 
 ),
 
 posts as (
 
-    select * from {{ ref('stg_compute__post_texts') }}
+    select * from {{ ref('stg_compute__post_texts') }} where {{ run_filter(runs) }}
+
+),
+
+loads as (
+
+    {{ run_loads('behaviour') }}
 
 ),
 
@@ -22,6 +33,7 @@ final as (
         drift.pair,
         posts.grp,
         drift.layer,
+        any_value(loads.run_finished_at) as run_finished_at,
 
         -- sizes
         count(*) as n_posts,
@@ -43,6 +55,7 @@ final as (
         on drift.run_id = posts.run_id
         and drift.pair = posts.pair
         and drift.post_id = posts.post_id
+    left join loads on loads.run_id = drift.run_id
     group by drift.run_id, drift.pair, posts.grp, drift.layer
 
 )

@@ -1,8 +1,19 @@
+{#- Built per run (macros/incremental_by_run.sql). -#}
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key='run_id', on_schema_change='fail',
+          pre_hook="{{ delete_replaced_runs('behaviour', 'stg_compute__residual_drift') }}") }}
+{%- set runs = incremental_runs('behaviour', 'stg_compute__residual_drift', is_incremental()) -%}
 with
 
 drift as (
 
-    select * from {{ ref('stg_compute__residual_drift') }}
+    select * from {{ ref('stg_compute__residual_drift') }} where {{ run_filter(runs) }}
+
+),
+
+loads as (
+
+    {{ run_loads('behaviour') }}
 
 ),
 
@@ -14,6 +25,7 @@ final as (
         run_id,
         pair,
         layer,
+        any_value(loads.run_finished_at) as run_finished_at,
 
         -- sizes
         count(*) as n_posts,
@@ -30,6 +42,7 @@ final as (
         avg(sum_rel_l2 / n_tokens) as mean_post_rel_l2,
 
     from drift
+    left join loads using (run_id)
     group by run_id, pair, layer
 
 )

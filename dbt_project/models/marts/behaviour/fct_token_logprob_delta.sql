@@ -1,14 +1,25 @@
+{#- Built per run (macros/incremental_by_run.sql). -#}
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key='run_id', on_schema_change='fail',
+          pre_hook="{{ delete_replaced_runs('behaviour', 'stg_compute__token_logprobs') }}") }}
+{%- set runs = incremental_runs('behaviour', 'stg_compute__token_logprobs', is_incremental()) -%}
 with
 
 logprobs as (
 
-    select * from {{ ref('stg_compute__token_logprobs') }}
+    select * from {{ ref('stg_compute__token_logprobs') }} where {{ run_filter(runs) }}
 
 ),
 
 posts as (
 
-    select * from {{ ref('stg_compute__post_texts') }}
+    select * from {{ ref('stg_compute__post_texts') }} where {{ run_filter(runs) }}
+
+),
+
+loads as (
+
+    {{ run_loads('behaviour') }}
 
 ),
 
@@ -59,6 +70,7 @@ final as (
         cumulated.pair,
         cumulated.post_id,
         cumulated.position,
+        loads.run_finished_at,
 
         -- the post and the token
         posts.site,
@@ -80,6 +92,7 @@ final as (
         on cumulated.run_id = posts.run_id
         and cumulated.pair = posts.pair
         and cumulated.post_id = posts.post_id
+    left join loads on loads.run_id = cumulated.run_id
 
 )
 

@@ -1,14 +1,19 @@
+{#- Built per run (macros/incremental_by_run.sql). -#}
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key='run_id', on_schema_change='fail',
+          pre_hook="{{ delete_replaced_runs('behaviour', 'stg_compute__token_shift') }}") }}
+{%- set runs = incremental_runs('behaviour', 'stg_compute__token_shift', is_incremental()) -%}
 with
 
 shift as (
 
-    select * from {{ ref('stg_compute__token_shift') }}
+    select * from {{ ref('stg_compute__token_shift') }} where {{ run_filter(runs) }}
 
 ),
 
 tokens as (
 
-    select * from {{ ref('fct_token_logprob_delta') }}
+    select * from {{ ref('fct_token_logprob_delta') }} where {{ run_filter(runs) }}
 
 ),
 
@@ -21,6 +26,7 @@ final as (
         shift.pair,
         shift.post_id,
         shift.position,
+        tokens.run_finished_at,
 
         -- the post and the observed token
         tokens.site,

@@ -1,10 +1,15 @@
 -- One row per (run, matrix, side, r): how much of dW lies in W_base's top-r
 -- singular subspace, against a random subspace of the same size.
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key='run_id', on_schema_change='fail',
+          pre_hook="{{ delete_replaced_runs('directions', 'stg_compute__direction_overlap') }}") }}
+{%- set runs = incremental_runs('directions', 'stg_compute__direction_overlap', is_incremental()) -%}
 select
     run_id || '|' || tensor || '|' || side || '|' || r as overlap_key,
     run_id,
     pair,
     tensor,
+    run_finished_at,
     layer,
     module,
     side,
@@ -13,3 +18,5 @@ select
     random_share,
     share / nullif(random_share, 0) as enrichment,
 from {{ ref('stg_compute__direction_overlap') }}
+left join ({{ run_loads('directions') }}) as loads using (run_id)
+where {{ run_filter(runs) }}

@@ -2,11 +2,15 @@
 -- 2024) among W_sft's top-k left singular vectors, k = 10 (the paper's) and k = K
 -- (all computed), for epsilon 0.1 ... 0.9; the null is the count expected of k
 -- Haar-random directions, estimated from the matrix's K random draws.
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key='run_id', on_schema_change='fail',
+          pre_hook="{{ delete_replaced_runs('directions', 'stg_compute__intruders') }}") }}
+{%- set runs = incremental_runs('directions', 'stg_compute__intruders', is_incremental()) -%}
 with
 
 intruders as (
 
-    select * from {{ ref('stg_compute__intruders') }}
+    select * from {{ ref('stg_compute__intruders') }} where {{ run_filter(runs) }}
 
 ),
 
@@ -23,6 +27,12 @@ ks as (
     select distinct run_id, tensor, k,
     from per_matrix,
         unnest([least(10, n_vectors), n_vectors]) as t(k)
+
+),
+
+loads as (
+
+    {{ run_loads('directions') }}
 
 ),
 
@@ -55,6 +65,7 @@ select
     c.run_id,
     m.pair,
     c.tensor,
+    loads.run_finished_at,
     m.layer,
     m.module,
     c.k,
@@ -64,3 +75,4 @@ select
     c.min_max_cos,
 from counted as c
 inner join per_matrix as m using (run_id, tensor)
+left join loads on loads.run_id = c.run_id

@@ -1,13 +1,19 @@
 {#-
     One row per (run, dW, LoRA rank r): the share of ||dW||_F^2 that the best
-    rank-r approximation (the top r singular values) captures.
+    rank-r approximation (the top r singular values) captures. Built per run
+    (macros/incremental_by_run.sql).
 -#}
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key='run_id', on_schema_change='fail',
+          pre_hook="{{ delete_replaced_runs('spectra', 'stg_compute__spectra') }}") }}
+{%- set runs = incremental_runs('spectra', 'stg_compute__spectra', is_incremental()) -%}
 
 with
 
 stats as (
 
-    select * from {{ ref('int_spectrum_stats') }} where role = 'delta'
+    select * from {{ ref('int_spectrum_stats') }}
+    where role = 'delta' and {{ run_filter(runs) }}
 
 ),
 
@@ -26,6 +32,7 @@ final as (
         run_id,
         pair,
         tensor,
+        run_finished_at,
         layer,
         module,
         lora_rank,

@@ -1,7 +1,12 @@
 {#-
     One row per (run, tensor, role): the spectrum's measures, and for dW
-    (role = 'delta') its size and rank relative to W_base.
+    (role = 'delta') its size and rank relative to W_base. Built per run
+    (macros/incremental_by_run.sql).
 -#}
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key='run_id', on_schema_change='fail',
+          pre_hook="{{ delete_replaced_runs('spectra', 'stg_compute__spectra') }}") }}
+{%- set runs = incremental_runs('spectra', 'stg_compute__spectra', is_incremental()) -%}
 {%- set rank_notions = ['stable_rank', 'effective_rank', 'numerical_rank',
                         'energy_rank_50', 'energy_rank_90', 'energy_rank_99'] -%}
 
@@ -9,7 +14,7 @@ with
 
 stats as (
 
-    select * from {{ ref('int_spectrum_stats') }}
+    select * from {{ ref('int_spectrum_stats') }} where {{ run_filter(runs) }}
 
 ),
 
@@ -24,6 +29,7 @@ layout as (
 
     select run_id, tensor, role, expert, part, source_tensor
     from {{ ref('stg_compute__spectra') }}
+    where {{ run_filter(runs) }}
 
 ),
 
@@ -36,6 +42,7 @@ final as (
         s.pair,
         s.tensor,
         s.role,
+        s.run_finished_at,
 
         -- what the matrix is
         s.layer,
