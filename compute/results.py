@@ -58,8 +58,9 @@ class ResultsError(RuntimeError):
 
 def is_remote(out: str | os.PathLike) -> bool:
     """Whether `out` is a URI of a file system other than the local one."""
-    scheme = urlsplit(str(out)).scheme
-    return len(scheme) > 1 and scheme != "file"
+    text = str(out)
+    scheme = urlsplit(text).scheme
+    return "://" in text and len(scheme) > 1 and scheme != "file"
 
 
 def local_path(out: str | os.PathLike) -> Path:
