@@ -228,10 +228,18 @@ class Store:
             self.fs.delete_dir_contents(self.base, missing_dir_ok=True)
         self.known.clear()
 
-    def claim(self, manifest: dict, identity: tuple[str, ...]) -> None:
+    def claim(self, manifest: dict, identity: tuple[str, ...] = IDENTITY) -> None:
         """Write run.json (the identity) unless the store has it; refuse a run.json
         of other inputs (ResultsError)."""
-        want = {k: manifest.get(k) for k in identity}
+        if self.check(manifest, identity):
+            return
+        record = {k: v for k, v in manifest.items() if k != "kinds"} | {"kinds": {}}
+        self.put_bytes("run.json", json.dumps(record, indent=2, default=str).encode())
+
+    def check(self, want: dict, identity: tuple[str, ...] = IDENTITY) -> bool:
+        """Whether the store has run.json of `want`'s identity (False: none);
+        ResultsError when it has one of other inputs."""
+        want = {k: want.get(k) for k in identity}
         old = self.read_json("run.json")
         if old is not None:
             if {k: old.get(k) for k in identity} != want:
@@ -241,9 +249,8 @@ class Store:
                     f"{old.get('sft_model')}, method {old.get('method')}); delete "
                     "the prefix (or run with --force) to start over there, or choose "
                     "another --out")
-            return
-        record = {k: v for k, v in manifest.items() if k != "kinds"} | {"kinds": {}}
-        self.put_bytes("run.json", json.dumps(record, indent=2, default=str).encode())
+            return True
+        return False
 
     def publish_kinds(self, manifest: dict) -> None:
         """kinds/<kind>.json of each finished kind the store lacks."""
@@ -261,7 +268,7 @@ def attach(uri: str, local: Path, manifest: dict, *, force: bool = False) -> Sto
     store = Store(uri, local)
     if force:
         store.delete_all()
-    store.claim(manifest, IDENTITY)
+    store.claim(manifest)
     store.pull(skip=BULKY)
     return store
 

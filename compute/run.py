@@ -393,6 +393,10 @@ def open_manifest(cfg: Config, base: Checkpoint, sft: Checkpoint) -> dict:
     want = {"pair": cfg.pair, "base_model": base.ref, "sft_model": sft.ref,
             "base_revision": base.revision, "sft_revision": sft.revision,
             "method": cfg.method}
+    if cfg.remote and not cfg.force:  # a store of other inputs: refused before
+        from compute.results import Store  # anything here is touched
+
+        Store(cfg.results, cfg.run_dir).check(want)
     if path.exists() and not cfg.force:
         try:
             old = json.loads(path.read_text())

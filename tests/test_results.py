@@ -263,7 +263,10 @@ def test_a_prefix_of_another_run_is_refused_and_force_starts_over(s3, tmp_path,
     err = capsys.readouterr().err
     assert "run.json?" in err and "is a run of other inputs" in err
     assert "--force" in err
-    assert len(s3.keys("taken/p")) == n  # nothing changed there
+    assert len(s3.keys("taken/p")) == n  # nothing changed there, nor here:
+    staged = json.loads(next((tmp_path / "machines" / "m").glob("*/p/run.json"))
+                        .read_text())
+    assert staged["base_model"] == str(first[0])
     assert run(other, root, "--vectors", "0", "--force") == 0
     record = json.loads(s3.fs.open_input_stream("bkt/taken/p/run.json").read())
     assert record["base_model"] == str(other[0])
