@@ -293,8 +293,9 @@ def test_file_uris_and_plain_paths_are_the_same_root(tmp_path, capsys):
 @pytest.mark.s3
 @pytest.mark.slow  # two tiny models score 6 posts three times (45 s on a busy box)
 def test_behaviour_shards_on_two_machines(s3, tmp_path, monkeypatch):
-    """The prompts split across two shards on two machines: the second to finish
-    fetches the first one's batches from the bucket and marks the behaviour done."""
+    """The prompts split across two shards on two machines: the second to finish,
+    having started before the first one's batches were in the bucket, uploads its
+    own, fetches theirs, finds every post done and marks the behaviour finished."""
     from tests.behaviour_helpers import SPEC, prompts
 
     pair = build_pair(tmp_path / "pair", SPEC)
@@ -307,11 +308,24 @@ def test_behaviour_shards_on_two_machines(s3, tmp_path, monkeypatch):
                      "--prompts", str(tmp_path / "prompts.parquet"), "--batch-size",
                      "1", *extra])
 
+    pull, pulls = results.Store.pull, []
+
+    def late(self, subs=("",), *, skip=()):
+        """Machine 0 starts before machine 1's batches reach the bucket: its first
+        look finds none of them (they come in while it scores)."""
+        pulls.append(subs)
+        return pull(self, subs, skip=(*skip, "behaviour/") if len(pulls) == 1
+                    else skip)
+
     for i in (1, 0):
         machine(monkeypatch, tmp_path, f"m{i}")
+        if i == 0:
+            monkeypatch.setattr(results.Store, "pull", late)
         assert score(root, "--shard", f"{i}/2") == 0
         done = "bkt/behaviour/p/kinds/behaviour.json" in s3.keys("behaviour/p")
         assert done == (i == 0)
+    assert pulls == [("",), ["behaviour"]]  # it fetched theirs after its own part
+    monkeypatch.setattr(results.Store, "pull", pull)
     db, want = tmp_path / "s3.duckdb", tmp_path / "single.duckdb"
     assert load_or_explain(results.child(root, "p"), db) == 0
     assert score(tmp_path / "single") == 0
