@@ -133,6 +133,11 @@ def test_plan_windows_cover_every_token_once(window, context):
             assert wins == windows_by_hand(n, window, context), n
 
 
+def test_plan_windows_of_a_long_post():
+    """Past the small integers Python caches: ends compared by value."""
+    assert plan_windows(5000, 1024, 64) == windows_by_hand(5000, 1024, 64)
+
+
 @pytest.mark.parametrize("window,context", [(2, 1), (3, 0), (3, 2), (8, 7), (2, 0)])
 def test_plan_windows_refuses_a_window_without_room(window, context):
     """A window must hold `context` tokens, one scored target and its predecessor:

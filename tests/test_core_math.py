@@ -150,6 +150,7 @@ def test_vocab_resized_rows_narrowed_to_the_shared_ones():
                                           64, 64 + 80)
     assert sft.tensors[HEAD] == TensorInfo(HEAD, (10, H), "BF16", "model.safetensors",
                                            1064, 1064 + 80)
+    assert all(type(sft.tensors[t].end) is int for t in (EMB, HEAD))  # byte offsets
     assert sft.tensors[LAYER] == before[LAYER]
     assert base.tensors[EMB].shape == (10, H)  # the base is never touched
     assert change.options() == {"base_vocab_size": 10, "sft_vocab_size": 12,
@@ -158,7 +159,7 @@ def test_vocab_resized_rows_narrowed_to_the_shared_ones():
 
 
 @pytest.mark.parametrize("case", ["smaller sft", "another shape", "hidden differs",
-                                  "same", "no sizes"])
+                                  "same", "no sizes", "no base size", "both tied"])
 def test_vocab_other_differences_are_left_alone(case):
     if case == "smaller sft":
         base, sft = pair(12, 10)
@@ -170,6 +171,13 @@ def test_vocab_other_differences_are_left_alone(case):
         sft.tensors[HEAD] = info(HEAD, (12, H + 1), 1064)
     elif case == "same":
         base, sft = pair(10, 10)
+    elif case == "no base size":  # same shapes, one size unknown
+        base, sft = pair(10, 10)
+        del base.config["vocab_size"]
+    elif case == "both tied":  # neither has an lm_head: nothing to alias
+        base, sft = pair(10, 10)
+        for c in (base, sft):
+            del c.tensors[HEAD], c.config["tie_word_embeddings"]
     else:
         base, sft = pair(10, 12)
         del base.config["vocab_size"]
