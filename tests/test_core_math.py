@@ -372,6 +372,7 @@ def test_directions_measures_of_a_small_pair_against_numpy(shape):
     assert [g[:2] for g in got] == [w[:2] for w in sorted(want_overlap)]
     for g, w in zip(got, sorted(want_overlap), strict=True):
         assert g[2] == pytest.approx(w[2], abs=1e-9) and g[3] == w[3], g
+        assert g[2] <= 1.0  # r = 16 holds it all: rounding stays at 1
     got = {(a["side"], a["r"]): a["cosines"] for a in found.angles}
     assert sorted(got) == [("left", 1), ("left", 4), ("right", 1), ("right", 4)]
     for side, b, dd in (("left", ub, ud), ("right", vbt.T, vdt.T)):
@@ -387,12 +388,47 @@ def test_directions_measures_of_a_small_pair_against_numpy(shape):
                                np.abs(ub.T @ us[:, :k]).max(0), atol=1e-7)
     np.testing.assert_allclose([i["null_max_cos"] for i in found.intruders],
                                np.abs(ub.T @ q).max(0), atol=1e-7)
+    assert all(i["max_cos"] <= 1.0 and i["null_max_cos"] <= 1.0
+               for i in found.intruders)
     norms = np.linalg.norm(d, axis=1)
     order = np.argsort(-norms, kind="stable")
     assert [c["token_id"] for c in found.row_changes] == order.tolist()
     assert [c["rank"] for c in found.row_changes] == list(range(1, m + 1))
     np.testing.assert_allclose([c["score"] for c in found.row_changes], norms[order],
                                rtol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(30, 12), (12, 30)])
+def test_directions_of_a_matrix_stored_transposed(shape):
+    """A matrix stored [in, out] (fan_in_fan_out): its left side is the stored
+    columns, so its measures are those of the transposed copy (whose left side is
+    checked against NumPy above); its row changes stay the stored rows'."""
+    rng = np.random.default_rng(8)
+    base = f32(rng, *shape)
+    sft = base + f32(rng, *shape, 0.3)
+    kw = {"k": 4, "seed": 3, "full_basis": True}
+    _, got = directions.array_directions(base, sft, "float32", transposed=True,
+                                         row_changes=True, **kw)
+    _, want = directions.array_directions(np.ascontiguousarray(base.T),
+                                          np.ascontiguousarray(sft.T), "float32",
+                                          **kw)
+    for role in ("base", "sft", "delta"):
+        for side in ("left", "right"):
+            np.testing.assert_allclose(got.vectors[role][side][1],
+                                       want.vectors[role][side][1], atol=1e-9)
+    for a, b in ((got.overlap, want.overlap), (got.intruders, want.intruders)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert x.keys() == y.keys()
+            for key in x:
+                assert x[key] == pytest.approx(y[key], abs=1e-9), key
+    assert [(a["side"], a["r"]) for a in got.angles] == [
+        (a["side"], a["r"]) for a in want.angles]
+    for x, y in zip(got.angles, want.angles, strict=True):
+        np.testing.assert_allclose(x["cosines"], y["cosines"], atol=1e-9)
+    d = sft.astype(np.float64) - base
+    assert [c["token_id"] for c in got.row_changes] == np.argsort(
+        -np.linalg.norm(d, axis=1), kind="stable").tolist()
 
 
 def test_directions_of_an_unchanged_matrix_have_no_measures():
