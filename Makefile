@@ -76,6 +76,7 @@ bench: venv
 	$(PY) bench/ingest.py
 	$(PY) bench/app_load.py --json data/bench/app-load.json
 	$(PY) bench/behaviour.py --json data/bench/behaviour.json
+	$(PY) bench/incremental.py --json data/bench/incremental.json
 
 # the GPU target: a 7B-shaped pair on one CUDA device (needs ~35 GB of disk)
 bench-gpu: venv
