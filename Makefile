@@ -51,8 +51,11 @@ ext: venv
 	@$(PY) -c "import ingest._sefast, compute._kernels" 2>/dev/null \
 		|| $(PY) -m pip install -q --no-deps -e .
 
+# two workers (TEST_WORKERS), each a test file at a time, in the collected order: the
+# modules that read the demo warehouse come last, built meanwhile (tests/conftest.py)
+TEST_WORKERS ?= 2
 test: venv ext browser-deps cluster-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: venv ext
 	$(PY) -m pytest -q -m "not slow and not browser"

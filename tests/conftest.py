@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -62,22 +65,42 @@ def run_dbt(db: Path, *args: str, check: bool = True,
     return proc
 
 
-@pytest.fixture(scope="session")
-def demo_pair(tmp_path_factory) -> Path:
-    """The planted pair (base/, sft/, planted.json; `--pair planted`), built once."""
+def shared_dir(tmp_path_factory) -> Path:
+    """The folder every process of this test run shares: under pytest-xdist (make
+    test) each worker's temporary folder is a subfolder of the run's."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(folder: Path, build: Callable[[Path], object]) -> Path:
+    """`folder`, made by `build(folder)` once per test run: the first process to ask
+    builds it under a file lock, the others wait for it. A build that fails leaves
+    no folder behind (the next to ask builds it again, and fails the same way)."""
+    from filelock import FileLock
+
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            try:
+                build(folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            (folder / ".built").touch()
+    return folder
+
+
+def build_demo_pair(out: Path) -> None:
     from compute.demo import build_pair
 
-    out = tmp_path_factory.mktemp("models") / "demo"
     build_pair(out)
-    return out
 
 
-@pytest.fixture(scope="session")
-def demo_warehouse(tmp_path_factory, demo_pair) -> Path:
+def build_demo_warehouse(work: Path, pair: Path) -> None:
     """A warehouse built as `make demo` builds it (sample site, prompts, spectra,
     behaviour, the shipped demo pair's training log, dbt build), on the planted pair
-    (named 'planted'). Read-only for tests: copy it to change it."""
-    work = tmp_path_factory.mktemp("demo_warehouse")
+    `pair` (named 'planted'), as `work/warehouse.duckdb`."""
     db = work / "warehouse.duckdb"
     have_site = (ROOT / "ingest" / "demo_site.py").exists()
     if have_site:
@@ -85,10 +108,77 @@ def demo_warehouse(tmp_path_factory, demo_pair) -> Path:
         run_py("-m", "ingest.stackexchange", str(work / "site"), "--site",
                "physics.demo", db=db)
         run_dbt(db, "build", "--quiet", "--select", "+prompts", "--vars", DEMO_VARS)
-    run_py("-m", "compute.run", "--base", str(demo_pair / "base"), "--sft",
-           str(demo_pair / "sft"), "--name", "planted", "--out", str(work / "runs"),
+    run_py("-m", "compute.run", "--base", str(pair / "base"), "--sft",
+           str(pair / "sft"), "--name", "planted", "--out", str(work / "runs"),
            "--no-progress", *([] if have_site else ["--skip-behaviour"]), db=db)
     run_py("-m", "ingest.training_log", str(ROOT / "models" / "demo"), "--pair",
            "demo", db=db)
     run_dbt(db, "build", "--quiet", "--vars", DEMO_VARS)
-    return db
+
+
+def build_shared(shared: Path) -> None:
+    """The demo pair and warehouse into `shared` (what the session fixtures read),
+    each unless another process of the run built it already."""
+    pair = built_once(shared / "demo_pair", build_demo_pair)
+    built_once(shared / "demo_warehouse", lambda w: build_demo_warehouse(w, pair))
+
+
+def pytest_collection_finish(session) -> None:
+    """Under pytest-xdist, the first worker starts building the demo warehouse in a
+    process of its own as soon as the tests are collected, so that no worker sits
+    waiting for it when it reaches the first test that reads it (the modules that
+    read it run last: pytest_collection_modifyitems)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") != "gw0" or not any(
+            "demo_warehouse" in getattr(item, "fixturenames", ())
+            for item in session.items):
+        return
+    shared = shared_dir(session.config._tmp_path_factory)
+    with open(shared / "demo_warehouse.build.log", "w") as log:
+        session.config._demo_builder = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from pathlib import Path; from "
+             "tests.conftest import build_shared; build_shared(Path(sys.argv[1]))",
+             str(shared)], cwd=ROOT, env=env_for(), stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The first worker waits for its builder (another worker may be waiting for
+    the warehouse), or stops it with its subprocesses where the run was stopped."""
+    builder = getattr(session.config, "_demo_builder", None)
+    if builder is None or builder.poll() is not None:
+        return
+    if exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop:
+        os.killpg(builder.pid, signal.SIGKILL)
+    builder.wait()
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """The modules that read the demo warehouse last (a stable sort: every module
+    keeps its own order), so that its build overlaps the other modules' tests."""
+    readers = {item.module.__name__ for item in items
+               if "demo_warehouse" in getattr(item, "fixturenames", ())
+               and getattr(item, "module", None) is not None}
+    items.sort(key=lambda item: getattr(item, "module", None) is not None
+               and item.module.__name__ in readers)
+
+
+@pytest.fixture(scope="session")
+def demo_pair(tmp_path_factory) -> Path:
+    """The planted pair (base/, sft/, planted.json; `--pair planted`), built once per
+    test run. Read-only for tests."""
+    return built_once(shared_dir(tmp_path_factory) / "demo_pair", build_demo_pair)
+
+
+@pytest.fixture(scope="session")
+def demo_warehouse(tmp_path_factory, demo_pair) -> Path:
+    """A warehouse built as `make demo` builds it (build_demo_warehouse), once per test
+    run; each process gets a copy of its own (the file and its published snapshot).
+    Read-only for tests: copy it to change it."""
+    built = built_once(shared_dir(tmp_path_factory) / "demo_warehouse",
+                       lambda w: build_demo_warehouse(w, demo_pair))
+    mine = tmp_path_factory.mktemp("demo_warehouse")
+    shutil.copyfile(built / "warehouse.duckdb", mine / "warehouse.duckdb")
+    if (built / "warehouse.duckdb.snapshots").exists():
+        shutil.copytree(built / "warehouse.duckdb.snapshots",
+                        mine / "warehouse.duckdb.snapshots", symlinks=True)
+    return mine / "warehouse.duckdb"
