@@ -432,9 +432,13 @@ def test_directions_of_a_matrix_stored_transposed(shape):
 
 
 def test_directions_of_an_unchanged_matrix_have_no_measures():
-    """dW = 0: no overlap or angles (no energy to share), intruders all cosine 1."""
+    """dW = 0: no overlap or angles (no energy to share), intruders all cosine 1;
+    a small dW (||dW||_F^2 ~ 1e-4, as fine-tunes' are) has them all."""
     rng = np.random.default_rng(6)
     w = f32(rng, 20, 8)
+    _, small = directions.array_directions(w, w + f32(rng, 20, 8, 3e-3), "float32",
+                                           k=3, full_basis=True)
+    assert len(small.overlap) == 4 and len(small.angles) == 2
     _, found = directions.array_directions(w, w.copy(), "float32", k=3,
                                            full_basis=True)
     assert found.overlap == [] and found.angles == [] and found.row_changes == []
