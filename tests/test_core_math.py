@@ -201,6 +201,9 @@ def test_vocab_tied_head_read_as_the_embedding(tied):
     del side.tensors[HEAD]
     del side.config["tie_word_embeddings"]  # the default: tied
     side.tensors["model.norm.weight"] = info("model.norm.weight", (10, H), 3000)
+    for name, rows in (("model.embed_positions.weight", 64),  # OPT's, not the head
+                       ("model.embed_scale.weight", 8)):
+        side.tensors[name] = info(name, (rows, H), 4000)
     change = vocab.align_pair(base, sft)
     assert change is not None
     assert (change.tied_head, change.embedding) == (tied, EMB)
@@ -226,8 +229,10 @@ def test_vocab_tied_head_needs_one_embedding(embeddings):
         name = f"model.embed_{i}.weight"
         base.tensors[name] = info(name, (10, H), 100 * i)
     base.tensors["model.other.weight"] = info("model.other.weight", (10, H), 900)
+    names = ": model.embed_0.weight, model.embed_1.weight" if embeddings else "$"
     with pytest.raises(CheckpointError, match=f"{'no' if not embeddings else 2} "
-                       r"embedding tensor\(s\) of shape \[10, 4\]"):
+                       r"embedding tensor\(s\) of shape \[10, 4\] are there"
+                       + names):
         vocab.align_pair(base, sft)
 
 
