@@ -14,10 +14,11 @@ from tests.test_weights_pipeline import query, weights
 LORA_RANKS = (1, 4, 8, 16, 32, 64, 128, 256)
 
 
-def energy_ranks(w: np.ndarray, qs=(0.5, 0.9, 0.99)) -> dict[float, int]:
-    """Smallest r whose best rank-r approximation (Eckart-Young: the truncated SVD)
-    keeps a share q of ||W||_F^2, found by bisection on the residual's entries."""
-    u, s, vt = np.linalg.svd(w, full_matrices=False)
+def energy_ranks(w: np.ndarray, u: np.ndarray, s: np.ndarray, vt: np.ndarray,
+                 qs=(0.5, 0.9, 0.99)) -> dict[float, int]:
+    """Smallest r whose best rank-r approximation (Eckart-Young: the truncated SVD
+    u, s, vt of w) keeps a share q of ||W||_F^2, found by bisection on the residual's
+    entries."""
     total = np.square(w).sum()
 
     def kept(r):
@@ -39,10 +40,9 @@ def reference_metrics(w: np.ndarray, sigma: float | None) -> dict:
     reconstructions' energy, the Gavish-Donoho constants derived in
     tests/references.py."""
     m, n = w.shape
-    s = np.linalg.svd(w, compute_uv=False)
     spectral, frobenius = np.linalg.norm(w, 2), np.linalg.norm(w, "fro")
-    u, sv, vt = np.linalg.svd(w, full_matrices=False)
-    ranks = energy_ranks(w)
+    u, s, vt = np.linalg.svd(w, full_matrices=False)  # one SVD for what needs one
+    ranks = energy_ranks(w, u, s, vt)
     out = {
         "s_max": spectral,
         "s_min": s[-1],
@@ -54,7 +54,7 @@ def reference_metrics(w: np.ndarray, sigma: float | None) -> dict:
         "energy_rank_50": ranks[0.5],
         "energy_rank_90": ranks[0.9],
         "energy_rank_99": ranks[0.99],
-        "energy_share": {r: np.square((u[:, :r] * sv[:r]) @ vt[:r]).sum() / frobenius**2
+        "energy_share": {r: np.square((u[:, :r] * s[:r]) @ vt[:r]).sum() / frobenius**2
                          for r in LORA_RANKS},
     }
     beta = min(m, n) / max(m, n)
