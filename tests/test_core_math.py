@@ -158,17 +158,33 @@ def test_vocab_resized_rows_narrowed_to_the_shared_ones():
                                 "tied_head_compared_with": None}
 
 
-@pytest.mark.parametrize("case", ["smaller sft", "another shape", "hidden differs",
-                                  "same", "no sizes", "no base size", "both tied"])
+ROWS = {"sft rows only": (5, 12), "base rows only": (10, 11), "base 11 rows": (11, 12),
+        "sft 13 rows": (10, 13)}
+
+
+@pytest.mark.parametrize("case", ["smaller sft", "another shape", "a smaller shape",
+                                  "hidden differs", "hidden smaller", "same",
+                                  "no sizes", "no base size", "both tied", *ROWS])
 def test_vocab_other_differences_are_left_alone(case):
     if case == "smaller sft":
         base, sft = pair(12, 10)
     elif case == "another shape":
         base, sft = pair(10, 12)
         sft.tensors[LAYER] = info(LAYER, (H, H + 1), 2064)
+    elif case == "a smaller shape":
+        base, sft = pair(10, 12)
+        base.tensors[LAYER] = info(LAYER, (H, H + 1), 2000)
     elif case == "hidden differs":
         base, sft = pair(10, 12)
         sft.tensors[HEAD] = info(HEAD, (12, H + 1), 1064)
+    elif case == "hidden smaller":
+        base, sft = pair(10, 12)
+        sft.tensors[HEAD] = info(HEAD, (12, H - 1), 1064)
+    elif case in ROWS:  # a third tensor differs in rows, not by the vocab sizes
+        base, sft = pair(10, 12)
+        rows_b, rows_s = ROWS[case]
+        base.tensors[LAYER] = info(LAYER, (rows_b, H), 2000)
+        sft.tensors[LAYER] = info(LAYER, (rows_s, H), 2064)
     elif case == "same":
         base, sft = pair(10, 10)
     elif case == "no base size":  # same shapes, one size unknown
@@ -211,6 +227,16 @@ def test_vocab_tied_head_read_as_the_embedding(tied):
     assert HEAD in other.tensors and other.tensors[HEAD].name == HEAD
     assert change.options()["tied_head_compared_with"] == f"{tied}'s {EMB}"
     assert change.resized == {}
+
+
+def test_vocab_tied_head_of_an_embedding_named_before_it():
+    """Any embedding name (here one that sorts before lm_head.weight)."""
+    emb = "embeddings.word_embeddings.weight"
+    base, sft = pair(10, 10)
+    del base.tensors[HEAD], base.tensors[EMB], base.config["tie_word_embeddings"]
+    base.tensors[emb] = info(emb, (10, H), 0)
+    assert vocab.align_pair(base, sft).embedding == emb
+    assert base.tensors[HEAD] == base.tensors[emb]
 
 
 def test_vocab_head_left_alone_when_not_tied():
