@@ -148,7 +148,7 @@ def test_views_cut_torch_tensors_as_numpy_arrays(tmp_path):
 @pytest.fixture(scope="module")
 def layouts_warehouse(tmp_path_factory) -> tuple[Path, Path]:
     """(folder of the layout pairs, warehouse) with every layout's spectra loaded
-    (pair name = layout) and dbt built."""
+    (pair name = layout) and the weights marts built by dbt (models and tests)."""
     root = tmp_path_factory.mktemp("layouts")
     db = root / "warehouse.duckdb"
     for layout in LAYOUTS:
@@ -157,7 +157,7 @@ def layouts_warehouse(tmp_path_factory) -> tuple[Path, Path]:
                          "--out", str(root / "runs"), "--db", str(db),
                          "--skip-behaviour", "--vectors", "0", "--no-progress"])
         assert code == 0, layout
-    run_dbt(db, "build", "--quiet")
+    run_dbt(db, "build", "--quiet", "--select", "+path:models/marts/weights")
     return root, db
 
 
