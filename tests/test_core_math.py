@@ -140,6 +140,7 @@ def test_vocab_resized_rows_narrowed_to_the_shared_ones():
     """10 shared rows of 12: the SFT's embedding and head keep their first 10 rows,
     bytes start .. start + 10 x 8."""
     base, sft = pair(10, 12)
+    base.tensors["model.rotary.inv_freq"] = info("model.rotary.inv_freq", (2,), 3000)
     before = dict(sft.tensors)
     change = vocab.align_pair(base, sft)
     assert change is not None
