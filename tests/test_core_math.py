@@ -79,11 +79,11 @@ def test_shard_dry_run_by_hand():
     plan = FakePlan(
         matrices=["a", "wide", "fused", "s1", "s2"],
         views={"a": [view(100, 100)], "wide": [view(1000, 10)],
-               "fused": [view(20, 50), view(20, 50)], "s1": [view(2, 2)],
+               "fused": [view(20, 50), view(20, 50)], "s1": [view(1, 2)],
                "s2": [view(3, 1)]},
         vectors=["norm", "bias", "x"])
     info = shards.dry_run(plan, 2)
-    costs = [2e6, 100 * 1010, 2 * 400 * 70, 4 * 4, 1 * 4]
+    costs = [2e6, 100 * 1010, 2 * 400 * 70, 1 * 3, 1 * 4]  # an odd total
     assert info["total_cost"] == sum(costs)
     assert (info["n_shards"], info["n_tensors"], info["n_matrices"],
             info["n_vectors"]) == (2, 5, 6, 3)
@@ -100,6 +100,24 @@ def test_shard_dry_run_by_hand():
     assert second["peak_bytes"] == 8 * (10_000 + 200)  # the 1000 x 10
     assert second["first_tensors"] == ["wide", "fused", "s1"]
     assert info["balance"] == pytest.approx(2e6 / (sum(costs) / 2), rel=1e-12)
+    # the 100 x 100 costs more than the mean but a piece must be as tall as wide
+    assert info["n_split"] == 0 and first["pieces"] == second["pieces"] == 0
+
+
+def test_shard_dry_run_splits_a_tall_matrix_above_the_mean():
+    """A 400 x 10 (cost 100 x 410 = 41000) and a 20 x 20 (16000) in 2 shards: the
+    mean share is 28500, so the tall one is cut into ceil(41000 / 28500) = 2 pieces
+    of rows (20500 each): piece 0 and the 20 x 20 in shard 0 (equal loads: the
+    lower shard), piece 1 in shard 1."""
+    plan = FakePlan(matrices=["tall", "sq"],
+                    views={"tall": [view(400, 10)], "sq": [view(20, 20)]}, vectors=[])
+    info = shards.dry_run(plan, 2)
+    assert info["n_split"] == 1 and info["total_cost"] == 57_000
+    first, second = info["shards"]
+    assert (first["tensors"], first["pieces"], first["cost"]) == (2, 1, 36_500)
+    assert (second["tensors"], second["pieces"], second["cost"]) == (1, 1, 20_500)
+    assert info["balance"] == pytest.approx(36_500 / 28_500, rel=1e-12)
+    assert shards.dry_run(plan, 1)["n_split"] == 0  # one shard: nothing to share
 
 
 def test_shard_dry_run_of_nothing():
