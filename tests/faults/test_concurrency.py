@@ -179,7 +179,9 @@ def test_dbt_run_gives_up_naming_the_holder(wh):
     naming the holder's PID and command line, without a traceback, changing
     nothing."""
     before = dump(wh)
-    with holder(wh) as h:
+    # held for as long as dbt may take to start (its parse alone can take a minute
+    # on a busy machine): killed when dbt has given up
+    with holder(wh, hold_s=600) as h:
         proc = run_dbt(wh, "run", "--select", "stg_compute__spectra", check=False,
                        SFTSCOPE_LOCK_TIMEOUT="3")
     out = proc.stdout + proc.stderr
