@@ -74,11 +74,12 @@ def weights(rng, v, h, scale):
     return (scale * rng.standard_normal((v, h))).astype(np.float32).astype(np.float64)
 
 
-@pytest.mark.parametrize("vb,vs,rows", [(11, 11, None), (11, 11, 3), (9, 12, 4)])
+@pytest.mark.parametrize("vb,vs,rows", [(11, 11, None), (11, 11, 3), (9, 12, 4),
+                                        (12, 9, 5)])
 def test_token_stats_against_scipy(vb, vs, rows):
-    """7 positions; the same vocabulary, or an SFT with 3 added ids (their
+    """7 positions; the same vocabulary, an SFT with 3 added ids (their
     probability counts in the SFT's log-prob of the target, not in the
-    comparison); one chunk or chunks of 3 and 4 positions."""
+    comparison) or a base with 3 more; one chunk or chunks of 3, 4 and 5."""
     rng = np.random.default_rng(0)
     h, n = 5, 7
     wb = weights(rng, vb, h, 1.5)
