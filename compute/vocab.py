@@ -60,7 +60,12 @@ def _tie(change: VocabChange, tied: Checkpoint, other: Checkpoint, side: str) ->
     if (HEAD in tied.tensors or HEAD not in other.tensors
             or not tied.config.get("tie_word_embeddings", True)):
         return
-    emb = _embedding(tied, other.tensors[HEAD].shape)
+    shape = other.tensors[HEAD].shape
+    rows = tied.config.get("vocab_size")
+    if isinstance(rows, int) and rows != shape[0] and not any(
+            t.shape == shape and n != HEAD for n, t in tied.tensors.items()):
+        shape = (rows, *shape[1:])  # a resized vocabulary: the tied side's own rows
+    emb = _embedding(tied, shape)
     info = tied.tensors[emb]
     if not info.file.endswith(".safetensors"):
         raise CheckpointError(f"{tied.ref}: a tied lm_head in {info.file}: compare "

@@ -248,6 +248,27 @@ def test_vocab_tied_head_read_as_the_embedding(tied):
     assert change.resized == {}
 
 
+@pytest.mark.parametrize("tied", ["base", "sft"])
+def test_vocab_tied_head_of_a_resized_vocabulary(tied):
+    """A tied side's head is its own embedding, of its own vocabulary (10 rows for
+    the base, 12 for the SFT); then the SFT's 12 rows are narrowed to the shared 10."""
+    base, sft = pair(10, 12)
+    side = base if tied == "base" else sft
+    del side.tensors[HEAD], side.config["tie_word_embeddings"]
+    emb_b, emb_s = base.tensors[EMB], sft.tensors[EMB]
+    change = vocab.align_pair(base, sft)
+    assert (change.tied_head, change.embedding) == (tied, EMB)
+    assert (change.base_vocab, change.sft_vocab) == (10, 12)
+    assert base.tensors[HEAD].shape == sft.tensors[HEAD].shape == (10, H)
+    assert base.tensors[EMB] == emb_b
+    assert sft.tensors[EMB] == dataclasses.replace(emb_s, shape=(10, H),
+                                                   end=emb_s.start + 10 * 8)
+    if tied == "base":
+        assert base.tensors[HEAD] == emb_b
+    else:  # the SFT's head reads the first 10 rows of its 12-row embedding
+        assert sft.tensors[HEAD] == sft.tensors[EMB]
+
+
 def test_vocab_tied_head_of_an_embedding_named_before_it():
     """Any embedding name (here one that sorts before lm_head.weight)."""
     emb = "embeddings.word_embeddings.weight"
