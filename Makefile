@@ -34,7 +34,7 @@ demo: venv
 	@echo
 	@echo "Warehouse: $(SFTSCOPE_DB)"
 	@echo "Open the app:   make app      (or: $(VENV)/bin/streamlit run app.py)"
-	@echo "Ad-hoc SQL:     $(PY) -c \"import duckdb; print(duckdb.connect('$(DB)', read_only=True).sql('from marts.fct_pair_summary'))\""
+	@echo "Ad-hoc SQL:     $(PY) -c \"import duckdb; print(duckdb.connect('$(DB).snapshots/current/$(notdir $(DB))', read_only=True).sql('from marts.fct_pair_summary'))\""
 
 dbt: venv
 	cd dbt_project && $(DBT) build
