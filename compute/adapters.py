@@ -264,6 +264,23 @@ def _adapter_hash(folder: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def adapter_base(ref: str, revision: str | None = None) -> str | None:
+    """The base an adapter names (adapter_config.json's base_model_name_or_path): a
+    folder, relative to the adapter's folder or to the working directory, else a hub
+    id; None when `ref` is a full checkpoint, not an adapter."""
+    folder, _ = locate(ref, revision)
+    if not is_adapter(folder):
+        return None
+    name = _config(folder).get("base_model_name_or_path")
+    if not isinstance(name, str) or not name.strip():
+        raise AdapterError(f"{folder / ADAPTER_CONFIG}: no base_model_name_or_path; "
+                           "give the base with --base")
+    for cand in (folder / name, Path(name).expanduser()):
+        if cand.is_dir():
+            return str(cand.resolve())
+    return name
+
+
 def resolve_sft(ref: str, base: Checkpoint, revision: str | None = None
                 ) -> Checkpoint:
     """The fine-tuned side: a full checkpoint (compute.checkpoints.resolve) or a

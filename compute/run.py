@@ -161,7 +161,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
                     "Instruct), " + ", ".join(f"{k} ({a} vs {b})"
                                               for k, (a, b) in FAMILIES.items())
                     + " or 'demo' / 'planted' (local, offline)")
-    ap.add_argument("--base", help="base checkpoint: hub id or local folder")
+    ap.add_argument("--base", help="base checkpoint: hub id or local folder (with a "
+                    "LoRA adapter as --sft, by default the base it names)")
     ap.add_argument("--sft", help="fine-tuned checkpoint: hub id or local folder")
     ap.add_argument("--name", help="the pair's name in the warehouse (with --base/--sft)")
     ap.add_argument("--revision-base", help="hub revision of the base (default main)")
@@ -259,6 +260,19 @@ def parse_args(argv: list[str] | None = None) -> Config:
         ap.error("--scan goes with --check")
     if a.pair and (a.base or a.sft):
         ap.error("give either --pair or --base/--sft, not both")
+    if a.sft and not a.base:  # an adapter names its base
+        from compute.adapters import adapter_base
+        from compute.checkpoints import CheckpointError
+
+        try:
+            a.base = adapter_base(a.sft, a.revision_sft)
+        except CheckpointError as exc:
+            ap.error(str(exc))
+        if a.base is None:
+            ap.error(f"give --base: --sft {a.sft} is a full checkpoint (only a LoRA "
+                     "adapter names its base)")
+        print(f"base: {a.base} (the adapter's base_model_name_or_path)",
+              file=sys.stderr)
     if a.pair:
         if a.pair in LOCAL_PAIRS:
             base, sft = (str(LOCAL_PAIRS[a.pair] / role) for role in ("base", "sft"))

@@ -249,6 +249,35 @@ def test_adapter_from_the_hub_cache(variants, tmp_path):
             assert gd_signal_rank(r) == planted[r["tensor"]], r["tensor"]
 
 
+def test_an_adapter_names_its_base(variants, runs, tmp_path, capsys):
+    """`--sft ADAPTER` without --base: the base is the one adapter_config.json names
+    (here "../base", beside the adapter), and the spectra are those of the run with
+    --base; a full checkpoint as --sft still needs --base."""
+    out = tmp_path / "runs"
+    rc = run_main(["--sft", str(variants / "lora" / "sft"), "--name", "lora",
+                   "--no-load", "--skip-behaviour", "--no-progress", "--device", "cpu",
+                   "--out", str(out)])
+    assert rc == 0
+    base = (variants / "lora" / "base").resolve()
+    assert f"base: {base} (the adapter's base_model_name_or_path)" in \
+        capsys.readouterr().err
+    manifest = json.loads((out / "lora" / "run.json").read_text())
+    assert manifest["base_model"] == str(base)
+    key = ("tensor", "role")
+    got = {tuple(r[k] for k in key): r["singular_values"] for r in rows(out, "lora")}
+    want = {tuple(r[k] for k in key): r["singular_values"] for r in rows(runs, "lora")}
+    assert got == want and len(got) > 0
+    with pytest.raises(SystemExit) as exc:
+        run_main(["--sft", str(variants / "fp16_sft" / "sft"), "--no-load"])
+    assert exc.value.code == 2
+    assert "give --base" in capsys.readouterr().err
+    folder = _adapter_copy(variants, tmp_path, base_model_name_or_path=None)
+    with pytest.raises(SystemExit):
+        run_main(["--sft", str(folder), "--no-load"])
+    assert "no base_model_name_or_path; give the base with --base" in \
+        capsys.readouterr().err
+
+
 def _adapter_copy(variants, tmp_path, **config):
     folder = tmp_path / "adapter"
     shutil.copytree(variants / "lora" / "sft", folder)
