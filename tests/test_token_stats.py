@@ -177,3 +177,13 @@ def test_drift_sums_zero_base_state_and_identical_states():
     assert got[0] == 0.0 and got[1] == pytest.approx(1.0, abs=1e-12)
     assert got[1] <= 1.0 and got[2] == 0.0
     assert got[3] == pytest.approx(1e-6 + 4 + 49, rel=1e-6)
+    # opposed states, h_s = -2 h_b: distance 3 ||h_b||, cosine -1 (never below it),
+    # and one at right angles: cosine 0; the row sums both
+    hb = torch.tensor([[[1.0, 2.0, -2.0], [0.0, 3.0, 0.0]]])
+    hs = torch.tensor([[[-2.0, -4.0, 4.0], [5.0, 0.0, 0.0]]])
+    got = drift_sums((hb,), (hs,), torch.tensor([[True, False]]))[0, 0]
+    assert got[0] == pytest.approx(3.0) and got[1] == pytest.approx(-1.0, abs=1e-12)
+    assert got[1] >= -1.0 and got[2] == pytest.approx(81.0) and got[3] == 9.0
+    got = drift_sums((hb,), (hs,), torch.tensor([[True, True]]))[0, 0]
+    assert got[1] == pytest.approx(-1.0, abs=1e-12)
+    assert got[0] == pytest.approx(3.0 + 34 ** 0.5 / 3)
