@@ -62,8 +62,8 @@ def _tie(change: VocabChange, tied: Checkpoint, other: Checkpoint, side: str) ->
         return
     shape = other.tensors[HEAD].shape
     rows = tied.config.get("vocab_size")
-    if isinstance(rows, int) and rows != shape[0] and not any(
-            t.shape == shape and n != HEAD for n, t in tied.tensors.items()):
+    if isinstance(rows, int) and not any(t.shape == shape
+                                         for t in tied.tensors.values()):
         shape = (rows, *shape[1:])  # a resized vocabulary: the tied side's own rows
     emb = _embedding(tied, shape)
     info = tied.tensors[emb]

@@ -269,6 +269,22 @@ def test_vocab_tied_head_of_a_resized_vocabulary(tied):
         assert sft.tensors[HEAD] == sft.tensors[EMB]
 
 
+def test_vocab_tied_head_of_the_other_sides_shape_first():
+    """An embedding of the other head's shape is the tied head, whatever the tied
+    side's vocab_size says; without a vocab_size the refusal names that shape."""
+    base, sft = pair(10, 12)
+    del base.tensors[HEAD], base.config["tie_word_embeddings"]
+    base.tensors[EMB] = info(EMB, (12, H), 0)  # the config's 10 is wrong
+    assert vocab.align_pair(base, sft).embedding == EMB
+    assert base.tensors[HEAD].shape == (12, H)
+    base, sft = pair(10, 12)
+    del base.tensors[HEAD], base.config["tie_word_embeddings"]
+    del base.config["vocab_size"]
+    with pytest.raises(CheckpointError, match=r"no embedding tensor\(s\) of shape "
+                       r"\[12, 4\]"):
+        vocab.align_pair(base, sft)
+
+
 def test_vocab_tied_head_of_an_embedding_named_before_it():
     """Any embedding name (here one that sorts before lm_head.weight)."""
     emb = "embeddings.word_embeddings.weight"
