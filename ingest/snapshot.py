@@ -141,7 +141,10 @@ def _locks(path: str | os.PathLike) -> list[tuple[str, int]] | None:
 def writer(path: str | os.PathLike) -> int | None:
     """The PID of the process that holds `path`'s write lock: None when nobody does,
     0 when it cannot be told (no /proc/locks)."""
-    locks = _locks(path)
+    return _writer_of(_locks(path))
+
+
+def _writer_of(locks: list[tuple[str, int]] | None) -> int | None:
     if locks is None:
         return 0
     return next((pid for access, pid in locks if access == "WRITE"), None)
@@ -163,11 +166,12 @@ def notice(path: str | os.PathLike) -> Notice | None:
     path = Path(path)
     for _ in range(5):
         snap = current(path) if enabled() and path.exists() else None
-        if snap is None or any(pid == os.getpid() for _, pid in _locks(path) or ()):
+        locks = _locks(path) if snap is not None else None
+        if snap is None or any(pid == os.getpid() for _, pid in locks or ()):
             return None  # no snapshot, or this process has the file open (see above)
         if not changed_since(path, snap):
             return None
-        pid = writer(path)
+        pid = _writer_of(locks)  # the locks read once, before the bytes
         if current(path) != snap:  # a writer published meanwhile: look again
             continue
         when = _published_at(snap)
