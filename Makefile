@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 .PHONY: all demo test test-fast test-pure-python ext mutate app bench bench-gpu lint browser-deps cluster-deps clean dbt
 all: demo
 
-$(VENV)/.installed: pyproject.toml ingest/_sefast.c compute/_kernels.c
+$(VENV)/.installed: pyproject.toml ingest/_sefast.c compute/linalg/_kernels.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=25.1"
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
@@ -48,7 +48,7 @@ browser-deps:
 
 # the C extensions, rebuilt if an import fails (the tests fail, not skip, without them)
 ext: venv
-	@$(PY) -c "import ingest._sefast, compute._kernels" 2>/dev/null \
+	@$(PY) -c "import ingest._sefast, compute.linalg._kernels" 2>/dev/null \
 		|| $(PY) -m pip install -q --no-deps -e .
 
 # two workers (TEST_WORKERS), each a test file at a time, in the collected order: the

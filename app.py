@@ -1,7 +1,7 @@
 """sftscope's browser: `streamlit run app.py` (or `make app`).
 
 Reads the warehouse named by $SFTSCOPE_DB (default data/warehouse.duckdb) through
-short-lived read-only connections; the pages live in pages/, their SQL in
+short-lived read-only connections; the pages live in app_pages/, their SQL in
 app_lib/queries.py, their charts in app_lib/charts.py.
 """
 

@@ -78,7 +78,7 @@ def build_warehouse(work: Path, env: dict) -> tuple[Path, dict]:
     """The warehouse; returns the run folder the writer loop reloads and the setup
     steps. A `dbt build` whose tests fail still builds the models: it is reported,
     and the warehouse is published by hand."""
-    from compute.demo import PairSpec, build_pair
+    from compute.fixtures.planted import PairSpec, build_pair
 
     pair = work / "pair"
     build_pair(pair, PairSpec(hidden=64, intermediate=160, layers=4, heads=2,

@@ -11,14 +11,14 @@ last) and, on a GPU, torch.cuda.max_memory_allocated:
 
   plain     for each post, each window, each model: model(input_ids).logits, upcast
             to fp32, log_softmax, the target's log-prob kept: log-probs only
-  sftscope  compute.behaviour.run_behaviour: micro-batches through both resident
+  sftscope  compute.behaviour.scoring.run_behaviour: micro-batches through both resident
             models; log-probs, KL both ways, entropies, top-1 ids and ranks (token
             shift) and the residual drift of every layer, written to Parquet
 
 Ratio: sftscope tokens/s over plain tokens/s, measured in the same run. Targets: no
 slower on a CPU (>= 1.0: a plain loop over the demo pair already runs near the
 cores' peak), >= 3 on a GPU, where batching pays. Weights are fp32 on a CPU and bf16
-on a GPU for both runs. The pair is compute.demo's planted pair at the chosen shape
+on a GPU for both runs. The pair is compute.fixtures.planted's planted pair at the chosen shape
 (`demo`: 6 layers, hidden 256, vocab 2048; `0.5B`: Qwen2.5-0.5B's shapes, 24 layers,
 hidden 896, vocab 151936), drawn on the device and cached under --data.
 """
@@ -42,7 +42,7 @@ CPU_TARGET, GPU_TARGET = 1.0, 3.0
 
 
 def spec_for(shape: str):
-    from compute.demo import DEMO, PairSpec
+    from compute.fixtures.planted import DEMO, PairSpec
 
     if shape == "demo":
         return DEMO
@@ -56,18 +56,18 @@ def spec_for(shape: str):
 
 
 def build(data: Path, shape: str, device: str) -> tuple[Path, Path]:
-    from compute.demo import build_pair
+    from compute.fixtures.planted import build_pair
 
     return build_pair(data / f"behaviour-{shape}", spec_for(shape), device=device)
 
 
 def prompts(n: int, seed: int = 6197):
-    """n posts of compute.demo's corpus, from a few lines to a few thousand tokens
+    """n posts of compute.fixtures.planted's corpus, from a few lines to a few thousand tokens
     (lengths spread evenly on a log scale, shuffled)."""
     import numpy as np
     import pandas as pd
 
-    from compute.demo import corpus_lines
+    from compute.fixtures.planted import corpus_lines
 
     lines = corpus_lines()
     rng = np.random.default_rng(seed)
@@ -90,7 +90,7 @@ def worker_plain(base_dir: Path, sft_dir: Path, posts, device: str, window: int,
     import torch
     from transformers import AutoModelForCausalLM
 
-    from compute.behaviour import (
+    from compute.behaviour.scoring import (
         load_tokenizer,
         pick_dtype,
         plan_windows,
@@ -130,7 +130,7 @@ def worker_sftscope(base_dir: Path, sft_dir: Path, posts, device: str, window: i
                     context: int, batch_size: int, out: Path) -> dict:
     import torch
 
-    from compute.behaviour import run_behaviour
+    from compute.behaviour.scoring import run_behaviour
 
     dev = torch.device(device)
     opts = run_behaviour(base_dir, sft_dir, posts, out, run_id="bench", pair="bench",

@@ -12,7 +12,7 @@ the same run, each command in its own process:
   shards  the same with --shard I/N, for I = 0 .. N-1 one after the other, N = 2, 4, 8
 
 Balance, for N = 2, 4 and 8: the largest shard over the mean, of the estimated cost
-(k^2 (m + n) of the units compute.shards gives each shard: whole tensors, and pieces
+(k^2 (m + n) of the units compute.plan.shards gives each shard: whole tensors, and pieces
 of rows of a tensor larger than the mean share; `estimated_whole`: with whole
 tensors only, as before pieces), of the shard runs' measured wall and CPU seconds,
 and of each tensor's seconds in the single run's files summed per shard (a piece
@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import duckdb
 
-    from compute.checkpoints import pair_plan, resolve
-    from compute.shards import split, tensor_costs, units
+    from compute.io.checkpoints import resolve
+    from compute.plan.pair import pair_plan
+    from compute.plan.shards import split, tensor_costs, units
 
     pair = a.pair or build(a.data, a.layers)[0]
     base, sft = resolve(str(pair / "base")), resolve(str(pair / "sft"))

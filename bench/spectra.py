@@ -7,7 +7,7 @@
 
 The pair has the real Qwen2.5-0.5B shapes (hidden 896, intermediate 4864, 14 heads /
 2 kv heads so k/v are 128 x 896, vocab 151936, tied embeddings), random bf16 weights and
-a planted low-rank dW (compute.demo.build_pair); it is cached under data/bench/ so
+a planted low-rank dW (compute.fixtures.planted.build_pair); it is cached under data/bench/ so
 re-runs skip generation. Measured in the same run, each in its own process (clean peak
 RSS from os.wait4):
 
@@ -20,7 +20,7 @@ RSS from os.wait4):
   sftscope_noembed  the same on a copy of the pair without the embedding: like for
             like against WeightWatcher
   sftscope_vectors  python -m compute.run --vectors 32 (the GPU default): the spectra
-            and the singular vectors (compute.directions); the others run with
+            and the singular vectors (compute.linalg.directions); the others run with
             --vectors 0, spectra only, what the baselines compute
 
 Prints {"bench": "spectra", "machine", "results", "ratios", "accuracy"} as JSON. Each
@@ -46,14 +46,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import ratio, report, run_measured  # noqa: E402 (after sys.path)
-from compute.directions import DEFAULT_VECTORS  # noqa: E402
+from compute.linalg.directions import DEFAULT_VECTORS  # noqa: E402
 
 RUNS = ("naive", "ww", "svd", "sftscope", "sftscope_noembed", "sftscope_vectors")
 EMBED = "model.embed_tokens.weight"
 
 
 def spec_for(layers: int):
-    from compute.demo import PairSpec
+    from compute.fixtures.planted import PairSpec
 
     return PairSpec(hidden=896, intermediate=4864, layers=layers, heads=14, kv_heads=2,
                     vocab=151936, tie_embeddings=True, max_positions=32768)
@@ -64,7 +64,7 @@ def build(data: Path, layers: int) -> tuple[Path, Path]:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from compute.demo import build_pair
+    from compute.fixtures.planted import build_pair
 
     pair = data / f"qwen2.5-0.5b-shaped-L{layers}"
     t0 = time.perf_counter()

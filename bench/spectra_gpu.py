@@ -6,7 +6,7 @@
 
 The pair has the real Qwen2.5-7B shapes (hidden 3584, intermediate 18944, 28 heads /
 4 kv heads so k/v are 512 x 3584, vocab 152064, untied embeddings): 2 x 15 GB of bf16,
-compute.demo's pair (random weights, a planted low-rank dW plus dense noise) drawn on
+compute.fixtures.planted's pair (random weights, a planted low-rank dW plus dense noise) drawn on
 the device (seconds on a GPU, minutes on the CPU), written once under --data and
 reused while its spec is unchanged.
 
@@ -42,7 +42,7 @@ TARGET_SECONDS = 180.0
 
 
 def spec_for(layers: int, small: bool):
-    from compute.demo import PairSpec
+    from compute.fixtures.planted import PairSpec
 
     if small:  # every step on a CPU in seconds
         return PairSpec(hidden=256, intermediate=704, layers=layers, heads=4, kv_heads=2,
@@ -52,9 +52,9 @@ def spec_for(layers: int, small: bool):
 
 
 def build(out: Path, spec, device: str) -> Path:
-    """The pair (cached by spec and device): compute.demo's planted pair, its
+    """The pair (cached by spec and device): compute.fixtures.planted's planted pair, its
     weights drawn on `device`."""
-    from compute.demo import build_pair
+    from compute.fixtures.planted import build_pair
 
     t0 = time.perf_counter()
     build_pair(out, spec, device=device)
@@ -73,8 +73,8 @@ def phases(pair: Path, spec, device_name: str) -> dict:
     device and scaled to the whole pair (layers x per-layer time)."""
     import torch
 
-    from compute.checkpoints import resolve
-    from compute.demo import shapes
+    from compute.fixtures.planted import shapes
+    from compute.io.checkpoints import resolve
 
     device = torch.device(device_name)
 

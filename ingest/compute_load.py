@@ -27,7 +27,8 @@ from pathlib import Path
 
 import duckdb
 
-from compute.results import (
+from ingest import snapshot
+from ingest.results import (
     BULKY,
     ResultsError,
     Store,
@@ -36,7 +37,6 @@ from compute.results import (
     local_path,
     with_records,
 )
-from ingest import snapshot
 from ingest.warehouse import (
     connect,
     db_path,
@@ -65,7 +65,7 @@ class LoadError(RuntimeError):
 
 def _manifest(run_dir: Path) -> dict:
     """run.json, with the kinds/<kind>.json records of a run made on an object
-    store (compute.results) beside it."""
+    store (ingest.results) beside it."""
     path = run_dir / "run.json"
     if not path.exists():
         raise LoadError(f"{run_dir}: no run.json; not a compute.run output folder")
@@ -104,7 +104,7 @@ def fetched(uri: str) -> Iterator[Path]:
 def load_run(run_dir: str | Path, db: str | Path | None = None,
              kinds: list[str] | None = None) -> dict[str, int]:
     """Replace the pair's rows of each finished kind; returns rows per raw table.
-    `run_dir`: a folder, or an object-store URI (compute.results)."""
+    `run_dir`: a folder, or an object-store URI (ingest.results)."""
     if is_remote(run_dir):
         with fetched(str(run_dir)) as local:
             try:

@@ -3,7 +3,7 @@
     python -m ingest.lora data/adapters/p8                       # an extracted adapter
     python -m ingest.lora data/runs/planted/lora_recovery/all    # a recovery run
 
-compute.extract_lora and compute.lora_recovery call this themselves; run it by hand
+compute.lora.extract and compute.lora.recovery call this themselves; run it by hand
 for results made with --no-load (on another machine). An adapter folder's
 lora_extraction.parquet replaces the rows of raw.lora_extractions with the same pair
 and extraction name; a recovery folder (ranks.parquet and posts/*.parquet) replaces

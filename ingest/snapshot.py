@@ -5,7 +5,7 @@
 
 DuckDB lets one process write a file, and none while another process has it open,
 even read-only. So writers (the loaders, `dbt run` / `dbt build`) keep the warehouse
-file to themselves, and readers (the app, `compute.summary`, ad-hoc SQL) read a copy:
+file to themselves, and readers (the app, `compute.run.summary`, ad-hoc SQL) read a copy:
 
     data/warehouse.duckdb                                 the warehouse: writers only
     data/warehouse.duckdb.snapshots/<n>/warehouse.duckdb  published copies
@@ -27,7 +27,7 @@ open the warehouse file, so they never stop a writer from taking it, whatever a 
 is doing at that moment. A warehouse changed since its last snapshot by something that
 does not publish (a `duckdb` shell writing it, a `dbt build` with a failed model) is
 still read as its last snapshot; `notice` says so (the app shows it on every page, and
-`ingest.warehouse.connect(read_only=True)`, so `compute.summary`, prints it), with the
+`ingest.warehouse.connect(read_only=True)`, so `compute.run.summary`, prints it), with the
 command that publishes it: `python -m ingest.snapshot`; while a writer holds the
 file and has changed it, that it is being written (and by which process). "Changed"
 is read from the file's content, not from times: a WAL with content (committed, not
@@ -45,7 +45,6 @@ deleted while a reader has it open stays readable until it is closed.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -61,6 +60,15 @@ KEEP = 2
 CURRENT = "current"
 STAMP = "source.json"
 HEADER_BYTES = 3 * 4096  # DuckDB's file header and its two database headers
+
+
+def describe_pid(pid: int) -> str:
+    """'PID n (command line)'."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        return f"PID {pid} ({cmd.strip()[:120]})"
+    except OSError:
+        return f"PID {pid}"
 
 
 def enabled() -> bool:
@@ -177,8 +185,6 @@ def notice(path: str | os.PathLike) -> Notice | None:
         when = _published_at(snap)
         publish_cmd = f"python -m ingest.snapshot --db {path}"
         if pid is not None:
-            from ingest.warehouse import describe_pid
-
             by = describe_pid(pid) if pid else "another process"
             return Notice(
                 f"The warehouse `{path}` is being written by {by}. Readers see its last "
@@ -291,27 +297,7 @@ def _prune(top: Path, name: str) -> None:
                 shutil.rmtree(stray, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ingest.warehouse import WarehouseBusy, connect, db_path
+if __name__ == "__main__":  # the command needs the writer's lock: ingest.warehouse
+    from ingest.warehouse import publish_main
 
-    ap = argparse.ArgumentParser(prog="python -m ingest.snapshot",
-                                 description=__doc__.splitlines()[0])
-    ap.add_argument("--db", type=Path, help="warehouse (default $SFTSCOPE_DB or "
-                    "data/warehouse.duckdb)")
-    a = ap.parse_args(argv)
-    path = db_path(a.db)
-    if not path.exists():
-        print(f"error: warehouse {path} does not exist", file=sys.stderr)
-        return 2
-    try:
-        with connect(path) as con:
-            snap = publish(con, path)
-    except WarehouseBusy as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    print(f"published {snap}" if snap else "SFTSCOPE_SNAPSHOTS=0: nothing published")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(publish_main())

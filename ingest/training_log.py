@@ -1,4 +1,4 @@
-"""Load a training log (compute.train_demo's training_log.csv) into raw.training_log.
+"""Load a training log (compute.fixtures.train_demo's training_log.csv) into raw.training_log.
 
     python -m ingest.training_log models/demo --pair demo [--db data/warehouse.duckdb]
 

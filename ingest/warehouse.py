@@ -16,6 +16,7 @@ older warehouse in the writer's transaction; a read-only `connect` refuses one, 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.metadata
 import os
@@ -51,16 +52,7 @@ def _is_lock_error(exc: Exception) -> bool:
 def lock_holder(exc: Exception) -> str:
     """'PID n (command line)' of the process a DuckDB lock error names."""
     m = re.search(r"\(PID (\d+)\)", str(exc))
-    return describe_pid(int(m.group(1))) if m else "another process"
-
-
-def describe_pid(pid: int) -> str:
-    """'PID n (command line)'."""
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        return f"PID {pid} ({cmd.strip()[:120]})"
-    except OSError:
-        return f"PID {pid}"
+    return snapshot.describe_pid(int(m.group(1))) if m else "another process"
 
 
 @contextlib.contextmanager
@@ -610,3 +602,24 @@ def replace_pair_rows(
     return con.execute(
         f"select count(*) from raw.{table} where pair = ?", [pair]
     ).fetchone()[0]
+
+
+def publish_main(argv: list[str] | None = None) -> int:
+    """python -m ingest.snapshot: publish a snapshot of the warehouse now."""
+    ap = argparse.ArgumentParser(prog="python -m ingest.snapshot",
+                                 description=snapshot.__doc__.splitlines()[0])
+    ap.add_argument("--db", type=Path, help="warehouse (default $SFTSCOPE_DB or "
+                    "data/warehouse.duckdb)")
+    a = ap.parse_args(argv)
+    path = db_path(a.db)
+    if not path.exists():
+        print(f"error: warehouse {path} does not exist", file=sys.stderr)
+        return 2
+    try:
+        with connect(path) as con:
+            snap = snapshot.publish(con, path)
+    except WarehouseBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    print(f"published {snap}" if snap else "SFTSCOPE_SNAPSHOTS=0: nothing published")
+    return 0

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from compute.demo import PairSpec, build_pair, corpus_lines
+from compute.fixtures.planted import PairSpec, build_pair, corpus_lines
 
 SPEC = PairSpec(layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab=512,
                 max_positions=1024)

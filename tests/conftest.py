@@ -92,7 +92,7 @@ def built_once(folder: Path, build: Callable[[Path], object]) -> Path:
 
 
 def build_demo_pair(out: Path) -> None:
-    from compute.demo import build_pair
+    from compute.fixtures.planted import build_pair
 
     build_pair(out)
 

@@ -1,5 +1,5 @@
 """pytest plugin for `make test-pure-python`: the suite as a checkout without a C
-compiler runs it. The compiled extensions (ingest._sefast, compute._kernels) cannot
+compiler runs it. The compiled extensions (ingest._sefast, compute.linalg._kernels) cannot
 be imported, so the ingest falls back to lxml and the spectra to NumPy; tests marked
 `c_extension` are deselected by the make target.
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.abc
 import sys
 
-BLOCKED = ("ingest._sefast", "compute._kernels")
+BLOCKED = ("ingest._sefast", "compute.linalg._kernels")
 
 
 class _NoExtensions(importlib.abc.MetaPathFinder):
@@ -28,7 +28,7 @@ sys.meta_path.insert(0, _NoExtensions())
 
 
 def pytest_sessionstart(session):
-    from compute import spectra
+    from compute.linalg import spectra
     from ingest import se_parse
 
     assert se_parse._sefast is None and not se_parse.fast_parser_available()

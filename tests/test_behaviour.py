@@ -1,4 +1,4 @@
-"""compute/behaviour.py on tiny Qwen2 pairs: log-probs, batching, windows, drift,
+"""compute/behaviour/scoring.py on tiny Qwen2 pairs: log-probs, batching, windows, drift,
 resume."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from compute import behaviour
-from compute.behaviour import load_prompts, plan_windows, run_behaviour
+from compute.behaviour import scoring as behaviour
+from compute.behaviour.scoring import load_prompts, plan_windows, run_behaviour
 
 try:
     from tests import behaviour_helpers as H

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from compute.behaviour import run_behaviour
+from compute.behaviour.scoring import run_behaviour
 from ingest.warehouse import connect, ensure_raw_schema
 
 try:

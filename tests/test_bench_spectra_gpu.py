@@ -39,7 +39,7 @@ def test_small_run_on_cpu(tmp_path, capsys):
     assert ph["limits"]["eigensolves"] == run["spectra"]
     # bytes of both checkpoints, bf16
     spec = spectra_gpu.spec_for(2, small=True)
-    from compute.demo import shapes
+    from compute.fixtures.planted import shapes
 
     n = sum(int(np.prod(s)) for s in shapes(spec).values())
     assert ph["limits"]["bytes_read_gb"] == pytest.approx(4 * n / 1e9, abs=0.01)

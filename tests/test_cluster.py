@@ -10,9 +10,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from compute import cluster
-from compute.demo import PairSpec, build_pair
-from compute.run import main
+from compute.fixtures.planted import PairSpec, build_pair
+from compute.run import cluster
+from compute.run.cli import main
 
 ray = pytest.importorskip("ray")  # the optional extra; make test installs it
 
@@ -49,22 +49,22 @@ def test_two_pairs_by_three_shards_with_a_retried_task(local_ray, tmp_path):
         pairs[name] = folder
     failed = tmp_path / "failed-once"
 
-    def flaky(argv, cwd):
+    def flaky(argv, cwd, run):
         """Shard 1/3 of pair a dies after one tensor the first time."""
-        from compute.cluster import shard_task
-        from compute.run import main
+        from compute.run.cli import main
+        from compute.run.cluster import shard_task
 
         if argv[argv.index("--name") + 1] == "a" and "1/3" in argv and not (
                 Path(failed).exists()):
             Path(failed).touch()
             main([*argv, "--max-tensors", "1"])
             raise RuntimeError("killed midway")
-        return shard_task(argv, cwd)
+        return shard_task(argv, cwd, run)
 
     out = tmp_path / "runs"
     argvs = cluster.jobs([(n, pair_argv(p, n, out)) for n, p in pairs.items()], 3)
     assert len(argvs) == 6
-    cluster.run_tasks(argvs, progress=False, task=flaky)
+    cluster.run_tasks(argvs, run=main, progress=False, task=flaky)
     assert failed.exists()  # the failure happened, and the retry completed the pair
     for name, folder in pairs.items():
         single = tmp_path / "single"

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from compute import directions, lora_recovery, shards, vocab
-from compute.checkpoints import Checkpoint, CheckpointError, TensorInfo
+from compute.io.checkpoints import Checkpoint, CheckpointError, TensorInfo
+from compute.linalg import directions
+from compute.lora import recovery as lora_recovery
+from compute.plan import shards, vocab
 
 # --- shards: cost plan --------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""compute.directions against NumPy's SVD and SciPy: singular vectors (subspace
+"""compute.linalg.directions against NumPy's SVD and SciPy: singular vectors (subspace
 distance, not sign), overlap shares, principal angles (scipy.linalg.subspace_angles),
 intruder cosines; planted pairs whose dW lies in known subspaces; a planted token
 direction; the torch (GPU) ops on the CPU against the NumPy path."""
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from compute import directions, spectra
-from compute.directions import array_directions, token_labels
+from compute.linalg import directions, spectra
+from compute.linalg.directions import array_directions, token_labels
 
 
 @pytest.fixture(params=["openblas", "numpy"])

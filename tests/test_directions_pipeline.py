@@ -65,8 +65,8 @@ def test_rows_match_files_and_rerun_replaces(run):
 def test_vectors_are_the_checkpoints_singular_vectors(run):
     import duckdb
 
-    from compute.checkpoints import resolve
-    from compute.spectra import to_float64
+    from compute.io.checkpoints import resolve
+    from compute.linalg.spectra import to_float64
 
     _, run_dir, _, pair, _ = run
     name = "model.layers.1.mlp.down_proj.weight"

@@ -1,4 +1,4 @@
-"""Checkpoint layouts beyond Qwen2.5 (compute.naming, compute.layouts, .bin files).
+"""Checkpoint layouts beyond Qwen2.5 (compute.arch.naming, compute.fixtures.checkpoint_layouts, .bin files).
 
 Tiny pairs in each layout with planted ranks go through compute.run and dbt build;
 split parts of fused matrices are held to NumPy's SVD of the unfused matrices, cut
@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file, save_file
 
-from compute.layouts import LAYOUTS, TINY, build_layout_pair
-from compute.naming import Layout, LayoutError, block_of, parse_name
-from compute.run import main as run_main
+from compute.arch.naming import Layout, LayoutError, block_of, parse_name
+from compute.fixtures.checkpoint_layouts import LAYOUTS, TINY, build_layout_pair
+from compute.run.cli import main as run_main
 from tests.conftest import query, run_dbt
 
 # -- names and splits, no checkpoint ---------------------------------------------
@@ -125,7 +125,8 @@ def test_views_cut_torch_tensors_as_numpy_arrays(tmp_path):
     """The GPU and svd paths read torch tensors: each view cuts the same bits."""
     import torch
 
-    from compute.checkpoints import pair_plan, resolve
+    from compute.io.checkpoints import resolve
+    from compute.plan.pair import pair_plan
 
     for layout in ("gpt2", "stacked_experts"):
         base, sft = build_layout_pair(layout, tmp_path / layout)
@@ -270,8 +271,9 @@ def test_marts_aggregate_experts_and_list_them(layouts_warehouse):
 
 def test_bin_checkpoints_give_the_same_spectra_as_safetensors(tmp_path):
     """The llama pair written as pytorch_model.bin (and as two shards) reads back
-    the same tensors compute.checkpoints reads from safetensors."""
-    from compute.checkpoints import pair_plan, resolve
+    the same tensors compute.io.checkpoints reads from safetensors."""
+    from compute.io.checkpoints import resolve
+    from compute.plan.pair import pair_plan
 
     plans = {}
     for layout in ("llama", "llama_bin_sharded"):
@@ -334,7 +336,7 @@ def test_run_refuses_a_3d_tensor_of_unknown_meaning_before_any_work(tmp_path, ca
 def test_doctor_reports_the_layout_and_what_it_splits(tmp_path):
     import io
 
-    from compute.doctor import check_pair
+    from compute.pairs.doctor import check_pair
 
     out = io.StringIO()
     base, sft = build_layout_pair("gpt2", tmp_path / "gpt2")

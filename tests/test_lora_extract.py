@@ -1,4 +1,4 @@
-"""compute.extract_lora and compute.lora_recovery: the extracted adapter against
+"""compute.lora.extract and compute.lora.recovery: the extracted adapter against
 NumPy's SVD and PEFT, the rank-r models' behaviour on a pair of exact rank, the
 raw tables and the dbt marts against sums recomputed here (SciPy's t)."""
 
@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from compute import extract_lora as ex
-from compute.demo import PairSpec, build_pair
-from compute.spectra import to_float64
+from compute.fixtures.planted import PairSpec, build_pair
+from compute.linalg.spectra import to_float64
+from compute.lora import extract as ex
 from tests.conftest import query, run_dbt, run_py
 
 SPEC = PairSpec(hidden=64, intermediate=96, layers=2, heads=4, kv_heads=2, vocab=512,
@@ -106,7 +106,7 @@ def test_adapter_is_the_truncated_svd(pairs, tmp_path):
         assert row["retained_share"] == pytest.approx(
             np.sum(s[:4] ** 2) / np.sum(dw ** 2), rel=1e-9)
     # the project's own adapter reader sees the same dW
-    from compute.adapters import resolve_sft
+    from compute.io.adapters import resolve_sft
 
     again = resolve_sft(str(out), base)
     t = next(t for t in tgts if t.module == "o_proj")
@@ -125,12 +125,12 @@ def logits(model, ids) -> np.ndarray:
 
 def test_peft_loads_it_and_matches_the_in_memory_merge(pairs, tmp_path):
     """PeftModel.from_pretrained on the base (not merged) gives the logits of
-    compute.lora_recovery's merge of the same rank with the base's 1-D tensors."""
+    compute.lora.recovery's merge of the same rank with the base's 1-D tensors."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from compute.lora_recovery import Factors, merge
+    from compute.lora.recovery import Factors, merge
 
     base, sft = ex.open_pair(str(pairs["base"]), str(pairs["sft"]))
     tgts = ex.targets(base, sft)
@@ -153,7 +153,7 @@ def test_peft_loads_it_and_matches_the_in_memory_merge(pairs, tmp_path):
 def test_min_energy_and_per_module_ranks(pairs, tmp_path):
     """--min-energy picks per matrix the smallest r with that share of ||dW||_F^2
     (NumPy's singular values); mixed ranks go to rank_pattern with alpha_pattern,
-    which PEFT (and compute.adapters) read back at scale 1."""
+    which PEFT (and compute.io.adapters) read back at scale 1."""
     base, sft = ex.open_pair(str(pairs["base"]), str(pairs["sft"]))
     tgts = ex.targets(base, sft, ["q_proj", "up_proj"])
     assert {t.module for t in tgts} == {"q_proj", "up_proj"}
@@ -167,7 +167,7 @@ def test_min_energy_and_per_module_ranks(pairs, tmp_path):
         assert r["retained_share"] >= 0.999
     config = json.loads((tmp_path / "e" / "adapter_config.json").read_text())
     assert config["rank_pattern"] == config["alpha_pattern"]
-    from compute.adapters import resolve_sft
+    from compute.io.adapters import resolve_sft
 
     back = resolve_sft(str(tmp_path / "e"), base)
     assert {lo.module: lo.rank for lo in back.lora.values()} == {
@@ -185,8 +185,8 @@ def test_exact_rank_pair_extraction_keeps_everything(pairs, tmp_path):
 
 @pytest.fixture(scope="module")
 def recovery(pairs) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
-    """compute.lora_recovery on the exact-rank pair: ranks 0, 1, 2, 3 and full."""
-    from compute.lora_recovery import parse_args, run
+    """compute.lora.recovery on the exact-rank pair: ranks 0, 1, 2, 3 and full."""
+    from compute.lora.recovery import parse_args, run
 
     cfg = parse_args(["--base", str(pairs["base"]), "--sft", str(pairs["exact"]),
                       "--name", "exact", "--ranks", "1,2,3,full", "--prompts",

@@ -1,4 +1,4 @@
-"""compute.run --pairs: known names or a TOML file of [[pair]] tables (compute.pairlist);
+"""compute.run --pairs: known names or a TOML file of [[pair]] tables (compute.pairs.pairs_file);
 one after another without Ray, each pair's own options on top of the command line's;
 a bad file is refused naming the file and the entry; with --ray every (pair, shard)
 is a task with its pair's options (the task list is checked here without Ray)."""
@@ -8,9 +8,10 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from compute import cluster, pairlist
-from compute.demo import PairSpec, build_pair
-from compute.run import main, parse_args
+from compute.fixtures.planted import PairSpec, build_pair
+from compute.pairs import pairs_file as pairlist
+from compute.run import cluster
+from compute.run.cli import main, parse_args
 
 TINY = PairSpec(hidden=32, intermediate=64, layers=2, heads=2, kv_heads=1, vocab=256)
 KNOWN = {"7B": ("Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B-Instruct")}
@@ -125,7 +126,7 @@ window = 256
     monkeypatch.setattr(cluster, "run_tasks",
                         lambda argvs, **kw: seen.update(argvs=argvs, **kw))
     cfg = parse_args(argv)
-    assert cluster.main(cfg, argv, cfg.pairs, None) == 0
+    assert cluster.main(cfg, argv, cfg.pairs, None, main) == 0
     common = ["--device", "cpu", "--out", "s3://bkt/runs"]
     tail = ["--no-load", "--no-progress"]
     assert seen["argvs"] == [

@@ -5,7 +5,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from compute.behaviour import prefix_id
+from compute.behaviour.scoring import prefix_id
 
 
 def tokenizer(vocab: list[str], **special) -> PreTrainedTokenizerFast:

@@ -1,4 +1,4 @@
-"""Results under an object-store URI (compute.results), against a real S3 API: moto's
+"""Results under an object-store URI (ingest.results), against a real S3 API: moto's
 server in a process of its own on localhost, reached by pyarrow's S3FileSystem
 (endpoint_override, scheme http, dummy credentials); no internet.
 
@@ -25,14 +25,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from compute import results
-from compute.demo import PairSpec, build_pair
-from compute.run import main
-from ingest import compute_load
+from compute.fixtures.planted import PairSpec, build_pair
+from compute.run.cli import main
+from ingest import compute_load, results
 from ingest.compute_load import load_or_explain
 
 # a vocabulary large next to the blocks: at 3 shards embed_tokens and lm_head are
-# each split into 2 pieces of rows (compute.shards.n_pieces)
+# each split into 2 pieces of rows (compute.plan.shards.n_pieces)
 WIDE = PairSpec(hidden=64, intermediate=160, layers=2, heads=2, kv_heads=1, vocab=4096)
 TINY = PairSpec(hidden=32, intermediate=64, layers=2, heads=2, kv_heads=1, vocab=256)
 VOLATILE = "run_id, seconds"
@@ -171,11 +170,11 @@ def test_directions_of_shards_on_two_machines(s3, tmp_path, monkeypatch):
 @pytest.mark.s3
 def test_a_shard_failing_midway_leaves_whole_objects_and_resumes(s3, tmp_path,
                                                                  monkeypatch):
-    import compute.spectra
+    import compute.linalg.spectra
 
     pair = build_pair(tmp_path / "pair", TINY)
     root = s3.root("fail")
-    real, calls = compute.spectra.array_spectra, []
+    real, calls = compute.linalg.spectra.array_spectra, []
 
     def dies_on_the_sixth(*args, **kwargs):
         calls.append(1)
@@ -184,10 +183,10 @@ def test_a_shard_failing_midway_leaves_whole_objects_and_resumes(s3, tmp_path,
         return real(*args, **kwargs)
 
     machine(monkeypatch, tmp_path, "first")
-    monkeypatch.setattr(compute.spectra, "array_spectra", dies_on_the_sixth)
+    monkeypatch.setattr(compute.linalg.spectra, "array_spectra", dies_on_the_sixth)
     with pytest.raises(RuntimeError, match="died"):
         run(pair, root, "--vectors", "0")
-    monkeypatch.setattr(compute.spectra, "array_spectra", real)
+    monkeypatch.setattr(compute.linalg.spectra, "array_spectra", real)
     keys = s3.keys("fail/p")
     parts = [k for k in keys if "/spectra/0" in k]
     assert 0 < len(parts) < 16 and "bkt/fail/p/kinds/spectra.json" not in keys
@@ -343,7 +342,7 @@ def test_the_ray_driver_loads_every_pair_from_the_bucket(s3, tmp_path, monkeypat
     per pair from the bucket by the driver."""
     import os
 
-    from compute import cluster
+    from compute.run import cluster
 
     pairs = {n: build_pair(tmp_path / n, PairSpec(**{**TINY.__dict__, "seed": s}))
              for n, s in (("a", 1), ("b", 2))}
@@ -352,10 +351,10 @@ def test_the_ray_driver_loads_every_pair_from_the_bucket(s3, tmp_path, monkeypat
                             f'sft = "{p[1]}"\n' for n, p in pairs.items()))
     ran = []
 
-    def in_turn(argvs, **_):
+    def in_turn(argvs, run, **_):
         for k, argv in enumerate(argvs):
             machine(monkeypatch, tmp_path, f"worker{k}")
-            ran.append(cluster.shard_task(argv, os.getcwd()))
+            ran.append(cluster.shard_task(argv, os.getcwd(), run))
 
     monkeypatch.setattr(cluster, "run_tasks", in_turn)
     db = tmp_path / "w.duckdb"

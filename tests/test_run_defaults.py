@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from compute.checkpoints import Plan
-from compute.directions import DEFAULT_VECTORS
-from compute.naming import View
-from compute.run import auto_vectors, default_window, parse_args
+from compute.arch.naming import View
+from compute.linalg.directions import DEFAULT_VECTORS
+from compute.plan.pair import Plan
+from compute.run.cli import auto_vectors, default_window, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""`compute.run --shard I/N` and `--dry-run` (compute.shards).
+"""`compute.run --shard I/N` and `--dry-run` (compute.plan.shards).
 
 Any mix of shards, in any order, writes exactly the rows a single run writes (the
 planted pair); the split is balanced and covers every tensor once; the dry run of a
@@ -16,8 +16,8 @@ import duckdb
 import numpy as np
 import pytest
 
-from compute import shards
-from compute.run import main
+from compute.plan import shards
+from compute.run.cli import main
 
 ROWS = {"spectra": "spectra/[0-9]*.parquet", "vectors": "spectra/vectors.parquet"}
 VOLATILE = ("run_id", "seconds")  # a run's id and timings differ between runs
@@ -205,7 +205,7 @@ def scored(tmp_path_factory):
     """A tiny generated pair, 7 prompts (one of them empty: no tokens, skipped) and a
     single run's behaviour files, one post per batch (a post's numbers then do not
     depend on which posts share its batch, so shards must match them exactly)."""
-    from compute.demo import build_pair
+    from compute.fixtures.planted import build_pair
     from tests.behaviour_helpers import SPEC, prompts
 
     work = tmp_path_factory.mktemp("scored")
@@ -259,7 +259,7 @@ def test_behaviour_shards_in_any_order_give_the_rows_of_a_single_run(scored, n,
 
 
 def test_behaviour_share_is_balanced_by_tokens():
-    from compute.behaviour import Post, share_of
+    from compute.behaviour.scoring import Post, share_of
 
     rng = random.Random(1)
     posts = [Post(1000 + k, None, None, "", [0] * rng.randint(1, 400))
@@ -275,7 +275,7 @@ def test_behaviour_share_is_balanced_by_tokens():
 
 def test_a_killed_behaviour_shard_resumes_and_the_load_has_a_single_runs_rows(
         scored, tmp_path, monkeypatch):
-    from compute import behaviour
+    from compute.behaviour import scoring as behaviour
     from ingest.compute_load import load_or_explain
 
     pair, prompts, single = scored
@@ -374,7 +374,7 @@ def test_dry_run_of_hub_ids_reads_only_the_headers(tmp_path):
     """A generated pair (single-file base, two-shard SFT) served as hub repos: the
     dry run's plan equals the plan from the local folders, and of the weight files
     only the 8-byte length and the header were ever sent."""
-    from compute.demo import PairSpec, build_pair
+    from compute.fixtures.planted import PairSpec, build_pair
     from tests.conftest import run_py
 
     spec = PairSpec(hidden=64, intermediate=160, layers=2, heads=2, kv_heads=1,
@@ -416,7 +416,8 @@ def test_a_tensor_larger_than_a_share_is_split_into_pieces(demo_pair, single,
     two pieces of 1024 rows whose partial Grams are summed before the eigensolve.
     The pieces' spectra equal the single run's to fp64 rounding, every other tensor's
     bit for bit, and the balance is better than with whole tensors."""
-    from compute.checkpoints import pair_plan, resolve
+    from compute.io.checkpoints import resolve
+    from compute.plan.pair import pair_plan
 
     plan = pair_plan(resolve(str(demo_pair / "base")), resolve(str(demo_pair / "sft")))
     pieces = dict(zip(plan.matrices, shards.n_pieces(plan, 16), strict=True))

@@ -139,7 +139,7 @@ def test_a_writer_holding_the_file_does_not_block_readers(wh, monkeypatch, capsy
     assert note is not None and not note.writing
     assert "changed after its last snapshot" in note.text
     assert f"python -m ingest.snapshot --db {wh}" in note.text
-    with warehouse.connect(wh, read_only=True) as con:  # compute.summary's way in
+    with warehouse.connect(wh, read_only=True) as con:  # compute.run.summary's way in
         assert con.execute("select max(k) from marts.b").fetchone() == (1,)
     assert f"warning: {note.text}" in capsys.readouterr().err
     # Publishing it by hand: readers see the change, and nothing more is said.

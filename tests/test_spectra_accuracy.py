@@ -1,4 +1,4 @@
-"""compute.spectra against NumPy float64: spectra within 1e-7 * s_1, noise sigma from
+"""compute.linalg.spectra against NumPy float64: spectra within 1e-7 * s_1, noise sigma from
 np.spacing, zero and non-finite counts, on the shapes the fast paths treat apart
 (wide, tall, square, several blocks) and the storage dtypes bf16/fp16/fp32."""
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from compute import spectra
-from compute.spectra import noise_sigma, singular_values, tensor_spectra, ulp
+from compute.linalg import spectra
+from compute.linalg.spectra import noise_sigma, singular_values, tensor_spectra, ulp
 
 CPU = torch.device("cpu")
 TOL = 1e-7
@@ -32,10 +32,10 @@ def cpu_lapack(request, monkeypatch):
 @pytest.fixture(autouse=True,
                 params=[pytest.param("c", marks=pytest.mark.c_extension), "numpy"])
 def block_pass(request, monkeypatch):
-    """...and both per-block passes: compute/_kernels.c and its NumPy twin. Without
+    """...and both per-block passes: compute/linalg/_kernels.c and its NumPy twin. Without
     the C pass the "c" cases fail (`make test-pure-python` leaves them out)."""
     if request.param == "c":
-        assert spectra._kernels is not None, "compute._kernels is not built"
+        assert spectra._kernels is not None, "compute.linalg._kernels is not built"
     else:
         monkeypatch.setattr(spectra, "_kernels", None)
     return request.param

@@ -1,4 +1,4 @@
-"""The CPU spectra path without torch: compute/_kernels.c's per-block pass against
+"""The CPU spectra path without torch: compute/linalg/_kernels.c's per-block pass against
 its NumPy twin and against values computed independently (torch's upcasts, np.frexp),
 the safetensors reader against safetensors' own, the torch ops path (what runs on a
 GPU) against NumPy, and compute.run on a CPU never importing torch."""
@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from compute import spectra
-from compute.checkpoints import CheckpointError, resolve
+from compute.io.checkpoints import CheckpointError, resolve
+from compute.linalg import spectra
 from tests.conftest import ROOT, run_py
 
 STORAGES = ["bfloat16", "float16", "float32", "float64"]
@@ -26,7 +26,7 @@ SPECIALS = {  # +0, -0, smallest subnormal, largest subnormal, inf, -inf, nan, m
     "float64": [0, 0x8000000000000000, 1, 0x000FFFFFFFFFFFFF, 0x7FF0000000000000,
                 0xFFF0000000000000, 0x7FF8000000000000, 0x7FEFFFFFFFFFFFFF],
 }
-NOT_BUILT = ("compute._kernels is not built: `pip install -e .` compiles it (needs a C "
+NOT_BUILT = ("compute.linalg._kernels is not built: `pip install -e .` compiles it (needs a C "
              "compiler); `make test-pure-python` tests the NumPy fallback alone")
 needs_kernels = pytest.mark.c_extension
 C = pytest.param("c", marks=needs_kernels)
@@ -348,7 +348,7 @@ def test_torch_build_detection(tmp_path, monkeypatch):
     import importlib.machinery
     import importlib.util
 
-    from compute import run
+    from compute.run import cli as run
 
     pkg = tmp_path / "torch"
     pkg.mkdir()
@@ -371,7 +371,7 @@ def test_cpu_run_does_not_import_torch(demo_pair, tmp_path):
     """compute.run on a CPU: spectra and vectors through NumPy, torch never loaded
     (its import is ~2 s of a 30 s run); its spectra equal NumPy's SVD of the
     weights as safetensors reads them."""
-    code = ("import sys\nfrom compute.run import main\n"
+    code = ("import sys\nfrom compute.run.cli import main\n"
             f"rc = main(['--base', {str(demo_pair / 'base')!r}, '--sft', "
             f"{str(demo_pair / 'sft')!r}, '--name', 'x', '--no-load', "
             f"'--skip-behaviour', '--no-progress', '--device', 'cpu', '--out', "
@@ -381,7 +381,7 @@ def test_cpu_run_does_not_import_torch(demo_pair, tmp_path):
     assert "torch loaded: False rc 0" in proc.stdout, proc.stdout + proc.stderr
     import pyarrow.parquet as pq
 
-    from compute.checkpoints import pair_plan
+    from compute.plan.pair import pair_plan
 
     base, sft = resolve(str(demo_pair / "base")), resolve(str(demo_pair / "sft"))
     plan = pair_plan(base, sft)

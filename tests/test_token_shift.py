@@ -1,5 +1,5 @@
 """Per-token KL, entropies, top-1 ids and ranks (raw.token_shift) of
-compute/behaviour.py against full logits of plain transformers forward passes."""
+compute/behaviour/scoring.py against full logits of plain transformers forward passes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from compute.behaviour import run_behaviour
+from compute.behaviour.scoring import run_behaviour
 
 try:
     from tests import behaviour_helpers as H

@@ -1,4 +1,4 @@
-"""compute.behaviour's per-token arithmetic on small hand-made heads, against SciPy
+"""compute.behaviour.scoring's per-token arithmetic on small hand-made heads, against SciPy
 and NumPy in float64: token_stats (log-probs of the target, both KL directions,
 entropies, top-1 ids and their ranks under the other model, a vocabulary the SFT
 extended, chunked LM heads, ties) and drift_sums (relative distance, cosine, squared
@@ -14,7 +14,7 @@ import pytest
 import torch
 from scipy import special, stats
 
-from compute.behaviour import drift_sums, token_stats
+from compute.behaviour.scoring import drift_sums, token_stats
 
 
 class Head:

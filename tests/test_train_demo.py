@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from compute import train_demo as td
+from compute.fixtures import train_demo as td
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "models" / "demo"

@@ -1,6 +1,6 @@
 """Fine-tunes that are not a same-dtype, same-vocabulary full checkpoint: an SFT in
 float32 or float16 over a bf16 base, a resized vocabulary, a tied base against an
-untied SFT, a PEFT LoRA adapter (compute.variants builds them, with planted ranks).
+untied SFT, a PEFT LoRA adapter (compute.fixtures.variants builds them, with planted ranks).
 compute.run on each; the signal rank recomputed here from the Parquet rows with the
 Gavish-Donoho threshold equals the planted rank; the adapter's dW against PEFT's own
 merge and NumPy's SVD of scale * B @ A; refusals of what cannot be compared."""
@@ -17,10 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from compute.adapters import AdapterError, resolve_sft
-from compute.checkpoints import CheckpointError, pair_plan, resolve
-from compute.run import main as run_main
-from compute.variants import ADDED_TOKENS, LORA, VARIANTS, build_variant
+from compute.fixtures.variants import ADDED_TOKENS, LORA, VARIANTS, build_variant
+from compute.io.adapters import AdapterError, resolve_sft
+from compute.io.checkpoints import CheckpointError, resolve
+from compute.plan.pair import pair_plan
+from compute.run.cli import main as run_main
 from tests.conftest import query, run_dbt, run_py
 
 
@@ -144,7 +145,7 @@ def test_tied_base_compares_its_embedding_with_the_sft_head(variants, runs):
     ("tied_base", "lm_head compared with the base's model.embed_tokens.weight"),
 ])
 def test_doctor_passes_and_says_what_it_aligns(variants, variant, says, capsys):
-    from compute import doctor
+    from compute.pairs import doctor
 
     rc = doctor.main(["--base", str(variants / variant / "base"), "--sft",
                       str(variants / variant / "sft"), "--no-progress"])
@@ -154,7 +155,7 @@ def test_doctor_passes_and_says_what_it_aligns(variants, variant, says, capsys):
 
 
 def test_doctor_checks_an_adapter(variants, tmp_path, capsys):
-    from compute import doctor
+    from compute.pairs import doctor
 
     argv = ["--base", str(variants / "lora" / "base"), "--no-progress", "--sft"]
     assert doctor.main([*argv, str(variants / "lora" / "sft")]) == 0
@@ -231,7 +232,7 @@ def test_peft_merges_the_adapter_as_we_read_it(variants):
 def test_adapter_from_the_hub_cache(variants, tmp_path):
     """`--sft owner/name` of an adapter repo, offline from the hub cache: the run
     records the hub commit and the adapter."""
-    from compute.demo import place_in_hub_cache
+    from compute.fixtures.planted import place_in_hub_cache
 
     cache = tmp_path / "hub"
     place_in_hub_cache(variants / "lora" / "sft", cache, "someone/tiny-lora", "c" * 40)
@@ -347,7 +348,7 @@ def test_other_vocabulary_differences_stay_errors(variants, tmp_path):
 def test_adapter_behaviour_equals_our_merge(variants, tmp_path):
     """The behaviour half loads base + adapter with peft; its SFT log-probs equal
     those of a full checkpoint we merge ourselves (W_base + dW, fp32)."""
-    from compute.behaviour import run_behaviour
+    from compute.behaviour.scoring import run_behaviour
     from tests import behaviour_helpers as H
 
     base_dir = variants / "lora" / "base"

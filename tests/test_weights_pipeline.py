@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from compute.demo import PairSpec, build_pair, place_in_hub_cache
+from compute.fixtures.planted import PairSpec, build_pair, place_in_hub_cache
 from tests.conftest import ROOT, env_for, run_py
 
 

@@ -110,22 +110,22 @@ SQL_MUTANTS = [
 # cosmic-ray: the Python metric and statistics code (module, the functions whose
 # lines are mutated) and the few tests that guard it (seconds per mutant)
 PYTHON_TARGETS = [
-    ("compute/behaviour.py", ("plan_windows",),
+    ("compute/behaviour/scoring.py", ("plan_windows",),
      ("tests/test_behaviour.py", "-k", "plan_windows")),
-    ("compute/spectra.py", ("_noise_from_sums",),
+    ("compute/linalg/spectra.py", ("_noise_from_sums",),
      ("tests/test_spectra_accuracy.py", "-k", "noise_sigma")),
-    ("compute/behaviour.py", ("token_stats", "drift_sums"),
+    ("compute/behaviour/scoring.py", ("token_stats", "drift_sums"),
      ("tests/test_token_stats.py",)),
-    ("compute/shards.py", ("matrix_cost", "split", "peak_bytes", "dry_run"),
+    ("compute/plan/shards.py", ("matrix_cost", "split", "peak_bytes", "dry_run"),
      ("tests/test_core_math.py", "-k", "shard")),
-    ("compute/vocab.py", ("align_pair", "_tie", "_embedding"),
+    ("compute/plan/vocab.py", ("align_pair", "_tie", "_embedding"),
      ("tests/test_core_math.py", "-k", "vocab")),
-    ("compute/lora_recovery.py", ("post_rows", "update"),
+    ("compute/lora/recovery.py", ("post_rows", "update"),
      ("tests/test_core_math.py", "-k", "lora")),
     # the measures from the vectors: signs, overlap shares, principal angles,
     # intruders and their null, row changes (the rest of gram_directions, the
     # vectors themselves, is tests/test_directions.py's, tens of seconds a run)
-    ("compute/directions.py", ("_inverse", "_cosines", "_haar",
+    ("compute/linalg/directions.py", ("_inverse", "_cosines", "_haar",
                                "gram_directions:frob_d = rows[2]"),
      ("tests/test_core_math.py", "-k", "directions")),
 ]

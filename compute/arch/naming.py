@@ -1,10 +1,10 @@
 """Tensor names and checkpoint layouts: where a tensor sits and what it is.
 
-    from compute.naming import Layout, parse_name
+    from compute.arch.naming import Layout, parse_name
     layer, module = parse_name("transformer.h.3.attn.c_attn.weight")   # (3, "c_attn")
     layout = Layout(config)                      # the checkpoint's config.json
     views = layout.views(name, shape)            # the matrices to analyse in a tensor
-    layout.summary(tensors)                      # what compute.doctor prints
+    layout.summary(tensors)                      # what compute.pairs.doctor prints
 
 The layer index comes from the block container, whatever it is called (`layers`,
 `h`, `blocks`, `layer`, `block`, under any prefix: `model.`, `transformer.`,
@@ -326,7 +326,7 @@ class Layout:
                 + "; sftscope cannot tell them apart")
 
     def summary(self, tensors: Mapping[str, tuple[int, ...]]) -> list[str]:
-        """Lines for compute.doctor: the layout recognised, what is split or
+        """Lines for compute.pairs.doctor: the layout recognised, what is split or
         transposed, what is skipped. Raises LayoutError like views()."""
         containers, layers = Counter(), set()
         lines: list[str] = []

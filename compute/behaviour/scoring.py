@@ -1,6 +1,6 @@
 """Behaviour of a base/SFT pair: per-token log-probs and residual-stream drift.
 
-    from compute.behaviour import load_prompts, run_behaviour
+    from compute.behaviour.scoring import load_prompts, run_behaviour
     prompts = load_prompts("data/warehouse.duckdb")    # or a Parquet export
     options = run_behaviour(base_dir, sft_dir, prompts, Path("data/runs/7B"),
                             run_id="7B-20260101T000000", pair="7B")
@@ -54,7 +54,7 @@ of a batch that was killed halfway, so every post is scored exactly once.
 
 Shards (`share=(I, N)`, `compute.run --shard I/N`): every shard tokenizes all the
 prompts and takes its part of the non-empty posts, split by token count as the
-spectra split tensors by cost (compute.shards.split: largest first to the least
+spectra split tensors by cost (compute.plan.shards.split: largest first to the least
 loaded part; a pure function of the prompts, so the parts never overlap). A shard's
 files are named `sI-N-<batch>.parquet` and a shard cleans up only its own killed
 batches, so shards run side by side in one out_dir; the posts of every part together
@@ -512,9 +512,9 @@ def share_tag(share: tuple[int, int] | None) -> str:
 
 
 def share_of(posts: list[Post], share: tuple[int, int]) -> list[Post]:
-    """Shard (I, N)'s part of `posts`: split by token count (compute.shards.split),
+    """Shard (I, N)'s part of `posts`: split by token count (compute.plan.shards.split),
     in post_id order so that every shard computes the same parts."""
-    from compute.shards import split
+    from compute.plan.shards import split
 
     ordered = sorted(posts, key=lambda p: p.post_id)
     i, n = share

@@ -12,7 +12,7 @@ matched as PEFT matches them); `fan_in_fan_out` means the base stores the weight
 [in, out] (GPT-2's Conv1D), so dW is stored transposed; an embedding's
 `lora_embedding_A` (r, vocab) and `lora_embedding_B` (dim, r) give (B @ A)^T.
 W_sft = W_base + dW. `lowrank(name)` returns dW's factors in the base tensor's
-stored orientation, so compute.spectra forms dW block by block in fp64 and never
+stored orientation, so compute.linalg.spectra forms dW block by block in fp64 and never
 rounds it: an adapter-made dW carries no storage rounding (noise_sigma 0), and its
 rank is exactly r. Matrices the adapter does not touch are W_base itself (dW = 0,
 unchanged); `modules_to_save` (and saved biases) are full tensors that replace the
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compute.checkpoints import (
+from compute.io.checkpoints import (
     Checkpoint,
     CheckpointError,
     TensorInfo,
@@ -45,7 +45,7 @@ from compute.checkpoints import (
     resolve,
     scan_shard,
 )
-from compute.spectra import to_float64
+from compute.linalg.spectra import to_float64
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -283,7 +283,7 @@ def adapter_base(ref: str, revision: str | None = None) -> str | None:
 
 def resolve_sft(ref: str, base: Checkpoint, revision: str | None = None
                 ) -> Checkpoint:
-    """The fine-tuned side: a full checkpoint (compute.checkpoints.resolve) or a
+    """The fine-tuned side: a full checkpoint (compute.io.checkpoints.resolve) or a
     LoRA adapter over `base` (a folder or hub id with adapter_config.json)."""
     folder, rev = locate(ref, revision)
     if not is_adapter(folder):
@@ -296,7 +296,7 @@ def resolve_sft(ref: str, base: Checkpoint, revision: str | None = None
 
 
 def view_factors(view, factors):
-    """The factors of a view's dW (compute.naming.View): a fused matrix's part is
+    """The factors of a view's dW (compute.arch.naming.View): a fused matrix's part is
     some rows of dW (columns when stored transposed), i.e. rows of left (columns
     of right)."""
     if factors is None or view.rows is None:

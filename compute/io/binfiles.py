@@ -1,7 +1,7 @@
 """Older checkpoints: `pytorch_model.bin` (or shards named by
 `pytorch_model.bin.index.json`), read safely when a folder has no safetensors.
 
-    from compute.binfiles import bin_weight_files, scan_bin, read_bin
+    from compute.io.binfiles import bin_weight_files, scan_bin, read_bin
     files = bin_weight_files(folder)          # {shard: names (None: single file)}
     infos = scan_bin(folder / "pytorch_model.bin")   # {name: (shape, dtype)}
     arr, storage = read_bin(path, name)       # NumPy, as Checkpoint.read_array
@@ -102,7 +102,7 @@ def scan_bin(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def read_bin(path: Path, name: str) -> np.ndarray:
-    """Tensor `name` of a .bin shard as a fresh NumPy array in compute.spectra's
+    """Tensor `name` of a .bin shard as a fresh NumPy array in compute.linalg.spectra's
     ARRAY_DTYPES layout (bf16 as its uint16 bits)."""
     import torch
 

@@ -25,18 +25,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from compute.binfiles import BinError, bin_weight_files, read_bin, scan_bin
-from compute.naming import Layout, LayoutError, View
-from compute.spectra import ARRAY_DTYPES
+from compute.arch.naming import Layout
+from compute.io.binfiles import BinError, bin_weight_files, read_bin, scan_bin
+from compute.linalg.spectra import ARRAY_DTYPES
 
 if TYPE_CHECKING:
     import torch
 
-    from compute.vocab import VocabChange
 
 HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer*", "*.txt", "*.model"]
 BIN_PATTERNS = ["pytorch_model*.bin"]  # fetched only when a repo has no safetensors
-# safetensors dtype -> storage dtype (its arrays: compute.spectra.ARRAY_DTYPES)
+# safetensors dtype -> storage dtype (its arrays: compute.linalg.spectra.ARRAY_DTYPES)
 STORAGE = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 READ_CHUNK = 1 << 30  # bytes per read call (Linux reads at most ~2 GiB at once)
 
@@ -211,7 +210,7 @@ def read_header(path: Path) -> tuple[dict, int]:
 
 def scan_shard(path: Path) -> dict[str, TensorInfo]:
     """The tensors of one safetensors file, after checking it is complete (or of a
-    pytorch_model*.bin, loaded safely: compute.binfiles)."""
+    pytorch_model*.bin, loaded safely: compute.io.binfiles)."""
     if path.suffix == ".bin":
         try:
             return {name: TensorInfo(name, shape, dtype, path.name)
@@ -433,88 +432,3 @@ def _remote_header(ref: str, file: str, revision: str) -> tuple[dict, int]:
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")
     return header, 8 + n
-
-
-@dataclasses.dataclass
-class Plan:
-    matrices: list[str]  # 2-D/3-D weights, in file order: spectra of base, sft, delta
-    vectors: list[str]  # 1-D tensors: relative change only
-    tied: bool  # lm_head shares embed_tokens (absent from the files)
-    # the matrices each tensor gives (compute.naming: whole, fused parts, experts)
-    views: dict[str, list[View]] = dataclasses.field(default_factory=dict)
-    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # buffers: why
-    vocab: VocabChange | None = None  # a resized vocabulary, a tied head (compute.vocab)
-
-    @property
-    def n_views(self) -> int:
-        return sum(len(self.views[m]) for m in self.matrices)
-
-
-ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
-             "num_key_value_heads", "intermediate_size", "vocab_size")
-
-
-def pair_plan(base: Checkpoint, sft: Checkpoint) -> Plan:
-    """Check that base and SFT are one architecture; list the work. Errors name the
-    first tensor (or config key) that differs, before any work is done. A resized
-    vocabulary and a tied head against an untied one are aligned first
-    (compute.vocab: the checkpoints' tensor tables change); the storage dtypes of
-    the two sides may differ."""
-    from compute.vocab import align_pair
-
-    vocab = align_pair(base, sft)
-    for key in ARCH_KEYS:
-        if key == "vocab_size" and vocab and vocab.base_vocab:
-            continue
-        if base.config.get(key) != sft.config.get(key):
-            raise CheckpointError(
-                f"base and SFT are different architectures: config {key} is "
-                f"{base.config.get(key)!r} in {base.ref} but {sft.config.get(key)!r} "
-                f"in {sft.ref}"
-            )
-    only_base = sorted(set(base.tensors) - set(sft.tensors))
-    only_sft = sorted(set(sft.tensors) - set(base.tensors))
-    if only_base or only_sft:
-        which = (f"{only_base[0]} is in {base.ref} only" if only_base
-                 else f"{only_sft[0]} is in {sft.ref} only")
-        raise CheckpointError(
-            f"base and SFT hold different tensors ({len(only_base)} only in base, "
-            f"{len(only_sft)} only in SFT): {which}"
-        )
-    matrices, vectors = [], []
-    layout = Layout(base.config)
-    views: dict[str, list[View]] = {}
-    skipped: dict[str, str] = {}
-    for name, info in base.tensors.items():
-        other = sft.tensors[name]
-        if info.shape != other.shape:
-            raise CheckpointError(
-                f"tensor {name}: shape {list(info.shape)} in {base.ref} but "
-                f"{list(other.shape)} in {sft.ref}"
-            )
-        if layout.skip(name, info.shape):
-            skipped[name] = layout.skip(name, info.shape)
-            continue
-        for ckpt, t in ((base, info), (sft, other)):  # each side its own dtype
-            if t.dtype not in STORAGE:
-                raise CheckpointError(
-                    f"{ckpt.path / t.file}: tensor {name} is stored as {t.dtype}; "
-                    f"sftscope reads {', '.join(STORAGE)} weights")
-        try:
-            if len(info.shape) >= 2:
-                views[name] = layout.views(name, info.shape)
-                matrices.append(name)
-            elif len(info.shape) == 1:
-                layout.place(name)
-                vectors.append(name)
-            else:
-                raise LayoutError(f"tensor {name}: a scalar, not a weight")
-        except LayoutError as exc:
-            raise CheckpointError(f"{base.path / info.file}: {exc}") from exc
-    try:
-        layout.check_unique([v for vs in views.values() for v in vs])
-    except LayoutError as exc:
-        raise CheckpointError(f"{base.ref}: {exc}") from exc
-    tied = bool(base.config.get("tie_word_embeddings")) and "lm_head.weight" not in base.tensors
-    return Plan(matrices, vectors, tied, views, skipped, vocab)
-

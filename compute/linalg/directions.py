@@ -4,7 +4,7 @@
     rows, found = tensor_directions(w_base, w_sft, device=cuda, k=32)  # torch
     labels = token_labels(directions, unembedding, final_norm)      # logit lens
 
-`rows` are compute.spectra's three spectra rows (the same numbers), `found` a
+`rows` are compute.linalg.spectra's three spectra rows (the same numbers), `found` a
 `Directions` (None when a matrix has NaN/Inf): the top-k left and right singular
 vectors of each role and the measures below. compute.run calls this per matrix with
 `--vectors K` (default DEFAULT_VECTORS; 0: spectra only) and writes the vectors to
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from compute import spectra
+from compute.linalg import spectra
 
 if TYPE_CHECKING:
     import torch
@@ -141,7 +141,7 @@ class _Eigen:
 
 class _Tridiagonal:
     """All eigenvalues and the top eigenvectors of a symmetric matrix from one
-    tridiagonal reduction, through the OpenBLAS that compute.spectra calls: dsytrd,
+    tridiagonal reduction, through the OpenBLAS that compute.linalg.spectra calls: dsytrd,
     then dsterf (every eigenvalue, as the spectra), dstemr (the top `want` vectors of
     the tridiagonal) and dormtr (back to the matrix's basis). Against dsyevr's
     subset plus the spectra's eigenvalues: one reduction instead of two."""

@@ -9,7 +9,7 @@ sqrt(eps64) * s_1 ~ 1.5e-8 * s_1. Method `svd` is the reference: LAPACK `svdvals
 fp32 (or fp64 with `svd64`).
 
 Arrays in a storage dtype: bfloat16 has no NumPy dtype, so a bfloat16 array holds
-its bits (uint16); float16/32/64 are NumPy's (compute.checkpoints reads them so).
+its bits (uint16); float16/32/64 are NumPy's (compute.io.checkpoints reads them so).
 
 How the gram method is fast (bench/spectra.py measures it; bench/README.md has the
 figures):
@@ -18,7 +18,7 @@ figures):
   into reused buffers, dW's block is their difference in fp64 (exact), and the three
   Grams accumulate from the same blocks;
 - on the CPU all of it is NumPy and C, without torch (whose import alone is ~2 s of a
-  30 s run): per block one pass of compute/_kernels.c does the upcasts, dW and the
+  30 s run): per block one pass of compute/linalg/_kernels.c does the upcasts, dW and the
   counts below (NumPy does the same in ~15 passes when the extension is not built);
   the Gram is a symmetric rank-k update (BLAS dsyrk: half the flops of a gemm) and
   the eigenvalues come from LAPACK dsytrd + dsterf (what dsyevd does for eigenvalues
@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 try:
-    from compute import _kernels
+    from compute.linalg import _kernels
 except ImportError:  # not built (a source checkout without `pip install -e .`)
     _kernels = None
 
@@ -251,7 +251,7 @@ Prepared = tuple[int, int, int, int, int, float, float]
 def prepare_numpy(storage_b: str, storage_s: str, src_b: np.ndarray,
                   src_s: np.ndarray, xb: np.ndarray, xs: np.ndarray, xd: np.ndarray
                   ) -> Prepared:
-    """What compute/_kernels.c's `prepare` does, in NumPy: xb, xs = the blocks (base
+    """What compute/linalg/_kernels.c's `prepare` does, in NumPy: xb, xs = the blocks (base
     in `storage_b`, SFT in `storage_s`) in fp64, xd = xs - xb; returns (nonzero in
     base, in SFT, entries where the values differ (dW != 0 for finite entries: the
     bits differ, but not +0 against -0), subnormal entries of base, of SFT, and per
@@ -512,7 +512,7 @@ def _gram_spectra(wb, ws, storages: tuple[str, str], ops, lowrank=None, eig=None
     `ws` is then unused, and dW carries no storage rounding (noise_sigma 0).
     `eig(i, g)`, when given, replaces the eigenvalue step of role i's Gram g (whose
     upper triangle holds it) and returns the descending singular values
-    (compute.directions keeps the eigenvectors there)."""
+    (compute.linalg.directions keeps the eigenvectors there)."""
     t_start = time.perf_counter()
     sums = _gram_pass(wb, ws, storages, ops, lowrank)
     return _gram_rows(sums, wb.shape[0] * wb.shape[1], storages, ops, t_start,
@@ -599,7 +599,7 @@ def _gram_rows(sums: _Sums, numel: int, storages: tuple[str, str], ops,
 
 def gram_piece(w_base: np.ndarray, w_sft: np.ndarray, storage: str,
                storage_sft: str) -> dict[str, np.ndarray]:
-    """One piece of a tall matrix split by rows (compute.shards): its three partial
+    """One piece of a tall matrix split by rows (compute.plan.shards): its three partial
     Grams (upper triangles, (3, k, k) fp64) and counts, as arrays to save; the
     pieces' sums give the whole matrix's spectra (merge_pieces). CPU, NumPy."""
     _check_pair(w_base, w_sft)

@@ -54,10 +54,11 @@ from pathlib import Path
 
 import numpy as np
 
-from compute.adapters import Adapter, resolve_sft
-from compute.checkpoints import Checkpoint, CheckpointError, pair_plan, resolve
-from compute.naming import Layout
-from compute.spectra import to_float64
+from compute.arch.naming import Layout
+from compute.io.adapters import Adapter, resolve_sft
+from compute.io.checkpoints import Checkpoint, CheckpointError, resolve
+from compute.linalg.spectra import to_float64
+from compute.plan.pair import pair_plan
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -79,7 +80,7 @@ class Target:
     tensor: str  # checkpoint name, "model.layers.0.self_attn.q_proj.weight"
     module_path: str  # the module's name in the model, without ".weight"
     layer: int | None
-    module: str  # module type (compute.naming): q_proj, ..., embed_tokens, lm_head
+    module: str  # module type (compute.arch.naming): q_proj, ..., embed_tokens, lm_head
     shape: tuple[int, int]  # stored (rows, cols)
     embedding: bool
 
@@ -338,7 +339,7 @@ def iter_triplets(base: Checkpoint, sft: Checkpoint, tgts: list[Target], keep,
                   ) -> Iterator[tuple[Target, Triplets]]:
     """(target, its dW's triplets) in order; `keep(target)` says how many singular
     vectors to keep. On a CPU one matrix per core at a time, each with single-
-    threaded BLAS (compute.spectra's workers: threaded LAPACK on a shared machine
+    threaded BLAS (compute.linalg.spectra's workers: threaded LAPACK on a shared machine
     spins); at most two matrices per worker are in flight."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
@@ -346,7 +347,7 @@ def iter_triplets(base: Checkpoint, sft: Checkpoint, tgts: list[Target], keep,
 
     from tqdm import tqdm
 
-    from compute.spectra import spectra_workers, worker_threads
+    from compute.linalg.spectra import spectra_workers, worker_threads
 
     def one(t: Target) -> tuple[Target, Triplets]:
         return t, svd(delta(base, sft, t.tensor), keep(t), device)
@@ -456,7 +457,7 @@ def pair_args(ap: argparse.ArgumentParser) -> None:
 def resolve_pair_args(ap: argparse.ArgumentParser, a) -> tuple[str, str, str]:
     """(pair name, base ref, sft ref) from --pair or --base/--sft/--name; builds the
     planted pair on first use."""
-    from compute.run import parse_args
+    from compute.run.cli import parse_args
 
     argv = (["--pair", a.pair] if a.pair else
             ["--base", a.base or "", "--sft", a.sft or ""]
@@ -465,8 +466,8 @@ def resolve_pair_args(ap: argparse.ArgumentParser, a) -> tuple[str, str, str]:
         ap.error("give --pair, or --base and --sft")
     cfg = parse_args(argv)
     if cfg.pair == "planted":
-        from compute.demo import build_pair
-        from compute.run import PLANTED_DIR
+        from compute.fixtures.planted import build_pair
+        from compute.pairs.registry import PLANTED_DIR
 
         if Path(cfg.base).parent == PLANTED_DIR:
             build_pair(PLANTED_DIR)
@@ -552,7 +553,7 @@ def run(cfg: Config) -> list[dict]:
 def write_extraction(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
 
-    from compute.run import write_parquet
+    from compute.io.files import write_parquet
     from ingest.lora import extraction_schema
 
     write_parquet(pa.Table.from_pylist(rows, schema=extraction_schema()), path)

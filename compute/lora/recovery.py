@@ -6,9 +6,9 @@
 
 For each rank r (r = 0, the base, is always scored; `full` adds dW whole), the model
 W_base + U_r S_r V_r^T (each matrix's best rank-r approximation of dW, from its fp64
-SVD: compute.extract_lora) is merged in memory, in the scoring dtype, from a fresh
+SVD: compute.lora.extract) is merged in memory, in the scoring dtype, from a fresh
 copy of the base, and scored on the prompts next to the SFT model by the same scorer
-as compute.run's behaviour half (compute.behaviour.Scorer: same prefix token,
+as compute.run's behaviour half (compute.behaviour.scoring.Scorer: same prefix token,
 windows, LM-head chunks). One rank-r model at a time: the SFT model and one merged
 model are resident, as the base and the SFT are in the behaviour run (7B in bf16 on
 one 80 GB device: docs/lora.md). A matrix with min(rows, cols) <= r takes dW whole.
@@ -44,8 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from compute.checkpoints import CheckpointError
-from compute.extract_lora import (
+from compute.io.checkpoints import CheckpointError
+from compute.linalg.spectra import to_float64
+from compute.lora.extract import (
     ExtractError,
     Target,
     delta,
@@ -55,7 +56,6 @@ from compute.extract_lora import (
     resolve_pair_args,
     targets,
 )
-from compute.spectra import to_float64
 
 FULL = "full"
 
@@ -182,7 +182,7 @@ def run(cfg: Config) -> Path:
     import torch
     from tqdm import tqdm
 
-    from compute.behaviour import (
+    from compute.behaviour.scoring import (
         Scorer,
         check_prompts,
         load_model,
@@ -193,8 +193,8 @@ def run(cfg: Config) -> Path:
         prefix_id,
         tokenize_posts,
     )
-    from compute.checkpoints import pair_plan
-    from compute.run import write_parquet
+    from compute.io.files import write_parquet
+    from compute.plan.pair import pair_plan
     from ingest.lora import recovery_schemas
 
     t0 = time.perf_counter()
@@ -242,7 +242,7 @@ def run(cfg: Config) -> Path:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         old = want | {"run_id": f"{cfg.pair}-lora-{stamp}"}
         run_dir.mkdir(parents=True, exist_ok=True)
-        from compute.run import atomic_write_bytes
+        from compute.io.files import atomic_write_bytes
 
         atomic_write_bytes(manifest_path, json.dumps(old, indent=1).encode())
     run_id = old["run_id"]

@@ -13,7 +13,7 @@ parses and the file is as long as the header promises: a half-downloaded shard i
 caught here) and holds the tensors the index gives it, and that a tokenizer is there
 (the behaviour half needs one). For the pair: the same architecture (config keys that
 decide shapes), the same tensor names, shapes and storage dtypes, and the layout
-compute.naming recognises (the block container and layer count, Conv1D weights
+compute.arch.naming recognises (the block container and layer count, Conv1D weights
 stored [in, out], fused projections and how they are split, experts, buffers
 skipped; a tensor it cannot place fails here). With `--verify`,
 every shard of a checkpoint from the hub cache is hashed (sha256) and compared with
@@ -39,9 +39,9 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from compute.adapters import is_adapter, load_adapter
-from compute.checkpoints import (
-    ARCH_KEYS,
+from compute.arch.naming import Layout, LayoutError
+from compute.io.adapters import is_adapter, load_adapter
+from compute.io.checkpoints import (
     STORAGE,
     Checkpoint,
     CheckpointError,
@@ -54,8 +54,8 @@ from compute.checkpoints import (
     scan_shard,
     sha256_file,
 )
-from compute.naming import Layout, LayoutError
-from compute.vocab import align_pair
+from compute.plan.pair import ARCH_KEYS
+from compute.plan.vocab import align_pair
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
@@ -268,7 +268,7 @@ def check_compatible(base: Checked, sft: Checked, rep: Report) -> None:
 
 
 def check_layout(base: Checked, rep: Report) -> None:
-    """The layout compute.naming recognises: blocks, Conv1D storage, what is split
+    """The layout compute.arch.naming recognises: blocks, Conv1D storage, what is split
     (fused projections) or analysed per expert, what is skipped."""
     if base.tensors is None or base.config is None:
         return
@@ -410,7 +410,7 @@ def check_pair(base: str, sft: str, *, revision_base: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from compute.run import LOCAL_PAIRS, PAIRS, PLANTED_DIR
+    from compute.pairs.registry import LOCAL_PAIRS, PAIRS, PLANTED_DIR
 
     ap = argparse.ArgumentParser(prog="python -m compute.doctor",
                                  description=__doc__.splitlines()[0])
@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give either --pair or --base/--sft, not both")
     if a.pair in LOCAL_PAIRS:
         if a.pair == "planted":
-            from compute.demo import build_pair
+            from compute.fixtures.planted import build_pair
 
             build_pair(PLANTED_DIR)
         base, sft = (str(LOCAL_PAIRS[a.pair] / role) for role in ("base", "sft"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 # a pair's options: TOML key -> type; the flag is --key with - for _
@@ -31,6 +32,9 @@ OPTIONS = {"device": str, "method": str, "vectors": int, "window": int,
            "revision_sft": str, "prompts": str, "skip_spectra": bool,
            "skip_behaviour": bool}
 CHOICES = {"device": ("auto", "cpu", "cuda"), "method": ("gram", "svd", "svd64")}
+# options the driver handles: name -> takes a value (None: an optional one)
+DRIVER_OPTIONS = {"--ray": None, "--pairs": True, "--shards": True, "--pair": True,
+                  "--shard": True, "--no-load": False, "--no-progress": False}
 
 
 class PairsError(ValueError):
@@ -148,8 +152,6 @@ def parse(text: str, known: dict[str, tuple[str, str]]) -> list[Entry]:
 def one_after_another(argv: list[str], entries: list[Entry], run) -> int:
     """Each pair as its own compute.run (`run`: compute.run.main), in order; a
     failed pair does not stop the others. Exit status: 0, or the first failure's."""
-    from compute.cluster import task_argv
-
     rest = task_argv(argv, keep=("--no-load", "--no-progress", "--shard"))
     failed: list[tuple[str, int]] = []
     for k, entry in enumerate(entries, start=1):
@@ -162,3 +164,18 @@ def one_after_another(argv: list[str], entries: list[Entry], run) -> int:
               + "; run the same command again to resume them", file=sys.stderr)
         return failed[0][1]
     return 0
+
+
+def task_argv(argv: Sequence[str], keep: Sequence[str] = ()) -> list[str]:
+    """`argv` without the options the driver handles (DRIVER_OPTIONS), but `keep`."""
+    out, rest = [], list(argv)
+    while rest:
+        arg = rest.pop(0)
+        name = arg.split("=", 1)[0]
+        if name not in DRIVER_OPTIONS or name in keep:
+            out.append(arg)
+        elif "=" not in arg and (DRIVER_OPTIONS[name] or (
+                DRIVER_OPTIONS[name] is None and rest
+                and not rest[0].startswith("-"))):
+            rest.pop(0)  # its value
+    return out

@@ -11,11 +11,11 @@ computes the same split without talking to the others.
 
 Cost of an m x n matrix: k^2 (m + n) with k = min(m, n) (the Gram of the short side,
 k^2 max(m, n) multiply-adds, and its eigensolve, ~k^3), summed over the matrices a
-tensor gives (compute.naming's views: fused parts and experts too). Shards are filled
+tensor gives (compute.arch.naming's views: fused parts and experts too). Shards are filled
 largest first, each tensor to the least loaded shard (ties: the lower index), which
 keeps the largest shard within one unit's cost of the mean. A tensor larger than the
 mean share is split into pieces of rows (n_pieces), whose partial Grams the last
-piece's shard sums before the eigensolve (compute.spectra.merge_pieces).
+piece's shard sums before the eigensolve (compute.linalg.spectra.merge_pieces).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def n_pieces(plan, n: int) -> list[int]:
     """Pieces of each of plan.matrices at n shards: 1, or, for a tall matrix taken
     whole (no fused parts, experts or transposition) whose cost exceeds a shard's
     mean share, ceil(cost / mean) pieces of rows (each at least as tall as wide).
-    A piece's partial Grams are summed before the eigensolve (compute.spectra.
+    A piece's partial Grams are summed before the eigensolve (compute.linalg.spectra.
     merge_pieces), so the tensor's spectra are those of the whole matrix."""
     costs = tensor_costs(plan)
     mean = sum(costs) / n if costs else 0.0

@@ -22,8 +22,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from compute.checkpoints import Checkpoint, CheckpointError, TensorInfo
-from compute.spectra import to_float64
+from compute.io.checkpoints import Checkpoint, CheckpointError, TensorInfo
+from compute.linalg.spectra import to_float64
 
 HEAD = "lm_head.weight"
 

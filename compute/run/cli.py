@@ -32,33 +32,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compute.adapters import resolve_sft
-from compute.checkpoints import Checkpoint, CheckpointError, Plan, pair_plan, resolve
-from compute.directions import DEFAULT_VECTORS, FULL_BASIS_MAX
-from compute.spectra import METHODS
+from compute.io.adapters import resolve_sft
+from compute.io.checkpoints import Checkpoint, CheckpointError, resolve
+from compute.io.files import atomic_write_bytes, now, write_parquet
+from compute.linalg.directions import DEFAULT_VECTORS, FULL_BASIS_MAX
+from compute.linalg.spectra import METHODS
+from compute.pairs.registry import FAMILIES, LOCAL_PAIRS, PAIRS, PLANTED_DIR, SIZES
+from compute.plan.pair import Plan, pair_plan
 
 if TYPE_CHECKING:
-    import pyarrow as pa
+    pass
 
 AUTO_VECTORS_CPU_SIDE = 512  # the largest short side with vectors on by default
-SIZES = ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")
-PAIRS = {s: (f"Qwen/Qwen2.5-{s}", f"Qwen/Qwen2.5-{s}-Instruct") for s in SIZES}
-# other families (compute.naming reads their layouts): name -> (base, fine-tune)
-FAMILIES = {
-    "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct"),
-    "smollm2-1.7b": ("HuggingFaceTB/SmolLM2-1.7B", "HuggingFaceTB/SmolLM2-1.7B-Instruct"),
-    "llama3.1-8b": ("meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B-Instruct"),
-    "mistral-7b": ("mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-Instruct-v0.1"),
-    "gemma2-2b": ("google/gemma-2-2b", "google/gemma-2-2b-it"),
-    "olmo2-7b": ("allenai/OLMo-2-1124-7B", "allenai/OLMo-2-1124-7B-SFT"),
-    "qwen1.5-moe": ("Qwen/Qwen1.5-MoE-A2.7B", "Qwen/Qwen1.5-MoE-A2.7B-Chat"),
-    "mixtral-8x7b": ("mistralai/Mixtral-8x7B-v0.1",
-                     "mistralai/Mixtral-8x7B-Instruct-v0.1"),
-}
-PAIRS |= FAMILIES
-DEMO_DIR = Path("models/demo")  # trained and shipped: python -m compute.train_demo
-PLANTED_DIR = Path("data/models/planted")  # built on first use by compute.demo
-LOCAL_PAIRS = {"demo": DEMO_DIR, "planted": PLANTED_DIR}
 
 
 
@@ -125,15 +110,15 @@ class Config:
     window: int | None = None  # tokens per window; None: min(1024, the context)
     max_tensors: int | None = None  # stop after this many (tests, dry runs)
     progress: bool = True
-    check: bool = False  # only check the pair (compute.doctor), compute nothing
+    check: bool = False  # only check the pair (compute.pairs.doctor), compute nothing
     scan: bool = False  # with check: verify shard checksums, read every tensor for NaN/Inf
     vectors: int | None = None  # top singular vectors per matrix (0: none; None: auto)
     full_basis_max: int = FULL_BASIS_MAX  # CPU: all W_base vectors up to this side
-    shard: tuple[int, int] | None = None  # (I, N): only part I of N (compute.shards)
+    shard: tuple[int, int] | None = None  # (I, N): only part I of N (compute.plan.shards)
     shards: int = 1  # with dry_run: the number of parts to plan
     dry_run: bool = False  # print the shard plan from the headers, compute nothing
     ray: str | None = None  # every shard as a Ray task ("": a local cluster)
-    pairs: list | None = None  # --pairs (compute.pairlist.Entry); pair: the first
+    pairs: list | None = None  # --pairs (compute.pairs.pairs_file.Entry); pair: the first
     remote: str | None = None  # --out as an object-store URI (out: its staging folder)
 
     @property
@@ -143,7 +128,7 @@ class Config:
     @property
     def results(self) -> str:
         """Where the pair's results end up: the folder, or its URI on a store."""
-        from compute.results import child
+        from ingest.results import child
 
         return child(self.remote, self.pair) if self.remote else str(self.run_dir)
 
@@ -217,19 +202,19 @@ def parse_args(argv: list[str] | None = None) -> Config:
                     "(default 1)")
     ap.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                     help="run every (pair, shard) as a Ray task on the cluster at "
-                    "ADDRESS (a local one without), then load (compute.cluster; pip "
+                    "ADDRESS (a local one without), then load (compute.run.cluster; pip "
                     'install -e ".[cluster]")')
     ap.add_argument("--pairs", metavar="A,B,... | FILE.toml",
                     help="these pairs instead of one: known pairs' names, or a TOML "
                     "file of [[pair]] tables (name, base, sft, options; "
-                    "compute.pairlist); as Ray tasks with --ray, else one after another")
+                    "compute.pairs.pairs_file); as Ray tasks with --ray, else one after another")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the plan (tensors and estimated cost per shard, peak "
                     "device memory) from the headers; compute and write nothing")
     a = ap.parse_args(argv)
     shard = None
     if a.shard:
-        from compute.shards import parse_shard
+        from compute.plan.shards import parse_shard
 
         try:
             shard = parse_shard(a.shard)
@@ -242,7 +227,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         ap.error("--shards must be >= 1")
     pairs = None
     if a.pairs:
-        from compute.pairlist import PairsError, parse
+        from compute.pairs.pairs_file import PairsError, parse
 
         if a.pair or a.base or a.sft:
             ap.error("--pairs goes instead of --pair or --base/--sft")
@@ -261,8 +246,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if a.pair and (a.base or a.sft):
         ap.error("give either --pair or --base/--sft, not both")
     if a.sft and not a.base:  # an adapter names its base
-        from compute.adapters import adapter_base
-        from compute.checkpoints import CheckpointError
+        from compute.io.adapters import adapter_base
+        from compute.io.checkpoints import CheckpointError
 
         try:
             a.base = adapter_base(a.sft, a.revision_sft)
@@ -287,7 +272,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         name = a.name or f"{Path(a.base).name}-vs-{Path(a.sft).name}"
     else:
         ap.error("give --pair, or --base and --sft")
-    from compute.results import is_remote, local_path, staging_dir
+    from ingest.results import is_remote, local_path, staging_dir
 
     remote = a.out if is_remote(a.out) else None
     out = staging_dir(remote) if remote else local_path(a.out)
@@ -356,27 +341,6 @@ def code_version() -> str:
     return "unknown"
 
 
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(
-        timespec="seconds")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def write_parquet(table: pa.Table, path: Path) -> None:
-    """Write to a temporary name in the same folder, then rename over `path`."""
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def pair_lock(run_dir: Path, name: str = ".lock") -> Iterator[None]:
     """One compute.run per pair folder (or shard of it) at a time; a second one fails
@@ -408,7 +372,7 @@ def open_manifest(cfg: Config, base: Checkpoint, sft: Checkpoint) -> dict:
             "base_revision": base.revision, "sft_revision": sft.revision,
             "method": cfg.method}
     if cfg.remote and not cfg.force:  # a store of other inputs: refused before
-        from compute.results import Store  # anything here is touched
+        from ingest.results import Store  # anything here is touched
 
         Store(cfg.results, cfg.run_dir).check(want)
     if path.exists() and not cfg.force:
@@ -424,7 +388,7 @@ def open_manifest(cfg: Config, base: Checkpoint, sft: Checkpoint) -> dict:
         shutil.rmtree(cfg.run_dir / sub, ignore_errors=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     if cfg.remote:  # an object store: every shard derives the same id (no lock)
-        from compute.results import run_identity
+        from ingest.results import run_identity
 
         stamp = run_identity(want).removeprefix(f"{cfg.pair}-")
     manifest = want | {"run_id": f"{cfg.pair}-{stamp}", "code_version": code_version(),
@@ -438,7 +402,7 @@ def save_manifest(cfg: Config, manifest: dict) -> None:
     if cfg.shard is None:
         atomic_write_bytes(path, json.dumps(manifest, indent=2, default=str).encode())
         return
-    from compute.shards import manifest_lock, merged
+    from compute.plan.shards import manifest_lock, merged
 
     with manifest_lock(cfg.run_dir):  # other shards write it too: keep their kinds
         atomic_write_bytes(path, json.dumps(merged(path, manifest), indent=2,
@@ -475,7 +439,7 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
     tensors at once than by one multi-threaded eigensolve, and the reading of one
     overlaps the arithmetic of the other. The largest tensors start first; the 1-D
     tensors are done on this thread meanwhile (it only waits otherwise).
-    `store` (compute.results.Store): an object store the files are uploaded to as
+    `store` (ingest.results.Store): an object store the files are uploaded to as
     they are finished; a file counts as done when it is here or there.
     """
     import math
@@ -483,9 +447,9 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
 
     import numpy as np
 
-    from compute.adapters import Adapter, view_factors
-    from compute.naming import Layout
-    from compute.spectra import (
+    from compute.arch.naming import Layout
+    from compute.io.adapters import Adapter, view_factors
+    from compute.linalg.spectra import (
         array_spectra,
         spectra_workers,
         storage_name,
@@ -497,11 +461,11 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
     torch = None
     if device != "cpu" or cfg.method != "gram":  # else NumPy's path, without torch
         import torch
-    from compute import direction_files as dfiles
+    from compute.run import direction_files as dfiles
 
     n_vectors = auto_vectors(plan, device) if cfg.vectors is None else cfg.vectors
     want_dirs = n_vectors > 0 and cfg.method == "gram"
-    from compute.shards import joined
+    from compute.plan.shards import joined
 
     with joined(cfg.run_dir, manifest) if cfg.shard else contextlib.nullcontext():
         if want_dirs:  # shards: as the shards started before left them
@@ -532,7 +496,7 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
                          else f"{storage}|{storage_s}"}
                         | vector_change(wb, ws, storage, storage_s))
         if plan.vocab is not None:  # a resized vocabulary's added rows
-            from compute.vocab import added_token_rows
+            from compute.plan.vocab import added_token_rows
 
             write_rows([{"run_id": run_id, "pair": pair} | r
                         for r in added_token_rows(plan.vocab, sft)], "added_tokens",
@@ -549,7 +513,7 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
     pieces: dict[int, list[tuple[int, int]]] = {}  # i -> this shard's (piece, of)
     merging = threading.Lock()
     if cfg.shard is not None:
-        from compute.shards import shard_units
+        from compute.plan.shards import shard_units
 
         for i, piece, of in shard_units(plan, cfg.shard):
             pieces.setdefault(i, []).append((piece, of))
@@ -580,11 +544,11 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         return [common | r for r in rows], warnings
 
     def piece(i: int, parts: list[tuple[int, int]]) -> list[str]:
-        """This shard's pieces of tensor i (rows, compute.shards.n_pieces) to
+        """This shard's pieces of tensor i (rows, compute.plan.shards.n_pieces) to
         spectra/pieces/; the tensor's spectra file once every piece is there."""
-        from compute.checkpoints import STORAGE
-        from compute.shards import manifest_lock, piece_rows
-        from compute.spectra import gram_piece, merge_pieces
+        from compute.io.checkpoints import STORAGE
+        from compute.linalg.spectra import gram_piece, merge_pieces
+        from compute.plan.shards import manifest_lock, piece_rows
 
         name, of = plan.matrices[i], parts[0][1]
         folder = cfg.run_dir / "spectra" / "pieces"
@@ -625,7 +589,7 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         return warnings
 
     def one(i: int) -> list[str]:
-        """Spectra of tensor i's matrices (compute.naming's views: itself, its fused
+        """Spectra of tensor i's matrices (compute.arch.naming's views: itself, its fused
         parts, its experts) into one Parquet file; the non-finite warnings."""
         name = plan.matrices[i]
         parts = pieces.get(i, [(0, 1)])
@@ -737,7 +701,7 @@ def default_window(base: Checkpoint, sft: Checkpoint, cap: int = 1024) -> int:
 
 def run_behaviour_half(cfg: Config, base: Checkpoint, sft: Checkpoint, manifest: dict,
                        device: str, store=None) -> None:
-    from compute.behaviour import load_prompts, run_behaviour
+    from compute.behaviour.scoring import load_prompts, run_behaviour
 
     source = cfg.prompts
     if source is None:
@@ -792,21 +756,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     if cfg.pairs and (cfg.ray is None or cfg.dry_run):
-        from compute.pairlist import one_after_another
+        from compute.pairs.pairs_file import one_after_another
 
         return one_after_another(sys.argv[1:] if argv is None else argv, cfg.pairs,
                                  main)
     if cfg.ray is not None and not cfg.dry_run:
-        from compute.cluster import main as on_ray
+        from compute.run.cluster import main as on_ray
 
         return on_ray(cfg, sys.argv[1:] if argv is None else argv, cfg.pairs,
-                      cfg.ray or None)
+                      cfg.ray or None, main)
     if cfg.pair == "planted" and Path(cfg.base).parent == PLANTED_DIR:
-        from compute.demo import build_pair
+        from compute.fixtures.planted import build_pair
 
         build_pair(PLANTED_DIR)
     if cfg.check:
-        from compute.doctor import check_pair
+        from compute.pairs.doctor import check_pair
 
         ok = check_pair(cfg.base, cfg.sft, revision_base=cfg.revision_base,
                         revision_sft=cfg.revision_sft, scan=cfg.scan,
@@ -814,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 2
     try:
         # a dry run of hub ids reads their headers only, not the weights
-        from compute.checkpoints import hub_headers
+        from compute.io.checkpoints import hub_headers
 
         heads = (cfg.base, cfg.revision_base), (cfg.sft, cfg.revision_sft)
         base, sft = (hub_headers(*h) if cfg.dry_run else None for h in heads)
@@ -829,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: nothing was computed or changed", file=sys.stderr)
         return 130
     if cfg.dry_run:
-        from compute.shards import dry_run, print_plan
+        from compute.plan.shards import dry_run, print_plan
 
         print_plan(dry_run(plan, cfg.shards), cfg.pair)
         return 0
@@ -840,13 +804,13 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     with contextlib.ExitStack() as stack:
         try:
-            from compute.shards import lock_name, manifest_lock
+            from compute.plan.shards import lock_name, manifest_lock
 
             stack.enter_context(pair_lock(cfg.run_dir, lock_name(cfg.shard)))
         except SystemExit as exc:  # another compute.run holds this pair's folder
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        from compute.results import ResultsError
+        from ingest.results import ResultsError
 
         try:
             with (manifest_lock(cfg.run_dir) if cfg.shard
@@ -854,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
                 manifest = open_manifest(cfg, base, sft)
             store = None
             if cfg.remote:  # an object store: claim the prefix, pull what it has
-                from compute.results import attach
+                from ingest.results import attach
 
                 store = attach(cfg.results, cfg.run_dir, manifest, force=cfg.force)
             if cfg.spectra:

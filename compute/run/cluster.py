@@ -18,37 +18,19 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from compute.pairs.pairs_file import task_argv
+
 MAX_RETRIES = 2  # a failed task runs again up to this many times
-# options the driver handles: name -> takes a value (None: an optional one)
-DRIVER_OPTIONS = {"--ray": None, "--pairs": True, "--shards": True, "--pair": True,
-                  "--shard": True, "--no-load": False, "--no-progress": False}
 
-
-def shard_task(argv: list[str], cwd: str) -> str:
+def shard_task(argv: list[str], cwd: str, run: Callable[[list[str]], int]) -> str:
     """One shard (argv ends with --shard I/N) in a Ray worker; raises on failure so
-    that Ray retries it."""
-    from compute.run import main
-
+    that Ray retries it. `run`: compute.run.cli.main (passed in, so that this module
+    does not import the command line that imports it)."""
     os.chdir(cwd)  # relative paths mean what they meant to the driver
-    code = main(argv)
+    code = run(argv)
     if code:
         raise RuntimeError(f"python -m compute.run {' '.join(argv)}: exit {code}")
     return argv[argv.index("--shard") + 1]
-
-
-def task_argv(argv: Sequence[str], keep: Sequence[str] = ()) -> list[str]:
-    """`argv` without the options the driver handles (DRIVER_OPTIONS), but `keep`."""
-    out, rest = [], list(argv)
-    while rest:
-        arg = rest.pop(0)
-        name = arg.split("=", 1)[0]
-        if name not in DRIVER_OPTIONS or name in keep:
-            out.append(arg)
-        elif "=" not in arg and (DRIVER_OPTIONS[name] or (
-                DRIVER_OPTIONS[name] is None and rest
-                and not rest[0].startswith("-"))):
-            rest.pop(0)  # its value
-    return out
 
 
 def jobs(pairs: Sequence[tuple[str, list[str]]], n_shards: int) -> list[list[str]]:
@@ -57,12 +39,13 @@ def jobs(pairs: Sequence[tuple[str, list[str]]], n_shards: int) -> list[list[str
             for _, argv in pairs for i in range(n_shards)]
 
 
-def run_tasks(argvs: list[list[str]], *, address: str | None = None,
+def run_tasks(argvs: list[list[str]], *, run: Callable[[list[str]], int],
+              address: str | None = None,
               gpus: bool | Sequence[bool] = False, progress: bool = True,
               task: Callable = shard_task) -> None:
     """Every argv as a Ray task, retried up to MAX_RETRIES times; one progress bar.
     Joins the running Ray session, or starts one (`address`: an existing cluster,
-    None: a local one). `gpus`: whether the tasks (or each task) take a GPU."""
+    None: a local one). `run`: what a task runs (compute.run.cli.main). `gpus`: whether the tasks (or each task) take a GPU."""
     try:
         import ray
     except ImportError:
@@ -75,7 +58,7 @@ def run_tasks(argvs: list[list[str]], *, address: str | None = None,
                         num_cpus=1)(task)
     per_task = [gpus] * len(argvs) if isinstance(gpus, bool) else list(gpus)
     cwd = os.getcwd()
-    pending = [remote.options(num_gpus=1 if g else 0).remote(argv, cwd)
+    pending = [remote.options(num_gpus=1 if g else 0).remote(argv, cwd, run)
                for argv, g in zip(argvs, per_task, strict=True)]
     with tqdm(total=len(pending), unit="task", desc="shards", disable=not progress,
               dynamic_ncols=True) as bar:
@@ -85,9 +68,11 @@ def run_tasks(argvs: list[list[str]], *, address: str | None = None,
             bar.update(len(done))
 
 
-def main(cfg, argv: list[str], entries: list | None, address: str | None) -> int:
+def main(cfg, argv: list[str], entries: list | None, address: str | None,
+         run: Callable[[list[str]], int]) -> int:
     """compute.run --ray: the pairs' shards as tasks, then their loads, in order.
-    `entries`: the pairs of --pairs (compute.pairlist.Entry), None: cfg's pair."""
+    `entries`: the pairs of --pairs (compute.pairs.pairs_file.Entry), None: cfg's pair.
+    `run`: the command line's main, each task's work."""
     base_argv = task_argv(argv)
     if entries:
         pairs = [(e.name, [*base_argv, *e.argv]) for e in entries]
@@ -101,7 +86,7 @@ def main(cfg, argv: list[str], entries: list | None, address: str | None) -> int
             for d in devices for _ in range(cfg.shards)]
     root = cfg.remote or str(cfg.out)
     try:
-        run_tasks(jobs(pairs, cfg.shards), address=address, gpus=gpus,
+        run_tasks(jobs(pairs, cfg.shards), run=run, address=address, gpus=gpus,
                   progress=cfg.progress)
     except Exception as exc:  # a task failed every retry: its message says which
         print(f"error: {exc}\nFinished parts are kept in {root}; run the same "
@@ -109,8 +94,8 @@ def main(cfg, argv: list[str], entries: list | None, address: str | None) -> int
         return 2
     if not cfg.load:
         return 0
-    from compute.results import child
     from ingest.compute_load import load_or_explain
+    from ingest.results import child
 
     for name, _ in pairs:
         where = child(cfg.remote, name) if cfg.remote else Path(cfg.out) / name

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compute import directions as dirs
+from compute.linalg import directions as dirs
 
 TABLES = ("overlap", "angles", "intruders", "rows")
 KEYS = ("run_id", "pair", "tensor", "layer", "module")
@@ -69,7 +69,7 @@ def done(run_dir: Path, index: int) -> bool:
 def _write(rows: list[dict], table: str, dest: Path) -> None:
     import pyarrow as pa
 
-    from compute.run import write_parquet
+    from compute.io.files import write_parquet
 
     write_parquet(pa.Table.from_pylist(rows, schema=schemas()[table]), dest)
 
@@ -101,7 +101,7 @@ def write_tensor(run_dir: Path, index: int, tables: dict[str, list[dict]]) -> No
 
 def _final_norm(ckpt) -> str | None:
     """The final norm's weight: a 1-D tensor outside the blocks named *norm* / ln_f."""
-    from compute.naming import block_of
+    from compute.arch.naming import block_of
 
     for name, info in ckpt.tensors.items():
         leaf = name.rsplit(".", 2)
@@ -113,7 +113,7 @@ def _final_norm(ckpt) -> str | None:
 
 def _unembedding(ckpt, plan) -> str | None:
     """lm_head's weight, or the embedding's when the two are tied."""
-    from compute.naming import Layout
+    from compute.arch.naming import Layout
 
     layout = Layout(ckpt.config)
     found = {}
@@ -133,7 +133,7 @@ def write_tokens(run_dir: Path, sft, plan, *, top: int = dirs.TOKENS_PER_POLE
     their token strings; returns what was done (for raw.compute_runs)."""
     import duckdb
 
-    from compute.vocab import _token_strings
+    from compute.plan.vocab import _token_strings
 
     folder = run_dir / "directions"
     head, norm = _unembedding(sft, plan), _final_norm(sft)
@@ -154,7 +154,7 @@ def write_tokens(run_dir: Path, sft, plan, *, top: int = dirs.TOKENS_PER_POLE
         unembed, storage = sft.read_array(head)  # (vocab, hidden)
         gamma = None
         if norm is not None:
-            from compute.spectra import BITS, _from_bits
+            from compute.linalg.spectra import BITS, _from_bits
 
             g, g_storage = sft.read_array(norm)
             gamma = _from_bits(g.view(BITS[g_storage][0]), g_storage).astype(float)
@@ -206,7 +206,7 @@ def start(run_dir: Path, manifest: dict, k: int, full_basis_max: int) -> None:
 
     import scipy.linalg  # noqa: F401
 
-    from compute.run import now
+    from compute.io.files import now
 
     old = manifest["kinds"].get("directions", {})
     opts = {"vectors": k, "full_basis_max": full_basis_max}
@@ -221,7 +221,7 @@ def finish(run_dir: Path, manifest: dict, sft, plan, device: str) -> None:
     """Token labels, then the kind's row in raw.compute_runs: what was done."""
     import duckdb
 
-    from compute.run import now
+    from compute.io.files import now
 
     info = manifest["kinds"]["directions"]
     tokens = write_tokens(run_dir, sft, plan)

@@ -1,6 +1,6 @@
 """Fixtures of the fault suite: a tiny pair and a small warehouse built once.
 
-Most faults are driven in-process (compute.run.main, compute.doctor.main, ...: the same
+Most faults are driven in-process (compute.run.main, compute.pairs.doctor.main, ...: the same
 code the command lines run, minus a 5-10 s interpreter start on a loaded machine); the
 faults that need a second process (SIGKILL, lock contention) use subprocesses that
 import only what they need.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from compute.demo import build_pair
+from compute.fixtures.planted import build_pair
 from tests.faults.helpers import SITE, SITE_DIR, SMALL
 
 
@@ -29,7 +29,7 @@ def small_pair(tmp_path_factory) -> Path:
 def base_warehouse(tmp_path_factory, small_pair) -> tuple[Path, Path]:
     """(warehouse, runs folder): pair 'small' (spectra, loaded by compute.run) and the
     site blender.meta. Read-only for tests: use the `wh` fixture to change it."""
-    from compute.run import main as run_main
+    from compute.run.cli import main as run_main
     from ingest.stackexchange import LoadOptions, load
 
     work = tmp_path_factory.mktemp("faults_wh")

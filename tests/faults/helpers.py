@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 
-from compute.demo import PairSpec
+from compute.fixtures.planted import PairSpec
 from tests.conftest import ROOT, SE_SAMPLES, env_for, query  # noqa: F401
 
 SMALL = PairSpec(hidden=64, intermediate=160, layers=2, heads=2, kv_heads=1, vocab=512)

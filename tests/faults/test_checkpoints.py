@@ -14,9 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from compute import checkpoints, doctor
-from compute.demo import place_in_hub_cache
-from compute.run import main as run_main
+from compute.fixtures.planted import place_in_hub_cache
+from compute.io import checkpoints
+from compute.pairs import doctor
+from compute.run.cli import main as run_main
 from tests.conftest import run_dbt, run_py
 from tests.faults.helpers import N_MATRICES, dump, file_digest, no_traceback, query
 

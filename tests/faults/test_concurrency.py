@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from compute.run import main as run_main
+from compute.run.cli import main as run_main
 from ingest import warehouse
 from ingest.compute_load import main as load_main
 from ingest.stackexchange import main as ingest_main

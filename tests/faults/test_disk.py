@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from compute import behaviour, run
+from compute.behaviour import scoring as behaviour
+from compute.io import files
 from ingest.compute_load import main as load_main
 from tests.faults.helpers import N_MATRICES, dump, query
 
@@ -27,7 +28,7 @@ def _disk_full(table, where, *args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device", str(where))
 
 
-@pytest.mark.parametrize("writer", [run.write_parquet, behaviour.write_parquet],
+@pytest.mark.parametrize("writer", [files.write_parquet, behaviour.write_parquet],
                          ids=["spectra", "behaviour"])
 def test_failed_parquet_write_keeps_the_previous_file(writer, tmp_path, monkeypatch):
     target = tmp_path / "out" / "00003.parquet"
@@ -47,7 +48,7 @@ def test_failed_parquet_write_keeps_the_previous_file(writer, tmp_path, monkeypa
 
 def test_failed_manifest_write_keeps_the_previous_manifest(tmp_path, monkeypatch):
     path = tmp_path / "run.json"
-    run.atomic_write_bytes(path, b'{"run_id": "old"}')
+    files.atomic_write_bytes(path, b'{"run_id": "old"}')
 
     def fail(self, data):
         Path.open(self, "wb").write(data[:5])
@@ -55,7 +56,7 @@ def test_failed_manifest_write_keeps_the_previous_manifest(tmp_path, monkeypatch
 
     monkeypatch.setattr(Path, "write_bytes", fail)
     with pytest.raises(OSError):
-        run.atomic_write_bytes(path, b'{"run_id": "new", "kinds": {}}')
+        files.atomic_write_bytes(path, b'{"run_id": "new", "kinds": {}}')
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"run_id": "old"}
 

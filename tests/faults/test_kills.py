@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from compute.run import main as run_main
+from compute.run.cli import main as run_main
 from ingest.compute_load import main as load_main
 from tests.behaviour_helpers import prompts
 from tests.conftest import ROOT, env_for

@@ -1,0 +1,9 @@
+"""python -m compute.layouts: the checkpoint-layout fixtures; the code is compute.fixtures.checkpoint_layouts
+(`python -m compute.layouts --help`)."""
+
+import sys
+
+from compute.fixtures.checkpoint_layouts import main
+
+if __name__ == "__main__":
+    sys.exit(main())
