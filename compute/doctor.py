@@ -1,5 +1,5 @@
-"""python -m compute.doctor: checks a pair before a run; the code is compute.pairs.doctor
-(`python -m compute.doctor --help`)."""
+"""python -m compute.doctor: checks a pair before a run; the code is
+compute.pairs.doctor (`python -m compute.doctor --help`)."""
 
 import sys
 

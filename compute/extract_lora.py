@@ -1,5 +1,5 @@
-"""python -m compute.extract_lora: a LoRA adapter extracted from a pair; the code is compute.lora.extract
-(`python -m compute.extract_lora --help`)."""
+"""python -m compute.extract_lora: a LoRA adapter extracted from a pair; the code is
+compute.lora.extract (`python -m compute.extract_lora --help`)."""
 
 import sys
 

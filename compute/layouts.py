@@ -1,5 +1,5 @@
-"""python -m compute.layouts: the checkpoint-layout fixtures; the code is compute.fixtures.checkpoint_layouts
-(`python -m compute.layouts --help`)."""
+"""python -m compute.layouts: the checkpoint-layout fixtures; the code is
+compute.fixtures.checkpoint_layouts (`python -m compute.layouts --help`)."""
 
 import sys
 

@@ -1,5 +1,5 @@
-"""python -m compute.lora_recovery: how well a LoRA extraction recovers; the code is compute.lora.recovery
-(`python -m compute.lora_recovery --help`)."""
+"""python -m compute.lora_recovery: how well a LoRA extraction recovers; the code is
+compute.lora.recovery (`python -m compute.lora_recovery --help`)."""
 
 import sys
 

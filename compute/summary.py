@@ -1,5 +1,5 @@
-"""python -m compute.summary: a pair summary from the warehouse; the code is compute.run.summary
-(`python -m compute.summary --help`)."""
+"""python -m compute.summary: a pair summary from the warehouse; the code is
+compute.run.summary (`python -m compute.summary --help`)."""
 
 import sys
 

@@ -1,5 +1,5 @@
-"""python -m compute.train_demo: trains the demo pair; the code is compute.fixtures.train_demo
-(`python -m compute.train_demo --help`)."""
+"""python -m compute.train_demo: trains the demo pair; the code is
+compute.fixtures.train_demo (`python -m compute.train_demo --help`)."""
 
 import sys
 

@@ -1,5 +1,5 @@
-"""python -m compute.variants: the checkpoint variants; the code is compute.fixtures.variants
-(`python -m compute.variants --help`)."""
+"""python -m compute.variants: the checkpoint variants; the code is
+compute.fixtures.variants (`python -m compute.variants --help`)."""
 
 import sys
 
