@@ -16,11 +16,13 @@ if TYPE_CHECKING:
 
 
 def now() -> str:
+    """UTC now, to the second, without a zone: 2026-01-31T12:00:00."""
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(
         timespec="seconds")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary name beside `path`, then rename it over `path`."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
