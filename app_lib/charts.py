@@ -202,6 +202,91 @@ def spectra_chart(df: pd.DataFrame, noise: dict[str, float] | None = None,
     return alt.layer(*layers).properties(height=420)
 
 
+ESD_ROLES = ("base", "sft", "delta")
+
+
+def esd_alpha_chart(df: pd.DataFrame, roles: tuple[str, ...] = ESD_ROLES
+                    ) -> alt.Chart:
+    """WeightWatcher's power-law alpha of the ESD against depth, one line per role
+    (W_base, W_sft, dW), over a band at WeightWatcher's well-trained range 2-6.
+
+    df: layer, depth, and `<role>_alpha` for each role (fct_layer_module_esd rows
+    of one pair and module type, or their medians over module types)."""
+    long = df.melt(id_vars=["layer", "depth"],
+                   value_vars=[f"{r}_alpha" for r in roles if f"{r}_alpha" in df],
+                   var_name="role", value_name="alpha").dropna(subset=["alpha"])
+    long["role"] = long["role"].str.removesuffix("_alpha")
+    long["matrix"] = long["role"].map(ROLE_LABEL)
+    shown = [r for r in roles if r in set(long["role"])] or list(roles)
+    band = alt.Chart(pd.DataFrame({"lo": [2.0], "hi": [6.0],
+                                   "what": ["WeightWatcher's 2-6 range"]})
+                     ).mark_rect(color="#2E8B57", opacity=0.08).encode(
+        y="lo:Q", y2="hi:Q", tooltip=[alt.Tooltip("what:N")])
+    lines = alt.Chart(long).mark_line(point=alt.OverlayMarkDef(size=30),
+                                      strokeWidth=2).encode(
+        x=alt.X("depth:Q", title="depth (layer / n_layers)",
+                scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("alpha:Q", title="power-law alpha of the ESD (WeightWatcher)",
+                scale=alt.Scale(zero=False)),
+        color=alt.Color("matrix:N", title=None, scale=_role_scale(shown),
+                        legend=alt.Legend(orient="top")),
+        tooltip=[alt.Tooltip("matrix:N"), alt.Tooltip("layer:Q", format="d"),
+                 alt.Tooltip("alpha:Q", format=".3f")])
+    return alt.layer(band, lines).properties(height=360)
+
+
+def esd_tail_chart(values: pd.DataFrame, fits: pd.DataFrame) -> alt.Chart:
+    """The ESD's tail on log-log axes: the share of eigenvalues lambda = s^2 at or
+    above each one (i / n for the i-th largest), per role, with the fitted power
+    law (n_tail / n) (lambda / xmin)^(1 - alpha) from xmin on, dashed, and the
+    Marchenko-Pastur bulk edge of each role as a rule.
+
+    values: role, idx (1-based, largest first), value (singular values; the
+    largest idx of a role is its n). fits: role, alpha, xmin, n_tail, n_evals,
+    mp_bulk_max (fct_matrix_esd rows)."""
+    data = values[values["value"] > 0].copy()
+    n = data.groupby("role")["idx"].transform("max")
+    data["lam"] = data["value"] ** 2
+    data["share"] = data["idx"] / n
+    data["matrix"] = data["role"].map(ROLE_LABEL)
+    roles = [r for r in ROLE_COLOR if r in set(data["role"])] or list(ROLE_COLOR)
+    fit_rows = []
+    for f in fits.dropna(subset=["alpha"]).itertuples():
+        top = data.loc[data["role"] == f.role, "lam"].max()
+        if pd.isna(top):
+            continue
+        for lam in (f.xmin, top):
+            fit_rows.append({"matrix": ROLE_LABEL[f.role], "lam": lam,
+                             "share": f.n_tail / f.n_evals
+                             * (lam / f.xmin) ** (1 - f.alpha),
+                             "alpha": f.alpha})
+    x = alt.X("lam:Q", title="eigenvalue lambda = s^2", scale=alt.Scale(type="log"))
+    y = alt.Y("share:Q", title="share of eigenvalues >= lambda",
+              scale=alt.Scale(type="log"))
+    color = alt.Color("matrix:N", title=None, scale=_role_scale(roles),
+                      legend=alt.Legend(orient="top"))
+    layers = [alt.Chart(data).mark_line(strokeWidth=2, interpolate="step-after"
+                                        ).encode(
+        x=x, y=y, color=color,
+        tooltip=[alt.Tooltip("matrix:N"), alt.Tooltip("idx:Q", title="i"),
+                 alt.Tooltip("lam:Q", title="lambda", format=".4g")])]
+    if fit_rows:
+        layers.append(alt.Chart(pd.DataFrame(fit_rows)).mark_line(
+            strokeDash=[6, 3], strokeWidth=1.5).encode(
+            x=x, y=y, color=color, detail="matrix:N",
+            tooltip=[alt.Tooltip("matrix:N"),
+                     alt.Tooltip("alpha:Q", title="power law alpha", format=".3f")]))
+    edges = fits.dropna(subset=["mp_bulk_max"])
+    if len(edges):
+        rd = pd.DataFrame({"matrix": edges["role"].map(ROLE_LABEL),
+                           "lam": edges["mp_bulk_max"]})
+        layers.append(alt.Chart(rd).mark_rule(strokeDash=[2, 2]).encode(
+            x="lam:Q", color=color,
+            tooltip=[alt.Tooltip("matrix:N"),
+                     alt.Tooltip("lam:Q", title="MP bulk edge", format=".4g")]))
+    return alt.layer(*layers).properties(height=360)
+
+
 def energy_chart(df: pd.DataFrame, lora: pd.DataFrame | None = None,
                  signal_rank: float | None = None) -> alt.Chart:
     """The energy curve of dW: share of ||dW||_F^2 held by its top-k singular

@@ -168,6 +168,29 @@ def layer_medians(src: Src) -> pd.DataFrame:
 
 
 @_cache
+def esd_layers(src: Src, pair: str, module: str | None = None) -> pd.DataFrame:
+    """marts.fct_layer_module_esd of one pair: one module type's cells, or (module
+    None) the median over module types per layer."""
+    cols = ", ".join(f"median({r}_alpha) as {r}_alpha"
+                     for r in ("base", "sft", "delta"))
+    return query(f"""
+        select layer, any_value(depth) as depth, {cols}
+        from marts.fct_layer_module_esd
+        where pair = ? and (? is null or module = ?)
+        group by layer order by layer
+    """, [pair, module, module], path=src[0])
+
+
+@_cache
+def matrix_esd(src: Src, pair: str, tensor: str) -> pd.DataFrame:
+    """marts.fct_matrix_esd rows (base, sft, delta) of one tensor."""
+    return query("""
+        select * from marts.fct_matrix_esd where pair = ? and tensor = ?
+        order by case role when 'base' then 0 when 'sft' then 1 else 2 end
+    """, [pair, tensor], path=src[0])
+
+
+@_cache
 def tensors(src: Src, pair: str) -> pd.DataFrame:
     """marts.dim_tensors of one pair, blocks in order, then embeddings and head."""
     return query("""

@@ -41,3 +41,14 @@ if data.empty:
 st.altair_chart(charts.layers_chart(data, metric, log=log).interactive(
     bind_y=False), width="stretch")
 st.caption(f"{module}: {charts.metric_title(metric)}.")
+
+st.subheader("Power-law alpha of the ESD (WeightWatcher)")
+st.caption("alpha of p(lambda) ~ lambda^-alpha fitted to the eigenvalues of W^T W "
+           "(maximum likelihood, xmin by the KS distance), for W_base, W_sft and dW "
+           "of one pair; WeightWatcher reads 2-6 (band) as well trained. "
+           "docs/esd.md.")
+if ui.need(src, "marts.fct_layer_module_esd", run=q.FILL_WEIGHTS,
+           what="No ESD measures yet"):
+    esd_pair = st.selectbox("pair", all_pairs.tolist(), key="layers_esd_pair")
+    esd = ui.load(q.esd_layers, src, esd_pair, None if module == MEDIAN else module)
+    st.altair_chart(charts.esd_alpha_chart(esd), width="stretch")

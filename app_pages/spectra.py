@@ -72,3 +72,13 @@ with right:
                  width="stretch", height=530,
                  column_config={"_index": st.column_config.TextColumn(
                      "measure", width="medium")})
+
+esd = ui.load(q.matrix_esd, src, pair, tensor)
+if len(esd):
+    st.markdown("**ESD tail** (WeightWatcher): the share of eigenvalues lambda = s^2 "
+                "at or above each, the fitted power law (dashed) and the "
+                "Marchenko-Pastur bulk edge (dotted); " + ", ".join(
+                    f"{charts.ROLE_LABEL[r.role].split(' =')[0]} alpha "
+                    f"{r.alpha:.2f} +- {r.alpha_sigma:.2f}, {r.mp_n_spikes} spikes"
+                    for r in esd.dropna(subset=["alpha"]).itertuples()))
+    st.altair_chart(charts.esd_tail_chart(values, esd), width="stretch")

@@ -227,3 +227,50 @@ def test_training_chart_series_colours_and_perplexity():
     assert ppl["encoding"]["y"]["scale"]["type"] == "log"
     values = sorted(d["value"] for d in next(iter(ppl["datasets"].values())))
     assert values[0] == pytest.approx(math.exp(2.0))  # the batch loss at step 3
+
+
+def test_esd_alpha_chart_roles_band_and_missing_fits():
+    """One line per role in the role colours over the 2-6 band; a layer whose fit
+    failed (alpha NULL) leaves a gap, not a zero."""
+    df = pd.DataFrame({"layer": [0, 1, 2], "depth": [0, 1 / 3, 2 / 3],
+                       "base_alpha": [2.5, 3.0, 3.5], "sft_alpha": [2.4, None, 3.1],
+                       "delta_alpha": [1.5, 1.6, 1.7]})
+    d = spec(charts.esd_alpha_chart(df))
+    band, lines = d["layer"]
+    band_rows = d["datasets"][band["data"]["name"]]
+    assert (band_rows[0]["lo"], band_rows[0]["hi"]) == (2.0, 6.0)
+    assert lines["encoding"]["color"]["scale"]["range"] == [
+        charts.ROLE_COLOR[r] for r in ("base", "sft", "delta")]
+    rows = d["datasets"][lines["data"]["name"]]
+    assert len(rows) == 8
+    sft = {r["layer"]: r["alpha"] for r in rows if r["role"] == "sft"}
+    assert sft == {0: 2.4, 2: 3.1}
+
+
+def test_esd_tail_chart_shares_fit_line_and_bulk_edge():
+    """Values s = 4, 2, 1, 0.5 (n = 4): lambda = 16, 4, 1, 0.25 with shares 1/4,
+    2/4, 3/4, 1. A fit alpha = 2, xmin = 4, n_tail = 2 of 4 draws the line from
+    (4, 2/4) to (16, 2/4 * (16/4)^-1 = 1/8); the bulk edge 1.5 is a rule at
+    lambda = 1.5."""
+    values = pd.DataFrame({"role": ["base"] * 4, "idx": [1, 2, 3, 4],
+                           "value": [4.0, 2.0, 1.0, 0.5]})
+    fits = pd.DataFrame({"role": ["base"], "alpha": [2.0], "xmin": [4.0],
+                         "n_tail": [2], "n_evals": [4], "mp_bulk_max": [1.5]})
+    d = spec(charts.esd_tail_chart(values, fits))
+    tail, fit, edge = d["layer"]
+    rows = d["datasets"][tail["data"]["name"]]
+    assert sorted((r["lam"], r["share"]) for r in rows) == [
+        (0.25, 1.0), (1.0, 0.75), (4.0, 0.5), (16.0, 0.25)]
+    assert tail["encoding"]["x"]["scale"]["type"] == "log"
+    line = d["datasets"][fit["data"]["name"]]
+    assert [(r["lam"], r["share"]) for r in line] == [(4.0, 0.5), (16.0, 0.125)]
+    assert d["datasets"][edge["data"]["name"]][0]["lam"] == 1.5
+
+
+def test_esd_tail_chart_without_a_fit():
+    """A failed fit (alpha NULL) draws the tail alone."""
+    values = pd.DataFrame({"role": ["delta"] * 2, "idx": [1, 2], "value": [1.0, 0.5]})
+    fits = pd.DataFrame({"role": ["delta"], "alpha": [None], "xmin": [None],
+                         "n_tail": [None], "n_evals": [2], "mp_bulk_max": [None]})
+    d = spec(charts.esd_tail_chart(values, fits))
+    assert "layer" in d and len(d["layer"]) == 1
