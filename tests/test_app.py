@@ -13,11 +13,13 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from app_lib import db
+from tests.conftest import query
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -179,13 +181,24 @@ def test_heatmap(demo_warehouse, monkeypatch):
 
 def test_layers(demo_warehouse, monkeypatch):
     at = open_page("layers", demo_warehouse, monkeypatch)
-    (spec,) = charts_of(at)
+    spec, esd = charts_of(at)
     assert spec["encoding"]["x"]["field"] == "depth"
     at.selectbox(key="layers_module").select("q_proj").run()
     at.selectbox(key="layers_metric").select("relative_signal_rank").run()
     assert not at.exception
-    (spec,) = charts_of(at)
+    spec, esd = charts_of(at)
     assert spec["encoding"]["y"]["field"] == "relative_signal_rank"
+    # the ESD's alpha of the q_proj cells, as fct_layer_module_esd holds them
+    lines = esd["layer"][1]
+    (el,) = [e for e in at.get("vega_lite_chart")[1].proto.datasets
+             if e.name == lines["data"]["name"]]
+    drawn = {(r["layer"], r["role"]): r["alpha"]
+             for r in pa.ipc.open_stream(el.data.data).read_all().to_pylist()}
+    stored = {(layer, role): a for layer, b, s, d in query(demo_warehouse, """
+        select layer, base_alpha, sft_alpha, delta_alpha from marts.fct_layer_module_esd
+        where module = 'q_proj'""") for role, a in zip(("base", "sft", "delta"),
+                                                    (b, s, d), strict=True)}
+    assert drawn == pytest.approx(stored)
     at.multiselect(key="layers_pairs").set_value([]).run()
     assert "at least one pair" in infos(at)
 
@@ -194,8 +207,9 @@ def test_spectra(demo_warehouse, monkeypatch):
     at = open_page("spectra", demo_warehouse, monkeypatch)
     assert at.selectbox(key="spectra_module").value == "q_proj"
     assert at.select_slider(key="spectra_layer").value == 3  # the middle of 6
-    spectra, energy = charts_of(at)
+    spectra, energy, esd = charts_of(at)
     assert {"line", "rule", "text"} <= marks(spectra)  # the noise edge drawn
+    assert {"line", "rule"} <= marks(esd)  # the ESD tail, its fit, the MP edges
     scale = spectra["layer"][0]["encoding"]["color"]["scale"]
     assert scale["domain"] == ["W_base", "W_sft", "dW = W_sft - W_base"]
     assert "line" in marks(energy)
@@ -207,7 +221,7 @@ def test_spectra(demo_warehouse, monkeypatch):
     assert outside
     at.selectbox(key="spectra_module").select(outside[0]).run()
     assert not at.exception
-    assert len(charts_of(at)) == 2
+    assert len(charts_of(at)) == 3
 
 
 def test_posts_and_behaviour_pages_on_demo(demo_warehouse, monkeypatch):

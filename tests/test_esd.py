@@ -177,3 +177,45 @@ def test_alpha_matches_weightwatcher(tmp_path):
                                   ("mp_bulk_max", "bulk_max")]:
             assert ours[ours_key] == pytest.approx(ref[ref_key], rel=1e-4), (
                 what, ours_key)
+
+
+@pytest.mark.slow
+def test_marts_hold_the_fits_of_the_stored_spectra(demo_warehouse, tmp_path):
+    """In the demo warehouse: one fct_matrix_esd row per raw.spectra row, each
+    equal to compute.esd on that row's singular values; a layer-module cell's
+    alpha is its matrix's; W_sft's alpha_change is the difference of the two
+    sides' rows; a second dbt build fits nothing again and duplicates nothing."""
+    import shutil
+
+    from tests.conftest import query, run_dbt
+
+    raw = query(demo_warehouse, """
+        select run_id || '|' || tensor || '|' || role, singular_values, n_rows, n_cols
+        from raw.spectra""")
+    marts = {r[0]: r[1:] for r in query(demo_warehouse, """
+        select matrix_key, alpha, xmin, n_tail, alpha_weighted, mp_n_spikes,
+               mp_bulk_max from marts.fct_matrix_esd""")}
+    assert len(marts) == len(raw) > 0
+    for key, values, m, n in raw:
+        ours = esd_measures(values, m, n)
+        want = [ours[k] for k in ("alpha", "xmin", "n_tail", "alpha_weighted",
+                                  "mp_n_spikes", "mp_bulk_max")]
+        assert marts[key] == pytest.approx(want, rel=1e-12), key
+    cells = query(demo_warehouse, """
+        select c.sft_alpha, m.alpha, c.alpha_change, m.alpha - b.alpha
+        from marts.fct_layer_module_esd as c
+        join marts.fct_matrix_esd as m
+            on m.pair = c.pair and m.layer = c.layer and m.module = c.module
+            and m.role = 'sft'
+        join marts.fct_matrix_esd as b
+            on b.run_id = m.run_id and b.tensor = m.tensor and b.role = 'base'""")
+    assert len(cells) == query(demo_warehouse, """
+        select count(*) from raw.spectra where role = 'sft' and layer is not null
+        """)[0][0]
+    for sft_alpha, alpha, change, by_hand in cells:
+        assert sft_alpha == pytest.approx(alpha) and change == pytest.approx(by_hand)
+    copy = tmp_path / "warehouse.duckdb"
+    shutil.copy(demo_warehouse, copy)
+    run_dbt(copy, "build", "--quiet", "--select", "int_esd_fits+")
+    assert query(copy, "select count(*) from intermediate.int_esd_fits")[0][0] == len(
+        raw)
