@@ -74,12 +74,13 @@ app: venv
 	$(VENV)/bin/streamlit run app.py
 
 bench: venv
-	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m pip install -q -e ".[bench]" "$(TORCH_SPEC)"
 	$(PY) bench/spectra.py
 	$(PY) bench/ingest.py
 	$(PY) bench/app_load.py --json data/bench/app-load.json
 	$(PY) bench/behaviour.py --json data/bench/behaviour.json
 	$(PY) bench/incremental.py --json data/bench/incremental.json
+	$(PY) bench/esd.py --json data/bench/esd.json
 
 # the GPU target: a 7B-shaped pair on one CUDA device (needs ~35 GB of disk)
 bench-gpu: venv
