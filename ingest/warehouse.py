@@ -314,7 +314,9 @@ COMPUTE_TABLES: dict[str, str] = {
         pair VARCHAR NOT NULL,
         base_model VARCHAR NOT NULL,
         sft_model VARCHAR NOT NULL,
-        rule VARCHAR NOT NULL,            -- 'fixed' | 'auto' | 'min_energy'
+        rule VARCHAR NOT NULL,            -- 'fixed' | 'auto' | 'min_energy' |
+                                          -- 'sv_ratio' | 'sv_cumulative' | 'sv_fro' |
+                                          -- 'sv_epsilon'
         rank_asked VARCHAR,               -- --rank as given (R, 'auto') or NULL
         min_energy DOUBLE,                -- --min-energy q or NULL
         adapter_dir VARCHAR NOT NULL,
@@ -331,8 +333,11 @@ COMPUTE_TABLES: dict[str, str] = {
         retained_share DOUBLE,            -- retained_sq / frobenius_sq (NULL: dW = 0)
         s_last DOUBLE,                    -- s_r, the smallest kept
         s_next DOUBLE,                    -- s_(r+1), the largest dropped
-        n_params BIGINT NOT NULL,         -- r (rows + cols)
-        seconds DOUBLE                    -- the whole extraction's
+        n_params BIGINT NOT NULL,         -- r (rows + cols); rows cols when whole
+        seconds DOUBLE,                   -- the whole extraction's
+        options VARCHAR,                  -- JSON: --embed, --include, --exclude,
+                                          -- --sv-epsilon, --dynamic(-param), --modules
+        full_rank BOOLEAN                 -- stored whole (PEFT modules_to_save)
     """,
     "lora_recovery_ranks": """
         run_id VARCHAR NOT NULL,
@@ -374,7 +379,7 @@ COMPUTE_TABLES: dict[str, str] = {
 # applied, the highest is current). Version 1 is the first release's layout, which had
 # no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 """The raw layout this release writes: the last step of MIGRATIONS."""
 
 UPGRADE_COMMAND = "python -m ingest.upgrade"
@@ -431,6 +436,12 @@ MIGRATIONS: tuple[Migration, ...] = (
               tuple(f"create table if not exists raw.{t} ({COMPUTE_TABLES[t]})"
                     for t in ("lora_extractions", "lora_recovery_ranks",
                               "lora_recovery_posts"))),
+    Migration(9, "raw.lora_extractions: the extraction's choices (options) and the "
+              "modules stored whole (full_rank)",
+              ("alter table raw.lora_extractions add column if not exists options "
+               "VARCHAR",
+               "alter table raw.lora_extractions add column if not exists full_rank "
+               "BOOLEAN")),
 )
 """The ordered steps from version 1 to SCHEMA_VERSION.
 

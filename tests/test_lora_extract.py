@@ -373,3 +373,163 @@ def test_recovery_headline_and_chart_data():
     assert delta_rows["low"].tolist() == [0.0, 0.1, 0.5, 0.8, 1.0]
     assert "No measured rank keeps 90%" in lora.headline(df.iloc[:2].assign(
         is_full=False))
+
+
+# ---------------------------------------------------------------- extraction choices
+
+
+def test_kohya_rules_by_hand():
+    """s = 4, 2, 1, 0.5 (sum 7.5; squares 16, 4, 1, 0.25, sum 21.25).
+    sv_ratio p: #{s > 4 / p}: p = 3 -> 2, p = 4 -> 2 (s = 1 is not above 1),
+    p = 8 -> 3, p = 1000 -> 4. sv_cumulative p: 1 + first i with cumsum(s)/7.5
+    (0.533, 0.8, 0.933, 1) >= p: p = 0.8 -> 2, 0.81 -> 3, 1 -> 4. sv_fro p: 1 + first
+    i with cumsum(s^2)/21.25 (0.753, 0.941, 0.988, 1) >= p^2: p = 0.9 (0.81) -> 2,
+    0.99 (0.9801) -> 3. The cap (kohya's --new_rank) applies last; s_1 <= 1e-6
+    gives 1."""
+    from compute.lora.choices import epsilon_rank, kohya_rank
+
+    s = [4.0, 2.0, 1.0, 0.5]
+    cases = {("sv_ratio", 3): 2, ("sv_ratio", 4): 2, ("sv_ratio", 8): 3,
+             ("sv_ratio", 1000): 4, ("sv_cumulative", 0.8): 2,
+             ("sv_cumulative", 0.81): 3, ("sv_cumulative", 1.0): 4,
+             ("sv_fro", 0.9): 2, ("sv_fro", 0.99): 3}
+    for (method, p), want in cases.items():
+        assert kohya_rank(s, method, p, cap=64) == want, (method, p)
+    assert kohya_rank(s, "sv_fro", 0.99, cap=2) == 2
+    assert kohya_rank([1e-7, 1e-8], "sv_ratio", 2, cap=8) == 1
+    assert epsilon_rank(s, 0.9, cap=8) == 3 and epsilon_rank(s, 0.9, cap=2) == 2
+    assert epsilon_rank(s, 0.0, cap=3) == 3
+
+
+def test_sv_epsilon_and_dynamic_ranks_against_numpy(pairs, tmp_path):
+    """Each matrix's rank is the rule applied to NumPy's singular values of dW:
+    #{s > e} (at most --rank) and kohya's sv_fro (1 + first i with the squared
+    share >= p^2, at most --rank)."""
+    base, sft = ex.open_pair(str(pairs["base"]), str(pairs["sft"]))
+    tgts = ex.targets(base, sft, ["q_proj", "down_proj"])
+    svals = {t.tensor: np.linalg.svd(numpy_delta(pairs["base"], pairs["sft"],
+                                                 t.tensor), compute_uv=False)
+             for t in tgts}
+    eps = float(np.median([s[2] for s in svals.values()]))
+    rows = ex.extract(base, sft, tgts, ex.Choice(rank=8, sv_epsilon=eps),
+                      tmp_path / "eps", progress=False)
+    for r in rows:
+        assert r["rank"] == min(8, int(np.sum(svals[r["tensor"]] > eps)))
+    assert len({r["rank"] for r in rows}) > 1  # the cut differs between matrices
+    rows = ex.extract(base, sft, tgts, ex.Choice(rank=8, dynamic="sv_fro",
+                                                 dynamic_param=0.5),
+                      tmp_path / "fro", progress=False)
+    for r in rows:
+        sq = svals[r["tensor"]] ** 2
+        first = int(np.argmax(np.cumsum(sq) / sq.sum() >= 0.25))
+        assert r["rank"] == min(8, first + 1)
+
+
+def test_embed_full_with_include_loads_in_peft(pairs, tmp_path):
+    """--embed full --include 'layers\\.0\\.' --rank 2: layer 0's matrices factored
+    at rank 2, embed_tokens and lm_head stored whole as modules_to_save (W_sft's
+    matrices, mergekit's key layout), nothing else. PeftModel.from_pretrained
+    gives the logits of the base with those changes made by hand."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from compute.lora.recovery import Factors, merge, merge_whole
+
+    out = tmp_path / "full"
+    cfg = ex.parse_args(["--base", str(pairs["base"]), "--sft", str(pairs["sft"]),
+                         "--rank", "2", "--embed", "full", "--include",
+                         r"layers\.0\.", "--out", str(out), "--no-load",
+                         "--no-progress"])
+    rows = ex.run(cfg)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["embed_tokens", "lm_head"]
+    assert config["target_modules"] and all(
+        ".layers.0." in m for m in config["target_modules"])
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    sft_ck = ex.resolve(str(pairs["sft"]))
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        np.testing.assert_array_equal(saved[f"base_model.model.{name}"],
+                                      to_float64(*sft_ck.read_array(name)))
+    whole_rows = [r for r in rows if r["full_rank"]]
+    assert {r["module"] for r in whole_rows} == {"embed_tokens", "lm_head"}
+    assert all(r["retained_share"] == 1.0 for r in whole_rows)
+    assert json.loads(rows[0]["options"])["embed"] == "full"
+
+    base, sft = ex.open_pair(str(pairs["base"]), str(pairs["sft"]))
+    low, whole = ex.split_targets(ex.targets(base, sft), cfg)
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(str(pairs["base"]),
+                                                    dtype=torch.float32).eval()
+
+    peft_model = PeftModel.from_pretrained(load(), str(out)).eval()
+    ours = load()
+    merge(ours, base, sft, low, Factors(base, sft, low, 2, False), 2, "base", [])
+    merge_whole(ours, base, sft, whole)
+    ids = list(range(5, 60, 3))
+    assert np.abs(logits(peft_model, ids) - logits(ours, ids)).max() < 1e-4
+
+
+def test_embed_skip_and_exclude(pairs, tmp_path):
+    """--embed skip leaves the embedding and the head out; --embed full with an
+    --exclude matching the head stores only the embedding; an --include matching
+    nothing is refused by name."""
+    def split(*argv):
+        cfg = ex.parse_args(["--base", str(pairs["base"]), "--sft",
+                             str(pairs["sft"]), "--rank", "2", "--out",
+                             str(tmp_path / "x"), *argv])
+        base, sft = ex.open_pair(cfg.base, cfg.sft)
+        return ex.split_targets(ex.targets(base, sft), cfg)
+
+    low, whole = split("--embed", "skip")
+    assert not whole and not {t.module for t in low} & {"embed_tokens", "lm_head"}
+    low, whole = split("--embed", "full", "--exclude", "lm_head")
+    assert [t.module for t in whole] == ["embed_tokens"]
+    assert "lm_head" not in {t.module for t in low}
+    low, whole = split()  # the default: factored like any matrix
+    assert {"embed_tokens", "lm_head"} <= {t.module for t in low} and not whole
+    with pytest.raises(ex.ExtractError, match="leave no matrix"):
+        split("--include", "no_such_module")
+    proc = run_py("-m", "compute.extract_lora", "--base", str(pairs["base"]), "--sft",
+                  str(pairs["sft"]), "--dynamic", "sv_fro", "--dynamic-param", "2",
+                  "--out", str(tmp_path / "bad"), "--no-load", check=False)
+    assert proc.returncode == 2 and "--dynamic-param 2" in proc.stderr
+
+
+def test_recovery_with_full_rank_embeddings(pairs, recovery):
+    """lora_recovery --embed-full (mergekit's default layout): its rows are the
+    modules 'all+embed_full'; r = 0 is still the base (the plain run's sums); at
+    r = 1 the embedding and head are W_sft's whole, so the model differs from the
+    plain rank-1 one, the energy kept grows by their ||dW||_F^2 minus their top-1
+    s^2 (NumPy), the parameters by m n - (m + n) each."""
+    from compute.lora.recovery import parse_args, run
+
+    cfg = parse_args(["--base", str(pairs["base"]), "--sft", str(pairs["exact"]),
+                      "--name", "exact", "--ranks", "1", "--embed-full", "--prompts",
+                      str(pairs["prompts"]), "--out", str(pairs["root"] / "runs"),
+                      "--no-load", "--no-progress", "--device", "cpu"])
+    out = run(cfg)
+    posts = pd.concat([pd.read_parquet(f) for f in sorted((out / "posts").glob("*"))])
+    ranks = pd.read_parquet(out / "ranks.parquet").set_index("rank")
+    assert set(posts["modules"]) == {"all+embed_full"}
+    _, plain_posts, plain_ranks = recovery
+    plain_ranks = plain_ranks.set_index("rank")
+
+    def sums(df, r):
+        return df[df["rank"] == r].sort_values("post_id")["sum_logprob"].to_numpy()
+
+    np.testing.assert_allclose(sums(posts, 0), sums(plain_posts, 0), rtol=1e-6)
+    assert np.abs(sums(posts, 1) - sums(plain_posts, 1)).max() > 1e-3
+    extra_sq, extra_params = 0.0, 0
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        dw = numpy_delta(pairs["base"], pairs["exact"], name)
+        s = np.linalg.svd(dw, compute_uv=False)
+        extra_sq += float(np.sum(s ** 2) - s[0] ** 2)
+        extra_params += dw.size - sum(dw.shape)
+    assert ranks.loc[1, "retained_sq"] - plain_ranks.loc[1, "retained_sq"] == (
+        pytest.approx(extra_sq, rel=1e-6))
+    assert ranks.loc[1, "n_params"] - plain_ranks.loc[1, "n_params"] == extra_params
+    assert ranks.loc[0, "n_params"] == 0
+    assert ranks.loc[1, "frobenius_sq"] == pytest.approx(
+        plain_ranks.loc[1, "frobenius_sq"], rel=1e-9)

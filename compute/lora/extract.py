@@ -58,12 +58,14 @@ from compute.arch.naming import Layout
 from compute.io.adapters import Adapter, resolve_sft
 from compute.io.checkpoints import Checkpoint, CheckpointError, resolve
 from compute.linalg.spectra import to_float64
+from compute.lora import choices as lora_choices
 from compute.plan.pair import pair_plan
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 EXTRACTION_FILE = "lora_extraction.parquet"
 EMBEDDINGS = ("embed_tokens", "wte", "word_embeddings")
+VOCAB_SIDE = (*EMBEDDINGS, "lm_head")  # what --embed decides about
 
 
 class ExtractError(ValueError):
@@ -87,6 +89,11 @@ class Target:
     @property
     def n_short(self) -> int:
         return min(self.shape)
+
+    @property
+    def vocab_side(self) -> bool:
+        """An embedding or the LM head: what --embed lora|full|skip decides about."""
+        return self.module in VOCAB_SIDE
 
 
 def open_pair(base_ref: str, sft_ref: str) -> tuple[Checkpoint, Checkpoint]:
@@ -271,10 +278,17 @@ class Choice:
     rank: int | None = None
     by_module: dict[str, int] | None = None
     min_energy: float | None = None
+    sv_epsilon: float | None = None  # mergekit's absolute cut
+    dynamic: str | None = None  # kohya's sv_ratio | sv_cumulative | sv_fro
+    dynamic_param: float | None = None
 
     def rule(self) -> str:
+        if self.dynamic is not None:
+            return self.dynamic
         if self.min_energy is not None:
             return "min_energy"
+        if self.rank is None and self.by_module is None and self.sv_epsilon:
+            return "sv_epsilon"
         return "auto" if self.by_module is not None else "fixed"
 
     def planned(self, t: Target) -> int:
@@ -290,6 +304,10 @@ class Choice:
         r = self.planned(t)
         if self.min_energy is not None:
             r = min(r, energy_rank(s, self.min_energy))
+        if self.dynamic is not None:
+            r = lora_choices.kohya_rank(s, self.dynamic, self.dynamic_param, r)
+        if self.sv_epsilon:
+            r = lora_choices.epsilon_rank(s, self.sv_epsilon, r)
         return min(r, int(np.count_nonzero(s)))  # no zero directions
 
 
@@ -317,9 +335,11 @@ def factors(t: Target, tr: Triplets, r: int) -> dict[str, np.ndarray]:
     return {f"{key}.lora_A.weight": a, f"{key}.lora_B.weight": b}
 
 
-def adapter_config(base: Checkpoint, ranks: dict[str, int]) -> dict:
+def adapter_config(base: Checkpoint, ranks: dict[str, int],
+                   full: list[Target] = ()) -> dict:
     """adapter_config.json: target modules by full name, r the most common rank,
-    rank_pattern / alpha_pattern for the others, alpha = rank (scale 1)."""
+    rank_pattern / alpha_pattern for the others, alpha = rank (scale 1); the
+    modules stored whole (`full`) as modules_to_save, by their last name."""
     values = list(ranks.values())
     r = max(set(values), key=lambda v: (values.count(v), v))
     pattern = {m: k for m, k in ranks.items() if k != r}
@@ -329,7 +349,9 @@ def adapter_config(base: Checkpoint, ranks: dict[str, int]) -> dict:
         "r": r, "lora_alpha": r, "rank_pattern": pattern, "alpha_pattern": pattern,
         "target_modules": sorted(ranks), "lora_dropout": 0.0, "bias": "none",
         "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
-        "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
+        "init_lora_weights": True, "inference_mode": True,
+        "modules_to_save": sorted({t.module_path.rsplit(".", 1)[-1] for t in full})
+        or None,
         "layers_to_transform": None, "layers_pattern": None,
     }
 
@@ -372,11 +394,33 @@ def iter_triplets(base: Checkpoint, sft: Checkpoint, tgts: list[Target], keep,
             bar.close()
 
 
+def full_rows(base: Checkpoint, sft: Checkpoint, full: list[Target], np_dtype
+              ) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """The modules stored whole (PEFT's modules_to_save: W_sft's matrix under
+    `base_model.model.<tensor>`, as mergekit writes them) and their rows: all of
+    dW kept, r = min(m, n), m n parameters."""
+    tensors, rows = {}, []
+    for t in full:
+        ws = to_float64(*sft.read_array(t.tensor))
+        dw = delta(base, sft, t.tensor)
+        total = float(np.einsum("ij,ij->", dw, dw))
+        tensors[f"base_model.model.{t.tensor}"] = np.ascontiguousarray(ws, np_dtype)
+        rows.append({"tensor": t.tensor, "module_path": t.module_path,
+                     "layer": t.layer, "module": t.module, "n_rows": t.shape[0],
+                     "n_cols": t.shape[1], "rank": t.n_short, "frobenius_sq": total,
+                     "retained_sq": total,
+                     "retained_share": 1.0 if total > 0 else None,
+                     "s_last": None, "s_next": None,
+                     "n_params": t.shape[0] * t.shape[1], "full_rank": True})
+    return tensors, rows
+
+
 def extract(base: Checkpoint, sft: Checkpoint, tgts: list[Target], choice: Choice,
             out: Path, *, dtype: str = "float32", device: str = "cpu",
-            progress: bool = True) -> list[dict]:
+            progress: bool = True, full: list[Target] = ()) -> list[dict]:
     """Write the adapter to `out` (temporary folder, then renamed); returns one row
-    per target: its rank and what it keeps of ||dW||_F^2."""
+    per target: its rank and what it keeps of ||dW||_F^2; the `full` targets are
+    stored whole (modules_to_save)."""
     from safetensors.numpy import save_file
 
     check_ranks(tgts, choice)
@@ -397,7 +441,10 @@ def extract(base: Checkpoint, sft: Checkpoint, tgts: list[Target], choice: Choic
                      if tr.total_sq > 0 else None,
                      "s_last": float(tr.s[r - 1]) if r else None,
                      "s_next": float(tr.s[r]) if r < len(tr.s) else None,
-                     "n_params": r * (t.shape[0] + t.shape[1])})
+                     "n_params": r * (t.shape[0] + t.shape[1]), "full_rank": False})
+    whole, whole_rows = full_rows(base, sft, list(full), np_dtype or np.float32)
+    tensors |= whole
+    rows += whole_rows
     if not ranks:
         raise ExtractError(f"{sft.ref}: every selected matrix equals the base's "
                            "(dW = 0): nothing to extract")
@@ -415,8 +462,8 @@ def extract(base: Checkpoint, sft: Checkpoint, tgts: list[Target], choice: Choic
     tmp.mkdir(parents=True)
     try:
         writer(tensors, str(tmp / ADAPTER_WEIGHTS))
-        (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config(base, ranks),
-                                                     indent=2))
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(
+            adapter_config(base, ranks, list(full)), indent=2))
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     finally:
@@ -443,6 +490,36 @@ class Config:
     dtype: str = "float32"
     device: str = "cpu"
     progress: bool = True
+    embed: str = "lora"  # lora | full (modules_to_save) | skip
+    include: list[str] = dataclasses.field(default_factory=list)
+    exclude: list[str] = dataclasses.field(default_factory=list)
+    sv_epsilon: float | None = None
+    dynamic: str | None = None
+    dynamic_param: float | None = None
+
+    def options(self) -> dict:
+        """The extraction choices, as raw.lora_extractions.options records them."""
+        return {"embed": self.embed, "include": self.include, "exclude": self.exclude,
+                "sv_epsilon": self.sv_epsilon, "dynamic": self.dynamic,
+                "dynamic_param": self.dynamic_param, "modules": self.modules}
+
+
+def split_targets(tgts: list[Target], cfg: Config) -> tuple[list[Target], list[Target]]:
+    """(low-rank targets, targets stored whole) after --include / --exclude and
+    --embed, as mergekit decides them: with --embed full an embedding or LM head
+    not excluded is stored whole whatever --include says; with skip it is left
+    out."""
+    low, full = [], []
+    for t in tgts:
+        if t.vocab_side and cfg.embed != "lora":
+            if cfg.embed == "full" and not lora_choices.excluded(t.module_path,
+                                                                 cfg.exclude):
+                full.append(t)
+        elif lora_choices.selected(t.module_path, cfg.include, cfg.exclude):
+            low.append(t)
+    if not low:
+        raise ExtractError("--include/--exclude/--embed leave no matrix to factor")
+    return low, full
 
 
 def pair_args(ap: argparse.ArgumentParser) -> None:
@@ -501,9 +578,17 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="where the SVDs run (fp64)")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
+    choice_args(ap)
     a = ap.parse_args(argv)
-    if a.rank is None and a.min_energy is None:
-        ap.error("give --rank R|auto and/or --min-energy Q")
+    if a.rank is None and a.min_energy is None and a.dynamic is None \
+            and not a.sv_epsilon:
+        ap.error("give --rank R|auto, --min-energy Q, --dynamic METHOD or "
+                 "--sv-epsilon E")
+    try:
+        lora_choices.check(a.dynamic, a.dynamic_param, a.sv_epsilon, a.embed,
+                           a.include + a.exclude)
+    except lora_choices.ChoiceError as exc:
+        ap.error(str(exc))
     if a.rank not in (None, "auto"):
         try:
             int(a.rank)
@@ -513,7 +598,28 @@ def parse_args(argv: list[str] | None = None) -> Config:
     modules = [m.strip() for m in a.modules.split(",") if m.strip()] \
         if a.modules else None
     return Config(pair, base, sft, a.out, a.rank, a.min_energy, modules,
-                  a.adapter_name, a.runs, a.db, a.load, a.dtype, a.device, a.progress)
+                  a.adapter_name, a.runs, a.db, a.load, a.dtype, a.device, a.progress,
+                  a.embed, a.include, a.exclude, a.sv_epsilon, a.dynamic,
+                  a.dynamic_param)
+
+
+def choice_args(ap: argparse.ArgumentParser) -> None:
+    """mergekit's and kohya's extraction choices (compute/lora_choices.py)."""
+    ap.add_argument("--embed", default="lora", choices=lora_choices.EMBED_MODES,
+                    help="embeddings and the LM head: factored like any matrix "
+                    "(lora, the default; mergekit's --embed-lora), stored whole as "
+                    "PEFT modules_to_save (full, mergekit's default) or left out")
+    ap.add_argument("--include", action="append", default=[], metavar="REGEX",
+                    help="only modules whose name matches (re.search; repeatable)")
+    ap.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                    help="no module whose name matches (repeatable)")
+    ap.add_argument("--sv-epsilon", type=float, metavar="E",
+                    help="keep only singular values above E (mergekit's cut)")
+    ap.add_argument("--dynamic", choices=lora_choices.DYNAMIC,
+                    help="kohya's per-matrix rank rule, capped by --rank")
+    ap.add_argument("--dynamic-param", type=float, metavar="P",
+                    help="its target: s_1 / s_r (sv_ratio), share of sum s "
+                    "(sv_cumulative) or of ||dW||_F (sv_fro)")
 
 
 def run(cfg: Config) -> list[dict]:
@@ -521,7 +627,7 @@ def run(cfg: Config) -> list[dict]:
 
     t0 = time.perf_counter()
     base, sft = open_pair(cfg.base, cfg.sft)
-    tgts = targets(base, sft, cfg.modules)
+    tgts, full = split_targets(targets(base, sft, cfg.modules), cfg)
     if cfg.rank == "auto":
         by_module, source = auto_ranks(cfg.pair, db_path(cfg.db), cfg.runs / cfg.pair)
         print(f"ranks from {source}: " + ", ".join(f"{m} {r}" for m, r in
@@ -530,13 +636,16 @@ def run(cfg: Config) -> list[dict]:
     else:
         choice = Choice(rank=int(cfg.rank) if cfg.rank else None,
                         min_energy=cfg.min_energy)
+    choice = dataclasses.replace(choice, sv_epsilon=cfg.sv_epsilon,
+                                 dynamic=cfg.dynamic, dynamic_param=cfg.dynamic_param)
     rows = extract(base, sft, tgts, choice, cfg.out, dtype=cfg.dtype,
-                   device=cfg.device, progress=cfg.progress)
+                   device=cfg.device, progress=cfg.progress, full=full)
     name = cfg.name or cfg.out.name
     meta = {"extraction": name, "pair": cfg.pair, "base_model": base.ref,
             "sft_model": sft.ref, "rule": choice.rule(),
             "rank_asked": cfg.rank, "min_energy": cfg.min_energy,
             "adapter_dir": str(cfg.out), "dtype": cfg.dtype,
+            "options": json.dumps(cfg.options()),
             "seconds": round(time.perf_counter() - t0, 3)}
     rows = [meta | r for r in rows]
     write_extraction(rows, cfg.out / EXTRACTION_FILE)

@@ -79,10 +79,12 @@ class Config:
     limit: int | None = None
     load: bool = True
     progress: bool = True
+    embed_full: bool = False  # embeddings and LM head whole at every rank (mergekit)
 
     @property
     def modules_key(self) -> str:
-        return ",".join(sorted(self.modules)) if self.modules else "all"
+        key = ",".join(sorted(self.modules)) if self.modules else "all"
+        return key + ("+embed_full" if self.embed_full else "")
 
     @property
     def run_dir(self) -> Path:
@@ -164,6 +166,34 @@ def merge(model, base, sft, tgts: list[Target], factors: Factors, r: int | None,
                 put(name, to_float64(*sft.read_array(name)))
 
 
+def split_whole(tgts: list[Target], embed_full: bool
+                ) -> tuple[list[Target], list[Target]]:
+    """(targets truncated to rank r, targets taking dW whole at every rank): with
+    --embed-full the embeddings and the LM head are whole, as mergekit-extract-lora
+    stores them by default (modules_to_save)."""
+    if not embed_full:
+        return tgts, []
+    return ([t for t in tgts if not t.vocab_side], [t for t in tgts if t.vocab_side])
+
+
+def merge_whole(model, base, sft, whole: list[Target]) -> tuple[float, int]:
+    """Put W_base + dW (= W_sft) of each `whole` target into `model` (None: only
+    measure); returns (sum of their ||dW||_F^2, their parameters m n)."""
+    import torch
+
+    sq, params = 0.0, 0
+    for t in whole:
+        dw = delta(base, sft, t.tensor)
+        sq += float(np.einsum("ij,ij->", dw, dw))
+        params += t.shape[0] * t.shape[1]
+        if model is not None:
+            p = model.get_parameter(t.tensor)
+            with torch.no_grad():
+                p.copy_(torch.from_numpy(to_float64(*base.read_array(t.tensor)) + dw)
+                        .to(device=p.device, dtype=p.dtype))
+    return sq, params
+
+
 def post_rows(posts, results, run_id: str, pair: str, modules: str, rank: int
               ) -> list[dict]:
     return [{"run_id": run_id, "pair": pair, "modules": modules, "rank": rank,
@@ -199,7 +229,7 @@ def run(cfg: Config) -> Path:
 
     t0 = time.perf_counter()
     base, sft = open_pair(cfg.base, cfg.sft)
-    tgts = targets(base, sft, cfg.modules)
+    tgts, whole = split_whole(targets(base, sft, cfg.modules), cfg.embed_full)
     vector_names = pair_plan(base, sft).vectors
     if cfg.prompts is None:
         from ingest.warehouse import db_path
@@ -254,7 +284,8 @@ def run(cfg: Config) -> Path:
     ranks += [None] if full else []
     factors = Factors(base, sft, tgts, max((r for r in ranks if r), default=0),
                       cfg.progress, dev.type)  # fp64 SVDs on the scoring device
-    total_sq = sum(factors.total.values())
+    whole_sq, whole_params = merge_whole(None, base, sft, whole)
+    total_sq = sum(factors.total.values()) + whole_sq
     rank_rows = []
     with torch.inference_mode():
         sft_model = load_model(sft_dir, dev, dtype, "sdpa", base=base_dir)
@@ -264,12 +295,14 @@ def run(cfg: Config) -> Path:
                                         + ".parquet")
             t1 = time.perf_counter()
             kept = [min(rank, t.n_short) for t in tgts]
-            retained = total_sq if r is None else sum(
+            retained = total_sq if r is None else whole_sq * (r > 0) + sum(
                 float(np.sum(factors.s_sq[t.tensor][:k])) for t, k in zip(tgts, kept,
                                                                           strict=True))
             if not path.exists():
                 model = load_model(base_dir, dev, dtype, "sdpa")
                 merge(model, base, sft, tgts, factors, r, cfg.vectors, vector_names)
+                if r != 0:  # r = 0 stays the base as loaded
+                    merge_whole(model, base, sft, whole)
                 scorer = Scorer(model, sft_model, dev, prefix, cfg.window, context,
                                 cfg.batch_size)
                 rows = []
@@ -286,9 +319,9 @@ def run(cfg: Config) -> Path:
             rank_rows.append({
                 "run_id": run_id, "pair": cfg.pair, "base_model": base.ref,
                 "sft_model": sft.ref, "modules": cfg.modules_key, "rank": rank,
-                "is_full": r is None, "n_matrices": len(tgts),
-                "n_params": sum(k * sum(t.shape) for t, k in zip(tgts, kept,
-                                                                 strict=True)),
+                "is_full": r is None, "n_matrices": len(tgts) + len(whole),
+                "n_params": whole_params * (r != 0) + sum(k * sum(t.shape) for t, k in zip(
+                    tgts, kept, strict=True)),
                 "retained_sq": retained, "frobenius_sq": total_sq,
                 "vectors": cfg.vectors, "device": dev.type,
                 "dtype": str(dtype).removeprefix("torch."),
@@ -328,6 +361,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--no-load", dest="load", action="store_false")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
+    ap.add_argument("--embed-full", action="store_true",
+                    help="embeddings and the LM head take dW whole at every rank "
+                    "(mergekit-extract-lora's default); stored as modules "
+                    "'<modules>+embed_full'")
     a = ap.parse_args(argv)
     try:
         ranks, full = parse_ranks(a.ranks)
@@ -340,7 +377,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         if a.modules else None
     return Config(pair, base, sft, ranks, full, modules, a.prompts, a.db, a.out,
                   a.device, a.dtype, a.batch_size, a.window, a.vectors, a.limit,
-                  a.load, a.progress)
+                  a.load, a.progress, a.embed_full)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,9 @@ renamed as (
         s_last,
         s_next,
         n_params::bigint as n_params,
+        coalesce(full_rank, false) as full_rank,
         seconds,
+        options,
 
     from source
 
