@@ -12,15 +12,16 @@ its own process (peak RSS from os.wait4), the timed part reported by the worker:
 
   spectra   NumPy float64 singular values of every matrix: what compute.run stores
             (here a plain SVD: the cost the ESD measures are set against)
-  sftscope  compute.esd.esd_measures on those singular values (what the dbt model
+  sftscope  compute.linalg.esd.esd_measures on those singular values (what the dbt model
             int_esd_fits does per spectrum): power-law fit, norms, MP fit
   ww        WeightWatcher 0.7.7 analyze(mp_fit=True) of the same matrices as an
             nn.Sequential of fp32 Linear layers (its SVD included: it has no other
             way in); the bench extra
 
 Prints {"bench": "esd", "machine", "results", "ratios", "agreement"} as JSON:
-ratios ww / sftscope, sftscope / spectra (what the fits add to the spectra) and ww /
-(spectra + sftscope) (like for like: WeightWatcher does its own SVD), and the largest |alpha difference| between the two tools on these matrices.
+the ratios ww / sftscope, sftscope / spectra (what the fits add to the spectra) and
+ww / (spectra + sftscope) (like for like: WeightWatcher does its own SVD), and the
+largest |alpha difference| between the two tools on these matrices.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def worker(kind: str, layers: int) -> dict:
         values = [np.linalg.svd(w.astype(np.float64), compute_uv=False) for w in mats]
         alphas = []
         if kind == "sftscope":
-            from compute.esd import esd_measures
+            from compute.linalg.esd import esd_measures
 
             c0, t0 = time.process_time(), time.perf_counter()
             alphas = [esd_measures(s, *w.shape)["alpha"]

@@ -1,7 +1,7 @@
-"""WeightWatcher's ESD measures (compute/esd.py) against references that share no
-code with them: SciPy for the MLE and KS steps, scikit-learn for the kernel
-density, WeightWatcher itself (the bench extra) on the demo pair's matrices, and a
-planted spike count."""
+"""WeightWatcher's ESD measures (compute/linalg/esd.py) against references that
+share no code with them: SciPy for the MLE and KS steps, scikit-learn for the
+kernel density, WeightWatcher itself (the bench extra) on the demo pair's
+matrices, and a planted spike count."""
 
 import math
 import subprocess
@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from compute.esd import (
+from compute.linalg.esd import (
     MEASURES,
     _candidates,
     esd_measures,
@@ -182,8 +182,8 @@ def test_alpha_matches_weightwatcher(tmp_path):
 @pytest.mark.slow
 def test_marts_hold_the_fits_of_the_stored_spectra(demo_warehouse, tmp_path):
     """In the demo warehouse: one fct_matrix_esd row per raw.spectra row, each
-    equal to compute.esd on that row's singular values; a layer-module cell's
-    alpha is its matrix's; W_sft's alpha_change is the difference of the two
+    equal to compute.linalg.esd on that row's singular values; a layer-module
+    cell's alpha is its matrix's; W_sft's alpha_change is the difference of the two
     sides' rows; a second dbt build fits nothing again and duplicates nothing."""
     import shutil
 

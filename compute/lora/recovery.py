@@ -320,8 +320,8 @@ def run(cfg: Config) -> Path:
                 "run_id": run_id, "pair": cfg.pair, "base_model": base.ref,
                 "sft_model": sft.ref, "modules": cfg.modules_key, "rank": rank,
                 "is_full": r is None, "n_matrices": len(tgts) + len(whole),
-                "n_params": whole_params * (r != 0) + sum(k * sum(t.shape) for t, k in zip(
-                    tgts, kept, strict=True)),
+                "n_params": whole_params * (r != 0) + sum(
+                    k * sum(t.shape) for t, k in zip(tgts, kept, strict=True)),
                 "retained_sq": retained, "frobenius_sq": total_sq,
                 "vectors": cfg.vectors, "device": dev.type,
                 "dtype": str(dtype).removeprefix("torch."),

@@ -1,7 +1,7 @@
 """One row per (run, tensor, role): WeightWatcher's ESD measures of the spectrum
 (power-law alpha with xmin by KS distance, alpha-weighted, log norms, the
-Marchenko-Pastur bulk and its spikes), computed by compute.esd from the singular
-values raw.spectra stores: no second pass over the weights (docs/esd.md).
+Marchenko-Pastur bulk and its spikes), computed by compute.linalg.esd from the
+singular values raw.spectra stores: no second pass over the weights (docs/esd.md).
 
 A dbt Python model (dbt-duckdb runs it in the dbt process), built per run as the
 spectra marts are (macros/incremental_by_run.sql): an incremental build fits only
@@ -11,7 +11,7 @@ rows of runs deleted or loaded again. `dbt build --full-refresh` fits every run.
 
 import pyarrow as pa
 
-from compute.esd import MEASURES, esd_measures
+from compute.linalg.esd import MEASURES, esd_measures
 
 KEYS = [("run_id", pa.string()), ("pair", pa.string()), ("tensor", pa.string()),
         ("role", pa.string()), ("layer", pa.int32()), ("module", pa.string()),

@@ -1,7 +1,7 @@
 """WeightWatcher's measures of a weight matrix's empirical spectral density (ESD),
 from its stored singular values: no second pass over the weights.
 
-    from compute.esd import esd_measures
+    from compute.linalg.esd import esd_measures
     esd_measures(singular_values, n_rows, n_cols)   # a dict, one value per measure
 
 The dbt model `int_esd_fits` calls this on every spectrum of `raw.spectra`
