@@ -30,6 +30,12 @@ The rank per matrix:
   ||dW||_F^2 (with `--rank R` as well: at most R).
 A matrix whose dW is exactly zero gets no adapter (rank 0).
 
+mergekit's and kohya's choices (compute/lora/choices.py, docs/lora.md): `--embed
+lora|full|skip` (the embedding and head factored, stored whole as PEFT's
+modules_to_save, or left out), `--include` / `--exclude REGEX`, `--sv-epsilon e`
+(only s_i > e) and `--dynamic sv_ratio|sv_cumulative|sv_fro --dynamic-param p`
+(kohya's per-matrix ranks, capped by --rank).
+
 Output: DIR/adapter_config.json and DIR/adapter_model.safetensors in PEFT's format
 (`PeftModel.from_pretrained(base_model, DIR)` loads them as they are; fp32 factors
 unless --dtype bfloat16), written in a temporary folder and renamed, and
