@@ -1,0 +1,102 @@
+"""URIAL's protocol (compute.behaviour.urial) on the shipped demo pair against a
+hand-rolled reference: a greedy loop of plain SFT forward passes (argmax of the last
+logits, no `generate`), then one plain forward of the base on prompt + answer, the
+rank of each generated token among the base's logits counted directly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from compute.behaviour import urial
+from compute.behaviour.scoring import load_model, load_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "models" / "demo"
+QUESTIONS = ["How does a lens focus light onto a point?",
+             "Why do heavier objects not fall faster in a vacuum?"]
+
+
+@pytest.fixture(scope="module")
+def models():
+    cpu = torch.device("cpu")
+    base = load_model(DEMO / "base", cpu, torch.float32, "sdpa")
+    sft = load_model(DEMO / "sft", cpu, torch.float32, "sdpa")
+    return base, sft, load_tokenizer(DEMO / "sft")
+
+
+def by_hand(base, sft, prompt: list[int], max_new: int, stops: list[int]):
+    """(answer ids, base rank of each, KL(p_sft || p_base) of each), plainly."""
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(max_new):
+            nxt = int(sft(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            ids.append(nxt)
+            if nxt in stops:
+                break
+        answer = ids[len(prompt):]
+        seq = torch.tensor([ids])
+        lb = torch.log_softmax(base(input_ids=seq).logits[0].double(), -1)
+        ls = torch.log_softmax(sft(input_ids=seq).logits[0].double(), -1)
+    ranks, kls = [], []
+    for j, tok in enumerate(answer):
+        row = len(prompt) - 1 + j  # the logits that predict answer[j]
+        ranks.append(1 + int((lb[row] > lb[row, tok]).sum()))
+        kls.append(float((ls[row].exp() * (ls[row] - lb[row])).sum()))
+    return answer, ranks, kls
+
+
+def test_generated_tokens_classes_and_kl_against_a_plain_loop(models):
+    """The answer is the plain greedy loop's, each token's class is URIAL's class of
+    its rank among the base's logits, KL to 1e-4, positions 0..n-1 in the table."""
+    base, sft, tok = models
+    stops = urial.stop_ids(tok)
+    answers = urial.run_urial(base, sft, tok, list(enumerate(QUESTIONS)), 24,
+                              torch.device("cpu"), progress=False)
+    assert len(answers) == len(QUESTIONS)
+    table = urial.rows(answers, "r", "demo").to_pandas()
+    seen = set()
+    for a in answers:
+        answer, ranks, kls = by_hand(base, sft, a.prompt, 24, stops)
+        assert a.answer == answer
+        got = table[table["post_id"] == a.post_id].sort_values("position")
+        assert got["position"].tolist() == list(range(len(answer)))
+        assert got["rank_in_base"].tolist() == ranks
+        assert got["shift_class"].tolist() == [
+            "unshifted" if r == 1 else "marginal" if r <= 3 else "shifted"
+            for r in ranks]
+        np.testing.assert_allclose(got["kl_sft_base"], kls, atol=1e-4)
+        seen |= set(got["shift_class"])
+    assert (table["mode"] == "generated").all()
+    assert len(seen) >= 2  # the demo pair's answers are not all one class
+
+
+def test_chat_prompt_is_the_demo_format(models):
+    """Without a chat_template the demo's ChatML turn: EOS, user turn, assistant
+    header; the stop ids are <|im_end|> and EOS."""
+    _, _, tok = models
+    ids = urial.chat_ids(tok, "Q?")
+    assert tok.decode(ids) == "<|endoftext|><|im_start|>user\nQ?<|im_end|>\n" \
+        "<|im_start|>assistant\n"
+    assert urial.stop_ids(tok) == [tok.get_vocab()["<|im_end|>"], tok.eos_token_id]
+
+
+def test_command_writes_the_generated_mode_apart(tmp_path):
+    """python -m compute.urial writes OUT/<pair>/urial/generated.parquet, nothing
+    into the teacher-forced tables' folders."""
+    from compute.run.urial import main
+
+    prompts = tmp_path / "p.parquet"
+    pd.DataFrame({"post_id": [1, 2], "site": "s", "grp": ["low", "high"],
+                  "text": QUESTIONS}).to_parquet(prompts)
+    assert main(["--base", str(DEMO / "base"), "--sft", str(DEMO / "sft"), "--name",
+                 "demo", "--prompts", str(prompts), "--generate", "1",
+                 "--max-new-tokens", "8", "--out", str(tmp_path / "runs"),
+                 "--device", "cpu", "--dtype", "float32", "--no-progress"]) == 0
+    out = pd.read_parquet(tmp_path / "runs" / "demo" / "urial" / "generated.parquet")
+    assert out["post_id"].nunique() == 1 and 1 <= len(out) <= 8  # --generate 1
+    assert sorted(p.name for p in (tmp_path / "runs" / "demo").iterdir()) == ["urial"]
