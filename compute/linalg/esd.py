@@ -182,7 +182,7 @@ def _mp_density(x: np.ndarray, q: float, sigma: float) -> np.ndarray:
     return np.nan_to_num(val)
 
 
-def _mp_residual(sigma, grid, dens, n_low, q) -> float:
+def _mp_residual(sigma, grid, dens, q) -> float:
     """Sum of squared differences between the MP density and the kernel density on
     the grid points where the latter exceeds 0.01; BAD_FIT per point when the bulk
     edge falls outside the grid or misses the density's peak."""
@@ -218,7 +218,7 @@ def mp_fit(evals: np.ndarray, q: float) -> dict[str, float | None]:
     s0 = math.sqrt(lam_max / (1 + 1 / math.sqrt(q)) ** 2)
     sigma = float(optimize.brute(
         _mp_residual, (slice(0.05 * s0, 2.0 * s0, 0.01 * s0),),
-        args=(grid, dens, 0, q), finish=optimize.fmin)[0])
+        args=(grid, dens, q), finish=optimize.fmin)[0])
     hi = (sigma * (1 + 1 / math.sqrt(q))) ** 2
     lo = (sigma * (1 - 1 / math.sqrt(q))) ** 2
     tw = (1 / math.sqrt(q)) * hi ** (2 / 3) * m ** (-2 / 3)
