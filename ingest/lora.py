@@ -53,7 +53,8 @@ def _schemas() -> dict:
             ("dtype", s), ("tensor", s), ("module_path", s), ("layer", i),
             ("module", s), ("n_rows", i), ("n_cols", i), ("rank", i),
             ("frobenius_sq", d), ("retained_sq", d), ("retained_share", d),
-            ("s_last", d), ("s_next", d), ("n_params", big), ("seconds", d)]),
+            ("s_last", d), ("s_next", d), ("n_params", big), ("seconds", d),
+            ("options", s), ("full_rank", b)]),
         "lora_recovery_ranks": pa.schema([
             ("run_id", s), ("pair", s), ("base_model", s), ("sft_model", s),
             ("modules", s), ("rank", i), ("is_full", b), ("n_matrices", i),

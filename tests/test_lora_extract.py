@@ -455,6 +455,11 @@ def test_embed_full_with_include_loads_in_peft(pairs, tmp_path):
     assert {r["module"] for r in whole_rows} == {"embed_tokens", "lm_head"}
     assert all(r["retained_share"] == 1.0 for r in whole_rows)
     assert json.loads(rows[0]["options"])["embed"] == "full"
+    stored = pd.read_parquet(out / "lora_extraction.parquet")  # what is loaded
+    assert set(stored.loc[stored["full_rank"], "module"]) == {"embed_tokens",
+                                                              "lm_head"}
+    assert {json.loads(o)["include"][0] for o in stored["options"]} == {
+        r"layers\.0\."}
 
     base, sft = ex.open_pair(str(pairs["base"]), str(pairs["sft"]))
     low, whole = ex.split_targets(ex.targets(base, sft), cfg)
