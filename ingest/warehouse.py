@@ -229,6 +229,24 @@ COMPUTE_TABLES: dict[str, str] = {
         top_text_base VARCHAR,            -- those tokens decoded on their own
         top_text_sft VARCHAR
     """,
+    "generated_token_shift": """
+        run_id VARCHAR NOT NULL,
+        pair VARCHAR NOT NULL,
+        mode VARCHAR NOT NULL,            -- 'generated' (URIAL's protocol)
+        post_id BIGINT NOT NULL,          -- the prompt the SFT answered
+        position INTEGER NOT NULL,        -- 0-based, in the SFT's answer
+        n_generated INTEGER NOT NULL,     -- the answer's length in tokens
+        token_id BIGINT NOT NULL,         -- the SFT's greedy choice
+        logprob_base DOUBLE NOT NULL,
+        logprob_sft DOUBLE NOT NULL,
+        kl_sft_base DOUBLE NOT NULL,
+        kl_base_sft DOUBLE NOT NULL,
+        entropy_base DOUBLE NOT NULL,
+        entropy_sft DOUBLE NOT NULL,
+        rank_in_base BIGINT NOT NULL,     -- eta: the base's rank of the SFT's token
+        shift_class VARCHAR NOT NULL,     -- unshifted (1), marginal (2-3), shifted
+        position_bucket VARCHAR NOT NULL
+    """,
     "post_texts": """
         run_id VARCHAR NOT NULL,
         pair VARCHAR NOT NULL,
@@ -379,7 +397,7 @@ COMPUTE_TABLES: dict[str, str] = {
 # applied, the highest is current). Version 1 is the first release's layout, which had
 # no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 """The raw layout this release writes: the last step of MIGRATIONS."""
 
 UPGRADE_COMMAND = "python -m ingest.upgrade"
@@ -442,6 +460,9 @@ MIGRATIONS: tuple[Migration, ...] = (
                "VARCHAR",
                "alter table raw.lora_extractions add column if not exists full_rank "
                "BOOLEAN")),
+    Migration(10, "raw.generated_token_shift: URIAL's shift on the SFT's own answers",
+              ("create table if not exists raw.generated_token_shift ("
+               + COMPUTE_TABLES["generated_token_shift"] + ")",)),
 )
 """The ordered steps from version 1 to SCHEMA_VERSION.
 

@@ -96,7 +96,49 @@ def test_command_writes_the_generated_mode_apart(tmp_path):
     assert main(["--base", str(DEMO / "base"), "--sft", str(DEMO / "sft"), "--name",
                  "demo", "--prompts", str(prompts), "--generate", "1",
                  "--max-new-tokens", "8", "--out", str(tmp_path / "runs"),
-                 "--device", "cpu", "--dtype", "float32", "--no-progress"]) == 0
+                 "--device", "cpu", "--dtype", "float32", "--no-progress",
+                 "--no-load"]) == 0
     out = pd.read_parquet(tmp_path / "runs" / "demo" / "urial" / "generated.parquet")
     assert out["post_id"].nunique() == 1 and 1 <= len(out) <= 8  # --generate 1
     assert sorted(p.name for p in (tmp_path / "runs" / "demo").iterdir()) == ["urial"]
+
+
+@pytest.mark.slow
+def test_load_and_mart_against_pandas(tmp_path):
+    """Rows of three answers load into raw.generated_token_shift (twice: replaced,
+    not duplicated), nothing into the teacher-forced raw.token_shift; the mart's
+    shares equal pandas' over the tokens, its interval SciPy's t interval over the
+    answers' shifted shares."""
+    from scipy import stats
+
+    from ingest.generated import load
+    from tests.conftest import query, run_dbt
+
+    rng = np.random.default_rng(3)
+    answers = []
+    for post_id, n in ((1, 20), (2, 7), (3, 30)):
+        ranks = rng.choice([1, 1, 1, 2, 3, 5, 40], size=n)
+        answers.append(urial.Answer(post_id, [0], list(range(n)), {
+            "rank_sft_top_in_base": ranks,
+            **{k: rng.random(n) for k in ("logprob_base", "logprob_sft",
+                                          "kl_sft_base", "kl_base_sft",
+                                          "entropy_base", "entropy_sft")}}))
+    table = urial.rows(answers, "r1", "demo")
+    path = urial.write(table, tmp_path / "runs" / "demo")
+    db = tmp_path / "w.duckdb"
+    assert load(path, db) == load(path, db) == {"generated_token_shift": 57}
+    assert query(db, "select count(*) from raw.token_shift")[0][0] == 0
+    run_dbt(db, "build", "--quiet", "--select", "+fct_generated_token_shift")
+    df = table.to_pandas()
+    got = dict(zip(["n", "shifted", "marginal", "kl", "lo", "hi"], query(db, """
+        select n_tokens, shifted_share, marginal_share, mean_kl_sft_base,
+               shifted_share_lo95, shifted_share_hi95
+        from marts.fct_generated_token_shift where position_bucket = 'all'""")[0],
+        strict=True))
+    assert got["n"] == 57
+    assert got["shifted"] == pytest.approx((df["rank_in_base"] > 3).mean())
+    assert got["marginal"] == pytest.approx(df["rank_in_base"].between(2, 3).mean())
+    assert got["kl"] == pytest.approx(df["kl_sft_base"].mean())
+    per = df.groupby("post_id")["shift_class"].apply(lambda c: (c == "shifted").mean())
+    lo, hi = stats.t.interval(0.95, len(per) - 1, loc=per.mean(), scale=stats.sem(per))
+    assert (got["lo"], got["hi"]) == pytest.approx((lo, hi), rel=1e-6)

@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--dtype", choices=["bfloat16", "float32"])
     ap.add_argument("--no-progress", dest="progress", action="store_false")
+    ap.add_argument("--no-load", dest="load", action="store_false",
+                    help="write the file only, not raw.generated_token_shift")
     a = ap.parse_args(argv)
     if a.generate < 1 or a.max_new_tokens < 1:
         ap.error("--generate and --max-new-tokens must be >= 1")
@@ -91,4 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                   if c == "shifted")
     print(f"urial {a.pair}: {len(answers)} answers, {table.num_rows} generated "
           f"tokens, {shifted / max(table.num_rows, 1):.1%} shifted; {path}")
+    if a.load:
+        from ingest.generated import load_or_explain
+
+        return load_or_explain(path, a.db)
     return 0
