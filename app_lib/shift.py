@@ -77,6 +77,17 @@ def classes(src: Src, pair: str) -> pd.DataFrame:
 
 
 @_cache
+def generated(src: Src, pair: str) -> pd.DataFrame:
+    """URIAL's protocol (the SFT's own answers): marts.fct_generated_token_shift."""
+    return query("""
+        select position_bucket, n_answers, n_tokens, unshifted_share, marginal_share,
+               shifted_share, shifted_share_lo95, shifted_share_hi95, mean_kl_sft_base
+        from marts.fct_generated_token_shift where pair = ?
+        order by position_bucket = 'all' desc, position_bucket
+    """, [pair], path=src[0])
+
+
+@_cache
 def top_tokens(src: Src, pair: str, grp: str, direction: str, by: str,
                limit: int = 20) -> pd.DataFrame:
     order = "rank_by_kl_mass" if by == "kl_mass" else "rank_by_count"

@@ -37,6 +37,17 @@ st.subheader("Shift classes by token position")
 cls = ui.load(shift.classes, src, pair)
 st.altair_chart(shift.classes_chart(cls), width="content")
 
+st.subheader("On the SFT's own answers (URIAL's protocol)")
+st.caption("The classes above are teacher-forced on human posts. URIAL defines them "
+           "on the fine-tuned model's own greedy answers, a different quantity "
+           "(`python -m compute.urial`; docs/behaviour.md): kept apart here.")
+if ui.load(q.row_count, src, "marts.fct_generated_token_shift"):
+    st.dataframe(ui.load(shift.generated, src, pair), hide_index=True,
+                 width="stretch")
+else:
+    st.code(f"python -m compute.urial --pair {pair} --generate 50\n"
+            "cd dbt_project && dbt build", language="bash")
+
 st.subheader("The tokens SFT shifts most")
 c1, c2, c3 = st.columns(3)
 grps = sorted(cls["grp"].dropna().unique())
