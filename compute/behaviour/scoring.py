@@ -79,6 +79,8 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from compute.io.files import write_parquet
+
 PREFIX_TOKEN = "<|endoftext|>"
 TABLES = ("token_logprobs", "token_shift", "residual_drift", "post_texts")  # write order
 LOGIT_CHUNK_ELEMS = 1 << 25  # fp32 logits per model per LM-head chunk (128 MiB)
@@ -519,13 +521,6 @@ def share_of(posts: list[Post], share: tuple[int, int]) -> list[Post]:
     ordered = sorted(posts, key=lambda p: p.post_id)
     i, n = share
     return [ordered[k] for k in split([p.n_tokens for p in ordered], n)[i]]
-
-
-def write_parquet(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
 
 
 def done_posts(root: Path, run_id: str, pair: str, tag: str = "") -> set[int]:

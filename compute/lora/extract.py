@@ -51,8 +51,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -63,6 +61,7 @@ import numpy as np
 from compute.arch.naming import Layout
 from compute.io.adapters import Adapter, resolve_sft
 from compute.io.checkpoints import Checkpoint, CheckpointError, resolve
+from compute.io.files import atomic_folder
 from compute.linalg.spectra import to_float64
 from compute.lora import choices as lora_choices
 from compute.plan.pair import pair_plan
@@ -463,17 +462,10 @@ def extract(base: Checkpoint, sft: Checkpoint, tgts: list[Target], choice: Choic
             metadata={"format": "pt"})
     else:
         writer = lambda d, p: save_file(d, p, metadata={"format": "pt"})  # noqa: E731
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out) as tmp:
         writer(tensors, str(tmp / ADAPTER_WEIGHTS))
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(
             adapter_config(base, ranks, list(full)), indent=2))
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return rows
 
 

@@ -28,9 +28,12 @@ def _disk_full(table, where, *args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device", str(where))
 
 
-@pytest.mark.parametrize("writer", [files.write_parquet, behaviour.write_parquet],
-                         ids=["spectra", "behaviour"])
-def test_failed_parquet_write_keeps_the_previous_file(writer, tmp_path, monkeypatch):
+def test_one_parquet_writer_for_spectra_and_behaviour():
+    assert behaviour.write_parquet is files.write_parquet
+
+
+def test_failed_parquet_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    writer = files.write_parquet
     target = tmp_path / "out" / "00003.parquet"
     writer(TABLE, target)
     before = target.read_bytes()
@@ -44,6 +47,7 @@ def test_failed_parquet_write_keeps_the_previous_file(writer, tmp_path, monkeypa
     assert pq.read_table(target).equals(TABLE)
     finals = sorted(p.name for p in target.parent.glob("[0-9]*.parquet"))
     assert finals == ["00003.parquet"]
+    assert not list(target.parent.glob(".*"))  # no temporary left behind
 
 
 def test_failed_manifest_write_keeps_the_previous_manifest(tmp_path, monkeypatch):
@@ -59,6 +63,21 @@ def test_failed_manifest_write_keeps_the_previous_manifest(tmp_path, monkeypatch
         files.atomic_write_bytes(path, b'{"run_id": "new", "kinds": {}}')
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"run_id": "old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_failed_folder_write_keeps_the_previous_folder(tmp_path):
+    out = tmp_path / "pair"
+    with files.atomic_folder(out) as tmp:
+        (tmp / "a.json").write_text("old")
+    with pytest.raises(RuntimeError), files.atomic_folder(out) as tmp:
+        (tmp / "a.json").write_text("new")
+        raise RuntimeError("killed half way")
+    assert [p.name for p in tmp_path.iterdir()] == ["pair"]
+    assert (out / "a.json").read_text() == "old"
+    with files.atomic_folder(out) as tmp:
+        (tmp / "b.json").write_text("b")
+    assert [p.name for p in out.iterdir()] == ["b.json"]  # replaced, not merged
 
 
 @pytest.fixture
