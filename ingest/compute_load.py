@@ -25,9 +25,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import duckdb
-
-from ingest import snapshot
 from ingest.results import (
     BULKY,
     ResultsError,
@@ -38,11 +35,10 @@ from ingest.results import (
     with_records,
 )
 from ingest.warehouse import (
-    connect,
     db_path,
-    ensure_raw_schema,
     load_reported,
     replace_pair_rows,
+    writer_transaction,
 )
 
 KIND_TABLES = {
@@ -131,58 +127,49 @@ def load_run(run_dir: str | Path, db: str | Path | None = None,
     if not kinds:
         raise LoadError(f"{run_dir}: nothing finished to load")
     counts: dict[str, int] = {}
-    with connect(db) as con:
-        con.execute("begin transaction")
-        try:
-            ensure_raw_schema(con)
-            for kind in kinds:
-                for table, pattern in KIND_TABLES[kind].items():
-                    files = sorted(run_dir.glob(pattern))
-                    if not files:
-                        select, params = f"select * from raw.{table} where false", []
-                    else:
-                        select = ("select * from read_parquet(?, union_by_name = true)")
-                        params = [[str(f) for f in files]]
-                    counts[table] = replace_pair_rows(con, table, pair, select, params)
-                    other = con.execute(
-                        f"select count(*) from raw.{table} where pair = ? "
-                        "and run_id <> ?", [pair, run_id]).fetchone()[0]
-                    if other:
-                        raise LoadError(f"{run_dir}: {table} files of another run "
-                                        f"({other} rows) are mixed in")
-                if kind == "spectra":
-                    expected = 3 * manifest["kinds"]["spectra"]["n_matrices"]
-                    if counts["spectra"] != expected:
-                        raise LoadError(f"{run_dir}: {counts['spectra']} spectra rows, "
-                                        f"expected {expected}")
-                if kind == "spectra" and "directions" not in finished:
-                    # spectra without vectors (--vectors 0): no stale directions
-                    for table in [*KIND_TABLES["directions"], "compute_runs"]:
-                        con.execute(f"delete from raw.{table} where pair = ?"
-                                    + (" and kind = 'directions'"
-                                       if table == "compute_runs" else ""), [pair])
-                info = manifest["kinds"][kind]
-                con.execute("delete from raw.compute_runs where pair = ? and kind = ?",
-                            [pair, kind])
-                con.execute(
-                    "insert into raw.compute_runs by name select ? as run_id, "
-                    "? as pair, ? as kind, ? as base_model, ? as sft_model, "
-                    "? as base_revision, ? as sft_revision, ? as code_version, "
-                    "? as device, ? as dtype, ? as method, ? as n_layers, "
-                    "?::timestamp as started_at, ?::timestamp as finished_at, "
-                    "?::json as options",
-                    [run_id, pair, kind, manifest["base_model"], manifest["sft_model"],
-                     manifest.get("base_revision"), manifest.get("sft_revision"),
-                     manifest.get("code_version"), info.get("device"),
-                     info.get("dtype"), manifest.get("method"),
-                     manifest.get("n_layers"), info.get("started_at"),
-                     info.get("finished_at"), json.dumps(info.get("options", {}))])
-            con.execute("commit")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):  # a dead connection rolls back too
-                con.execute("rollback")
-            raise
-        snapshot.publish_or_warn(con, db_path(db))  # what readers see from now on
+    with writer_transaction(db) as con:
+        for kind in kinds:
+            for table, pattern in KIND_TABLES[kind].items():
+                files = sorted(run_dir.glob(pattern))
+                if not files:
+                    select, params = f"select * from raw.{table} where false", []
+                else:
+                    select = ("select * from read_parquet(?, union_by_name = true)")
+                    params = [[str(f) for f in files]]
+                counts[table] = replace_pair_rows(con, table, pair, select, params)
+                other = con.execute(
+                    f"select count(*) from raw.{table} where pair = ? "
+                    "and run_id <> ?", [pair, run_id]).fetchone()[0]
+                if other:
+                    raise LoadError(f"{run_dir}: {table} files of another run "
+                                    f"({other} rows) are mixed in")
+            if kind == "spectra":
+                expected = 3 * manifest["kinds"]["spectra"]["n_matrices"]
+                if counts["spectra"] != expected:
+                    raise LoadError(f"{run_dir}: {counts['spectra']} spectra rows, "
+                                    f"expected {expected}")
+            if kind == "spectra" and "directions" not in finished:
+                # spectra without vectors (--vectors 0): no stale directions
+                for table in [*KIND_TABLES["directions"], "compute_runs"]:
+                    con.execute(f"delete from raw.{table} where pair = ?"
+                                + (" and kind = 'directions'"
+                                   if table == "compute_runs" else ""), [pair])
+            info = manifest["kinds"][kind]
+            con.execute("delete from raw.compute_runs where pair = ? and kind = ?",
+                        [pair, kind])
+            con.execute(
+                "insert into raw.compute_runs by name select ? as run_id, "
+                "? as pair, ? as kind, ? as base_model, ? as sft_model, "
+                "? as base_revision, ? as sft_revision, ? as code_version, "
+                "? as device, ? as dtype, ? as method, ? as n_layers, "
+                "?::timestamp as started_at, ?::timestamp as finished_at, "
+                "?::json as options",
+                [run_id, pair, kind, manifest["base_model"], manifest["sft_model"],
+                 manifest.get("base_revision"), manifest.get("sft_revision"),
+                 manifest.get("code_version"), info.get("device"),
+                 info.get("dtype"), manifest.get("method"),
+                 manifest.get("n_layers"), info.get("started_at"),
+                 info.get("finished_at"), json.dumps(info.get("options", {}))])
     return counts
 
 

@@ -18,19 +18,14 @@ warehouse is held by another process (nothing changed: run it again later).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import sys
 from pathlib import Path
 
-import duckdb
-
-from ingest import snapshot
 from ingest.warehouse import (
-    connect,
     db_path,
-    ensure_raw_schema,
     load_reported,
+    writer_transaction,
 )
 
 EXTRACTION_FILE = "lora_extraction.parquet"
@@ -96,33 +91,24 @@ def load(path: str | Path, db: str | Path | None = None) -> dict[str, int]:
     """Replace the rows of the same keys; returns rows per raw table."""
     _, tables, keys = _files(Path(path))
     counts: dict[str, int] = {}
-    with connect(db) as con:
-        con.execute("begin transaction")
-        try:
-            ensure_raw_schema(con)
-            for table, files in tables.items():
-                src = "read_parquet(?, union_by_name = true)"
-                params = [[str(f) for f in files]]
-                found = con.execute(f"select distinct {', '.join(keys)} from {src}",
-                                    params).fetchall()
-                if len(found) != 1:
-                    raise LoraLoadError(f"{files[0].parent}: {table} files hold "
-                                        f"{len(found)} ({', '.join(keys)}) keys, "
-                                        "expected one")
-                con.execute(f"delete from raw.{table} where "
-                            + " and ".join(f"{k} = ?" for k in keys), list(found[0]))
-                con.execute(f"insert into raw.{table} by name select * from {src}",
-                            params)
-                counts[table] = con.execute(
-                    f"select count(*) from raw.{table} where "
-                    + " and ".join(f"{k} = ?" for k in keys), list(found[0])
-                ).fetchone()[0]
-            con.execute("commit")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("rollback")
-            raise
-        snapshot.publish_or_warn(con, db_path(db))
+    with writer_transaction(db) as con:
+        for table, files in tables.items():
+            src = "read_parquet(?, union_by_name = true)"
+            params = [[str(f) for f in files]]
+            found = con.execute(f"select distinct {', '.join(keys)} from {src}",
+                                params).fetchall()
+            if len(found) != 1:
+                raise LoraLoadError(f"{files[0].parent}: {table} files hold "
+                                    f"{len(found)} ({', '.join(keys)}) keys, "
+                                    "expected one")
+            con.execute(f"delete from raw.{table} where "
+                        + " and ".join(f"{k} = ?" for k in keys), list(found[0]))
+            con.execute(f"insert into raw.{table} by name select * from {src}",
+                        params)
+            counts[table] = con.execute(
+                f"select count(*) from raw.{table} where "
+                + " and ".join(f"{k} = ?" for k in keys), list(found[0])
+            ).fetchone()[0]
     return counts
 
 

@@ -37,7 +37,6 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from ingest import snapshot
 from ingest.se_parse import (
     CorruptSource,
     RowSplitter,
@@ -47,7 +46,11 @@ from ingest.se_parse import (
     table_for_root,
 )
 from ingest.se_tables import TABLES
-from ingest.warehouse import WarehouseBusy, connect, db_path, ensure_raw_schema
+from ingest.warehouse import (
+    WarehouseBusy,
+    db_path,
+    writer_transaction,
+)
 
 BLOCK_BYTES = 1 << 20
 # Rows per DuckDB row group while loading (DuckDB's default is 122,880, ~140 MB of
@@ -425,41 +428,33 @@ def load(path: str | os.PathLike, opts: LoadOptions | None = None, **kw) -> Load
     pool = _Pool(opts.workers) if opts.workers > 1 else None
     replaced: set[str] = set()
     try:
-        with connect(opts.db, row_group_size=LOAD_ROW_GROUP_SIZE) as con:
-            configure_load(con)
-            con.execute("begin transaction")
-            try:
-                ensure_raw_schema(con)
-                for src in sources:
-                    report.files.append(
-                        _load_source(con, src, site, opts, pool, replaced, report)
-                    )
-                if not report.files:
-                    raise SEInputError(f"{path}: no Stack Exchange dump files inside")
-                if whole_site:  # the site is what this dump says: drop other tables
-                    for name in TABLES:
-                        if name not in replaced:
-                            con.execute(f"delete from raw.{name} where site = ?", [site])
-                    con.execute("delete from raw.se_loads where site = ?", [site])
-                else:
-                    con.execute(
-                        "delete from raw.se_loads where site = ? and table_name = ?",
-                        [site, report.files[0].table],
-                    )
-                report.seconds = time.perf_counter() - t0
-                for fr in report.files:
-                    con.execute(
-                        "insert into raw.se_loads values"
-                        " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp::timestamp)",
-                        [site, fr.table, fr.source, fr.rows_read, fr.rows_loaded,
-                         fr.rows_dropped_fabricated, fr.rows_skipped,
-                         fr.unknown_attributes, fr.bytes, fr.seconds],
-                    )
-                con.execute("commit")
-            except BaseException:
-                con.execute("rollback")
-                raise
-            snapshot.publish_or_warn(con, report.db)  # what readers see from now on
+        with writer_transaction(opts.db, setup=configure_load,
+                                row_group_size=LOAD_ROW_GROUP_SIZE) as con:
+            for src in sources:
+                report.files.append(
+                    _load_source(con, src, site, opts, pool, replaced, report)
+                )
+            if not report.files:
+                raise SEInputError(f"{path}: no Stack Exchange dump files inside")
+            if whole_site:  # the site is what this dump says: drop other tables
+                for name in TABLES:
+                    if name not in replaced:
+                        con.execute(f"delete from raw.{name} where site = ?", [site])
+                con.execute("delete from raw.se_loads where site = ?", [site])
+            else:
+                con.execute(
+                    "delete from raw.se_loads where site = ? and table_name = ?",
+                    [site, report.files[0].table],
+                )
+            report.seconds = time.perf_counter() - t0
+            for fr in report.files:
+                con.execute(
+                    "insert into raw.se_loads values"
+                    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp::timestamp)",
+                    [site, fr.table, fr.source, fr.rows_read, fr.rows_loaded,
+                     fr.rows_dropped_fabricated, fr.rows_skipped,
+                     fr.unknown_attributes, fr.bytes, fr.seconds],
+                )
     finally:
         if pool is not None:
             pool.close()

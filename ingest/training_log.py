@@ -16,21 +16,15 @@ is held by another process (nothing changed: run it again later).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import math
 import sys
 from pathlib import Path
 
-import duckdb
-
-from ingest import snapshot
 from ingest.warehouse import (
     WarehouseBusy,
-    connect,
-    db_path,
-    ensure_raw_schema,
     replace_pair_rows,
+    writer_transaction,
 )
 
 FILE = "training_log.csv"
@@ -103,19 +97,10 @@ def load_log(path: str | Path, pair: str, db: str | Path | None = None) -> int:
         [{"pair": pair} | r for r in rows],
         schema=pa.schema([("pair", pa.string())]
                          + [(c, types[t]) for c, (t, _) in COLUMNS.items()]))
-    with connect(db) as con:
-        con.execute("begin transaction")
-        try:
-            ensure_raw_schema(con)
-            con.register("_training_log_rows", table)
-            n = replace_pair_rows(con, "training_log", pair,
-                                  "select * from _training_log_rows")
-            con.execute("commit")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):  # a dead connection rolls back too
-                con.execute("rollback")
-            raise
-        snapshot.publish_or_warn(con, db_path(db))  # what readers see from now on
+    with writer_transaction(db) as con:
+        con.register("_training_log_rows", table)
+        n = replace_pair_rows(con, "training_log", pair,
+                              "select * from _training_log_rows")
     return n
 
 

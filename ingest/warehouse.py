@@ -23,7 +23,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -570,20 +570,54 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> list[Migration]:
     return applied
 
 
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Begin; commit when the block returns; on any error (Ctrl-C included) roll
+    back and re-raise it. A rollback that fails (a dead connection, which DuckDB
+    rolls back itself) does not hide the error that caused it."""
+    con.execute("begin transaction")
+    try:
+        yield con
+        con.execute("commit")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("rollback")
+        raise
+
+
+@contextlib.contextmanager
+def writer_transaction(
+    path: str | os.PathLike | None = None,
+    *,
+    setup: Callable[[duckdb.DuckDBPyConnection], object] | None = None,
+    **connect_kw,
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Every load's unit of work: `connect` for writing (waits for another writer),
+    `setup(con)` if given (settings that cannot change inside a transaction), then
+    one `transaction` whose first step is `ensure_raw_schema`; after the commit, a
+    snapshot is published to readers (ingest.snapshot). On an error nothing is
+    committed and nothing published.
+
+        with writer_transaction(db) as con:
+            replace_pair_rows(con, "training_log", pair, "select ...")
+    """
+    with connect(path, **connect_kw) as con:
+        if setup is not None:
+            setup(con)
+        with transaction(con):
+            ensure_raw_schema(con)
+            yield con
+        snapshot.publish_or_warn(con, db_path(path))  # what readers see from now on
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> tuple[int | None, list[Migration]]:
     """`ensure_raw_schema` in a transaction of its own; returns (version found, steps
     applied). A no-op (no transaction) when the layout is current."""
     found = schema_version(con)
     if found == SCHEMA_VERSION:
         return found, []
-    con.execute("begin transaction")
-    try:
+    with transaction(con):
         applied = ensure_raw_schema(con)
-        con.execute("commit")
-    except BaseException:
-        with contextlib.suppress(duckdb.Error):  # a dead connection rolls back too
-            con.execute("rollback")
-        raise
     return found, applied
 
 
