@@ -530,23 +530,16 @@ def pair_args(ap: argparse.ArgumentParser) -> None:
 
 
 def resolve_pair_args(ap: argparse.ArgumentParser, a) -> tuple[str, str, str]:
-    """(pair name, base ref, sft ref) from --pair or --base/--sft/--name; builds the
-    planted pair on first use."""
-    from compute.run.cli import parse_args
+    """(pair name, base ref, sft ref) from --pair or --base/--sft/--name
+    (compute.pairs.registry.resolve_pair); builds the planted pair on first use."""
+    from compute.pairs.registry import PairError, build_if_planted, resolve_pair
 
-    argv = (["--pair", a.pair] if a.pair else
-            ["--base", a.base or "", "--sft", a.sft or ""]
-            + (["--name", a.name] if a.name else []))
-    if not a.pair and not (a.base and a.sft):
-        ap.error("give --pair, or --base and --sft")
-    cfg = parse_args(argv)
-    if cfg.pair == "planted":
-        from compute.fixtures.planted import build_pair
-        from compute.pairs.registry import PLANTED_DIR
-
-        if Path(cfg.base).parent == PLANTED_DIR:
-            build_pair(PLANTED_DIR)
-    return cfg.pair, cfg.base, cfg.sft
+    try:
+        name, base, sft = resolve_pair(a.pair, a.base, a.sft, a.name)
+    except PairError as exc:
+        ap.error(str(exc))
+    build_if_planted(name, base)
+    return name, base, sft
 
 
 def parse_args(argv: list[str] | None = None) -> Config:

@@ -410,7 +410,7 @@ def check_pair(base: str, sft: str, *, revision_base: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from compute.pairs.registry import LOCAL_PAIRS, PAIRS, PLANTED_DIR
+    from compute.pairs.registry import PAIRS, PairError, build_if_planted, resolve_pair
 
     ap = argparse.ArgumentParser(prog="python -m compute.doctor",
                                  description=__doc__.splitlines()[0])
@@ -428,22 +428,11 @@ def main(argv: list[str] | None = None) -> int:
                     "implies --verify")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     a = ap.parse_args(argv)
-    if a.pair and (a.base or a.sft):
-        ap.error("give either --pair or --base/--sft, not both")
-    if a.pair in LOCAL_PAIRS:
-        if a.pair == "planted":
-            from compute.fixtures.planted import build_pair
-
-            build_pair(PLANTED_DIR)
-        base, sft = (str(LOCAL_PAIRS[a.pair] / role) for role in ("base", "sft"))
-    elif a.pair:
-        if a.pair not in PAIRS:
-            ap.error(f"unknown --pair {a.pair!r}; known: {', '.join(PAIRS)}, demo, planted")
-        base, sft = PAIRS[a.pair]
-    elif a.base and a.sft:
-        base, sft = a.base, a.sft
-    else:
-        ap.error("give --pair, or --base and --sft")
+    try:
+        name, base, sft = resolve_pair(a.pair, a.base, a.sft)
+    except PairError as exc:
+        ap.error(str(exc))
+    build_if_planted(name, base)
     try:
         ok = check_pair(base, sft, revision_base=a.revision_base,
                         revision_sft=a.revision_sft, scan=a.scan,

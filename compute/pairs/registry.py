@@ -1,7 +1,9 @@
 """The pairs `--pair NAME` knows: Qwen2.5 sizes, other families, and the two local
-pairs (the trained demo, the planted one). Read by compute.run and compute.doctor:
+pairs (the trained demo, the planted one), and the one resolution of `--pair` or
+`--base/--sft`, used by compute.run, compute.doctor and compute.extract_lora:
 
-    from compute.pairs.registry import PAIRS, LOCAL_PAIRS
+    from compute.pairs.registry import PAIRS, LOCAL_PAIRS, resolve_pair
+    name, base, sft = resolve_pair("7B")  # or resolve_pair(base=..., sft=...)
 """
 
 from __future__ import annotations
@@ -26,3 +28,41 @@ PAIRS |= FAMILIES
 DEMO_DIR = Path("models/demo")  # trained and shipped: python -m compute.train_demo
 PLANTED_DIR = Path("data/models/planted")  # built on first use by compute.fixtures.planted
 LOCAL_PAIRS = {"demo": DEMO_DIR, "planted": PLANTED_DIR}
+
+
+class PairError(ValueError):
+    """--pair / --base / --sft that name no pair; the message says what to give."""
+
+
+def known_pairs() -> dict[str, tuple[str, str]]:
+    """Every `--pair` name -> (base ref, SFT ref): the hub pairs, then the local ones
+    (their folders' base/ and sft/)."""
+    return PAIRS | {k: (str(d / "base"), str(d / "sft")) for k, d in LOCAL_PAIRS.items()}
+
+
+def resolve_pair(pair: str | None = None, base: str | None = None,
+                 sft: str | None = None, name: str | None = None
+                 ) -> tuple[str, str, str]:
+    """(name, base ref, SFT ref) of `--pair NAME`, or of `--base/--sft [--name]`
+    (named BASE-vs-SFT after the folders by default). The one resolution of
+    compute.run, compute.doctor and compute.extract_lora; raises PairError."""
+    if pair and (base or sft):
+        raise PairError("give either --pair or --base/--sft, not both")
+    if pair:
+        known = known_pairs()
+        if pair not in known:
+            raise PairError(f"unknown --pair {pair!r}; known: {', '.join(PAIRS)}, "
+                            f"{', '.join(LOCAL_PAIRS)} (or use --base/--sft)")
+        return pair, *known[pair]
+    if base and sft:
+        return name or f"{Path(base).name}-vs-{Path(sft).name}", base, sft
+    raise PairError("give --pair, or --base and --sft")
+
+
+def build_if_planted(name: str, base: str) -> None:
+    """Build the planted pair on first use (compute.fixtures.planted; a no-op when
+    built): `--pair planted` reads a folder nothing ships."""
+    if name == "planted" and Path(base).parent == PLANTED_DIR:
+        from compute.fixtures.planted import build_pair
+
+        build_pair(PLANTED_DIR)

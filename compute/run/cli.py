@@ -37,7 +37,14 @@ from compute.io.checkpoints import Checkpoint, CheckpointError, resolve
 from compute.io.files import atomic_write_bytes, now, write_parquet
 from compute.linalg.directions import DEFAULT_VECTORS, FULL_BASIS_MAX
 from compute.linalg.spectra import METHODS
-from compute.pairs.registry import FAMILIES, LOCAL_PAIRS, PAIRS, PLANTED_DIR, SIZES
+from compute.pairs.registry import (
+    FAMILIES,
+    SIZES,
+    PairError,
+    build_if_planted,
+    known_pairs,
+    resolve_pair,
+)
 from compute.plan.pair import Plan, pair_plan
 
 if TYPE_CHECKING:
@@ -232,8 +239,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         if a.pair or a.base or a.sft:
             ap.error("--pairs goes instead of --pair or --base/--sft")
         try:
-            pairs = parse(a.pairs, PAIRS | {k: (str(d / "base"), str(d / "sft"))
-                                            for k, d in LOCAL_PAIRS.items()})
+            pairs = parse(a.pairs, known_pairs())
         except PairsError as exc:
             ap.error(str(exc))
         a.base, a.sft, a.name = pairs[0].base, pairs[0].sft, pairs[0].name
@@ -243,9 +249,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         ap.error("--vectors must be >= 0")
     if a.scan and not a.check:
         ap.error("--scan goes with --check")
-    if a.pair and (a.base or a.sft):
-        ap.error("give either --pair or --base/--sft, not both")
-    if a.sft and not a.base:  # an adapter names its base
+    if a.sft and not a.base and not a.pair:  # an adapter names its base
         from compute.io.adapters import adapter_base
         from compute.io.checkpoints import CheckpointError
 
@@ -258,20 +262,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
                      "adapter names its base)")
         print(f"base: {a.base} (the adapter's base_model_name_or_path)",
               file=sys.stderr)
-    if a.pair:
-        if a.pair in LOCAL_PAIRS:
-            base, sft = (str(LOCAL_PAIRS[a.pair] / role) for role in ("base", "sft"))
-        elif a.pair in PAIRS:
-            base, sft = PAIRS[a.pair]
-        else:
-            ap.error(f"unknown --pair {a.pair!r}; known: {', '.join(PAIRS)}, demo, "
-                     "planted (or use --base/--sft/--name)")
-        name = a.pair
-    elif a.base and a.sft:
-        base, sft = a.base, a.sft
-        name = a.name or f"{Path(a.base).name}-vs-{Path(a.sft).name}"
-    else:
-        ap.error("give --pair, or --base and --sft")
+    try:
+        name, base, sft = resolve_pair(a.pair, a.base, a.sft, a.name)
+    except PairError as exc:
+        ap.error(str(exc))
     from ingest.results import is_remote, local_path, staging_dir
 
     remote = a.out if is_remote(a.out) else None
@@ -765,10 +759,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return on_ray(cfg, sys.argv[1:] if argv is None else argv, cfg.pairs,
                       cfg.ray or None, main)
-    if cfg.pair == "planted" and Path(cfg.base).parent == PLANTED_DIR:
-        from compute.fixtures.planted import build_pair
-
-        build_pair(PLANTED_DIR)
+    build_if_planted(cfg.pair, cfg.base)
     if cfg.check:
         from compute.pairs.doctor import check_pair
 
