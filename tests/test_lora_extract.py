@@ -14,6 +14,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from compute.fixtures.planted import PairSpec, build_pair
+from compute.linalg import ranks
 from compute.linalg.spectra import to_float64
 from compute.lora import extract as ex
 from tests.conftest import query, run_dbt, run_py
@@ -259,6 +260,34 @@ def test_bad_inputs_are_named(pairs, tmp_path):
 
 
 @pytest.mark.slow
+def test_python_ranks_agree_with_int_spectrum_stats(pairs, tmp_path):
+    """compute.linalg.ranks mirrors int_spectrum_stats (the definition): the signal,
+    numerical and 90%-energy ranks of every dW of the planted pair, from the same
+    spectra files, agree with the model's rows; the signal rank is the planted one."""
+    import pyarrow.parquet as pq
+
+    db, runs = tmp_path / "w.duckdb", tmp_path / "runs"
+    run_py("-m", "compute.run", "--base", str(pairs["base"]), "--sft",
+           str(pairs["sft"]), "--name", "planted", "--out", str(runs),
+           "--skip-behaviour", "--no-progress", "--vectors", "0", db=db)
+    run_dbt(db, "run", "--quiet", "--select", "+int_spectrum_stats")
+    dbt = {t: (sig, num, r90) for t, sig, num, r90 in query(
+        db, "select tensor, signal_rank, numerical_rank, energy_rank_90 from "
+        "intermediate.int_spectrum_stats where role = 'delta'")}
+    rows = [r for f in sorted((runs / "planted" / "spectra").glob("[0-9]*.parquet"))
+            for r in pq.read_table(f).to_pylist() if r["role"] == "delta"]
+    assert rows and len(rows) == len(dbt)
+    truth = json.loads((pairs["base"].parent / "planted.json").read_text())["tensors"]
+    for r in rows:
+        s = np.asarray(r["singular_values"])
+        tol = ranks.numerical_tolerance(s, r["n_rows"], r["n_cols"])
+        py = (ranks.signal_rank(s, r["n_rows"], r["n_cols"], r["noise_sigma"]),
+              int(np.count_nonzero(s > tol)), ranks.energy_rank(s, 0.9))
+        assert py == dbt[r["tensor"]], r["tensor"]
+        assert py[0] == truth[r["tensor"]]["rank"] == EXACT_RANK, r["tensor"]
+    assert ranks.signal_rank(np.array([1.0]), 4, 4, None) is None  # dbt's NULL
+
+
 def test_loads_and_marts(pairs, recovery, tmp_path, monkeypatch):
     """Extraction and recovery loaded twice (replaced, not duplicated); the dbt
     marts' shares and intervals against the same sums recomputed here."""

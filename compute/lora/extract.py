@@ -62,6 +62,7 @@ from compute.arch.naming import Layout
 from compute.io.adapters import Adapter, resolve_sft
 from compute.io.checkpoints import Checkpoint, CheckpointError, resolve
 from compute.io.files import atomic_folder
+from compute.linalg.ranks import energy_rank, signal_rank
 from compute.linalg.spectra import to_float64
 from compute.lora import choices as lora_choices
 from compute.plan.pair import pair_plan
@@ -187,34 +188,7 @@ def svd(dw: np.ndarray, keep: int, device: str = "cpu") -> Triplets:
                     np.ascontiguousarray(vt[:keep]), total)
 
 
-def energy_rank(s: np.ndarray, q: float) -> int:
-    """Smallest r with sum_{i<=r} s_i^2 >= q sum s_i^2 (0 for an all-zero dW)."""
-    sq = np.asarray(s, dtype=np.float64) ** 2
-    total = sq.sum()
-    if total == 0:
-        return 0
-    return int(min(np.searchsorted(np.cumsum(sq), q * total * (1 - 1e-12)) + 1,
-                   len(sq)))
-
-
 # ---------------------------------------------------------------- --rank auto
-
-
-def gd_lambda(beta: float) -> float:
-    """Gavish-Donoho's lambda(beta) for known noise (README: signal rank)."""
-    return math.sqrt(2 * (beta + 1) + 8 * beta
-                     / ((beta + 1) + math.sqrt(beta * beta + 14 * beta + 1)))
-
-
-def signal_rank(s: np.ndarray, m: int, n: int, sigma: float | None) -> int:
-    """#{s_i > lambda(beta) sqrt(long) sigma}, never below the numerical tolerance
-    s_1 max(m, n) 2^-23 (int_spectrum_stats' definition)."""
-    if len(s) == 0 or s[0] == 0:
-        return 0
-    short, long = sorted((m, n))
-    tol = s[0] * long * 2.0 ** -23
-    gd = gd_lambda(short / long) * math.sqrt(long) * (sigma or 0.0)
-    return int(np.count_nonzero(np.asarray(s) > max(tol, gd)))
 
 
 def suggested_from_spectra(run_dir: Path) -> dict[str, int]:
@@ -233,8 +207,9 @@ def suggested_from_spectra(run_dir: Path) -> dict[str, int]:
             s = np.asarray(row["singular_values"], dtype=np.float64)
             if not len(s) or not np.any(s):
                 continue  # unchanged: no rank to suggest from it
-            r = min(signal_rank(s, row["n_rows"], row["n_cols"], row["noise_sigma"]),
-                    energy_rank(s, 0.9))
+            r90 = energy_rank(s, 0.9)  # as fct_pair_summary: min(signal, r_0.9)
+            signal = signal_rank(s, row["n_rows"], row["n_cols"], row["noise_sigma"])
+            r = r90 if signal is None else min(signal, r90)
             per.setdefault(row["module"], []).append(r)
     return {m: 1 << max(0, math.ceil(math.log2(max(1.0, float(np.median(v))))))
             for m, v in per.items()}
