@@ -201,13 +201,8 @@ def _score(rng: random.Random, i: int) -> tuple[int, bool]:
     return score, long_
 
 
-def generate(outdir: str | Path) -> dict[str, int]:
-    """Write the site's XML files into `outdir`; returns rows per file."""
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(SEED)
-    t0 = datetime(2015, 3, 1, 9, 0, 0, 123000)
-    n_users = 30
+def _users(rng: random.Random, t0: datetime, n_users: int) -> list[str]:
+    """Users.xml's rows: the Community user (-1), then user001..user<n_users>."""
     users = [_row(Id=-1, Reputation=1, CreationDate=_fmt(t0 - timedelta(days=30)),
                   DisplayName="Community", LastAccessDate=_fmt(t0),
                   Location="on the server farm", AboutMe="<p>Hi, I'm not really a"
@@ -221,6 +216,47 @@ def generate(outdir: str | Path) -> dict[str, int]:
             Views=rng.randint(0, 500), UpVotes=rng.randint(0, 300),
             DownVotes=rng.randint(0, 40), AccountId=1000 + u,
         ))
+    return users
+
+
+def _fabricated(t: datetime) -> list[str]:
+    """The two rows recent dumps plant (a question and an answer owned by -1)."""
+    return [_row(Id=1000000001, PostTypeId=1, CreationDate=_fmt(t), Score=0,
+                 Body="<p>This post is fabricated.</p>\n", OwnerUserId=-1,
+                 Title="Fabricated", Tags="|fabricated|", ContentLicense=LICENSE),
+            _row(Id=1000000010, PostTypeId=2, ParentId=1000000001,
+                 CreationDate=_fmt(t), Score=0,
+                 Body="<p>This answer is fabricated.</p>\n", OwnerUserId=-1,
+                 ContentLicense=LICENSE)]
+
+
+def _comment(rng: random.Random, comment_id: int, post_id: int, t: datetime,
+             n_users: int) -> str:
+    """Comments.xml's row of a post, half an hour after it."""
+    return _row(
+        Id=comment_id, PostId=post_id, Score=rng.randint(0, 5),
+        Text=rng.choice(["Could you add a reference?", "Nice derivation & clear.",
+                         "This doesn't answer the question.",
+                         "What about the relativistic case?"]),
+        CreationDate=_fmt(t + timedelta(minutes=30)),
+        UserId=rng.randint(1, n_users), ContentLicense=LICENSE)
+
+
+def _votes(vote_id: int, post_id: int, score: int, t: datetime) -> list[str]:
+    """|score| up (score > 0) or down votes, numbered from `vote_id`, on the day."""
+    day = _fmt(t.replace(hour=0, minute=0, second=0, microsecond=0))
+    return [_row(Id=vote_id + v, PostId=post_id, VoteTypeId=2 if score > 0 else 3,
+                 CreationDate=day) for v in range(abs(score))]
+
+
+def generate(outdir: str | Path) -> dict[str, int]:
+    """Write the site's XML files into `outdir`; returns rows per file."""
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(SEED)
+    t0 = datetime(2015, 3, 1, 9, 0, 0, 123000)
+    n_users = 30
+    users = _users(rng, t0, n_users)
     posts, comments, votes, history, links = [], [], [], [], []
     tag_counts: dict[str, int] = {}
     post_id, t, i = 1, t0, 0
@@ -265,32 +301,15 @@ def generate(outdir: str | Path) -> dict[str, int]:
                                 CreationDate=_fmt(t), UserId=owner,
                                 Text=html_to_text(body), ContentLicense=LICENSE))
             hist_id += 1
-            comments.append(_row(
-                Id=comment_id, PostId=post_id, Score=rng.randint(0, 5),
-                Text=rng.choice(["Could you add a reference?", "Nice derivation & clear.",
-                                 "This doesn't answer the question.",
-                                 "What about the relativistic case?"]),
-                CreationDate=_fmt(t + timedelta(minutes=30)),
-                UserId=rng.randint(1, n_users), ContentLicense=LICENSE))
+            comments.append(_comment(rng, comment_id, post_id, t, n_users))
             comment_id += 1
-            for _ in range(abs(score)):
-                votes.append(_row(Id=vote_id, PostId=post_id,
-                                  VoteTypeId=2 if score > 0 else 3,
-                                  CreationDate=_fmt(t.replace(hour=0, minute=0, second=0,
-                                                              microsecond=0))))
-                vote_id += 1
+            votes += _votes(vote_id, post_id, score, t)
+            vote_id += abs(score)
             post_id += 1
     for k in range(1, len(question_ids), 7):
         links.append(_row(Id=k, CreationDate=_fmt(t), PostId=question_ids[k],
                           RelatedPostId=question_ids[k - 1], LinkTypeId=1))
-    # The two rows recent dumps plant (a question and an answer owned by -1).
-    posts.append(_row(Id=1000000001, PostTypeId=1, CreationDate=_fmt(t), Score=0,
-                      Body="<p>This post is fabricated.</p>\n", OwnerUserId=-1,
-                      Title="Fabricated", Tags="|fabricated|", ContentLicense=LICENSE))
-    posts.append(_row(Id=1000000010, PostTypeId=2, ParentId=1000000001,
-                      CreationDate=_fmt(t), Score=0,
-                      Body="<p>This answer is fabricated.</p>\n", OwnerUserId=-1,
-                      ContentLicense=LICENSE))
+    posts += _fabricated(t)
     tags = [_row(Id=n + 1, TagName=name, Count=c)
             for n, (name, c) in enumerate(sorted(tag_counts.items()))]
     badges = [_row(Id=u, UserId=u, Name="Autobiographer", Date=_fmt(t0), Class=3,

@@ -306,6 +306,25 @@ def _parsed_ahead(chunks, table: str, source: str, opts: LoadOptions, pool: _Poo
         reader.join()
 
 
+def _table_of(src: _Source, splitter: RowSplitter) -> str:
+    """The raw table of `src`, from its root element (which must be the one its
+    file name says, where it says one)."""
+    table = table_for_root(splitter.root)
+    if src.table is not None and table != src.table:
+        expected = TABLES[src.table].root
+        raise SEInputError(
+            f"{src.name}: line {splitter._line}: root element <{splitter.root}>,"
+            f" expected <{expected}>"
+        )
+    if table is None:
+        raise SEInputError(
+            f"{src.name}: line {splitter._line}: root element <{splitter.root}> is"
+            " not a Stack Exchange dump table (posts, users, comments, votes,"
+            " badges, postlinks, posthistory, tags)"
+        )
+    return table
+
+
 def _load_source(con, src: _Source, site: str, opts: LoadOptions, pool, replaced,
                  report: LoadReport) -> FileReport:
     t0 = time.perf_counter()
@@ -320,19 +339,7 @@ def _load_source(con, src: _Source, site: str, opts: LoadOptions, pool, replaced
         )
     try:
         splitter = RowSplitter(src.name, src.blocks(), bar.update if bar else None)
-        table = table_for_root(splitter.root)
-        if src.table is not None and table != src.table:
-            expected = TABLES[src.table].root
-            raise SEInputError(
-                f"{src.name}: line {splitter._line}: root element <{splitter.root}>,"
-                f" expected <{expected}>"
-            )
-        if table is None:
-            raise SEInputError(
-                f"{src.name}: line {splitter._line}: root element <{splitter.root}> is"
-                " not a Stack Exchange dump table (posts, users, comments, votes,"
-                " badges, postlinks, posthistory, tags)"
-            )
+        table = _table_of(src, splitter)
         if table in replaced:
             raise SEInputError(f"{src.name}: a second file for raw.{table}")
         if table not in replaced:

@@ -620,6 +620,66 @@ def shift_columns(p: Post, r: PostResult, run_id: str, pair: str,
 # ---------------------------------------------------------------- entry point
 
 
+def posts_to_score(prompts: pd.DataFrame, root: Path, run_id: str, pair: str,
+                   share: tuple[int, int] | None, tok_base, tok_sft
+                   ) -> tuple[list[Post], set[int], int, set[int], list[int]]:
+    """(the posts left to score, longest first so that running out of memory shows
+    early; the posts done before (this share's); every post of the run (all
+    shares'); the ids of every post with tokens; the ids of posts without tokens,
+    skipped)."""
+    done = done_posts(root, run_id, pair, share_tag(share))
+    if share is None:
+        todo_rows = prompts[~prompts["post_id"].astype("int64").isin(done)]
+        posts = tokenize_posts(todo_rows, tok_base, tok_sft)
+    else:  # the parts come from every post's token count
+        posts = tokenize_posts(prompts, tok_base, tok_sft)
+    empty = [p.post_id for p in posts if p.n_tokens == 0]
+    if empty:
+        print(f"behaviour: skipping {len(empty)} post(s) with no tokens: {empty[:10]}",
+              file=sys.stderr)
+    posts = [p for p in posts if p.n_tokens]
+    n_all, wanted = len(done) + len(posts), {p.post_id for p in posts}
+    if share is not None:
+        n_all = len(posts)
+        posts = share_of(posts, share)
+        done = done & {p.post_id for p in posts}  # this part's, for the counts
+        posts = [p for p in posts if p.post_id not in done]
+    posts.sort(key=lambda p: (-p.n_tokens, p.post_id))
+    return posts, done, n_all, wanted, empty
+
+
+def load_pair(base_dir: Path, sft_dir: Path, dev, torch_dtype, attn_implementation: str,
+              posts: list[Post], prefix: int):
+    """Both models, checked: the same layers and hidden size, every token id within
+    each vocabulary, a head that scores (check_head)."""
+    base = load_model(base_dir, dev, torch_dtype, attn_implementation)
+    sft = load_model(sft_dir, dev, torch_dtype, attn_implementation, base=base_dir)
+    for m in (base, sft):
+        if m.config.num_hidden_layers != base.config.num_hidden_layers or \
+                m.config.hidden_size != base.config.hidden_size:
+            raise ValueError("base and SFT differ in layers or hidden size")
+        if max(max(p.ids) for p in posts) >= m.get_output_embeddings().weight.shape[0]:
+            raise ValueError("a token id exceeds a model's vocabulary")
+        check_head(m, [prefix, *posts[-1].ids], dev)
+    return base, sft
+
+
+def score_batches(scorer: Scorer, posts: list[Post], batch_size: int, root: Path,
+                  tag: str, run_id: str, pair: str, token_text, bar) -> int:
+    """Score `posts` in batches, each batch's files written as it is done
+    (post_texts last: it marks the batch done); the tokens scored."""
+    n_tok = 0
+    for i in range(0, len(posts), batch_size):
+        batch = posts[i:i + batch_size]
+        tables = batch_tables(batch, scorer.score(batch), run_id, pair, token_text)
+        name = batch_name(batch, tag)
+        for table in TABLES:
+            write_parquet(tables[table], root / table / name)
+        n_tok += sum(p.n_tokens for p in batch)
+        bar.update(len(batch))
+    return n_tok
+
+
 def run_behaviour(
     base_dir: Path, sft_dir: Path, prompts: pd.DataFrame, out_dir: Path, *,
     run_id: str, pair: str, device: str = "cpu", batch_size: int = 8,
@@ -653,24 +713,8 @@ def run_behaviour(
     tok_sft = load_tokenizer(Path(sft_dir), fallback=Path(base_dir))
     prefix = prefix_id(tok_base, tok_sft)
     tag = share_tag(share)
-    done = done_posts(root, run_id, pair, tag)
-    if share is None:
-        todo_rows = prompts[~prompts["post_id"].astype("int64").isin(done)]
-        posts = tokenize_posts(todo_rows, tok_base, tok_sft)
-    else:  # the parts come from every post's token count
-        posts = tokenize_posts(prompts, tok_base, tok_sft)
-    empty = [p.post_id for p in posts if p.n_tokens == 0]
-    if empty:
-        print(f"behaviour: skipping {len(empty)} post(s) with no tokens: {empty[:10]}",
-              file=sys.stderr)
-    posts = [p for p in posts if p.n_tokens]
-    n_all, wanted = len(done) + len(posts), {p.post_id for p in posts}
-    if share is not None:
-        n_all = len(posts)
-        posts = share_of(posts, share)
-        done = done & {p.post_id for p in posts}  # this part's, for the counts
-        posts = [p for p in posts if p.post_id not in done]
-    posts.sort(key=lambda p: (-p.n_tokens, p.post_id))  # longest first: OOM shows early
+    posts, done, n_all, wanted, empty = posts_to_score(
+        prompts, root, run_id, pair, share, tok_base, tok_sft)
     options = {"batch_size": batch_size, "window": window, "window_context": context,
                "dtype": dtype_name, "attn_implementation": attn_implementation,
                "device": dev.type, "prefix_token": PREFIX_TOKEN,
@@ -686,16 +730,8 @@ def run_behaviour(
 
         options["transformers"] = transformers.__version__
         with torch.inference_mode():
-            base = load_model(Path(base_dir), dev, torch_dtype, attn_implementation)
-            sft = load_model(Path(sft_dir), dev, torch_dtype, attn_implementation,
-                             base=Path(base_dir))
-            for m in (base, sft):
-                if m.config.num_hidden_layers != base.config.num_hidden_layers or \
-                        m.config.hidden_size != base.config.hidden_size:
-                    raise ValueError("base and SFT differ in layers or hidden size")
-                if max(max(p.ids) for p in posts) >= m.get_output_embeddings().weight.shape[0]:
-                    raise ValueError("a token id exceeds a model's vocabulary")
-                check_head(m, [prefix, *posts[-1].ids], dev)
+            base, sft = load_pair(Path(base_dir), Path(sft_dir), dev, torch_dtype,
+                                  attn_implementation, posts, prefix)
             scorer = Scorer(base, sft, dev, prefix, window, context, batch_size,
                             chunk_rows)
             vocab = [m.get_output_embeddings().weight.shape[0] for m in (base, sft)]
@@ -703,19 +739,11 @@ def run_behaviour(
                         "chunk_rows": chunk_rows or default_chunk_rows(max(vocab))}
             t_score = time.perf_counter()
             options["load_seconds"] = round(t_score - t0, 3)
-            token_text = TokenText(tok_base)
             bar = tqdm(total=len(done) + len(posts), initial=len(done), unit="post",
                        desc=f"behaviour {pair} (base+sft)", disable=not progress,
                        dynamic_ncols=True)
-            for i in range(0, len(posts), batch_size):
-                batch = posts[i:i + batch_size]
-                tables = batch_tables(batch, scorer.score(batch), run_id, pair,
-                                      token_text)
-                name = batch_name(batch, tag)
-                for table in TABLES:  # post_texts last: it marks the batch done
-                    write_parquet(tables[table], root / table / name)
-                n_tok += sum(p.n_tokens for p in batch)
-                bar.update(len(batch))
+            n_tok = score_batches(scorer, posts, batch_size, root, tag, run_id, pair,
+                                  TokenText(tok_base), bar)
             bar.close()
             options["n_layers"] = scorer.n_layers
             options["score_seconds"] = round(time.perf_counter() - t_score, 3)

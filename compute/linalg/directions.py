@@ -249,19 +249,13 @@ def gram_directions(wb, ws, storages: tuple[str, str], ops, *, k: int,
     sv = [eig.vectors[i] for i in range(3)]  # short-side vectors (short, want)
     rb = sv[0].shape[1]  # W_base's short-side vectors held (>= kk)
     rl = min(rb, max(kk, long_rank))  # W_base's long-side vectors formed
-    to_ops = (lambda a: a) if not _is_torch(sv[0]) else (
-        lambda a: __import__("torch").from_numpy(np.ascontiguousarray(a)).to(
-            sv[0].device))
-    empty = (lambda shape: np.empty(shape)) if not _is_torch(sv[0]) else (
-        lambda shape: __import__("torch").empty(shape, dtype=sv[0].dtype,
-                                                device=sv[0].device))
+    to_ops, empty = _allocators(sv[0])
     inv_o = [to_ops(v[:sv[i].shape[1]]) for i, v in enumerate(inv)]
     vb_l = sv[0][:, :rl]
     # intruders on the rows' side (the left one, unless stored transposed)
     rows_left = not transposed
     intr_long = tall == rows_left  # that side is the long one
-    dim_intr = long if intr_long else short
-    q = _haar(dim_intr, kk, seed)  # the null's directions (dim, kk)
+    q = _haar(long if intr_long else short, kk, seed)  # the null's directions
     q_o = to_ops(q)
     lv = [empty((long, kk)) for _ in range(3)]  # long-side vectors, top kk
     z_long = empty((rl, short))  # W_base's top-rl long vectors^T dW
@@ -273,44 +267,83 @@ def gram_directions(wb, ws, storages: tuple[str, str], ops, *, k: int,
     bufs, _ = ops.workspace(spectra._block_elems(blocks, short), short)
     pair = storages if lowrank is None else (storages[0], storages[0])
     for j, sl in enumerate(blocks):
-        src_b = spectra._block_source(wb, sl, tall)
-        src_s = spectra._block_source(ws, sl, tall) if lowrank is None else src_b
-        xb, xs, xd = (ops.view(buf, src_b.shape) for buf in bufs)  # (r, k) | (k, c)
-        ops.prepare(*pair, src_b, src_s, xb, xs, xd)
-        if lowrank is not None:
-            left, right = lowrank
-            ops.add_lowrank(xb, xs, xd, *((left[sl], right) if tall
-                                          else (left, right[:, sl])))
+        xb, xs, xd = _block(ops, bufs, wb, ws, sl, tall, pair, lowrank)
         tb, ts, td = (x if tall else x.T for x in (xb, xs, xd))  # (rows of long, short)
         lb = (tb @ vb_l) * inv_o[0][:rl]  # (r, rl): W_base's long vectors here
         ls = (ts @ sv[1][:, :kk]) * inv_o[1][:kk]
         ld = (td @ sv[2][:, :kk]) * inv_o[2][:kk]
         for dst, src in zip(lv, (lb, ls, ld), strict=True):
             dst[sl] = src[:, :kk]
-        first = j == 0
-        for acc, prod in ((z_long, lb.T @ td), (a_long, lb[:, :kk].T @ ld)):
-            if first:
-                acc[...] = prod
-            else:
-                acc += prod
+        _accumulate(j == 0, ((z_long, lb.T @ td), (a_long, lb[:, :kk].T @ ld)))
         if y is not None:
-            for acc, prod in ((y, tb.T @ ls), (y0, tb.T @ q_o[sl])):
-                if first:
-                    acc[...] = prod
-                else:
-                    acc += prod
-        if row_sq is not None:
-            if tall:
-                row_sq[sl] = _np((xd ** 2).sum(1))
-            else:
-                row_sq += _np((xd ** 2).sum(1))
+            _accumulate(j == 0, ((y, tb.T @ ls), (y0, tb.T @ q_o[sl])))
+        if row_sq is not None:  # dW's squared row norms
+            row_sq[sl if tall else slice(None)] += _np((xd ** 2).sum(1))
     frob_d = rows[2]["frobenius_sq"]
     s_vec = [_np(v) for v in sv]
     l_vec = [_np(v) for v in lv]
-    side_long, side_short = ("left", "right") if tall == rows_left else ("right",
-                                                                          "left")
+    side_long, side_short = ("left", "right") if intr_long else ("right", "left")
     dims = {"left": m if rows_left else n, "right": n if rows_left else m}
-    # signs: each pair's short-side vector with its largest entry positive
+    vectors = _signed_vectors(s, s_vec, l_vec, kk, (side_short, side_long))
+    overlap, angles = [], []
+    if frob_d > 0:
+        overlap, angles = _overlap_and_angles(
+            {side_short: np.cumsum(eig.energy),
+             side_long: np.cumsum((_np(z_long) ** 2).sum(1))},
+            {side_short: s_vec[0][:, :kk].T @ s_vec[2][:, :kk],
+             side_long: _np(a_long)}, frob_d, dims, kk)
+    intruders = []
+    if full_basis:
+        if intr_long:  # <u_j, u_i(W_base)> = v_i^T (W_base^T u_j) / s_i
+            c = s_vec[0].T @ _np(y) * inv[0][:, None]
+            c0 = s_vec[0].T @ _np(y0) * inv[0][:, None]
+        else:
+            c, c0 = s_vec[0].T @ s_vec[1][:, :kk], s_vec[0].T @ q
+        intruders = _intruders(c, c0, s[1], kk)
+    changes = [] if row_sq is None else _row_changes(row_sq)
+    return rows, Directions(kk, full_basis, vectors, overlap, angles, intruders,
+                            changes)
+
+
+def _allocators(like):
+    """(to `like`'s kind: a NumPy array as is, or a torch tensor on its device;
+    an empty array of a shape, of `like`'s kind, dtype and device)."""
+    if not _is_torch(like):
+        return (lambda a: a), (lambda shape: np.empty(shape))
+    import torch
+
+    return ((lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(like.device)),
+            (lambda shape: torch.empty(shape, dtype=like.dtype, device=like.device)))
+
+
+def _block(ops, bufs, wb, ws, sl, tall: bool, pair: tuple[str, str], lowrank):
+    """Block `sl` of the long side of W_base, W_sft and dW in `bufs` (rounded to
+    working precision as spectra's pass does, an adapter's product added)."""
+    src_b = spectra._block_source(wb, sl, tall)
+    src_s = spectra._block_source(ws, sl, tall) if lowrank is None else src_b
+    xb, xs, xd = (ops.view(buf, src_b.shape) for buf in bufs)  # (r, k) | (k, c)
+    ops.prepare(*pair, src_b, src_s, xb, xs, xd)
+    if lowrank is not None:
+        left, right = lowrank
+        ops.add_lowrank(xb, xs, xd, *((left[sl], right) if tall
+                                      else (left, right[:, sl])))
+    return xb, xs, xd
+
+
+def _accumulate(first: bool, pairs) -> None:
+    """acc = prod on the first block, acc += prod on the next ones."""
+    for acc, prod in pairs:
+        if first:
+            acc[...] = prod
+        else:
+            acc += prod
+
+
+def _signed_vectors(s, s_vec, l_vec, kk: int, sides: tuple[str, str]
+                    ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """{role: {side: (top-kk singular values, vectors)}}, signed so that each
+    pair's short-side vector has its largest entry positive."""
+    side_short, side_long = sides
     vectors: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for i, role in enumerate(spectra.ROLES):
         sh, lo = s_vec[i][:, :kk].copy(), l_vec[i].copy()
@@ -320,42 +353,45 @@ def gram_directions(wb, ws, storages: tuple[str, str], ops, *, k: int,
         lo *= flip
         vectors[role] = {side_short: (s[i][:kk].copy(), sh),
                          side_long: (s[i][:kk].copy(), lo)}
+    return vectors
+
+
+def _overlap_and_angles(cum: dict, cross: dict, frob_d: float, dims: dict,
+                        kk: int) -> tuple[list[dict], list[dict]]:
+    """Per side: the share of ||dW||_F^2 in W_base's top-r subspace (`cum`: its
+    running sums) against a random subspace's r / dim, for OVERLAP_RANKS; and the
+    principal-angle cosines between W_base's and dW's top-r subspaces (`cross`:
+    their vectors' cross products), for ANGLE_RANKS."""
     overlap, angles = [], []
-    if frob_d > 0:
-        cum = {side_short: np.cumsum(eig.energy),
-               side_long: np.cumsum((_np(z_long) ** 2).sum(1))}
-        for side, c in cum.items():
-            for r in OVERLAP_RANKS:
-                if r <= c.size:
-                    overlap.append({"side": side, "r": r,
-                                    "share": float(min(c[r - 1] / frob_d, 1.0)),
-                                    "random_share": r / dims[side]})
-        cross = {side_short: s_vec[0][:, :kk].T @ s_vec[2][:, :kk],
-                 side_long: _np(a_long)}
-        for side, c in cross.items():
-            for r in ANGLE_RANKS:
-                if r <= kk:
-                    angles.append({"side": side, "r": r,
-                                   "cosines": _cosines(c[:r, :r]).tolist()})
-    intruders = []
-    if full_basis:
-        if intr_long:  # <u_j, u_i(W_base)> = v_i^T (W_base^T u_j) / s_i
-            c = s_vec[0].T @ _np(y) * inv[0][:, None]
-            c0 = s_vec[0].T @ _np(y0) * inv[0][:, None]
-        else:
-            c, c0 = s_vec[0].T @ s_vec[1][:, :kk], s_vec[0].T @ q
-        best = np.minimum(np.abs(c).max(0), 1.0)
-        best0 = np.minimum(np.abs(c0).max(0), 1.0)
-        intruders = [{"j": j + 1, "singular_value": float(s[1][j]),
-                      "max_cos": float(best[j]), "null_max_cos": float(best0[j])}
-                     for j in range(kk)]
-    changes = []
-    if row_sq is not None:
-        top = np.argsort(-row_sq, kind="stable")[:ROW_CHANGE_TOKENS]
-        changes = [{"token_id": int(t), "score": float(np.sqrt(row_sq[t])),
-                    "rank": r + 1} for r, t in enumerate(top)]
-    return rows, Directions(kk, full_basis, vectors, overlap, angles, intruders,
-                            changes)
+    for side, c in cum.items():
+        for r in OVERLAP_RANKS:
+            if r <= c.size:
+                overlap.append({"side": side, "r": r,
+                                "share": float(min(c[r - 1] / frob_d, 1.0)),
+                                "random_share": r / dims[side]})
+    for side, c in cross.items():
+        for r in ANGLE_RANKS:
+            if r <= kk:
+                angles.append({"side": side, "r": r,
+                               "cosines": _cosines(c[:r, :r]).tolist()})
+    return overlap, angles
+
+
+def _intruders(c: np.ndarray, c0: np.ndarray, s_sft, kk: int) -> list[dict]:
+    """W_sft's top-kk vectors' largest |cosine| with any of W_base's (`c`), and
+    the same of random directions (`c0`, the null)."""
+    best = np.minimum(np.abs(c).max(0), 1.0)
+    best0 = np.minimum(np.abs(c0).max(0), 1.0)
+    return [{"j": j + 1, "singular_value": float(s_sft[j]),
+             "max_cos": float(best[j]), "null_max_cos": float(best0[j])}
+            for j in range(kk)]
+
+
+def _row_changes(row_sq: np.ndarray) -> list[dict]:
+    """The ROW_CHANGE_TOKENS rows of dW with the largest norms (token ids)."""
+    top = np.argsort(-row_sq, kind="stable")[:ROW_CHANGE_TOKENS]
+    return [{"token_id": int(t), "score": float(np.sqrt(row_sq[t])), "rank": r + 1}
+            for r, t in enumerate(top)]
 
 
 def _check(storages, w_base, w_sft) -> None:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from compute.io.adapters import resolve_sft
 from compute.io.checkpoints import Checkpoint, CheckpointError, resolve
-from compute.io.files import atomic_write_bytes, now, write_parquet
+from compute.io.files import atomic_path, atomic_write_bytes, now, write_parquet
 from compute.linalg.directions import DEFAULT_VECTORS, FULL_BASIS_MAX
 from compute.linalg.spectra import METHODS
 from compute.pairs.registry import (
@@ -140,85 +140,10 @@ class Config:
         return child(self.remote, self.pair) if self.remote else str(self.run_dir)
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    ap = argparse.ArgumentParser(
-        prog="python -m compute.run",
-        description="Spectra of every weight matrix of W_base, W_sft and dW, and "
-        "per-token log-probs and residual drift on the warehouse's prompts, for a "
-        "base/SFT checkpoint pair; results go to Parquet, then into the warehouse.",
-        epilog="Examples: --pair 7B | --pair demo | --base Qwen/Qwen2.5-1.5B "
-        "--sft Qwen/Qwen2.5-1.5B-Instruct --name 1.5B | --base ./a --sft ./b --name x",
-    )
-    ap.add_argument("--pair", help=f"a known pair: {', '.join(SIZES)} (Qwen2.5 base vs "
-                    "Instruct), " + ", ".join(f"{k} ({a} vs {b})"
-                                              for k, (a, b) in FAMILIES.items())
-                    + " or 'demo' / 'planted' (local, offline)")
-    ap.add_argument("--base", help="base checkpoint: hub id or local folder (with a "
-                    "LoRA adapter as --sft, by default the base it names)")
-    ap.add_argument("--sft", help="fine-tuned checkpoint: hub id or local folder")
-    ap.add_argument("--name", help="the pair's name in the warehouse (with --base/--sft)")
-    ap.add_argument("--revision-base", help="hub revision of the base (default main)")
-    ap.add_argument("--revision-sft", help="hub revision of the SFT model")
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                    help="where the arithmetic runs (auto: cuda if available)")
-    ap.add_argument("--method", default="gram", choices=METHODS,
-                    help="gram: eigenvalues of the fp64 Gram matrix (default); "
-                    "svd / svd64: LAPACK svdvals in fp32 / fp64 (reference)")
-    ap.add_argument("--out", default="data/runs",
-                    help="folder for the Parquet results (default data/runs), or an "
-                    "object-store URI pyarrow understands (s3://bucket/prefix, "
-                    "gs://..., file:///...; docs/scale.md)")
-    ap.add_argument("--db", type=Path, help="warehouse file (default $SFTSCOPE_DB or "
-                    "data/warehouse.duckdb)")
-    ap.add_argument("--no-load", dest="load", action="store_false",
-                    help="only write Parquet; load later with python -m ingest.compute_load")
-    ap.add_argument("--force", action="store_true",
-                    help="discard earlier results of this pair and start over")
-    ap.add_argument("--skip-spectra", dest="spectra", action="store_false")
-    ap.add_argument("--skip-behaviour", dest="behaviour", action="store_false")
-    ap.add_argument("--prompts", type=Path, help="Parquet of prompts (from python -m "
-                    "ingest.export_prompts) instead of the warehouse's marts.prompts")
-    ap.add_argument("--batch-size", type=int, default=8, help="posts per forward pass")
-    ap.add_argument("--window", type=int, help="tokens per window (default: 1024, or "
-                    "the models' context where it is shorter)")
-    ap.add_argument("--max-tensors", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--no-progress", dest="progress", action="store_false")
-    ap.add_argument("--check", action="store_true",
-                    help="only check that the pair is complete and compatible "
-                    "(python -m compute.doctor); compute and write nothing")
-    ap.add_argument("--scan", action="store_true",
-                    help="with --check: also hash the hub-cache shards against their"
-                    " sha256 names and read every tensor to count NaN/Inf")
-    ap.add_argument("--vectors", type=int, metavar="K",
-                    help="top-K singular vectors of W_base, W_sft and dW per matrix "
-                    "(gram method; to OUT/<pair>/directions/vectors), with overlap, "
-                    "principal angles, intruders and token labels (raw.direction_*, "
-                    f"raw.intruders); 0 turns it off (default {DEFAULT_VECTORS} on a "
-                    f"GPU, and on a CPU for models whose matrices are at most "
-                    f"{AUTO_VECTORS_CPU_SIDE} on their short side; else 0)")
-    ap.add_argument("--full-basis-max", type=int, default=FULL_BASIS_MAX, metavar="N",
-                    help="on a CPU, all of W_base's singular vectors (intruders) only "
-                    f"for matrices with min(rows, cols) <= N (default {FULL_BASIS_MAX}"
-                    "; a GPU does every matrix)")
-    ap.add_argument("--shard", metavar="I/N", help="compute only part I of N "
-                    "(0 <= I < N) of the pair's tensors, split by estimated cost, into "
-                    "the same OUT/<pair>; any mix of the N parts completes the pair, "
-                    "then python -m ingest.compute_load OUT/<pair> loads it")
-    ap.add_argument("--shards", type=int, default=1, metavar="N",
-                    help="with --dry-run: plan N parts; with --ray: run N parts "
-                    "(default 1)")
-    ap.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                    help="run every (pair, shard) as a Ray task on the cluster at "
-                    "ADDRESS (a local one without), then load (compute.run.cluster; pip "
-                    'install -e ".[cluster]")')
-    ap.add_argument("--pairs", metavar="A,B,... | FILE.toml",
-                    help="these pairs instead of one: known pairs' names, or a TOML "
-                    "file of [[pair]] tables (name, base, sft, options; "
-                    "compute.pairs.pairs_file); as Ray tasks with --ray, else one after another")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="print the plan (tensors and estimated cost per shard, peak "
-                    "device memory) from the headers; compute and write nothing")
-    a = ap.parse_args(argv)
+def _checked(ap: argparse.ArgumentParser, a: argparse.Namespace
+             ) -> tuple[tuple[int, int] | None, list | None]:
+    """Refuse options that do not go together; (--shard as (I, N), --pairs'
+    entries). With --pairs, the first entry is the pair of `a`."""
     shard = None
     if a.shard:
         from compute.plan.shards import parse_shard
@@ -249,6 +174,118 @@ def parse_args(argv: list[str] | None = None) -> Config:
         ap.error("--vectors must be >= 0")
     if a.scan and not a.check:
         ap.error("--scan goes with --check")
+    return shard, pairs
+
+
+def parser() -> argparse.ArgumentParser:
+    """compute.run's options: the pair, the arithmetic, the output, the checks and
+    the scale-out (each group below)."""
+    ap = argparse.ArgumentParser(
+        prog="python -m compute.run",
+        description="Spectra of every weight matrix of W_base, W_sft and dW, and "
+        "per-token log-probs and residual drift on the warehouse's prompts, for a "
+        "base/SFT checkpoint pair; results go to Parquet, then into the warehouse.",
+        epilog="Examples: --pair 7B | --pair demo | --base Qwen/Qwen2.5-1.5B "
+        "--sft Qwen/Qwen2.5-1.5B-Instruct --name 1.5B | --base ./a --sft ./b --name x",
+    )
+    _pair_options(ap)
+    _compute_options(ap)
+    _check_options(ap)
+    _scale_options(ap)
+    return ap
+
+
+def _pair_options(ap: argparse.ArgumentParser) -> None:
+    """Which pair: --pair, or --base/--sft/--name and their revisions."""
+    ap.add_argument("--pair", help=f"a known pair: {', '.join(SIZES)} (Qwen2.5 base vs "
+                    "Instruct), " + ", ".join(f"{k} ({a} vs {b})"
+                                              for k, (a, b) in FAMILIES.items())
+                    + " or 'demo' / 'planted' (local, offline)")
+    ap.add_argument("--base", help="base checkpoint: hub id or local folder (with a "
+                    "LoRA adapter as --sft, by default the base it names)")
+    ap.add_argument("--sft", help="fine-tuned checkpoint: hub id or local folder")
+    ap.add_argument("--name", help="the pair's name in the warehouse (with --base/--sft)")
+    ap.add_argument("--revision-base", help="hub revision of the base (default main)")
+    ap.add_argument("--revision-sft", help="hub revision of the SFT model")
+
+
+def _compute_options(ap: argparse.ArgumentParser) -> None:
+    """What runs where, and where the results go."""
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="where the arithmetic runs (auto: cuda if available)")
+    ap.add_argument("--method", default="gram", choices=METHODS,
+                    help="gram: eigenvalues of the fp64 Gram matrix (default); "
+                    "svd / svd64: LAPACK svdvals in fp32 / fp64 (reference)")
+    ap.add_argument("--out", default="data/runs",
+                    help="folder for the Parquet results (default data/runs), or an "
+                    "object-store URI pyarrow understands (s3://bucket/prefix, "
+                    "gs://..., file:///...; docs/scale.md)")
+    ap.add_argument("--db", type=Path, help="warehouse file (default $SFTSCOPE_DB or "
+                    "data/warehouse.duckdb)")
+    ap.add_argument("--no-load", dest="load", action="store_false",
+                    help="only write Parquet; load later with python -m ingest.compute_load")
+    ap.add_argument("--force", action="store_true",
+                    help="discard earlier results of this pair and start over")
+    ap.add_argument("--skip-spectra", dest="spectra", action="store_false")
+    ap.add_argument("--skip-behaviour", dest="behaviour", action="store_false")
+    ap.add_argument("--prompts", type=Path, help="Parquet of prompts (from python -m "
+                    "ingest.export_prompts) instead of the warehouse's marts.prompts")
+    ap.add_argument("--batch-size", type=int, default=8, help="posts per forward pass")
+    ap.add_argument("--window", type=int, help="tokens per window (default: 1024, or "
+                    "the models' context where it is shorter)")
+    ap.add_argument("--max-tensors", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _check_options(ap: argparse.ArgumentParser) -> None:
+    """--check / --scan (compute.doctor) and the singular vectors."""
+    ap.add_argument("--check", action="store_true",
+                    help="only check that the pair is complete and compatible "
+                    "(python -m compute.doctor); compute and write nothing")
+    ap.add_argument("--scan", action="store_true",
+                    help="with --check: also hash the hub-cache shards against their"
+                    " sha256 names and read every tensor to count NaN/Inf")
+    ap.add_argument("--vectors", type=int, metavar="K",
+                    help="top-K singular vectors of W_base, W_sft and dW per matrix "
+                    "(gram method; to OUT/<pair>/directions/vectors), with overlap, "
+                    "principal angles, intruders and token labels (raw.direction_*, "
+                    f"raw.intruders); 0 turns it off (default {DEFAULT_VECTORS} on a "
+                    f"GPU, and on a CPU for models whose matrices are at most "
+                    f"{AUTO_VECTORS_CPU_SIDE} on their short side; else 0)")
+    ap.add_argument("--full-basis-max", type=int, default=FULL_BASIS_MAX, metavar="N",
+                    help="on a CPU, all of W_base's singular vectors (intruders) only "
+                    f"for matrices with min(rows, cols) <= N (default {FULL_BASIS_MAX}"
+                    "; a GPU does every matrix)")
+
+
+def _scale_options(ap: argparse.ArgumentParser) -> None:
+    """Shards, Ray, several pairs, the dry run."""
+    ap.add_argument("--shard", metavar="I/N", help="compute only part I of N "
+                    "(0 <= I < N) of the pair's tensors, split by estimated cost, into "
+                    "the same OUT/<pair>; any mix of the N parts completes the pair, "
+                    "then python -m ingest.compute_load OUT/<pair> loads it")
+    ap.add_argument("--shards", type=int, default=1, metavar="N",
+                    help="with --dry-run: plan N parts; with --ray: run N parts "
+                    "(default 1)")
+    ap.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                    help="run every (pair, shard) as a Ray task on the cluster at "
+                    "ADDRESS (a local one without), then load (compute.run.cluster; pip "
+                    'install -e ".[cluster]")')
+    ap.add_argument("--pairs", metavar="A,B,... | FILE.toml",
+                    help="these pairs instead of one: known pairs' names, or a TOML "
+                    "file of [[pair]] tables (name, base, sft, options; "
+                    "compute.pairs.pairs_file); as Ray tasks with --ray, else one after another")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the plan (tensors and estimated cost per shard, peak "
+                    "device memory) from the headers; compute and write nothing")
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """compute.run's command line as a Config (argparse's usage error and exit
+    status 2 for options that do not go together or name no pair)."""
+    ap = parser()
+    a = ap.parse_args(argv)
+    shard, pairs = _checked(ap, a)
     if a.sft and not a.base and not a.pair:  # an adapter names its base
         from compute.io.adapters import adapter_base
         from compute.io.checkpoints import CheckpointError
@@ -436,97 +473,125 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
     `store` (ingest.results.Store): an object store the files are uploaded to as
     they are finished; a file counts as done when it is here or there.
     """
-    import math
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    SpectraHalf(cfg, base, sft, plan, manifest, device, store).run()
 
-    import numpy as np
 
-    from compute.arch.naming import Layout
-    from compute.io.adapters import Adapter, view_factors
-    from compute.linalg.spectra import (
-        array_spectra,
-        spectra_workers,
-        storage_name,
-        tensor_spectra,
-        vector_change,
-        worker_threads,
-    )
+class SpectraHalf:
+    """The spectra half of one run (`compute_spectra`): the manifest's entry, the
+    tensors left to do (this shard's), each tensor's spectra (whole, or this shard's
+    pieces of it and their merge), the 1-D tensors, the manifest once all are there.
+    """
 
-    torch = None
-    if device != "cpu" or cfg.method != "gram":  # else NumPy's path, without torch
-        import torch
-    from compute.run import direction_files as dfiles
+    def __init__(self, cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
+                 manifest: dict, device: str, store=None) -> None:
+        import compute.linalg.spectra as spectra
+        from compute.io.adapters import Adapter
+        from compute.run import direction_files as dfiles
 
-    n_vectors = auto_vectors(plan, device) if cfg.vectors is None else cfg.vectors
-    want_dirs = n_vectors > 0 and cfg.method == "gram"
-    from compute.plan.shards import joined
+        self.cfg, self.base, self.sft, self.plan = cfg, base, sft, plan
+        self.manifest, self.device, self.store = manifest, device, store
+        self.spectra, self.dfiles = spectra, dfiles
+        self.torch = None
+        if device != "cpu" or cfg.method != "gram":  # else NumPy's path, no torch
+            import torch
 
-    with joined(cfg.run_dir, manifest) if cfg.shard else contextlib.nullcontext():
-        if want_dirs:  # shards: as the shards started before left them
-            dfiles.start(cfg.run_dir, manifest, n_vectors, cfg.full_basis_max)
-        else:
-            manifest["kinds"].pop("directions", None)
+            self.torch = torch
+        self.n_vectors = (auto_vectors(plan, device) if cfg.vectors is None
+                          else cfg.vectors)
+        self.want_dirs = self.n_vectors > 0 and cfg.method == "gram"
+        self.adapter = isinstance(sft, Adapter)
+        self.run_id, self.pair = manifest["run_id"], cfg.pair
+        self.have = store.has if store is not None else Path.exists
+        self.pieces: dict[int, list[tuple[int, int]]] = {}  # i -> (piece, of) here
+        self.merging = threading.Lock()
+
+    def run(self) -> None:
+        """Start (or resume) the half, compute what is left, finish the manifest."""
+        self.start()
+        todo = self.todo()
+        bad, workers = self.compute(todo)
+        self.finish(bad, workers)
+
+    def start(self) -> None:
+        """The manifest's directions and spectra entries (resumed ones kept)."""
+        from compute.plan.shards import joined
+
+        cfg, manifest = self.cfg, self.manifest
+        with joined(cfg.run_dir, manifest) if cfg.shard else contextlib.nullcontext():
+            if self.want_dirs:  # shards: as the shards started before left them
+                self.dfiles.start(cfg.run_dir, manifest, self.n_vectors,
+                                  cfg.full_basis_max)
+            else:
+                manifest["kinds"].pop("directions", None)
+            save_manifest(cfg, manifest)
+        started = manifest["kinds"].get("spectra", {}).get("started_at") or now()
+        manifest["kinds"]["spectra"] = {"started_at": started, "finished_at": None,
+                                        "n_matrices": self.plan.n_views,
+                                        "n_tensors": len(self.plan.matrices),
+                                        "n_vectors": len(self.plan.vectors)}
         save_manifest(cfg, manifest)
 
-    run_id, pair = manifest["run_id"], cfg.pair
-    started = manifest["kinds"].get("spectra", {}).get("started_at") or now()
-    manifest["kinds"]["spectra"] = {"started_at": started, "finished_at": None,
-                                    "n_matrices": plan.n_views,
-                                    "n_tensors": len(plan.matrices),
-                                    "n_vectors": len(plan.vectors)}
-    save_manifest(cfg, manifest)
+    def is_done(self, i: int) -> bool:
+        """Tensor i's spectra file (and its vectors, where asked for) is there."""
+        run_dir = self.cfg.run_dir
+        return self.have(spectra_file(run_dir, i)) and not (
+            self.want_dirs and not self.have(self.dfiles.path(run_dir, "vectors", i)))
 
-    def vectors() -> None:
+    def todo(self) -> list[int]:
+        """The tensors left to do (this shard's), largest first, so that the
+        embedding does not finish alone at the end."""
+        import math
+
+        cfg, plan = self.cfg, self.plan
+        todo = [i for i in range(len(plan.matrices)) if not self.is_done(i)]
+        if cfg.shard is not None:
+            from compute.plan.shards import shard_units
+
+            for i, piece, of in shard_units(plan, cfg.shard):
+                self.pieces.setdefault(i, []).append((piece, of))
+            todo = [i for i in todo if i in self.pieces]
+        if cfg.max_tensors is not None:
+            todo = todo[:cfg.max_tensors]
+        todo.sort(key=lambda i: -math.prod(self.base.tensors[plan.matrices[i]].shape))
+        return todo
+
+    def vectors(self) -> None:
+        """The 1-D tensors' changes, and a resized vocabulary's added rows (part 0
+        of a sharded run does them)."""
+        from compute.arch.naming import Layout
+
+        cfg, plan, base, sft = self.cfg, self.plan, self.base, self.sft
         vec_path = cfg.run_dir / "spectra" / "vectors.parquet"
-        if have(vec_path) or (cfg.shard is not None and cfg.shard[0] != 0):
-            return  # shards: part 0 does the 1-D tensors
+        if self.have(vec_path) or (cfg.shard is not None and cfg.shard[0] != 0):
+            return
         rows, layout = [], Layout(base.config)
         for name in plan.vectors:
             layer, module, _ = layout.place(name)
             (wb, storage), (ws, storage_s) = base.read_array(name), sft.read_array(name)
-            rows.append({"run_id": run_id, "pair": pair, "tensor": name,
+            rows.append({"run_id": self.run_id, "pair": self.pair, "tensor": name,
                          "layer": layer, "module": module,
                          "storage_dtype": storage if storage == storage_s
                          else f"{storage}|{storage_s}"}
-                        | vector_change(wb, ws, storage, storage_s))
+                        | self.spectra.vector_change(wb, ws, storage, storage_s))
         if plan.vocab is not None:  # a resized vocabulary's added rows
             from compute.plan.vocab import added_token_rows
 
-            write_rows([{"run_id": run_id, "pair": pair} | r
+            write_rows([{"run_id": self.run_id, "pair": self.pair} | r
                         for r in added_token_rows(plan.vocab, sft)], "added_tokens",
                        cfg.run_dir / "spectra" / "added_tokens.parquet")
         write_rows(rows, "vectors", vec_path)
 
-    have = store.has if store is not None else Path.exists
-
-    def is_done(i: int) -> bool:
-        return have(spectra_file(cfg.run_dir, i)) and not (
-            want_dirs and not have(dfiles.path(cfg.run_dir, "vectors", i)))
-
-    todo = [i for i in range(len(plan.matrices)) if not is_done(i)]
-    pieces: dict[int, list[tuple[int, int]]] = {}  # i -> this shard's (piece, of)
-    merging = threading.Lock()
-    if cfg.shard is not None:
-        from compute.plan.shards import shard_units
-
-        for i, piece, of in shard_units(plan, cfg.shard):
-            pieces.setdefault(i, []).append((piece, of))
-        todo = [i for i in todo if i in pieces]
-    if cfg.max_tensors is not None:
-        todo = todo[:cfg.max_tensors]
-    # largest first, so that the embedding does not finish alone at the end
-    todo.sort(key=lambda i: -math.prod(base.tensors[plan.matrices[i]].shape))
-    done = len(plan.matrices) - len(todo)
-
-    def common_of(name: str, view, storage: str) -> dict:
-        return {"run_id": run_id, "pair": pair, "base_model": base.ref,
-                "sft_model": sft.ref, "tensor": view.tensor,
-                "layer": view.layer, "module": view.module,
+    def common_of(self, name: str, view, storage: str) -> dict:
+        """The columns every raw.spectra row of `view` (of tensor `name`) shares."""
+        return {"run_id": self.run_id, "pair": self.pair,
+                "base_model": self.base.ref, "sft_model": self.sft.ref,
+                "tensor": view.tensor, "layer": view.layer, "module": view.module,
                 "expert": view.expert, "part": view.part, "source_tensor": name,
                 "stored_transposed": view.transposed, "n_rows": view.shape[0],
                 "n_cols": view.shape[1], "storage_dtype": storage,
-                "method": cfg.method, "device": device}
+                "method": self.cfg.method, "device": self.device}
 
+    @staticmethod
     def rows_of(common: dict, rows: list[dict]) -> tuple[list[dict], list[str]]:
         """A view's three role rows as raw.spectra rows; their non-finite warnings."""
         warnings = []
@@ -537,152 +602,194 @@ def compute_spectra(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
                                 f"{r['n_nonfinite']} NaN/Inf)")
         return [common | r for r in rows], warnings
 
-    def piece(i: int, parts: list[tuple[int, int]]) -> list[str]:
+    def piece_paths(self, i: int, of: int) -> list[Path]:
+        """Where the `of` pieces of tensor i are kept until their merge."""
+        folder = self.cfg.run_dir / "spectra" / "pieces"
+        return [folder / f"{i:05d}-{p}-of-{of}.npz" for p in range(of)]
+
+    def piece(self, i: int, parts: list[tuple[int, int]]) -> list[str]:
         """This shard's pieces of tensor i (rows, compute.plan.shards.n_pieces) to
         spectra/pieces/; the tensor's spectra file once every piece is there."""
-        from compute.io.checkpoints import STORAGE
-        from compute.linalg.spectra import gram_piece, merge_pieces
-        from compute.plan.shards import manifest_lock, piece_rows
+        import numpy as np
 
-        name, of = plan.matrices[i], parts[0][1]
-        folder = cfg.run_dir / "spectra" / "pieces"
-        path = [folder / f"{i:05d}-{p}-of-{of}.npz" for p in range(of)]
-        for p, _ in parts:
-            if have(path[p]):
+        from compute.plan.shards import piece_rows
+
+        name, path = self.plan.matrices[i], self.piece_paths(i, parts[0][1])
+        for p, of in parts:
+            if self.have(path[p]):
                 continue  # done before this shard was killed
-            rows = piece_rows(base.tensors[name].shape[0], p, of)
-            (wb, storage), (ws, storage_s) = (base.read_array(name, rows),
-                                              sft.read_array(name, rows))
-            arrays = gram_piece(wb, ws, storage, storage_s)
+            rows = piece_rows(self.base.tensors[name].shape[0], p, of)
+            (wb, storage), (ws, storage_s) = (self.base.read_array(name, rows),
+                                              self.sft.read_array(name, rows))
+            arrays = self.spectra.gram_piece(wb, ws, storage, storage_s)
             del wb, ws
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{path[p].stem}.tmp{os.getpid()}.npz"
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path[p])
-            if store is not None:  # before looking for the others' pieces
-                store.push([path[p]])
-        # the shard of the last piece merges, once (the lock is per process: its
-        # worker threads take turns first)
-        with merging, manifest_lock(cfg.run_dir):
+            with atomic_path(path[p]) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+            if self.store is not None:  # before looking for the others' pieces
+                self.store.push([path[p]])
+        return self.merge(i, path)
+
+    def merge(self, i: int, path: list[Path]) -> list[str]:
+        """Tensor i's spectra file from its pieces, by the shard of the last piece,
+        once (the lock is per process: its worker threads take turns first)."""
+        import numpy as np
+
+        from compute.io.checkpoints import STORAGE
+        from compute.plan.shards import manifest_lock
+
+        store, name, out_path = self.store, self.plan.matrices[i], spectra_file(
+            self.cfg.run_dir, i)
+        with self.merging, manifest_lock(self.cfg.run_dir):
             if store is not None:  # other machines' pieces: as the store has them
                 store.listing("spectra")
-            if have(spectra_file(cfg.run_dir, i)) or not all(have(f) for f in path):
+            if self.have(out_path) or not all(self.have(f) for f in path):
                 return []
             if store is not None:
                 store.fetch(path)
-            storages = tuple(STORAGE[c.tensors[name].dtype] for c in (base, sft))
-            rows = merge_pieces([dict(np.load(f)) for f in path], storages)
-            out, warnings = rows_of(common_of(name, plan.views[name][0],
-                                              storages[0]), rows)
-            write_rows(out, "spectra", spectra_file(cfg.run_dir, i))
+            storages = tuple(STORAGE[c.tensors[name].dtype]
+                             for c in (self.base, self.sft))
+            rows = self.spectra.merge_pieces([dict(np.load(f)) for f in path],
+                                             storages)
+            out, warnings = self.rows_of(
+                self.common_of(name, self.plan.views[name][0], storages[0]), rows)
+            write_rows(out, "spectra", out_path)
             if store is not None:  # the spectra file replaces the pieces there too
-                store.push([spectra_file(cfg.run_dir, i)])
+                store.push([out_path])
                 store.delete(path)
             for f in path:
                 f.unlink(missing_ok=True)
         return warnings
 
-    def one(i: int) -> list[str]:
-        """Spectra of tensor i's matrices (compute.arch.naming's views: itself, its fused
-        parts, its experts) into one Parquet file; the non-finite warnings."""
-        name = plan.matrices[i]
-        parts = pieces.get(i, [(0, 1)])
+    def one(self, i: int) -> list[str]:
+        """Spectra of tensor i's matrices (compute.arch.naming's views: itself, its
+        fused parts, its experts) into one Parquet file; the non-finite warnings."""
+        from compute.io.adapters import view_factors
+
+        name, torch = self.plan.matrices[i], self.torch
+        parts = self.pieces.get(i, [(0, 1)])
         if parts[0][1] > 1:  # a tensor split across shards
-            if torch is None and not want_dirs and not isinstance(sft, Adapter):
-                return piece(i, parts)
+            if torch is None and not self.want_dirs and not self.adapter:
+                return self.piece(i, parts)
             if not any(p == 0 for p, _ in parts):
                 return []  # the GPU, vectors or an adapter: piece 0's shard does all
         if torch is None:
-            (wb, storage), (ws, storage_s) = base.read_array(name), sft.read_array(name)
+            (wb, storage), (ws, storage_s) = (self.base.read_array(name),
+                                              self.sft.read_array(name))
         else:
-            wb, ws = base.read(name), sft.read(name)
-            storage, storage_s = storage_name(wb.dtype), storage_name(ws.dtype)
+            wb, ws = self.base.read(name), self.sft.read(name)
+            storage = self.spectra.storage_name(wb.dtype)
+            storage_s = self.spectra.storage_name(ws.dtype)
         # an adapter: dW = its factors' product (None: W_sft is read), no rounding
-        adapter = isinstance(sft, Adapter)
-        factors = sft.lowrank(name) if adapter else None
+        factors = self.sft.lowrank(name) if self.adapter else None
         out, warnings = [], []
         tables: dict[str, list[dict]] = {}
-        for view in plan.views[name]:
-            vb, vs = view.take(wb), view.take(ws)
-            lowrank = view_factors(view, factors)
-            if want_dirs:  # the same spectra, and the singular vectors
-                rows, found = dfiles.compute(vb, vs, storage, storage_s, view, lowrank,
-                                             torch, device, n_vectors,
-                                             cfg.full_basis_max)
-            elif torch is None:
-                rows = array_spectra(vb, vs, storage, storage_s, lowrank=lowrank)
-            else:
-                with torch.inference_mode():  # thread-local: set in each worker
-                    rows = tensor_spectra(
-                        vb, vs, device=torch.device(device), method=cfg.method,
-                        lowrank=lowrank and tuple(map(torch.from_numpy, lowrank)))
-            if adapter and sft.exact(name):
+        for view in self.plan.views[name]:
+            rows, found = self.view_spectra(view.take(wb), view.take(ws), storage,
+                                            storage_s, view,
+                                            view_factors(view, factors))
+            if self.adapter and self.sft.exact(name):
                 rows[2]["noise_sigma"] = 0.0  # W_sft = W_base (+ BA): never rounded
-            del vb, vs
-            common = common_of(name, view, storage)
-            view_rows, view_warnings = rows_of(common, rows)
+            common = self.common_of(name, view, storage)
+            view_rows, view_warnings = self.rows_of(common, rows)
             out += view_rows
             warnings += view_warnings
-            if want_dirs:
-                for table, recs in dfiles.matrix_rows(common, found).items():
+            if self.want_dirs:
+                for table, recs in self.dfiles.matrix_rows(common, found).items():
                     tables.setdefault(table, []).extend(recs)
         del wb, ws
-        if want_dirs:  # first: the spectra file marks tensor i done (resume)
-            dfiles.write_tensor(cfg.run_dir, i, tables)
-        write_rows(out, "spectra", spectra_file(cfg.run_dir, i))
+        if self.want_dirs:  # first: the spectra file marks tensor i done (resume)
+            self.dfiles.write_tensor(self.cfg.run_dir, i, tables)
+        write_rows(out, "spectra", spectra_file(self.cfg.run_dir, i))
         return warnings
 
-    bad: dict[int, list[str]] = {}
-    workers = spectra_workers(device, len(todo))
-    with worker_threads(workers), ThreadPoolExecutor(
-            workers, thread_name_prefix="spectra") as pool:
-        pending = {pool.submit(one, i): i for i in todo}
-        try:
-            vectors()
-            from tqdm import tqdm
+    def view_spectra(self, vb, vs, storage: str, storage_s: str, view,
+                     lowrank) -> tuple[list[dict], object]:
+        """The three role rows of one matrix (and its singular vectors, where asked
+        for): NumPy's Gram path on a CPU, else torch's."""
+        cfg, torch = self.cfg, self.torch
+        if self.want_dirs:  # the same spectra, and the singular vectors
+            return self.dfiles.compute(vb, vs, storage, storage_s, view, lowrank,
+                                       torch, self.device, self.n_vectors,
+                                       cfg.full_basis_max)
+        if torch is None:
+            return self.spectra.array_spectra(vb, vs, storage, storage_s,
+                                              lowrank=lowrank), None
+        with torch.inference_mode():  # thread-local: set in each worker
+            return self.spectra.tensor_spectra(
+                vb, vs, device=torch.device(self.device), method=cfg.method,
+                lowrank=lowrank and tuple(map(torch.from_numpy, lowrank))), None
 
-            bar = tqdm(total=len(plan.matrices), initial=done, unit="tensor",
-                       desc=f"spectra {pair}", disable=not cfg.progress,
-                       dynamic_ncols=True)
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    i = pending.pop(fut)
-                    bad[i] = fut.result()  # re-raises a worker's error
-                    if store is not None:  # the files of tensor i, its marker last
-                        store.push([spectra_file(cfg.run_dir, i), *(
-                            dfiles.path(cfg.run_dir, t, i)
-                            for t in (*dfiles.TABLES, "vectors"))])
-                    bar.update(1)
-            bar.close()
-        finally:  # an error or ^C: start nothing new; running tensors finish
-            for fut in pending:
-                fut.cancel()
-    bad_list = [w for i in sorted(bad) for w in bad[i]]
-    for b in bad_list:
-        print(f"warning: non-finite entries in {b}; its spectrum is left empty",
-              file=sys.stderr)
-    if store is not None:  # what this shard made is there: what do the others have?
-        store.push(cfg.run_dir / "spectra" / n for n in ("vectors.parquet",
-                                                         "added_tokens.parquet"))
-        store.listing()
-    if have(cfg.run_dir / "spectra" / "vectors.parquet") and all(
-            have(spectra_file(cfg.run_dir, i)) for i in range(len(plan.matrices))):
-        manifest["kinds"]["spectra"] |= {
-            "finished_at": now(), "device": device,
+    def compute(self, todo: list[int]) -> tuple[dict[int, list[str]], int]:
+        """Every tensor of `todo` on the worker threads, the 1-D tensors on this
+        one; ({tensor index: non-finite warnings}, workers)."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        bad: dict[int, list[str]] = {}
+        workers = self.spectra.spectra_workers(self.device, len(todo))
+        with self.spectra.worker_threads(workers), ThreadPoolExecutor(
+                workers, thread_name_prefix="spectra") as pool:
+            pending = {pool.submit(self.one, i): i for i in todo}
+            try:
+                self.vectors()
+                from tqdm import tqdm
+
+                n = len(self.plan.matrices)
+                bar = tqdm(total=n, initial=n - len(todo), unit="tensor",
+                           desc=f"spectra {self.pair}", disable=not self.cfg.progress,
+                           dynamic_ncols=True)
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        i = pending.pop(fut)
+                        bad[i] = fut.result()  # re-raises a worker's error
+                        self.push_tensor(i)
+                        bar.update(1)
+                bar.close()
+            finally:  # an error or ^C: start nothing new; running tensors finish
+                for fut in pending:
+                    fut.cancel()
+        return bad, workers
+
+    def push_tensor(self, i: int) -> None:
+        """Upload the files of tensor i to the store (if any), its marker last."""
+        if self.store is not None:
+            run_dir, dfiles = self.cfg.run_dir, self.dfiles
+            self.store.push([spectra_file(run_dir, i), *(
+                dfiles.path(run_dir, t, i) for t in (*dfiles.TABLES, "vectors"))])
+
+    def finish(self, bad: dict[int, list[str]], workers: int) -> None:
+        """Warn of non-finite tensors; when every file of the pair is there (this
+        shard's and the others'), the manifest says so and the directions finish."""
+        import numpy as np
+
+        cfg, store, have, n = self.cfg, self.store, self.have, len(self.plan.matrices)
+        bad_list = [w for i in sorted(bad) for w in bad[i]]
+        for b in bad_list:
+            print(f"warning: non-finite entries in {b}; its spectrum is left empty",
+                  file=sys.stderr)
+        if store is not None:  # what this shard made is there: the others' files?
+            store.push(cfg.run_dir / "spectra" / f for f in ("vectors.parquet",
+                                                             "added_tokens.parquet"))
+            store.listing()
+        if not (have(cfg.run_dir / "spectra" / "vectors.parquet") and all(
+                have(spectra_file(cfg.run_dir, i)) for i in range(n))):
+            return
+        plan, sft, torch = self.plan, self.sft, self.torch
+        self.manifest["kinds"]["spectra"] |= {
+            "finished_at": now(), "device": self.device,
             "dtype": "fp64 gram" if cfg.method == "gram" else cfg.method,
             "options": {"method": cfg.method, "tied_embeddings": plan.tied,
-                        "adapter": sft.summary() if isinstance(sft, Adapter) else None,
+                        "adapter": sft.summary() if self.adapter else None,
                         "vocabulary": plan.vocab.options() if plan.vocab else None,
                         "nonfinite_tensors": bad_list, "numpy": np.__version__,
                         "torch": torch.__version__ if torch else None,
                         "workers": workers}}
-        if want_dirs and all(have(dfiles.path(cfg.run_dir, "vectors", i))
-                             for i in range(len(plan.matrices))):
+        if self.want_dirs and all(have(self.dfiles.path(cfg.run_dir, "vectors", i))
+                                  for i in range(n)):
             if store is not None:  # the token labels read every tensor's vectors
                 store.pull(["directions/rows", "directions/vectors"])
-            dfiles.finish(cfg.run_dir, manifest, sft, plan, device)
-        save_manifest(cfg, manifest)
+            self.dfiles.finish(cfg.run_dir, self.manifest, sft, plan, self.device)
+        save_manifest(cfg, self.manifest)
 
 
 def default_window(base: Checkpoint, sft: Checkpoint, cap: int = 1024) -> int:
@@ -767,22 +874,10 @@ def main(argv: list[str] | None = None) -> int:
                         revision_sft=cfg.revision_sft, scan=cfg.scan,
                         progress=cfg.progress and sys.stderr.isatty())
         return 0 if ok else 2
-    try:
-        # a dry run of hub ids reads their headers only, not the weights
-        from compute.io.checkpoints import hub_headers
-
-        heads = (cfg.base, cfg.revision_base), (cfg.sft, cfg.revision_sft)
-        base, sft = (hub_headers(*h) if cfg.dry_run else None for h in heads)
-        base = base or resolve(cfg.base, cfg.revision_base)
-        sft = sft or resolve_sft(cfg.sft, base, cfg.revision_sft)
-        plan = pair_plan(base, sft)
-    except CheckpointError as exc:
-        print(f"error: {exc}\n(python -m compute.doctor --base {cfg.base} --sft "
-              f"{cfg.sft} lists every problem of the pair)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing was computed or changed", file=sys.stderr)
-        return 130
+    opened = open_checkpoints(cfg)
+    if isinstance(opened, int):
+        return opened
+    base, sft, plan = opened
     if cfg.dry_run:
         from compute.plan.shards import dry_run, print_plan
 
@@ -793,50 +888,48 @@ def main(argv: list[str] | None = None) -> int:
           f"tensors, {len(plan.vectors)} "
           f"1-D tensors{', tied embeddings' if plan.tied else ''}; device {device}",
           flush=True)
+    code = compute_and_load(cfg, base, sft, plan, device)
+    if code:
+        return code
+    print(f"done in {time.perf_counter() - t0:.1f} s; results in {cfg.results}")
+    return 0
+
+
+def open_checkpoints(cfg: Config) -> tuple[Checkpoint, Checkpoint, Plan] | int:
+    """(base, SFT, the pair's plan), or the exit status after saying why not (a dry
+    run of hub ids reads their headers only, not the weights)."""
+    try:
+        from compute.io.checkpoints import hub_headers
+
+        heads = (cfg.base, cfg.revision_base), (cfg.sft, cfg.revision_sft)
+        base, sft = (hub_headers(*h) if cfg.dry_run else None for h in heads)
+        base = base or resolve(cfg.base, cfg.revision_base)
+        sft = sft or resolve_sft(cfg.sft, base, cfg.revision_sft)
+        return base, sft, pair_plan(base, sft)
+    except CheckpointError as exc:
+        print(f"error: {exc}\n(python -m compute.doctor --base {cfg.base} --sft "
+              f"{cfg.sft} lists every problem of the pair)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was computed or changed", file=sys.stderr)
+        return 130
+
+
+def compute_and_load(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
+                     device: str) -> int:
+    """Both halves under the pair folder's lock, then the load (or, for a shard,
+    what to run when every shard is done); the exit status."""
     with contextlib.ExitStack() as stack:
         try:
-            from compute.plan.shards import lock_name, manifest_lock
+            from compute.plan.shards import lock_name
 
             stack.enter_context(pair_lock(cfg.run_dir, lock_name(cfg.shard)))
         except SystemExit as exc:  # another compute.run holds this pair's folder
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        from ingest.results import ResultsError
-
-        try:
-            with (manifest_lock(cfg.run_dir) if cfg.shard
-                  else contextlib.nullcontext()):  # shards: the first one creates it
-                manifest = open_manifest(cfg, base, sft)
-            store = None
-            if cfg.remote:  # an object store: claim the prefix, pull what it has
-                from ingest.results import attach
-
-                store = attach(cfg.results, cfg.run_dir, manifest, force=cfg.force)
-            if cfg.spectra:
-                compute_spectra(cfg, base, sft, plan, manifest, device, store=store)
-            if cfg.behaviour and cfg.max_tensors is None:  # shards: their posts
-                run_behaviour_half(cfg, base, sft, manifest, device, store=store)
-            if store is not None:  # the files, then the records of finished kinds
-                store.push_all()
-                store.publish_kinds(manifest)
-        except (ResultsError, OSError) as exc:  # the store refused, or is unreachable
-            print(f"error: {exc}\nResults so far are kept in {cfg.run_dir} (and "
-                  f"under {cfg.results}); nothing was loaded into the warehouse.",
-                  file=sys.stderr)
-            return 2
-        except CheckpointError as exc:
-            print(f"error: {exc}\nResults so far are kept in {cfg.run_dir}; nothing "
-                  "was loaded into the warehouse.", file=sys.stderr)
-            return 2
-        except ValueError as exc:  # the behaviour half refuses its input
-            print(f"error: {type(exc).__name__}: {exc}\nResults so far are kept in "
-                  f"{cfg.run_dir}; nothing was loaded into the warehouse.",
-                  file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print(f"interrupted: results so far are kept in {cfg.run_dir}; run the "
-                  "same command again to resume.", file=sys.stderr)
-            return 130
+        manifest = compute_halves(cfg, base, sft, plan, device)
+        if isinstance(manifest, int):
+            return manifest
         kinds = [k for k, v in manifest["kinds"].items() if v.get("finished_at")]
         if cfg.shard is not None:  # one load, once every part is there
             print(f"shard {cfg.shard[0]}/{cfg.shard[1]} done; when all "
@@ -845,12 +938,53 @@ def main(argv: list[str] | None = None) -> int:
         elif cfg.load and kinds and cfg.max_tensors is None:
             from ingest.compute_load import load_or_explain
 
-            code = load_or_explain(cfg.run_dir, cfg.db, kinds,
+            return load_or_explain(cfg.run_dir, cfg.db, kinds,
                                    done="loaded into the warehouse")
-            if code:
-                return code
-    print(f"done in {time.perf_counter() - t0:.1f} s; results in {cfg.results}")
     return 0
+
+
+def compute_halves(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
+                   device: str) -> dict | int:
+    """The manifest (opened or resumed), the spectra and behaviour halves, the
+    store's copy; the manifest, or the exit status after saying what went wrong
+    (results so far are kept)."""
+    from compute.plan.shards import manifest_lock
+    from ingest.results import ResultsError
+
+    kept = f"Results so far are kept in {cfg.run_dir}"
+    try:
+        with (manifest_lock(cfg.run_dir) if cfg.shard
+              else contextlib.nullcontext()):  # shards: the first one creates it
+            manifest = open_manifest(cfg, base, sft)
+        store = None
+        if cfg.remote:  # an object store: claim the prefix, pull what it has
+            from ingest.results import attach
+
+            store = attach(cfg.results, cfg.run_dir, manifest, force=cfg.force)
+        if cfg.spectra:
+            compute_spectra(cfg, base, sft, plan, manifest, device, store=store)
+        if cfg.behaviour and cfg.max_tensors is None:  # shards: their posts
+            run_behaviour_half(cfg, base, sft, manifest, device, store=store)
+        if store is not None:  # the files, then the records of finished kinds
+            store.push_all()
+            store.publish_kinds(manifest)
+    except (ResultsError, OSError) as exc:  # the store refused, or is unreachable
+        print(f"error: {exc}\n{kept} (and under {cfg.results}); nothing was loaded "
+              "into the warehouse.", file=sys.stderr)
+        return 2
+    except CheckpointError as exc:
+        print(f"error: {exc}\n{kept}; nothing was loaded into the warehouse.",
+              file=sys.stderr)
+        return 2
+    except ValueError as exc:  # the behaviour half refuses its input
+        print(f"error: {type(exc).__name__}: {exc}\n{kept}; nothing was loaded "
+              "into the warehouse.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: results so far are kept in {cfg.run_dir}; run the "
+              "same command again to resume.", file=sys.stderr)
+        return 130
+    return manifest
 
 
 if __name__ == "__main__":
