@@ -46,9 +46,10 @@ def spec_for(layers: int, small: bool):
 
     if small:  # every step on a CPU in seconds
         return PairSpec(hidden=256, intermediate=704, layers=layers, heads=4, kv_heads=2,
-                        vocab=2048, tie_embeddings=False, shards=2)
+                        vocab=2048, tie_embeddings=False, weight_files=2)
     return PairSpec(hidden=3584, intermediate=18944, layers=layers, heads=28, kv_heads=4,
-                    vocab=152064, tie_embeddings=False, max_positions=32768, shards=8)
+                    vocab=152064, tie_embeddings=False, max_positions=32768,
+                    weight_files=8)
 
 
 def build(out: Path, spec, device: str) -> Path:

@@ -98,7 +98,7 @@ def test_hub_cache_layout_offline(tmp_path):
     """--pair 0.5B resolves Qwen/Qwen2.5-0.5B{,-Instruct} from the hub cache,
     offline: a tied, sharded tiny pair placed under the real names."""
     spec = PairSpec(hidden=64, intermediate=160, layers=2, heads=2, kv_heads=1,
-                    vocab=512, tie_embeddings=True, shards=2)
+                    vocab=512, tie_embeddings=True, weight_files=2)
     base, sft = build_pair(tmp_path / "pair", spec)
     cache = tmp_path / "hub"
     place_in_hub_cache(base, cache, "Qwen/Qwen2.5-0.5B", "a" * 40)

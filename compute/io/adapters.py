@@ -43,7 +43,7 @@ from compute.io.checkpoints import (
     _scan,
     locate,
     resolve,
-    scan_shard,
+    scan_weight_file,
 )
 from compute.linalg.spectra import to_float64
 
@@ -194,7 +194,7 @@ def load_adapter(ref: str, folder: Path, revision: str | None,
             f"{folder}: no {ADAPTER_WEIGHTS}"
             + (f" (found {', '.join(found)}; save it with safe_serialization)"
                if found else ""))
-    own = scan_shard(weights)
+    own = scan_weight_file(weights)
     own = {k: dataclasses.replace(v, file=ADAPTER_WEIGHTS) for k, v in own.items()}
     factors: dict[str, dict[str, str]] = {}
     full: dict[str, TensorInfo] = {}

@@ -1,16 +1,16 @@
-"""Older checkpoints: `pytorch_model.bin` (or shards named by
+"""Older checkpoints: `pytorch_model.bin` (or weight files named by
 `pytorch_model.bin.index.json`), read safely when a folder has no safetensors.
 
     from compute.io.binfiles import bin_weight_files, scan_bin, read_bin
-    files = bin_weight_files(folder)          # {shard: names (None: single file)}
+    files = bin_weight_files(folder)          # {weight file: names (None: single file)}
     infos = scan_bin(folder / "pytorch_model.bin")   # {name: (shape, dtype)}
     arr, storage = read_bin(path, name)       # NumPy, as Checkpoint.read_array
 
 A .bin file is a pickle. It is opened only with `torch.load(weights_only=True)`,
 which refuses any pickled object other than tensors and plain containers (a file
 with pickled code is refused before anything in it runs, and nothing is loaded), and
-memory-mapped (`mmap=True`): a shard's tensors are read from the page cache as they
-are used. One shard is open at a time (the last one read, per process).
+memory-mapped (`mmap=True`): a weight file's tensors are read from the page cache as
+they are used. One weight file is open at a time (the last one read, per process).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class BinError(RuntimeError):
 
 
 def bin_weight_files(folder: Path) -> dict[str, list[str] | None] | None:
-    """{shard file: tensor names the index gives it (None: single file)}, or None
+    """{weight file: tensor names the index gives it (None: single file)}, or None
     when the folder has no pytorch_model*.bin."""
     index = folder / BIN_INDEX
     if index.exists():
@@ -82,7 +82,7 @@ def _load(path: Path) -> dict:
 
 
 def _state(path: Path) -> dict:
-    """The open shard's state dict; opening another one releases it."""
+    """The open weight file's state dict; opening another one releases it."""
     if _open["path"] != path:
         _open["path"], _open["state"] = None, None  # drop the old mapping first
         _open["state"] = _load(path)
@@ -91,7 +91,7 @@ def _state(path: Path) -> dict:
 
 
 def scan_bin(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """{tensor name: (shape, safetensors dtype name)} of one .bin shard."""
+    """{tensor name: (shape, safetensors dtype name)} of one .bin weight file."""
     with _lock:
         state = _state(path)
         out = {}
@@ -102,7 +102,8 @@ def scan_bin(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def read_bin(path: Path, name: str) -> np.ndarray:
-    """Tensor `name` of a .bin shard as a fresh NumPy array in compute.linalg.spectra's
+    """Tensor `name` of a .bin weight file as a fresh NumPy array in
+    compute.linalg.spectra's
     ARRAY_DTYPES layout (bf16 as its uint16 bits)."""
     import torch
 

@@ -9,7 +9,7 @@
 Never `from_pretrained` for the weights: tensors are streamed from the safetensors
 files one by one (the byte range the header gives, read into a fresh array; no mmap
 of whole files is held), so memory is bounded by a few matrices whatever the model
-size. Headers are validated by safetensors' own reader when a shard is scanned.
+size. Headers are validated by safetensors' own reader when a weight file is scanned.
 torch is imported only by `read`: the CPU spectra need NumPy alone.
 """
 
@@ -66,7 +66,8 @@ class Checkpoint:
                    ) -> tuple[np.ndarray, str]:
         """(the tensor `name` as a NumPy array, its storage dtype: "bfloat16", ...);
         a bfloat16 array holds the bits (uint16). `rows`: only these rows (first
-        axis; a piece of a matrix split across shards), reading only their bytes."""
+        axis; a piece of a matrix split across shards of the work), reading only
+        their bytes."""
         info = self.tensors[name]
         path = self.path / info.file
         if path.suffix == ".bin" and info.dtype in STORAGE:
@@ -135,7 +136,7 @@ def _read_config(folder: Path) -> dict:
 
 
 def _weight_files(folder: Path) -> dict[str, list[str] | None]:
-    """{shard file: tensor names the index assigns it (None: single-file)}."""
+    """{weight file: tensor names the index assigns it (None: single-file)}."""
     index = folder / "model.safetensors.index.json"
     if index.exists():
         try:
@@ -208,7 +209,7 @@ def read_header(path: Path) -> tuple[dict, int]:
     return header, 8 + header_len
 
 
-def scan_shard(path: Path) -> dict[str, TensorInfo]:
+def scan_weight_file(path: Path) -> dict[str, TensorInfo]:
     """The tensors of one safetensors file, after checking it is complete (or of a
     pytorch_model*.bin, loaded safely: compute.io.binfiles)."""
     if path.suffix == ".bin":
@@ -240,16 +241,17 @@ def _scan(folder: Path) -> dict[str, TensorInfo]:
         path = folder / file
         if not path.exists():
             raise CheckpointError(
-                f"{path}: shard named in model.safetensors.index.json is missing"
+                f"{path}: weight file named in model.safetensors.index.json is missing"
             )
-        found = scan_shard(path)
+        found = scan_weight_file(path)
         for name, info in found.items():
             tensors[name] = dataclasses.replace(info, file=file)
         if expected is not None:
             missing = sorted(set(expected) - set(found))
             if missing:
                 raise CheckpointError(
-                    f"{path}: index names {len(missing)} tensor(s) the shard lacks, "
+                    f"{path}: index names {len(missing)} tensor(s) the weight file "
+                    "lacks, "
                     f"e.g. {missing[0]}"
                 )
     return tensors
@@ -272,7 +274,7 @@ def hub_blob(path: Path) -> Path | None:
 
 def hub_sha256(blob: Path) -> str | None:
     """The sha256 a hub-cache blob is named by, or None: LFS files (the safetensors
-    shards) are named by the sha256 of their content, git-stored small files by
+    weight files) are named by the sha256 of their content, git-stored small files by
     their git object id (40 hex digits, a sha1 of a header and the content), which
     is not compared here."""
     return blob.name if _SHA256_HEX.fullmatch(blob.name) else None

@@ -2,29 +2,29 @@
 
     python -m compute.doctor --pair 7B                  # Qwen2.5-7B vs -Instruct
     python -m compute.doctor --base ./a --sft ./b       # any two hub ids or folders
-    python -m compute.doctor --pair 7B --verify         # also hash every shard
+    python -m compute.doctor --pair 7B --verify         # also hash every weight file
     python -m compute.doctor --pair demo --scan         # also read every tensor
     python -m compute.run --check --pair 7B             # the same, from compute.run
 
 Checks, for each checkpoint: that it resolves (folder, or hub id in the cache or
 downloadable), that config.json parses, that model.safetensors.index.json (if any)
-parses and every shard it names is there, that every shard is complete (its header
-parses and the file is as long as the header promises: a half-downloaded shard is
-caught here) and holds the tensors the index gives it, and that a tokenizer is there
-(the behaviour half needs one). For the pair: the same architecture (config keys that
-decide shapes), the same tensor names, shapes and storage dtypes, and the layout
-compute.arch.naming recognises (the block container and layer count, Conv1D weights
-stored [in, out], fused projections and how they are split, experts, buffers
-skipped; a tensor it cannot place fails here). With `--verify`,
-every shard of a checkpoint from the hub cache is hashed (sha256) and compared with
-the name of its blob, which is the sha256 of what the hub served: a shard damaged on
-disk but of the right length (bit rot, a bad copy) is caught only here. It reads the
-whole pair (0.6-0.9 GB/s on one core: half a minute to a minute for the 7B pair,
-minutes for 72B), so it is not on by default. A local folder has no reference
-checksum: it is reported as not verified (SKIP). With `--scan` (which implies
-`--verify`), every tensor is read (one at a time) and NaN/Inf entries are counted per
-tensor: compute.run would go on and mark such tensors (raw.spectra.n_nonfinite > 0,
-empty spectrum), but a checkpoint with non-finite weights is damaged.
+parses and every weight file it names is there, that every weight file is complete
+(its header parses and the file is as long as the header promises: a half-downloaded
+weight file is caught here) and holds the tensors the index gives it, and that a
+tokenizer is there (the behaviour half needs one). For the pair: the same architecture
+(config keys that decide shapes), the same tensor names, shapes and storage dtypes,
+and the layout compute.arch.naming recognises (the block container and layer count,
+Conv1D weights stored [in, out], fused projections and how they are split, experts,
+buffers skipped; a tensor it cannot place fails here). With `--verify`, every weight
+file of a checkpoint from the hub cache is hashed (sha256) and compared with the name
+of its blob, which is the sha256 of what the hub served: a weight file damaged on disk
+but of the right length (bit rot, a bad copy) is caught only here. It reads the whole
+pair (0.6-0.9 GB/s on one core: half a minute to a minute for the 7B pair, minutes for
+72B), so it is not on by default. A local folder has no reference checksum: it is
+reported as not verified (SKIP). With `--scan` (which implies `--verify`), every
+tensor is read (one at a time) and NaN/Inf entries are counted per tensor: compute.run
+would go on and mark such tensors (raw.spectra.n_nonfinite > 0, empty spectrum), but a
+checkpoint with non-finite weights is damaged.
 
 Prints one line per check (PASS, WARN, FAIL, SKIP: not checkable) and a verdict; exit
 status 0 when the pair is ready for `python -m compute.run`, 2 when it is not. Never
@@ -51,7 +51,7 @@ from compute.io.checkpoints import (
     hub_blob,
     hub_sha256,
     locate,
-    scan_shard,
+    scan_weight_file,
     sha256_file,
 )
 from compute.plan.pair import ARCH_KEYS
@@ -73,8 +73,10 @@ class Checked:
     folder: Path | None = None
     revision: str | None = None
     config: dict | None = None
-    tensors: dict[str, TensorInfo] | None = None  # None unless every shard is sound
-    shards: list[Path] = dataclasses.field(default_factory=list)  # the complete ones
+    # None unless every weight file is sound
+    tensors: dict[str, TensorInfo] | None = None
+    # the complete ones
+    weight_files: list[Path] = dataclasses.field(default_factory=list)
 
 
 class Report:
@@ -125,36 +127,37 @@ def check_checkpoint(role: str, ref: str, revision: str | None, rep: Report) -> 
         on_disk = {p.name for p in c.folder.glob("*.safetensors")}
         stray = sorted(on_disk - set(files))
         if stray:
-            rep.add("WARN", role, f"{c.folder}: shard(s) not named in "
+            rep.add("WARN", role, f"{c.folder}: weight file(s) not named in "
                     f"model.safetensors.index.json, ignored: {_few(stray)}")
     tensors: dict[str, TensorInfo] = {}
     sound, total = True, 0
     for file, expected in files.items():
         path = c.folder / file
         if not path.exists():
-            rep.add("FAIL", role, f"{path}: shard named in model.safetensors.index.json "
+            rep.add("FAIL", role, f"{path}: weight file named in "
+                    "model.safetensors.index.json "
                     f"(for {len(expected or [])} tensors) is missing")
             sound = False
             continue
         try:
-            found = scan_shard(path)
+            found = scan_weight_file(path)
         except CheckpointError as exc:
             rep.add("FAIL", role, str(exc))
             sound = False
             continue
         total += path.stat().st_size
-        c.shards.append(path)
+        c.weight_files.append(path)
         for name, info in found.items():
             tensors[name] = dataclasses.replace(info, file=file)
         if expected is not None:
             missing = sorted(set(expected) - set(found))
             if missing:
                 rep.add("FAIL", role, f"{path}: index names {len(missing)} tensor(s) "
-                        f"the shard lacks: {_few(missing)}")
+                        f"the weight file lacks: {_few(missing)}")
                 sound = False
     if sound:
         c.tensors = tensors
-        rep.add("PASS", role, f"{len(files)} shard(s) complete ({total:,} bytes, "
+        rep.add("PASS", role, f"{len(files)} weight file(s) complete ({total:,} bytes, "
                 f"{len(tensors)} tensors)")
     if not any((c.folder / f).exists() for f in TOKENIZER_FILES):
         rep.add("WARN", role, f"{c.folder}: no tokenizer ({' / '.join(TOKENIZER_FILES)})"
@@ -285,15 +288,15 @@ def check_layout(base: Checked, rep: Report) -> None:
 
 
 def verify_checksums(role: str, c: Checked, rep: Report, progress: bool) -> None:
-    """Hash every complete shard whose hub-cache blob is named by its sha256 and
-    compare; say which shards have no reference to compare with."""
+    """Hash every complete weight file whose hub-cache blob is named by its sha256 and
+    compare; say which weight files have no reference to compare with."""
     from tqdm import tqdm
 
     if c.folder is None:
         rep.add("SKIP", "verify", f"{role}: not verified (checkpoint not found)")
         return
     todo, plain, git = [], [], []
-    for path in c.shards:
+    for path in c.weight_files:
         blob = hub_blob(path)
         if blob is None:
             plain.append(path)
@@ -305,13 +308,14 @@ def verify_checksums(role: str, c: Checked, rep: Report, progress: bool) -> None
         rep.add("SKIP", "verify", f"{role}: {c.folder}: no reference checksum (a local "
                 "folder; only the hub cache names files by their sha256): not verified")
     elif plain or git:
-        rep.add("SKIP", "verify", f"{role}: {len(plain) + len(git)} shard(s) with no "
+        rep.add("SKIP", "verify", f"{role}: {len(plain) + len(git)} weight file(s) "
+                "with no "
                 "sha256 to compare (" + ("not hub-cache blobs" if plain else "")
                 + (", " if plain and git else "") + ("stored in git" if git else "")
                 + f"): {_few([p.name for p in plain + git])}")
     if not todo:
-        if not c.shards:
-            rep.add("SKIP", "verify", f"{role}: no complete shard to verify")
+        if not c.weight_files:
+            rep.add("SKIP", "verify", f"{role}: no complete weight file to verify")
         return
     total = sum(blob.stat().st_size for _, blob, _ in todo)
     bad = 0
@@ -330,7 +334,8 @@ def verify_checksums(role: str, c: Checked, rep: Report, progress: bool) -> None
                         f"delete {blob} and download it again")
                 bad += 1
     if not bad:
-        rep.add("PASS", "verify", f"{role}: {len(todo)} shard(s) match their hub sha256 "
+        rep.add("PASS", "verify", f"{role}: {len(todo)} weight file(s) match their "
+                "hub sha256 "
                 f"({total:,} bytes hashed)")
 
 
@@ -369,7 +374,7 @@ def check_pair(base: str, sft: str, *, revision_base: str | None = None,
                verify: bool | None = None, out: TextIO | None = None,
                progress: bool | None = None) -> bool:
     """Print the report; True when the pair is ready for compute.run. `verify`
-    (default: with `scan`) hashes the hub-cache shards."""
+    (default: with `scan`) hashes the hub-cache weight files."""
     out = out or sys.stdout
     progress = sys.stderr.isatty() if progress is None else progress
     verify = scan if verify is None else verify
@@ -394,15 +399,15 @@ def check_pair(base: str, sft: str, *, revision_base: str | None = None,
     fails = rep.failures
     if fails:
         print(f"FAIL: {len(fails)} problem(s); fix them before python -m compute.run "
-              "(a missing or truncated shard: download it again)", file=out)
+              "(a missing or truncated weight file: download it again)", file=out)
     else:
         warns = sum(f.level == "WARN" for f in rep.findings)
         hashable = not verify and any(
             (blob := hub_blob(p)) is not None and hub_sha256(blob) is not None
-            for _, c in sides for p in c.shards)
+            for _, c in sides for p in c.weight_files)
         print("PASS: the pair is complete and compatible"
               + (f" ({warns} warning(s))" if warns else "")
-              + ("; add --verify to compare every shard with its hub sha256"
+              + ("; add --verify to compare every weight file with its hub sha256"
                  if hashable else "")
               + ("" if scan else "; add --scan to check every value for NaN/Inf"),
               file=out)
@@ -421,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--revision-base")
     ap.add_argument("--revision-sft")
     ap.add_argument("--verify", action="store_true",
-                    help="hash every shard from the hub cache (sha256, reads the whole "
+                    help="hash every weight file from the hub cache (sha256, reads "
+                    "the whole "
                     "pair) and compare with its blob name")
     ap.add_argument("--scan", action="store_true",
                     help="read every tensor and count NaN/Inf (reads the whole pair); "

@@ -118,7 +118,7 @@ class Config:
     max_tensors: int | None = None  # stop after this many (tests, dry runs)
     progress: bool = True
     check: bool = False  # only check the pair (compute.pairs.doctor), compute nothing
-    scan: bool = False  # with check: verify shard checksums, read every tensor for NaN/Inf
+    scan: bool = False  # with check: hash the weight files, read every tensor for NaN/Inf
     vectors: int | None = None  # top singular vectors per matrix (0: none; None: auto)
     full_basis_max: int = FULL_BASIS_MAX  # CPU: all W_base vectors up to this side
     shard: tuple[int, int] | None = None  # (I, N): only part I of N (compute.plan.shards)
@@ -243,8 +243,8 @@ def _check_options(ap: argparse.ArgumentParser) -> None:
                     help="only check that the pair is complete and compatible "
                     "(python -m compute.doctor); compute and write nothing")
     ap.add_argument("--scan", action="store_true",
-                    help="with --check: also hash the hub-cache shards against their"
-                    " sha256 names and read every tensor to count NaN/Inf")
+                    help="with --check: also hash the hub-cache weight files against "
+                    "their sha256 names and read every tensor to count NaN/Inf")
     ap.add_argument("--vectors", type=int, metavar="K",
                     help="top-K singular vectors of W_base, W_sft and dW per matrix "
                     "(gram method; to OUT/<pair>/directions/vectors), with overlap, "

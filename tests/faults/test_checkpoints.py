@@ -281,8 +281,8 @@ def test_verify_passes_intact_hub_shards(hub_pair, capsys):
     _, snap_b, snap_s = hub_pair
     rc, out = _doctor(snap_b, snap_s, "--verify", capsys=capsys)
     assert rc == 0, out
-    assert "base: 1 shard(s) match their hub sha256" in out
-    assert "sft: 2 shard(s) match their hub sha256" in out
+    assert "base: 1 weight file(s) match their hub sha256" in out
+    assert "sft: 2 weight file(s) match their hub sha256" in out
     assert "FAIL" not in out and out.rstrip().splitlines()[-1].startswith("PASS")
 
 
@@ -303,7 +303,7 @@ def test_verify_catches_a_flipped_byte_in_a_hub_shard(hub_pair, tmp_path, capsys
     assert line.startswith("  FAIL  sft: ")
     assert str(snap_s / SHARD2) in line and expected in line and actual in line
     assert str(blob) in line  # what to delete
-    assert "base: 1 shard(s) match" in out  # the intact one still passes
+    assert "base: 1 weight file(s) match" in out  # the intact one still passes
     assert out.rstrip().splitlines()[-1].startswith("FAIL")
 
     # compute.run --check --scan: the values are finite, the checksum is not
@@ -328,7 +328,7 @@ def test_verify_from_the_command_line_with_hub_ids(hub_pair, tmp_path):
     no_traceback(proc.stderr)
     assert "hub commit " + "b" * 40 in proc.stdout
     assert f"{SHARD2}: sha256 mismatch" in proc.stdout and actual in proc.stdout
-    assert "base: 1 shard(s) match their hub sha256" in proc.stdout
+    assert "base: 1 weight file(s) match their hub sha256" in proc.stdout
 
 
 def test_verify_says_what_it_cannot_check(hub_pair, pair_copy, capsys):
@@ -345,9 +345,9 @@ def test_verify_says_what_it_cannot_check(hub_pair, pair_copy, capsys):
     assert rc == 0, out
     assert (f"SKIP  base: {pair_copy / 'base'}: no reference checksum (a local folder"
             in out)
-    assert f"SKIP  sft: 1 shard(s) with no sha256 to compare (stored in git): {SHARD2}" \
-        in out
-    assert "sft: 1 shard(s) match their hub sha256" in out
+    assert (f"SKIP  sft: 1 weight file(s) with no sha256 to compare (stored in git): "
+            f"{SHARD2}" in out)
+    assert "sft: 1 weight file(s) match their hub sha256" in out
 
 
 def test_sha256_is_streamed_in_blocks(pair_copy, monkeypatch):
