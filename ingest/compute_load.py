@@ -210,6 +210,7 @@ def pair_folders(root: str | Path) -> list[str | Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """python -m ingest.compute_load: load run folders; exit status."""
     ap = argparse.ArgumentParser(prog="python -m ingest.compute_load",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", help="a compute.run output folder (OUT/<pair>), or "

@@ -36,11 +36,14 @@ from ingest import snapshot, warehouse
 
 class Plugin(BasePlugin):
     def initialize(self, plugin_config: dict[str, Any]) -> None:
+        """No lock held yet."""
         self._held: contextlib.ExitStack | None = None
         self._failed: str | None = None
         self._path: str | None = None
 
     def update_connection_config(self, creds, config: dict[str, Any]) -> None:
+        """Take the warehouse's writer lock before dbt opens the file (waits a
+        bounded time, then fails naming the holder)."""
         path = str(creds.path)
         if path == ":memory:" or creds.remote or creds.is_motherduck:
             return
@@ -67,6 +70,8 @@ class Plugin(BasePlugin):
         self._held = stack
 
     def configure_connection(self, conn) -> None:
+        """Let the lock go once dbt's connection is open; register
+        `sftscope_publish()` for the on-run-end hook."""
         # dbt's connection is open (the same database instance): let ours go.
         if self._held is not None:
             stack, self._held = self._held, None

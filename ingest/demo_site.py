@@ -329,6 +329,7 @@ def generate(outdir: str | Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """python -m ingest.demo_site OUTDIR: write the site; exit status."""
     ap = argparse.ArgumentParser(prog="python -m ingest.demo_site",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("outdir")

@@ -47,6 +47,7 @@ def export(out: str | os.PathLike, db: str | os.PathLike | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """python -m ingest.export_prompts OUT: write marts.prompts to Parquet."""
     ap = argparse.ArgumentParser(prog="python -m ingest.export_prompts",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("out", help="the Parquet file to write")

@@ -64,10 +64,12 @@ def _schemas() -> dict:
 
 
 def extraction_schema():
+    """The Arrow schema of raw.lora_extractions."""
     return _schemas()["lora_extractions"]
 
 
 def recovery_schemas() -> dict:
+    """The Arrow schemas of the raw.lora_recovery_* tables."""
     return {k: v for k, v in _schemas().items() if k.startswith("lora_recovery")}
 
 
@@ -120,6 +122,7 @@ def load_or_explain(path: str | Path, db: str | Path | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """python -m ingest.lora PATH: load an extraction or a recovery run."""
     ap = argparse.ArgumentParser(prog="python -m ingest.lora",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("path", type=Path, help="an adapter folder from compute."

@@ -119,6 +119,7 @@ class Store:
         return f"{self.base}/{rel}"
 
     def rel(self, path: Path) -> str:
+        """`path`'s place under the local folder, as the store's key suffix."""
         return Path(path).relative_to(self.local).as_posix()
 
     def listing(self, sub: str = "") -> set[str]:
@@ -137,11 +138,13 @@ class Store:
         return Path(path).exists() or self.rel(path) in self.known
 
     def exists(self, rel: str) -> bool:
+        """Whether the store holds the file `rel`."""
         from pyarrow.fs import FileType
 
         return self.fs.get_file_info(self._key(rel)).type == FileType.File
 
     def read_json(self, rel: str) -> dict | None:
+        """The JSON file `rel` of the store (None: not there)."""
         if not self.exists(rel):
             return None
         with self.fs.open_input_stream(self._key(rel)) as fh:
@@ -222,6 +225,7 @@ class Store:
             self.known.discard(rel)
 
     def delete_all(self) -> None:
+        """Remove everything under the store's prefix."""
         from pyarrow.fs import FileType
 
         if self.fs.get_file_info(self.base).type != FileType.NotFound:

@@ -465,5 +465,6 @@ def _cast(arr, typ, source, attr, first_line, lines) -> pa.Array:
 
 
 def table_for_root(root: str) -> str | None:
+    """The raw table of a dump file's root element (None: not a dump table)."""
     t = BY_ROOT.get(root.lower())
     return t.name if t else None

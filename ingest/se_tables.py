@@ -41,6 +41,7 @@ class Table:
 
     @property
     def attributes(self) -> tuple[str, ...]:
+        """The XML attributes of the table's columns, in order."""
         return tuple(a for a, _, _ in self.columns)
 
 

@@ -72,6 +72,7 @@ def describe_pid(pid: int) -> str:
 
 
 def enabled() -> bool:
+    """Whether snapshots are published (SFTSCOPE_SNAPSHOTS is not 0)."""
     return os.environ.get("SFTSCOPE_SNAPSHOTS", "1") != "0"
 
 

@@ -85,6 +85,7 @@ class FileReport:
     seconds: float = 0.0
 
     def line(self) -> str:
+        """One line of the load report for this file."""
         mb = self.bytes / 1e6
         rate = mb / self.seconds if self.seconds > 0 else float("inf")
         s = (
@@ -108,6 +109,7 @@ class LoadReport:
     seconds: float = 0.0
 
     def by_table(self) -> dict[str, FileReport]:
+        """The file reports by raw table."""
         return {f.table: f for f in self.files}
 
 
@@ -125,6 +127,8 @@ class _Source:
 
 
 def default_site(path: Path) -> str:
+    """The site a dump path names: the archive's name without its suffix (and
+    stackoverflow's -Posts), else the folder's name."""
     name = path.name
     if path.is_file():
         for suf in _ARCHIVE_SUFFIXES:
@@ -469,6 +473,7 @@ def load(path: str | os.PathLike, opts: LoadOptions | None = None, **kw) -> Load
 
 
 def main(argv: list[str] | None = None) -> int:
+    """python -m ingest.stackexchange PATH: load a site's dump; exit status."""
     ap = argparse.ArgumentParser(
         prog="python -m ingest.stackexchange",
         description="Load one Stack Exchange site's dump (.7z, folder, or one XML file)"

@@ -105,6 +105,7 @@ def load_log(path: str | Path, pair: str, db: str | Path | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """python -m ingest.training_log PATH --pair NAME: load a training log."""
     ap = argparse.ArgumentParser(prog="python -m ingest.training_log",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("path", type=Path, help=f"a {FILE} or the folder holding one")

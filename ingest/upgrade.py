@@ -33,6 +33,7 @@ from ingest.warehouse import (
 
 
 def main(argv: list[str] | None = None) -> int:
+    """python -m ingest.upgrade: upgrade (or --check) the raw layout."""
     ap = argparse.ArgumentParser(prog="python -m ingest.upgrade",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--db", type=Path, help="warehouse (default $SFTSCOPE_DB or "

@@ -106,6 +106,7 @@ def block_of(name: str) -> tuple[str | None, int | None]:
 
 
 def expert_of(name: str) -> int | None:
+    """The expert index in tensor `name` (None: not an expert's tensor)."""
     m = _EXPERT.search(name)
     return int(m.group("index")) if m else None
 
@@ -193,6 +194,7 @@ class Layout:
 
     @property
     def moe(self) -> bool:
+        """Whether the model is a mixture of experts."""
         return bool(self.n_experts)
 
     # -- one tensor --------------------------------------------------------------
@@ -218,6 +220,7 @@ class Layout:
         return layer, module, expert_of(name)
 
     def is_conv1d(self, name: str) -> bool:
+        """Whether tensor `name` is a GPT-2 Conv1D weight, stored [in, out]."""
         return self.conv1d and _stem(name)[-1] in CONV1D_LEAVES
 
     def qkv_rows(self, leaf: str, out: int) -> dict[str, list[int]] | None:

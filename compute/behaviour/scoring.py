@@ -32,19 +32,9 @@ final, normed hidden state the LM head reads), sums over the post's tokens of
 ||h_base||^2, with the token count, so dbt aggregates means and pooled ratios exactly.
 A change planted in block k first shows at index k + 1 (block k's output).
 
-How the two models' states meet: both models stay resident on the device; a micro-
-batch goes through the base model, whose hidden states (L + 1 tensors of (batch,
-seq, hidden)) are kept, then through the SFT model, and drift and both models' log-
-probs are reduced right there. Alternatives: one model at a time would need the base
-states of *every* post kept until the SFT pass (7B: 29 x 3584 x 2 bytes = 208 kB per
-token, 40 GB for 200 posts of 1000 tokens) or swapping 15 GB of weights per batch.
-Memory for Qwen2.5-7B on one 80 GB GPU, bf16, batch 8 x window 1024: weights 2 x
-15.2 GB; base + SFT hidden states 2 x 29 x 8 x 1024 x 3584 x 2 B = 3.4 GB; fp32 per-
-layer drift temporaries 0.1 GB; one LM-head chunk, about six fp32 (rows, vocab)
-temporaries of 2^25 logits, 0.8 GB; attention and MLP activations of one layer < 1
-GB: about 36 GB. Pairs whose two models do not fit on one device at once (32B and up
-on 80 GB) need a smaller model, or a sharded device map, which this module does not
-do.
+Both models stay resident on the device, a micro-batch goes through one then the
+other, and drift and log-probs are reduced right there; why, and the memory this
+takes (about 36 GB for Qwen2.5-7B at 8 x 1024 tokens): docs/behaviour.md.
 
 Output (resumable): `out_dir/behaviour/<table>/<batch>.parquet` for the raw tables
 token_logprobs, token_shift, residual_drift and post_texts, written per batch of
@@ -52,13 +42,10 @@ posts to a temporary name and renamed, post_texts last: a batch is done when its
 post_texts file exists. A re-run skips the posts already done and deletes the files
 of a batch that was killed halfway, so every post is scored exactly once.
 
-Shards (`share=(I, N)`, `compute.run --shard I/N`): every shard tokenizes all the
-prompts and takes its part of the non-empty posts, split by token count as the
-spectra split tensors by cost (compute.plan.shards.split: largest first to the least
-loaded part; a pure function of the prompts, so the parts never overlap). A shard's
-files are named `sI-N-<batch>.parquet` and a shard cleans up only its own killed
-batches, so shards run side by side in one out_dir; the posts of every part together
-are the posts of a single run.
+Shards (`share=(I, N)`, `compute.run --shard I/N`): each scores its part of the
+non-empty posts, split by token count (compute.plan.shards.split, a pure function of
+the prompts: the parts never overlap); its files are named `sI-N-<batch>.parquet`
+and it cleans up only its own killed batches, so shards share one out_dir.
 """
 
 from __future__ import annotations
@@ -144,10 +131,13 @@ class Post:
 
     @property
     def n_tokens(self) -> int:
+        """The post's tokens (the prefix token not counted)."""
         return len(self.ids)
 
 
 def check_prompts(prompts: pd.DataFrame) -> None:
+    """Refuse prompts without post_id, site, grp or text, with a post_id twice,
+    or with a post without text (ValueError naming it)."""
     missing = {"post_id", "site", "grp", "text"} - set(prompts.columns)
     if missing:
         raise ValueError(f"prompts lack column(s) {sorted(missing)}")
@@ -202,6 +192,8 @@ def tokenize(tok, texts: list[str]) -> list[list[int]]:
 
 
 def tokenize_posts(rows: pd.DataFrame, tok_base, tok_sft) -> list[Post]:
+    """Posts of `rows` with their token ids; refuses a post the two tokenizers
+    split differently (both models must score the same ids), naming it."""
     texts = [str(t) for t in rows["text"]]
     ids_b, ids_s = tokenize(tok_base, texts), tokenize(tok_sft, texts)
     posts = []
@@ -219,6 +211,7 @@ def tokenize_posts(rows: pd.DataFrame, tok_base, tok_sft) -> list[Post]:
 
 
 def none_if_na(x):
+    """`x` as a string, or None when it is missing (None, NaN)."""
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
 
 
@@ -249,10 +242,13 @@ class Segment:
 
     @property
     def n_scored(self) -> int:
+        """The positions of the segment whose predictions are scored."""
         return self.start + len(self.ids) - self.first
 
 
 def segments(posts: list[Post], prefix: int, window: int, context: int) -> list[Segment]:
+    """Every post of `posts` cut into windows (plan_windows), the prefix token
+    first."""
     out = []
     for k, p in enumerate(posts):
         s = [prefix, *p.ids]
@@ -265,6 +261,8 @@ def segments(posts: list[Post], prefix: int, window: int, context: int) -> list[
 
 
 def pick_dtype(device: torch.device, dtype: str | None) -> torch.dtype:
+    """The torch dtype for `dtype` (default: bfloat16 on a GPU, float32 on a
+    CPU); fp16 is refused."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype in ("float16", "fp16", "half"):
@@ -323,6 +321,7 @@ def head_logits(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def default_chunk_rows(vocab: int) -> int:
+    """Scored positions per LM-head chunk: LOGIT_CHUNK_ELEMS logits."""
     return max(1, LOGIT_CHUNK_ELEMS // vocab)
 
 
@@ -402,6 +401,7 @@ class PostResult:
 
     @classmethod
     def empty(cls, n_tokens: int, n_layers: int) -> PostResult:
+        """A post's result before scoring: NaN log-probs, zero drift sums."""
         shift = {c: np.full(n_tokens, np.nan) for c in SHIFT_FLOATS}
         shift |= {c: np.full(n_tokens, -1, dtype=np.int64) for c in SHIFT_INTS}
         return cls({r: np.full(n_tokens, np.nan) for r in ("base", "sft")},
@@ -424,6 +424,8 @@ class Scorer:
         self.n_layers = self.base.config.num_hidden_layers
 
     def score(self, posts: list[Post]) -> list[PostResult]:
+        """Both models' results on `posts` (their windows in micro-batches,
+        longest first)."""
         res = [PostResult.empty(p.n_tokens, self.n_layers) for p in posts]
         segs = segments(posts, self.prefix, self.window, self.context)
         segs.sort(key=lambda s: -len(s.ids))
@@ -437,6 +439,7 @@ class Scorer:
         return res
 
     def score_micro(self, segs: list[Segment], res: list[PostResult]) -> None:
+        """Score one micro-batch of windows into `res` (log-probs, shift, drift)."""
         b, t = len(segs), max(len(s.ids) for s in segs)
         ids = torch.full((b, t), self.prefix, dtype=torch.long)  # right padding
         mask = torch.zeros((b, t), dtype=torch.long)
@@ -503,6 +506,8 @@ def drift_sums(hb: tuple[torch.Tensor, ...], hs: tuple[torch.Tensor, ...],
 
 
 def batch_name(posts: list[Post], tag: str = "") -> str:
+    """The file name of a batch's Parquet files: `tag`, the first post id and
+    a hash of every post id of the batch."""
     ids = sorted(p.post_id for p in posts)
     digest = hashlib.sha1(",".join(map(str, ids)).encode()).hexdigest()[:12]
     return f"{tag}{ids[0]}-{digest}.parquet"
@@ -572,6 +577,7 @@ class TokenText:
 
 def batch_tables(posts: list[Post], results: list[PostResult], run_id: str, pair: str,
                  token_text: TokenText) -> dict[str, pa.Table]:
+    """A batch's rows of every behaviour table (TABLES) as Arrow tables."""
     lp_cols: dict[str, list] = {k: [] for k in SCHEMAS["token_logprobs"].names}
     drift_rows, text_rows, shift_parts = [], [], []
     for p, r in zip(posts, results, strict=True):

@@ -59,6 +59,7 @@ class AdapterError(CheckpointError):
 
 
 def is_adapter(folder: Path) -> bool:
+    """Whether `folder` holds a PEFT adapter (adapter_config.json)."""
     return (folder / ADAPTER_CONFIG).exists()
 
 
@@ -103,6 +104,8 @@ class Adapter(Checkpoint):
         self._own = own  # the adapter file's tensors by their own keys
 
     def read_array(self, name: str) -> tuple[np.ndarray, str]:
+        """Tensor `name` as the fine-tuned side has it: the adapter's own full
+        tensor, else the base's."""
         if name in self.full:
             return super().read_array(name)
         return self.base.read_array(name)

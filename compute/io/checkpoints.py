@@ -117,6 +117,7 @@ class Checkpoint:
 
     @property
     def n_layers(self) -> int | None:
+        """The number of blocks its config gives (None: not given)."""
         return Layout(self.config).n_layers  # num_hidden_layers, n_layer, ...
 
 

@@ -764,6 +764,8 @@ def gram_singular_values(a: torch.Tensor) -> tuple[np.ndarray, float]:
 
 
 def svd_singular_values(a: torch.Tensor, dtype=None) -> tuple[np.ndarray, float]:
+    """(LAPACK's singular values of `a` in `dtype`, default fp32, as fp64;
+    ||a||_F^2)."""
     import torch
 
     x = a.to(dtype or torch.float32)
@@ -772,6 +774,8 @@ def svd_singular_values(a: torch.Tensor, dtype=None) -> tuple[np.ndarray, float]
 
 
 def singular_values(a: torch.Tensor, method: str = "gram") -> tuple[np.ndarray, float]:
+    """(singular values of `a`, ||a||_F^2) by `method`: gram (eigenvalues of the
+    fp64 Gram matrix), svd (fp32 svdvals) or svd64 (fp64)."""
     import torch
 
     if method == "gram":

@@ -94,6 +94,7 @@ class Target:
 
     @property
     def n_short(self) -> int:
+        """min(rows, cols): the largest rank of the matrix."""
         return min(self.shape)
 
     @property
@@ -167,6 +168,7 @@ class Triplets:
     total_sq: float  # ||dW||_F^2, summed from the entries
 
     def retained(self, r: int) -> float:
+        """sum of the top-r squared singular values of dW."""
         return float(np.sum(self.s[:r] ** 2))
 
     def product(self, r: int) -> np.ndarray:
@@ -263,6 +265,8 @@ class Choice:
     dynamic_param: float | None = None
 
     def rule(self) -> str:
+        """How ranks are chosen: a --dynamic rule, min_energy, sv_epsilon, auto
+        (per module type) or fixed."""
         if self.dynamic is not None:
             return self.dynamic
         if self.min_energy is not None:
@@ -281,6 +285,8 @@ class Choice:
         return t.n_short if self.rank is None else self.rank
 
     def pick(self, t: Target, s: np.ndarray) -> int:
+        """The rank of target `t` whose dW has singular values `s` (never more
+        than its non-zero ones)."""
         r = self.planned(t)
         if self.min_energy is not None:
             r = min(r, energy_rank(s, self.min_energy))
@@ -292,6 +298,8 @@ class Choice:
 
 
 def check_ranks(tgts: list[Target], choice: Choice) -> None:
+    """Refuse a rank below 1 or above a selected matrix's min(rows, cols), or
+    a --min-energy outside (0, 1] (ExtractError naming the matrix)."""
     if choice.rank is not None and choice.rank < 1:
         raise ExtractError(f"--rank must be >= 1, not {choice.rank}")
     if choice.min_energy is not None and not 0 < choice.min_energy <= 1:
@@ -518,6 +526,7 @@ def resolve_pair_args(ap: argparse.ArgumentParser, a) -> tuple[str, str, str]:
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
+    """python -m compute.extract_lora's command line as a Config."""
     ap = argparse.ArgumentParser(
         prog="python -m compute.extract_lora",
         description="A PEFT LoRA adapter from dW = W_sft - W_base: each matrix's top-r"
@@ -589,6 +598,7 @@ def choice_args(ap: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config) -> list[dict]:
+    """Extract the adapter and write its extraction rows; returns the rows."""
     from ingest.warehouse import db_path
 
     t0 = time.perf_counter()
@@ -626,6 +636,7 @@ def run(cfg: Config) -> list[dict]:
 
 
 def write_extraction(rows: list[dict], path: Path) -> None:
+    """raw.lora_extractions rows to a Parquet file (written atomically)."""
     import pyarrow as pa
 
     from compute.io.files import write_parquet

@@ -83,11 +83,14 @@ class Config:
 
     @property
     def modules_key(self) -> str:
+        """The truncated module types, sorted and comma-joined ("all": every one),
+        and "+embed_full" when the vocabulary side is taken whole."""
         key = ",".join(sorted(self.modules)) if self.modules else "all"
         return key + ("+embed_full" if self.embed_full else "")
 
     @property
     def run_dir(self) -> Path:
+        """OUT/<pair>/lora_recovery/<modules, + joined>."""
         return self.out / self.pair / "lora_recovery" / self.modules_key.replace(",", "+")
 
 
@@ -196,6 +199,7 @@ def merge_whole(model, base, sft, whole: list[Target]) -> tuple[float, int]:
 
 def post_rows(posts, results, run_id: str, pair: str, modules: str, rank: int
               ) -> list[dict]:
+    """raw.lora_recovery_posts rows of scored posts at rank `rank`."""
     return [{"run_id": run_id, "pair": pair, "modules": modules, "rank": rank,
              "post_id": p.post_id, "site": p.site, "grp": p.grp,
              "n_tokens": p.n_tokens,
@@ -336,6 +340,7 @@ def run(cfg: Config) -> Path:
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
+    """python -m compute.lora_recovery's command line as a Config."""
     ap = argparse.ArgumentParser(
         prog="python -m compute.lora_recovery",
         description="Score the prompts with W_base + the rank-r truncation of dW for "

@@ -84,14 +84,17 @@ class Report:
         self.out, self.findings = out, []
 
     def add(self, level: str, where: str, text: str) -> None:
+        """Record a finding and print it."""
         self.findings.append(Finding(level, where, text))
         print(f"  {level}  {text}", file=self.out, flush=True)
 
     def section(self, title: str) -> None:
+        """Print a section title."""
         print(title, file=self.out, flush=True)
 
     @property
     def failures(self) -> list[Finding]:
+        """The FAIL findings so far."""
         return [f for f in self.findings if f.level == "FAIL"]
 
 
@@ -197,6 +200,8 @@ def check_adapter(ref: str, revision: str | None, base: Checked, rep: Report
 
 
 def check_compatible(base: Checked, sft: Checked, rep: Report) -> None:
+    """The pair checks: vocabulary alignment, architecture, tensor names,
+    shapes and storage dtypes, the layout recognised."""
     rep.section("pair")
     vocab = None
     if None not in (base.config, sft.config, base.tensors, sft.tensors):
@@ -415,6 +420,7 @@ def check_pair(base: str, sft: str, *, revision_base: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """python -m compute.doctor: print the report; exit status 0 ready, 2 not."""
     from compute.pairs.registry import PAIRS, PairError, build_if_planted, resolve_pair
 
     ap = argparse.ArgumentParser(prog="python -m compute.doctor",

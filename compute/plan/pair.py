@@ -26,6 +26,7 @@ class Plan:
 
     @property
     def n_views(self) -> int:
+        """The matrices analysed (a fused tensor's parts and experts count apart)."""
         return sum(len(self.views[m]) for m in self.matrices)
 
 

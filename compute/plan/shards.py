@@ -149,6 +149,7 @@ def dry_run(plan, n: int) -> dict:
 
 
 def print_plan(info: dict, pair: str) -> None:
+    """Print a dry run's plan (compute.plan.shards.dry_run) of `pair`."""
     gib = 1024 ** 3
     m, n = info["largest_matrix"]
     print(f"dry run of {pair}: {info['n_tensors']} tensors ({info['n_matrices']} "

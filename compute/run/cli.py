@@ -130,6 +130,7 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
+        """OUT/<pair>: the pair's results folder."""
         return self.out / self.pair
 
     @property
@@ -361,6 +362,7 @@ def pick_device(name: str) -> str:
 
 
 def code_version() -> str:
+    """`git describe --always --dirty` of the repository, or "unknown"."""
     root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
@@ -429,6 +431,7 @@ def open_manifest(cfg: Config, base: Checkpoint, sft: Checkpoint) -> dict:
 
 
 def save_manifest(cfg: Config, manifest: dict) -> None:
+    """Write run.json atomically (a shard keeps the other shards' kinds)."""
     path = cfg.run_dir / "run.json"
     if cfg.shard is None:
         atomic_write_bytes(path, json.dumps(manifest, indent=2, default=str).encode())
@@ -441,6 +444,7 @@ def save_manifest(cfg: Config, manifest: dict) -> None:
 
 
 def spectra_file(run_dir: Path, index: int) -> Path:
+    """The spectra file of tensor `index`: spectra/NNNNN.parquet."""
     return run_dir / "spectra" / f"{index:05d}.parquet"
 
 
@@ -802,6 +806,8 @@ def default_window(base: Checkpoint, sft: Checkpoint, cap: int = 1024) -> int:
 
 def run_behaviour_half(cfg: Config, base: Checkpoint, sft: Checkpoint, manifest: dict,
                        device: str, store=None) -> None:
+    """Score the prompts with both models into OUT/<pair>/behaviour (resumed
+    where a run stopped); the manifest records the kind when done."""
     from compute.behaviour.scoring import load_prompts, run_behaviour
 
     source = cfg.prompts

@@ -31,6 +31,7 @@ KEYS = ("run_id", "pair", "tensor", "layer", "module")
 
 @functools.cache
 def schemas() -> dict:
+    """The Arrow schema of each directions table."""
     import pyarrow as pa
 
     key = [("run_id", pa.string()), ("pair", pa.string()), ("tensor", pa.string()),
@@ -59,10 +60,12 @@ def schemas() -> dict:
 
 
 def path(run_dir: Path, table: str, index: int) -> Path:
+    """The file of `table` for tensor `index`."""
     return run_dir / "directions" / table / f"{index:05d}.parquet"
 
 
 def done(run_dir: Path, index: int) -> bool:
+    """Whether tensor `index`'s vectors file (its last) is written."""
     return path(run_dir, "vectors", index).exists()
 
 

@@ -30,6 +30,7 @@ order by size_billions, pair,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """python -m compute.summary: print the pairs' summaries; exit status."""
     ap = argparse.ArgumentParser(prog="python -m compute.summary",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--db", help="warehouse (default $SFTSCOPE_DB or data/warehouse.duckdb)")
