@@ -15,34 +15,28 @@ import os
 import sys
 from pathlib import Path
 
+from ingest.atomic import atomic_path
 from ingest.warehouse import WarehouseBusy, connect
 
 
 def export(out: str | os.PathLike, db: str | os.PathLike | None = None) -> int:
     """Write marts.prompts to `out`; returns the number of rows."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with connect(db, read_only=True) as con:
-            found = con.execute(
-                "select count(*) from duckdb_tables()"
-                " where schema_name = 'marts' and table_name = 'prompts'"
-            ).fetchone()[0]
-            if not found:
-                raise LookupError(
-                    "marts.prompts does not exist yet: load a site"
-                    " (python -m ingest.stackexchange ...) and run `dbt build`"
-                )
-            n = con.execute("select count(*) from marts.prompts").fetchone()[0]
-            escaped = str(tmp).replace("'", "''")
-            con.execute(
-                "copy (select * from marts.prompts order by grp, sample_rank, post_id)"
-                f" to '{escaped}' (format parquet, compression zstd)"
+    with atomic_path(Path(out)) as tmp, connect(db, read_only=True) as con:
+        found = con.execute(
+            "select count(*) from duckdb_tables()"
+            " where schema_name = 'marts' and table_name = 'prompts'"
+        ).fetchone()[0]
+        if not found:
+            raise LookupError(
+                "marts.prompts does not exist yet: load a site"
+                " (python -m ingest.stackexchange ...) and run `dbt build`"
             )
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        n = con.execute("select count(*) from marts.prompts").fetchone()[0]
+        escaped = str(tmp).replace("'", "''")
+        con.execute(
+            "copy (select * from marts.prompts order by grp, sample_rank, post_id)"
+            f" to '{escaped}' (format parquet, compression zstd)"
+        )
     return n
 
 

@@ -43,6 +43,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from ingest.atomic import atomic_path
+
 STAGING = Path("data/staging")  # local working copies of object-store runs
 # uploaded last, in this order: what marks a part done comes after what it marks
 MARKERS = ("directions/vectors/", "spectra/[0-9]", "behaviour/post_texts/")
@@ -210,11 +212,9 @@ class Store:
         for dest in map(Path, paths):
             if dest.exists():
                 continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-            with self.fs.open_input_stream(self._key(self.rel(dest))) as fh:
+            with atomic_path(dest) as tmp, self.fs.open_input_stream(
+                    self._key(self.rel(dest))) as fh:
                 tmp.write_bytes(fh.read())
-            os.replace(tmp, dest)
 
     def delete(self, paths: Iterable[Path]) -> None:
         """Remove these files' objects (gone already: fine)."""

@@ -1,7 +1,7 @@
 """Files and folders written whole or not at all: a temporary name in the same
-folder, then a rename (`atomic_path`, `atomic_folder`, and on them
-`atomic_write_bytes`, `write_parquet`). The time stamp every manifest and Parquet
-row carries (`now`).
+folder, then a rename (`atomic_path`, `atomic_folder`: ingest.atomic, the floor
+both compute and ingest stand on; on them `atomic_write_bytes`, `write_parquet`).
+The time stamp every manifest and Parquet row carries (`now`).
 
     from compute.io.files import atomic_folder, atomic_write_bytes, now, write_parquet
 
@@ -11,13 +11,14 @@ row carries (`now`).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ingest.atomic import atomic_folder, atomic_path, temporary_name
+
+__all__ = ["atomic_folder", "atomic_path", "atomic_write_bytes", "now",
+           "temporary_name", "write_parquet"]
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -27,44 +28,6 @@ def now() -> str:
     """UTC now, to the second, without a zone: 2026-01-31T12:00:00."""
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(
         timespec="seconds")
-
-
-def temporary_name(path: Path) -> Path:
-    """The hidden name beside `path` a writer uses before its rename:
-    `.NAME.tmpPID` (readers and loaders skip names that start with a dot)."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary file name beside `path`; when the block returns, the file
-    written there is renamed over `path`; on an error it is removed and `path` is
-    left as it was. Creates `path`'s folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_folder(out: Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `out`; when the block returns, it
-    replaces `out` (whatever `out` held is removed first); on an error it is removed
-    and `out` is left as it was."""
-    out = Path(out)
-    tmp = temporary_name(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
