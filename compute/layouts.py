@@ -1,5 +1,6 @@
 """python -m compute.layouts: one tiny pair per tensor-naming layout (fixtures; the
-layouts are compute.arch.naming); the code is compute.fixtures.checkpoint_layouts (`python -m compute.layouts --help`)."""
+layouts are compute.arch.naming); the code is compute.fixtures.checkpoint_layouts
+(`python -m compute.layouts --help`)."""
 
 import sys
 
