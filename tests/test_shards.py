@@ -371,16 +371,16 @@ class HubServer:
 
 
 def test_dry_run_of_hub_ids_reads_only_the_headers(tmp_path):
-    """A generated pair (single-file base, two-shard SFT) served as hub repos: the
-    dry run's plan equals the plan from the local folders, and of the weight files
-    only the 8-byte length and the header were ever sent."""
+    """A generated pair (single-file base, SFT in two weight files) served as hub
+    repos: the dry run's plan equals the plan from the local folders, and of the
+    weight files only the 8-byte length and the header were ever sent."""
     from compute.fixtures.planted import PairSpec, build_pair
     from tests.conftest import run_py
 
     spec = PairSpec(hidden=64, intermediate=160, layers=2, heads=2, kv_heads=1,
                     vocab=512)
     build_pair(tmp_path / "one", spec)
-    build_pair(tmp_path / "two", PairSpec(**{**spec.__dict__, "shards": 2}))
+    build_pair(tmp_path / "two", PairSpec(**{**spec.__dict__, "weight_files": 2}))
     base, sft = tmp_path / "one" / "base", tmp_path / "two" / "sft"
     hub = HubServer({"org/base": base, "org/sft": sft})
     cache = tmp_path / "hub-cache"
