@@ -9,11 +9,12 @@ warehouse file and dropped when the file changes (a new `dbt build`). Each call 
 a short-lived read-only connection (app_lib.db) and closes it; errors (missing file,
 busy warehouse) are not cached, so a retry really retries.
 
-Weights come from the dbt marts. Behaviour (perplexity, per-token deltas, residual
-drift) comes from the behaviour marts (fct_post_perplexity, fct_token_logprob_delta,
-fct_residual_drift_by_group) and, where dbt has not built them yet, is aggregated the
-same way from the raw contract tables (raw.token_logprobs, raw.post_texts,
-raw.residual_drift); titles and scores come from marts.prompts when it exists.
+Everything derived comes from the dbt marts, never re-derived here: weights from the
+weight marts, behaviour (perplexity, per-token deltas, residual drift) from
+fct_post_perplexity, fct_token_logprob_delta and fct_residual_drift_by_group, titles
+and scores from marts.prompts. Before `dbt build` has made a behaviour mart, its
+query returns no rows (with its columns); the list of scored pairs comes from the
+raw table, so a page can say which pairs are waiting for dbt.
 """
 
 from __future__ import annotations
@@ -39,6 +40,23 @@ FILL_ALL = "make demo   # site, prompts, spectra, behaviour, dbt build"
 
 MODULE_ORDER = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                 "down_proj", "embed_tokens", "lm_head"]
+
+
+TOKEN_MART = "marts.fct_token_logprob_delta"
+# the columns each behaviour query returns, with rows or without (no mart yet)
+PERPLEXITY_COLUMNS = ["role", "post_id", "grp", "site", "n_tokens", "n_bytes",
+                      "perplexity", "bits_per_token", "bits_per_byte", "title",
+                      "score"]
+TOKEN_COLUMNS = ["position", "token_text", "base_logprob", "sft_logprob", "delta",
+                 "cum_delta"]
+CUMULATIVE_COLUMNS = ["post_id", "grp", "position", "token_text", "cum_delta"]
+DRIFT_COLUMNS = ["layer", "grp", "n_posts", "n_tokens", "mean_rel_l2", "mean_cos",
+                 "pooled_rel_l2"]
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    """No rows, these columns: a behaviour mart dbt has not built yet."""
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
 
 
 def _cache(fn):
@@ -283,9 +301,9 @@ def _prompts_join(src: Src) -> tuple[str, str]:
 @_cache
 def post_perplexity(src: Src, pair: str) -> pd.DataFrame:
     """One row per (post, model role): perplexity, bits per token and per byte.
-    From marts.fct_post_perplexity, or from the raw tables before dbt has run."""
+    From marts.fct_post_perplexity (no rows before dbt has built it)."""
     cols, join = _prompts_join(src)
-    if has_table(src, "marts.fct_post_perplexity"):
+    if has_table(src, "marts.fct_post_perplexity"):  # else: dbt has not built it
         return query(f"""
             select pt.role, pt.post_id, coalesce(pt.grp, 'all') as grp, pt.site,
                    pt.n_scored as n_tokens, pt.n_bytes, pt.perplexity,
@@ -294,26 +312,7 @@ def post_perplexity(src: Src, pair: str) -> pd.DataFrame:
             where pt.pair = ?
             order by pt.post_id, pt.role
         """, [pair], path=src[0])
-    return query(f"""
-        with lp as (
-            select role, post_id, count(*) as n_tokens, sum(logprob) as sum_logprob
-            from raw.token_logprobs where pair = ?
-            group by role, post_id
-        ),
-        pt as (
-            select post_id, any_value(grp) as grp, any_value(site) as site,
-                   any_value(n_bytes) as n_bytes
-            from raw.post_texts where pair = ? group by post_id
-        )
-        select lp.role, lp.post_id, coalesce(pt.grp, 'all') as grp, pt.site,
-               lp.n_tokens, pt.n_bytes,
-               exp(-lp.sum_logprob / lp.n_tokens) as perplexity,
-               -lp.sum_logprob / lp.n_tokens / ln(2) as bits_per_token,
-               -lp.sum_logprob / ln(2) / nullif(pt.n_bytes, 0) as bits_per_byte
-               {cols}
-        from lp left join pt using (post_id) {join}
-        order by lp.post_id, lp.role
-    """, [pair, pair], path=src[0])
+    return _empty(PERPLEXITY_COLUMNS)
 
 
 @_cache
@@ -336,64 +335,45 @@ def post_deltas(src: Src, pair: str) -> pd.DataFrame:
     return out
 
 
-def _token_source(src: Src) -> str:
-    """marts.fct_token_logprob_delta, or the same pairing done on the raw table."""
-    if has_table(src, "marts.fct_token_logprob_delta"):
-        return """
-            select pair, post_id, position, token_text,
-                   logprob_base as base_logprob, logprob_sft as sft_logprob,
-                   delta_logprob as delta, cumulative_delta_logprob as cum_delta
-            from marts.fct_token_logprob_delta"""
-    return """
-        select b.pair, b.post_id, b.position, b.token_text,
-               b.logprob as base_logprob, s.logprob as sft_logprob,
-               s.logprob - b.logprob as delta,
-               sum(s.logprob - b.logprob) over (
-                   partition by b.pair, b.post_id order by b.position) as cum_delta
-        from raw.token_logprobs as b
-        inner join raw.token_logprobs as s
-            on s.run_id = b.run_id and s.pair = b.pair and s.post_id = b.post_id
-           and s.position = b.position and s.role = 'sft'
-        where b.role = 'base'"""
-
-
 @_cache
 def token_deltas(src: Src, pair: str, post_id: int) -> pd.DataFrame:
-    """position, token_text, both log-probs, delta = SFT - base (nats), cum_delta."""
+    """position, token_text, both log-probs, delta = SFT - base (nats), cum_delta
+    (marts.fct_token_logprob_delta; no rows before dbt has built it)."""
+    if not has_table(src, TOKEN_MART):
+        return _empty(TOKEN_COLUMNS)
     return query(f"""
-        with t as ({_token_source(src)})
-        select position, token_text, base_logprob, sft_logprob, delta, cum_delta
-        from t where pair = ? and post_id = ?
+        select position, token_text, logprob_base as base_logprob,
+               logprob_sft as sft_logprob, delta_logprob as delta,
+               cumulative_delta_logprob as cum_delta
+        from {TOKEN_MART} where pair = ? and post_id = ?
         order by position
     """, [pair, int(post_id)], path=src[0])
 
 
 @_cache
 def cumulative_deltas(src: Src, pair: str, points: int = 120) -> pd.DataFrame:
-    """post_id, grp, position, cum_delta for every post, about `points` per post."""
+    """post_id, grp, position, token_text, cum_delta for every post, about `points`
+    per post (marts.fct_token_logprob_delta; no rows before dbt has built it)."""
+    if not has_table(src, TOKEN_MART):
+        return _empty(CUMULATIVE_COLUMNS)
     return query(f"""
-        with t as ({_token_source(src)}),
-        d as (
+        with d as (
             select *, count(*) over (partition by post_id) as n
-            from t where pair = ?
-        ),
-        pt as (
-            select post_id, any_value(grp) as grp from raw.post_texts
-            where pair = ? group by post_id
+            from {TOKEN_MART} where pair = ?
         )
-        select d.post_id, coalesce(pt.grp, 'all') as grp, d.position, d.token_text,
-               d.cum_delta
-        from d left join pt using (post_id)
-        where d.position % greatest(1, d.n // ?) = 0 or d.position = d.n - 1
-        order by d.post_id, d.position
-    """, [pair, pair, points], path=src[0])
+        select post_id, coalesce(grp, 'all') as grp, position, token_text,
+               cumulative_delta_logprob as cum_delta
+        from d
+        where position % greatest(1, n // ?) = 0 or position = n - 1
+        order by post_id, position
+    """, [pair, points], path=src[0])
 
 
 @_cache
 def residual_drift(src: Src, pair: str) -> pd.DataFrame:
     """layer, grp: token-weighted means of relative L2 distance and cosine, the
     pooled ratio sqrt(sum |dh|^2 / sum |h_base|^2), posts and tokens counted.
-    From marts.fct_residual_drift_by_group, or the raw table before dbt has run."""
+    From marts.fct_residual_drift_by_group (no rows before dbt has built it)."""
     if has_table(src, "marts.fct_residual_drift_by_group"):
         return query("""
             select layer, coalesce(grp, 'all') as grp, n_posts, n_tokens,
@@ -401,27 +381,13 @@ def residual_drift(src: Src, pair: str) -> pd.DataFrame:
             from marts.fct_residual_drift_by_group where pair = ?
             order by grp, layer
         """, [pair], path=src[0])
-    return query("""
-        with pt as (
-            select post_id, any_value(grp) as grp from raw.post_texts
-            where pair = ? group by post_id
-        )
-        select d.layer, coalesce(pt.grp, 'all') as grp,
-               count(distinct d.post_id) as n_posts, sum(d.n_tokens) as n_tokens,
-               sum(d.sum_rel_l2) / sum(d.n_tokens) as mean_rel_l2,
-               sum(d.sum_cos) / sum(d.n_tokens) as mean_cos,
-               sqrt(sum(d.sum_sq_diff) / nullif(sum(d.sum_sq_base), 0))
-                   as pooled_rel_l2
-        from raw.residual_drift as d left join pt using (post_id)
-        where d.pair = ?
-        group by all
-        order by grp, d.layer
-    """, [pair, pair], path=src[0])
+    return _empty(DRIFT_COLUMNS)
 
 
 @_cache
 def behaviour_pairs(src: Src) -> list[str]:
-    """Pairs with scored posts."""
+    """Pairs with scored posts (raw.token_logprobs: loaded, whether or not dbt has
+    built their marts yet)."""
     return query("select distinct pair from raw.token_logprobs order by pair",
                  path=src[0])["pair"].tolist()
 
