@@ -66,6 +66,7 @@ def load_or_explain(path: str | Path, db: str | Path | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """python -m ingest.generated: load the generated mode's files; exit status."""
     ap = argparse.ArgumentParser(prog="python -m ingest.generated",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("path", type=Path, help="OUT/<pair>/urial/generated.parquet")

@@ -24,6 +24,7 @@ from compute.behaviour.scoring import (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """python -m compute.urial's command line."""
     ap = argparse.ArgumentParser(
         prog="python -m compute.urial",
         description="URIAL's token shift: the SFT answers each prompt in its chat "
