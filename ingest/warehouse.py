@@ -388,6 +388,32 @@ COMPUTE_TABLES: dict[str, str] = {
         sum_kl_sft_rank DOUBLE NOT NULL,  -- sum of KL(p_sft || p_rank), nats
         sum_kl_rank_sft DOUBLE NOT NULL   -- sum of KL(p_rank || p_sft)
     """,
+    "trajectory_steps": """
+        trajectory VARCHAR NOT NULL,      -- the series' name (--name)
+        step BIGINT NOT NULL,             -- the checkpoint's training step
+        position INTEGER NOT NULL,        -- 1, 2, ... in step order
+        base_model VARCHAR NOT NULL,
+        base_revision VARCHAR,
+        sft_model VARCHAR NOT NULL,       -- the checkpoint: folder or hub id
+        sft_revision VARCHAR,             -- its hub revision (branch or tag)
+        pair VARCHAR NOT NULL,            -- the pair run base vs this step
+        diff_pair VARCHAR,                -- the pair run step before vs this one
+        tokens_seen BIGINT,               -- from trainer_state.json or the list
+        train_loss DOUBLE,                -- the last logged training loss
+        finished_at TIMESTAMP
+    """,
+    "trajectory_overlap": """
+        trajectory VARCHAR NOT NULL,
+        step BIGINT NOT NULL,
+        prev_step BIGINT NOT NULL,
+        tensor VARCHAR NOT NULL,
+        layer INTEGER,
+        module VARCHAR NOT NULL,
+        side VARCHAR NOT NULL,            -- 'left' | 'right'
+        k INTEGER NOT NULL,               -- the top-k subspaces of dW_prev and dW
+        share DOUBLE NOT NULL,            -- ||P_k Q_k^T||_F^2 / k: 1 = the same
+        random_share DOUBLE               -- k / dim: two random k-subspaces
+    """,
 }
 
 
@@ -397,7 +423,7 @@ COMPUTE_TABLES: dict[str, str] = {
 # applied, the highest is current). Version 1 is the first release's layout, which had
 # no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 """The raw layout this release writes: the last step of MIGRATIONS."""
 
 UPGRADE_COMMAND = "python -m ingest.upgrade"
@@ -463,6 +489,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "raw.generated_token_shift: URIAL's shift on the SFT's own answers",
               ("create table if not exists raw.generated_token_shift ("
                + COMPUTE_TABLES["generated_token_shift"] + ")",)),
+    Migration(11, "raw.trajectory_steps, trajectory_overlap: a fine-tune's "
+              "checkpoints as a series and the overlap of consecutive dW subspaces",
+              tuple(f"create table if not exists raw.{t} ({COMPUTE_TABLES[t]})"
+                    for t in ("trajectory_steps", "trajectory_overlap"))),
 )
 """The ordered steps from version 1 to SCHEMA_VERSION.
 

@@ -276,6 +276,10 @@ def _scale_options(ap: argparse.ArgumentParser) -> None:
                     help="these pairs instead of one: known pairs' names, or a TOML "
                     "file of [[pair]] tables (name, base, sft, options; "
                     "compute.pairs.pairs_file); as Ray tasks with --ray, else one after another")
+    ap.add_argument("--trajectory", metavar="DIR|GLOB|FILE.toml|A@REV,B@REV",
+                    help="instead of --sft: a fine-tune's checkpoints (checkpoint-N "
+                    "folders, a glob, a TOML list, hub ids @revision), each step a "
+                    "pair run against --base, with --name (compute.run.trajectory)")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the plan (tensors and estimated cost per shard, peak "
                     "device memory) from the headers; compute and write nothing")
@@ -855,6 +859,10 @@ def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done; 2 a problem with the input (checkpoints, prompts, earlier
     results), named in the message; 3 the warehouse is held by another process (the
     results are kept: load them later); 130 interrupted. Never a traceback for these."""
+    from compute.run.trajectory import run_trajectory, wants_trajectory
+
+    if wants_trajectory(sys.argv[1:] if argv is None else argv):  # a series of steps
+        return run_trajectory(sys.argv[1:] if argv is None else argv, main)
     cfg = parse_args(argv)
     try:
         device = pick_device(cfg.device)

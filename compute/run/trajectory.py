@@ -1,0 +1,486 @@
+"""A fine-tune's checkpoints as a series: each step a pair run against one base.
+
+    python -m compute.run --base B --trajectory runs/sft/ --name N       # checkpoint-*/
+    python -m compute.run --base B --trajectory 'runs/sft/step_*' --name N   # a glob
+    python -m compute.run --base B --trajectory steps.toml --name N      # [[step]] list
+    python -m compute.run --base org/base --trajectory org/sft@step-500,org/sft@step-1000 --name N
+    python -m compute.run ... --trajectory ... --dry-run                  # the cost only
+
+The series is ordered by step: the number of a `checkpoint-<step>` folder (any
+folder's trailing number), of a hub revision (`org/sft@step-1000`), or the `step` of a
+TOML table (`[[step]]` with `step`, `model`, optional `revision` and `tokens_seen`;
+paths relative to the file). Tokens seen and the training loss come from a
+checkpoint's `trainer_state.json` where it has one (transformers' Trainer writes
+it; `num_input_tokens_seen` is logged when the Trainer counts tokens), else from the
+TOML.
+
+Every step is an ordinary pair run (compute.run's own `main`, with the options given
+here: `--skip-behaviour`, `--vectors K`, `--device`, `--shard I/N`, `--ray` ...)
+named `N-step<step>` under OUT/N/steps/; besides it, for every step after the first, a
+spectra-only run of the consecutive pair (checkpoint t-1 as the base, t as the SFT),
+named `N-diff<step>`: its dW is W_t - W_{t-1} = dW_t - dW_{t-1}, so the step-to-step
+norms and (noise-aware signal) ranks are measured by the same arithmetic as dW itself,
+rounding noise of both checkpoints included (they are not derivable from the two
+spectra). The first step's difference is dW_1 itself. OUT/N/trajectory.json is the
+series' one manifest (the steps, their pairs, what is done); a step whose runs are
+done is skipped, so a killed series resumes at its first unfinished step, and inside
+it at its first unfinished tensor. Once all are done, the overlap of consecutive top-k
+dW subspaces is computed from the steps' singular vectors (compute.run --vectors) to
+OUT/N/trajectory/overlap.parquet, and the series is loaded (ingest.trajectory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import re
+import sys
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+from compute.io.files import atomic_write_bytes, now, write_parquet
+
+STATE_FILE = "trainer_state.json"
+_STEP = re.compile(r"(\d+)$")
+
+
+class TrajectoryError(ValueError):
+    """A series we refuse (the message names the folder, file or item)."""
+
+
+@dataclasses.dataclass
+class Step:
+    step: int
+    model: str  # a folder or a hub id
+    revision: str | None = None
+    tokens_seen: int | None = None
+    train_loss: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.model + (f"@{self.revision}" if self.revision else "")
+
+
+def wants_trajectory(argv: list[str]) -> bool:
+    """Whether a command line asks for a series (`--trajectory` among its options)."""
+    return any(a == "--trajectory" or a.startswith("--trajectory=") for a in argv)
+
+
+def step_of(name: str) -> int | None:
+    """The trailing number of a folder or revision name (`checkpoint-500` -> 500)."""
+    found = _STEP.search(name.rstrip("/"))
+    return int(found.group(1)) if found else None
+
+
+def read_trainer_state(folder: Path, step: int) -> tuple[int | None, float | None]:
+    """(tokens seen, training loss) at `step` from a folder's trainer_state.json: the
+    last logged values at or before the step; (None, None) without the file."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        return None, None
+    try:
+        history = json.loads(path.read_text()).get("log_history") or []
+    except (json.JSONDecodeError, OSError, AttributeError) as exc:
+        raise TrajectoryError(f"{path}: unreadable ({exc})") from None
+    tokens = loss = None
+    for entry in sorted((e for e in history if isinstance(e, dict)
+                         and isinstance(e.get("step"), int) and e["step"] <= step),
+                        key=lambda e: e["step"]):
+        tokens = entry.get("num_input_tokens_seen", tokens)
+        loss = entry.get("loss", loss)
+    return (int(tokens) if tokens is not None else None,
+            float(loss) if loss is not None else None)
+
+
+def _from_toml(path: Path) -> list[Step]:
+    try:
+        tables = tomllib.loads(path.read_text()).get("step")
+    except (tomllib.TOMLDecodeError, OSError) as exc:
+        raise TrajectoryError(f"{path}: {exc}") from None
+    if not isinstance(tables, list) or not tables:
+        raise TrajectoryError(f"{path}: no [[step]] tables (step = N, model = ...)")
+    steps = []
+    for k, t in enumerate(tables, start=1):
+        if not isinstance(t.get("step"), int) or not isinstance(t.get("model"), str):
+            raise TrajectoryError(f"{path}: step table {k} needs step (an integer) "
+                                  "and model (a folder or hub id)")
+        model = t["model"]
+        if (path.parent / model).is_dir():
+            model = str(path.parent / model)
+        steps.append(Step(t["step"], model, t.get("revision"), t.get("tokens_seen"),
+                          t.get("train_loss")))
+    return steps
+
+
+def _from_folders(folders: list[Path], source: str) -> list[Step]:
+    steps = []
+    for f in folders:
+        number = step_of(f.name)
+        if number is None:
+            raise TrajectoryError(f"{f}: no step number at the end of the folder's "
+                                  f"name (from {source}); list the steps in a TOML file")
+        steps.append(Step(number, str(f)))
+    return steps
+
+
+def _from_list(items: list[str]) -> list[Step]:
+    steps = []
+    for item in items:
+        model, _, revision = item.partition("@")
+        number = step_of(revision) if revision else step_of(Path(model).name)
+        if number is None or (revision and re.fullmatch(r"[0-9a-f]{40}", revision)):
+            raise TrajectoryError(f"{item}: cannot tell its step from the name; list "
+                                  "the steps in a TOML file ([[step]] step = N, model "
+                                  "= ..., revision = ...)")
+        steps.append(Step(number, model, revision or None))
+    return steps
+
+
+def parse_series(spec: str) -> list[Step]:
+    """The steps `--trajectory` names, sorted by step, with tokens seen and the loss
+    from trainer_state.json where a local checkpoint has one."""
+    path = Path(spec).expanduser()
+    if spec.endswith(".toml"):
+        if not path.is_file():
+            raise TrajectoryError(f"{spec}: no such file")
+        steps = _from_toml(path)
+    elif path.is_dir() and not (path / "config.json").exists():
+        found = [d for d in path.iterdir() if d.is_dir() and re.fullmatch(
+            r"checkpoint-\d+", d.name)]
+        if not found:
+            raise TrajectoryError(f"{spec}: no checkpoint-<step> folders in it")
+        steps = _from_folders(found, spec)
+    elif any(c in spec for c in "*?["):
+        found = [Path(p) for p in glob.glob(spec) if Path(p).is_dir()]
+        if not found:
+            raise TrajectoryError(f"{spec}: the pattern matches no folder")
+        steps = _from_folders(found, spec)
+    else:
+        steps = _from_list([s.strip() for s in spec.split(",") if s.strip()])
+    steps.sort(key=lambda s: s.step)
+    for a, b in zip(steps, steps[1:], strict=False):
+        if a.step == b.step:
+            raise TrajectoryError(f"{spec}: step {a.step} appears twice ({a.label}, "
+                                  f"{b.label})")
+    for s in steps:
+        if Path(s.model).is_dir() and s.tokens_seen is None:
+            tokens, loss = read_trainer_state(Path(s.model), s.step)
+            s.tokens_seen, s.train_loss = tokens, s.train_loss if loss is None else loss
+    if len(steps) < 2:
+        raise TrajectoryError(f"{spec}: a series needs at least two steps; for one "
+                              "checkpoint use --sft")
+    return steps
+
+
+def step_pair(name: str, step: int) -> str:
+    """The pair name of step `step` of series `name` (base vs the checkpoint)."""
+    return f"{name}-step{step:07d}"
+
+
+def diff_pair(name: str, step: int) -> str:
+    """The pair name of the consecutive difference ending at `step`."""
+    return f"{name}-diff{step:07d}"
+
+
+@dataclasses.dataclass
+class Series:
+    name: str
+    base: str
+    steps: list[Step]
+    out: Path  # OUT/<name>
+    pair_args: list[str]  # options every step's run gets
+    revision_base: str | None = None
+    load: bool = True
+    db: Path | None = None
+    dry_run: bool = False
+    shards: int = 1
+    sharded: bool = False  # --shard I/N: this process computes one part of each step
+
+    @property
+    def steps_dir(self) -> Path:
+        return self.out / "steps"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.out / "trajectory.json"
+
+
+def parse_trajectory_args(argv: list[str]) -> Series:
+    """The series' own options; every other option is passed to each step's run."""
+    ap = argparse.ArgumentParser(
+        prog="python -m compute.run --trajectory",
+        description="Each checkpoint of a fine-tune as a pair run against one base "
+        "(compute.run.trajectory); other options go to every step's run.")
+    ap.add_argument("--trajectory", required=True, metavar="DIR|GLOB|FILE.toml|LIST")
+    ap.add_argument("--base", required=True, help="the base: hub id or folder")
+    ap.add_argument("--name", required=True, help="the series' name")
+    ap.add_argument("--revision-base")
+    ap.add_argument("--out", default="data/runs")
+    ap.add_argument("--db", type=Path)
+    ap.add_argument("--no-load", dest="load", action="store_false")
+    ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--shards", type=int, default=1)
+    a, rest = ap.parse_known_args(argv)
+    for bad in ("--sft", "--pair", "--pairs", "--revision-sft"):
+        if any(r == bad or r.startswith(bad + "=") for r in rest):
+            ap.error(f"{bad} does not go with --trajectory (the steps are the SFT side)")
+    if "/" in a.name or a.name in ("", ".", ".."):
+        ap.error(f"--name {a.name!r}: one path component, please")
+    if "://" in a.out:
+        ap.error("--trajectory writes to a local --out folder (load it with python -m "
+                 "ingest.trajectory); an object store takes single pairs")
+    try:
+        steps = parse_series(a.trajectory)
+    except TrajectoryError as exc:
+        ap.error(str(exc))
+    sharded = any(r == "--shard" or r.startswith("--shard=") for r in rest)
+    pair_args = [*rest, "--db", str(a.db)] if a.db else list(rest)
+    if a.shards != 1:
+        pair_args += ["--shards", str(a.shards)]
+    return Series(a.name, a.base, steps, Path(a.out) / a.name, pair_args,
+                  a.revision_base, a.load, a.db, a.dry_run, a.shards, sharded)
+
+
+def step_argv(series: Series, i: int, *, diff: bool) -> list[str]:
+    """compute.run's command line for step i (0-based), or for its consecutive
+    difference (checkpoint i-1 as the base, spectra only, no vectors)."""
+    step = series.steps[i]
+    if diff:
+        prev = series.steps[i - 1]
+        base = ["--base", prev.model] + (["--revision-base", prev.revision]
+                                         if prev.revision else [])
+        name = diff_pair(series.name, step.step)
+    else:
+        base = ["--base", series.base] + (["--revision-base", series.revision_base]
+                                          if series.revision_base else [])
+        name = step_pair(series.name, step.step)
+    argv = [*base, "--sft", step.model, "--name", name, "--out", str(series.steps_dir),
+            *series.pair_args]
+    if step.revision:
+        argv += ["--revision-sft", step.revision]
+    if diff:
+        argv += ["--skip-behaviour", "--vectors", "0"]
+    if not series.load:
+        argv.append("--no-load")
+    return argv
+
+
+def open_series_manifest(series: Series) -> dict:
+    """OUT/<name>/trajectory.json: kept when the base and the options are the same
+    (its finished steps are then skipped), else started afresh."""
+    args, skip = [], False  # the options but --shard's part: shards share the steps
+    for a in series.pair_args:
+        if skip or a.startswith("--shard="):
+            skip = False
+            continue
+        skip = a == "--shard"
+        if not skip:
+            args.append(a)
+    want = {"name": series.name, "base_model": series.base,
+            "base_revision": series.revision_base, "pair_args": args}
+    path = series.manifest_path
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if all(old.get(k) == v for k, v in want.items()):
+            return old
+        print(f"{path}: earlier steps were run with another base or options; running "
+              "every step again", file=sys.stderr)
+    return want | {"started_at": now(), "steps": {}}
+
+
+def save_series_manifest(series: Series, manifest: dict) -> None:
+    """The manifest with every step's row (done or not), written atomically."""
+    done = manifest.setdefault("steps", {})
+    rows = []
+    for i, s in enumerate(series.steps):
+        rows.append({"step": s.step, "position": i + 1, "model": s.model,
+                     "revision": s.revision, "tokens_seen": s.tokens_seen,
+                     "train_loss": s.train_loss,
+                     "pair": step_pair(series.name, s.step),
+                     "diff_pair": diff_pair(series.name, s.step) if i else None,
+                     "done": bool(done.get(str(s.step)))})
+    manifest["series"] = rows
+    series.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(series.manifest_path,
+                       json.dumps(manifest, indent=2, default=str).encode())
+
+
+def run_steps(series: Series, manifest: dict, pair_main: Callable[[list[str]], int]
+              ) -> int:
+    """Every step not yet done: its pair run, then its consecutive difference's;
+    stops at the first failure (exit status of that run)."""
+    done = manifest.setdefault("steps", {})
+    total = len(series.steps)
+    for i, step in enumerate(series.steps):
+        if done.get(str(step.step)):
+            print(f"step {step.step} ({i + 1}/{total}): done earlier", flush=True)
+            continue
+        for diff in (False, True) if i else (False,):
+            what = "difference to the step before" if diff else "vs the base"
+            print(f"step {step.step} ({i + 1}/{total}), {what}: {step.label}",
+                  flush=True)
+            code = pair_main(step_argv(series, i, diff=diff))
+            if code:
+                print(f"error: step {step.step} ({step.label}) stopped with exit "
+                      f"status {code}; the steps before it are kept: run the same "
+                      "command again to resume", file=sys.stderr)
+                return code
+        if not series.sharded:  # a shard's step is done when every shard's is
+            done[str(step.step)] = now()
+        save_series_manifest(series, manifest)
+    return 0
+
+
+OVERLAP_FILE = Path("trajectory") / "overlap.parquet"
+
+
+def overlap_schema():
+    """Columns of OUT/<name>/trajectory/overlap.parquet (raw.trajectory_overlap)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("trajectory", pa.string()), ("step", pa.int64()), ("prev_step", pa.int64()),
+        ("tensor", pa.string()), ("layer", pa.int32()), ("module", pa.string()),
+        ("side", pa.string()), ("k", pa.int32()), ("share", pa.float64()),
+        ("random_share", pa.float64())])
+
+
+def delta_vectors(run_dir: Path) -> dict[tuple[str, str], tuple[dict, "object"]]:
+    """(tensor, side) -> (its key columns, the (k, dim) top singular vectors of dW,
+    rows in order of k) from a pair run's directions/vectors files; {} without them."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    files = sorted((run_dir / "directions" / "vectors").glob("*.parquet"))
+    out = {}
+    for f in files:
+        t = pq.read_table(f)
+        t = t.filter(pc.equal(t["role"], "delta")).sort_by([("tensor", "ascending"),
+                                                            ("side", "ascending"),
+                                                            ("k", "ascending")])
+        rows = t.to_pylist()
+        for key in dict.fromkeys((r["tensor"], r["side"]) for r in rows):
+            mine = [r for r in rows if (r["tensor"], r["side"]) == key]
+            vecs = np.asarray([r["vector"] for r in mine], dtype=np.float64)
+            out[key] = ({"tensor": key[0], "layer": mine[0]["layer"],
+                         "module": mine[0]["module"], "side": key[1]}, vecs)
+    return out
+
+
+def subspace_overlap(prev, cur) -> list[float]:
+    """share(k) = ||P_k Q_k^T||_F^2 / k for k = 1 .. min(K_prev, K_cur): the mean
+    squared cosine of the principal angles between the two top-k subspaces (rows of
+    `prev`, `cur`: orthonormal vectors in order of singular value); 1 when the
+    subspaces agree, k / dim expected of random ones."""
+    import numpy as np
+
+    k_max = min(len(prev), len(cur))
+    if k_max == 0:
+        return []
+    cross = (prev[:k_max] @ cur[:k_max].T) ** 2
+    sums = np.cumsum(np.cumsum(cross, axis=0), axis=1)  # sums[k-1, k-1]: top-left k x k
+    return [float(sums[k - 1, k - 1] / k) for k in range(1, k_max + 1)]
+
+
+def write_overlap(series: Series) -> int:
+    """Consecutive steps' subspace overlaps to OUT/<name>/trajectory/overlap.parquet
+    (an empty file when the steps have no vectors); the row count."""
+    import pyarrow as pa
+
+    rows, prev = [], None
+    for i, step in enumerate(series.steps):
+        cur = delta_vectors(series.steps_dir / step_pair(series.name, step.step))
+        if i and prev:
+            for key, (cols, vecs) in cur.items():
+                if key not in prev:
+                    continue
+                dim = vecs.shape[1]
+                for k, share in enumerate(subspace_overlap(prev[key][1], vecs), 1):
+                    rows.append({"trajectory": series.name, "step": step.step,
+                                 "prev_step": series.steps[i - 1].step, **cols,
+                                 "k": k, "share": share,
+                                 "random_share": k / dim if dim else None})
+        prev = cur
+    write_parquet(pa.Table.from_pylist(rows, schema=overlap_schema()),
+                  series.out / OVERLAP_FILE)
+    return len(rows)
+
+
+def print_dry_run(series: Series) -> int:
+    """The series' cost from the headers: every step's plan (compute.plan.shards),
+    the differences' (the same tensors), the total; 2 on an unusable checkpoint."""
+    from compute.io.adapters import resolve_sft
+    from compute.io.checkpoints import CheckpointError, hub_headers, resolve
+    from compute.plan.pair import pair_plan
+    from compute.plan.shards import dry_run
+
+    try:
+        base = (hub_headers(series.base, series.revision_base)
+                or resolve(series.base, series.revision_base))
+        infos = []
+        for s in series.steps:
+            sft = hub_headers(s.model, s.revision) or resolve_sft(s.model, base,
+                                                                  s.revision)
+            infos.append(dry_run(pair_plan(base, sft), series.shards))
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    n = len(series.steps)
+    print(f"dry run of trajectory {series.name}: {n} steps vs {series.base}, each a "
+          f"pair run (spectra, vectors and behaviour as configured), and {n - 1} "
+          "consecutive differences (spectra only), in "
+          f"{series.shards} shard(s) each")
+    total = 0.0
+    for i, (s, info) in enumerate(zip(series.steps, infos, strict=True)):
+        cost = info["total_cost"] * (2 if i else 1)
+        total += cost
+        tokens = f"{s.tokens_seen} tokens" if s.tokens_seen is not None else "tokens ?"
+        print(f"  step {s.step:>8} ({tokens}): {s.label}: {info['n_matrices']} "
+              f"matrices, cost {info['total_cost']:.3e}"
+              + (f" + difference {info['total_cost']:.3e}" if i else ""))
+    peak = max(info["peak_bytes"] for info in infos) / 1024 ** 3
+    print(f"total spectra cost {total:.3e} (k^2 (m + n); {2 * n - 1} pair runs' "
+          f"worth), peak device memory {peak:.2f} GiB")
+    return 0
+
+
+def load_series(series: Series) -> int:
+    """raw.trajectory_steps and raw.trajectory_overlap from the series' folder
+    (ingest.trajectory); the step pairs were loaded by their own runs."""
+    from ingest.trajectory import load_or_explain
+
+    return load_or_explain(series.out, series.db)
+
+
+def run_trajectory(argv: list[str], pair_main: Callable[[list[str]], int]) -> int:
+    """`python -m compute.run --trajectory ...`: the steps, the overlaps, the load.
+    `pair_main`: compute.run's main, run for every step (passed in, as to
+    compute.pairs.pairs_file)."""
+    series = parse_trajectory_args(argv)
+    if series.dry_run:
+        return print_dry_run(series)
+    manifest = open_series_manifest(series)
+    save_series_manifest(series, manifest)
+    code = run_steps(series, manifest, pair_main)
+    if code:
+        return code
+    if series.sharded:
+        print(f"this shard of every step of {series.name} is done; when every "
+              "shard is, run the same command without --shard to finish the series")
+        return 0
+    n = write_overlap(series)
+    manifest["finished_at"] = now()
+    save_series_manifest(series, manifest)
+    print(f"trajectory {series.name}: {len(series.steps)} steps, {n} subspace-overlap "
+          f"rows; manifest {series.manifest_path}")
+    if series.load:
+        return load_series(series)
+    print(f"load later: python -m ingest.trajectory {series.out}")
+    return 0
