@@ -22,6 +22,8 @@ nav = st.navigation({
                 url_path="spectra"),
         st.Page("app_pages/directions.py", title="Directions",
                 icon=":material/explore:", url_path="directions"),
+        st.Page("app_pages/over_training.py", title="Over training",
+                icon=":material/timeline:", url_path="over-training"),
     ],
     "Behaviour": [
         st.Page("app_pages/perplexity.py", title="Perplexity",

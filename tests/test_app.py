@@ -24,7 +24,7 @@ from tests.conftest import query
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 PAGES = ["overview", "heatmap", "layers", "spectra", "perplexity", "drift", "posts",
-         "sql"]
+         "sql", "over_training"]
 
 
 @pytest.fixture(autouse=True)

@@ -34,12 +34,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import itertools
 import json
 import re
 import sys
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
+
+import tomllib
 
 from compute.io.files import atomic_write_bytes, now, write_parquet
 
@@ -161,7 +163,7 @@ def parse_series(spec: str) -> list[Step]:
     else:
         steps = _from_list([s.strip() for s in spec.split(",") if s.strip()])
     steps.sort(key=lambda s: s.step)
-    for a, b in zip(steps, steps[1:], strict=False):
+    for a, b in itertools.pairwise(steps):
         if a.step == b.step:
             raise TrajectoryError(f"{spec}: step {a.step} appears twice ({a.label}, "
                                   f"{b.label})")
@@ -351,7 +353,7 @@ def overlap_schema():
         ("random_share", pa.float64())])
 
 
-def delta_vectors(run_dir: Path) -> dict[tuple[str, str], tuple[dict, "object"]]:
+def delta_vectors(run_dir: Path) -> dict[tuple[str, str], tuple[dict, object]]:
     """(tensor, side) -> (its key columns, the (k, dim) top singular vectors of dW,
     rows in order of k) from a pair run's directions/vectors files; {} without them."""
     import numpy as np
