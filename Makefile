@@ -11,7 +11,7 @@ export SFTSCOPE_DB ?= $(abspath $(DB))
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: all demo test test-fast test-pure-python ext mutate app bench bench-gpu lint browser-deps cluster-deps clean dbt
+.PHONY: all demo demo-trajectory test test-fast test-pure-python ext mutate app bench bench-gpu lint browser-deps cluster-deps clean dbt
 all: demo
 
 $(VENV)/.installed: pyproject.toml ingest/_sefast.c compute/linalg/_kernels.c
@@ -35,6 +35,15 @@ demo: venv
 	@echo "Warehouse: $(SFTSCOPE_DB)"
 	@echo "Open the app:   make app      (or: $(VENV)/bin/streamlit run app.py)"
 	@echo "Ad-hoc SQL:     $(PY) -c \"import duckdb; print(duckdb.connect('$(DB).snapshots/current/$(notdir $(DB))', read_only=True).sql('from marts.fct_pair_summary'))\""
+
+# The demo's fine-tuning as a series (docs/trajectory.md): a quick retraining (not the
+# shipped pair) that saves the SFT every 7 steps, each checkpoint a pair run vs the
+# base and the steps against each other, then the marts of the "Over training" page.
+demo-trajectory: venv
+	$(PY) -m compute.train_demo --quick --save-every 7 --out data/models/demo-steps --no-progress
+	$(PY) -m compute.run --base data/models/demo-steps/base --trajectory data/models/demo-steps/checkpoints --name demo-steps
+	$(PY) -m ingest.training_log data/models/demo-steps --pair demo-steps
+	cd dbt_project && $(DBT) build --quiet
 
 dbt: venv
 	cd dbt_project && $(DBT) build

@@ -35,7 +35,7 @@ TINY = td.TrainConfig(vocab=320, hidden=32, intermediate=64, layers=1, heads=2,
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train") / "pair"
-    td.train(dataclasses.replace(TINY, out=out))
+    td.train(dataclasses.replace(TINY, out=out, save_every=3))
     return out
 
 
@@ -68,6 +68,27 @@ def test_tiny_training_lowers_losses(tiny_run):
     config = json.loads((tiny_run / "base" / "config.json").read_text())
     assert config["architectures"] == ["Qwen2ForCausalLM"]
     assert config["torch_dtype"] == "bfloat16"
+
+
+def test_sft_checkpoints_every_n_steps_as_a_trainer_writes_them(tiny_run):
+    """--save-every 3: checkpoint-3, -6, ... and the last step's, which is the SFT
+    byte for byte; trainer_state.json's tokens and loss are the log's."""
+    rows = [r for r in log_rows(tiny_run) if r["role"] == "sft"]
+    last = int(rows[-1]["step"])
+    want = sorted({*range(3, last + 1, 3), last})
+    folders = sorted((tiny_run / "checkpoints").iterdir(),
+                     key=lambda f: int(f.name.split("-")[1]))
+    assert [f.name for f in folders] == [f"checkpoint-{s}" for s in want]
+    assert (folders[-1] / "model.safetensors").read_bytes() == (
+        tiny_run / "sft" / "model.safetensors").read_bytes()
+    middle = (folders[0] / "model.safetensors").read_bytes()
+    assert middle not in {(tiny_run / r / "model.safetensors").read_bytes()
+                          for r in ("base", "sft")}
+    state = json.loads((folders[0] / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and len(state["log_history"]) == 3
+    at = state["log_history"][-1]
+    assert at["num_input_tokens_seen"] == int(rows[3]["tokens_seen"])
+    assert at["loss"] == pytest.approx(float(rows[3]["train_loss"]), rel=1e-5)
 
 
 def test_shipped_files_are_the_recorded_ones():

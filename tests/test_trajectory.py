@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.linalg
-from safetensors.numpy import load_file
+from safetensors.torch import load_file
 
 from compute.fixtures.planted import place_in_hub_cache
 from compute.fixtures.trajectory import (
@@ -30,13 +30,9 @@ MARTS = ("+fct_trajectory_weights+", "+fct_trajectory_behaviour", "+dim_pairs")
 
 
 def weights(folder: Path) -> dict[str, np.ndarray]:
-    """A checkpoint's bf16 tensors as float64 (safetensors + NumPy, not compute/)."""
-    raw = load_file(str(folder / "model.safetensors"))
-    out = {}
-    for name, arr in raw.items():
-        bits = arr.view(np.uint16).astype(np.uint32) << 16
-        out[name] = bits.view(np.float32).astype(np.float64)
-    return out
+    """A checkpoint's tensors as float64 NumPy (safetensors' reader, not compute/)."""
+    return {k: v.double().numpy()
+            for k, v in load_file(str(folder / "model.safetensors")).items()}
 
 
 @pytest.fixture(scope="module")
