@@ -333,8 +333,8 @@ def test_over_training_page_on_the_series(loaded, monkeypatch):
         assert not at.exception, [e.value for e in at.exception]
         (spec,) = charts_of(at)
         lines = spec["layer"][0]
-        rows = spec["datasets"][lines["data"]["name"]]
-        modules = {r["module"] for r in rows}
+        assert lines["encoding"]["y"]["field"] == measure
+        modules = lines["encoding"]["color"]["sort"]  # the modules in the data
         assert len(modules) == (1 if measure == "mean_kl_sft_base" else 9), measure
         assert spec["layer"][1]["encoding"]["y"]["field"] == "train_loss"
     onset = at.dataframe[0].value
