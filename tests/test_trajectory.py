@@ -345,3 +345,26 @@ def test_over_training_page_on_the_series(loaded, monkeypatch):
 
 T_MEASURES = ("relative_change", "signal_rank", "n_intruders", "step_change",
               "overlap", "mean_kl_sft_base")
+
+
+def test_shards_of_every_step_then_one_run_finishes_the_series(planted, tmp_path):
+    """--shard I/N goes to every step's runs (each a part of the step's tensors); no
+    step counts as done until the run without --shard, which computes nothing again
+    (every tensor's file is there) and writes the overlaps."""
+    from compute.run.cli import main
+
+    argv = ["--base", str(planted / "base"), "--trajectory", str(planted), "--name",
+            "sh", "--out", str(tmp_path), "--skip-behaviour", "--no-load",
+            "--no-progress"]
+    for i in range(2):
+        assert main([*argv, "--shard", f"{i}/2"]) == 0
+        manifest = json.loads((tmp_path / "sh" / "trajectory.json").read_text())
+        assert not any(s["done"] for s in manifest["series"])
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "sh").rglob("spectra/0*")}
+    n_matrices = len(read_truth(planted).ranks)
+    assert len(files) == (2 * len(STEPS) - 1) * n_matrices  # all there after 2 shards
+    assert main(argv) == 0
+    manifest = json.loads((tmp_path / "sh" / "trajectory.json").read_text())
+    assert all(s["done"] for s in manifest["series"]) and manifest["finished_at"]
+    assert {p: p.stat().st_mtime_ns for p in files} == files  # none recomputed
+    assert (tmp_path / "sh" / "trajectory" / "overlap.parquet").exists()

@@ -213,7 +213,7 @@ class Series:
 def parse_trajectory_args(argv: list[str]) -> Series:
     """The series' own options; every other option is passed to each step's run."""
     ap = argparse.ArgumentParser(
-        prog="python -m compute.run --trajectory",
+        prog="python -m compute.run --trajectory", allow_abbrev=False,
         description="Each checkpoint of a fine-tune as a pair run against one base "
         "(compute.run.trajectory); other options go to every step's run.")
     ap.add_argument("--trajectory", required=True, metavar="DIR|GLOB|FILE.toml|LIST")
