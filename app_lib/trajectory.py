@@ -15,13 +15,14 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app_lib.charts import MODULE_ORDER
+from app_lib.charts import GROUP_LABEL, MODULE_ORDER, _group_scale
 from app_lib.db import query
 from app_lib.queries import TTL_S, Src
 
 FILL = ("python -m compute.run --base BASE --trajectory CHECKPOINTS_DIR --name N\n"
         "cd dbt_project && dbt build")
 TABLES = ("marts.fct_trajectory_weights", "marts.fct_trajectory_behaviour")
+INTERVALS = "marts.fct_group_behaviour_intervals"  # drawn when it is there
 LOSS_COLOR = "#333333"
 
 # measure -> (axis title, the behaviour mart's column or None: one line per module)
@@ -76,6 +77,20 @@ def behaviour(src: Src, name: str) -> pd.DataFrame:
     """marts.fct_trajectory_behaviour of one series, in step order."""
     return query("select * from marts.fct_trajectory_behaviour where trajectory = ? "
                  "order by step", [name], path=src[0])
+
+
+@_cache
+def kl_intervals(src: Src, name: str) -> pd.DataFrame:
+    """Per (step, prompt group): KL(p_step || p_base) per token with its 95% paired
+    bootstrap interval over posts (marts.fct_group_behaviour_intervals of the step's
+    pair run)."""
+    return query("""
+        select t.step, i.grp, i.n_posts, i.estimate, i.ci95_low, i.ci95_high
+        from marts.fct_trajectory_behaviour t
+        inner join marts.fct_group_behaviour_intervals i on i.pair = t.pair
+        where t.trajectory = ? and i.metric = 'mean_kl_sft_base'
+        order by t.step, i.grp
+    """, [name], path=src[0])
 
 
 @_cache
@@ -135,3 +150,23 @@ def null_note(per_module: pd.DataFrame, measure: str) -> str:
         return ("Null: two random subspaces of the same k overlap k / dim, "
                 f"{per_module['overlap_null'].max():.3f} at most here.")
     return ""
+
+
+def kl_interval_chart(intervals: pd.DataFrame) -> alt.LayerChart:
+    """KL per token against step, one line per prompt group (the app's group
+    colours), its 95% bootstrap interval over posts as a band (the null is 0)."""
+    data = intervals.assign(group=intervals["grp"].map(GROUP_LABEL).fillna(
+        intervals["grp"]))
+    base = alt.Chart(data).encode(
+        x=alt.X("step:Q", title="training step"),
+        color=alt.Color("group:N", title="prompt group",
+                        scale=_group_scale(data["grp"])))
+    band = base.mark_area(opacity=0.2).encode(
+        y=alt.Y("ci95_low:Q", title="KL(p_step || p_base) per token (nats), 95% CI"),
+        y2="ci95_high:Q")
+    line = base.mark_line(point=True).encode(
+        y="estimate:Q",
+        tooltip=["step:Q", "group:N", "n_posts:Q",
+                 *(alt.Tooltip(f"{c}:Q", format=".3g")
+                   for c in ("estimate", "ci95_low", "ci95_high"))])
+    return alt.layer(band, line)

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from app_lib import queries as q
 from app_lib import trajectory as tr
 from app_lib import ui
 
@@ -32,6 +33,16 @@ else:
     note = tr.null_note(per_module, measure)
     if note:
         st.caption(note)
+
+intervals = (ui.load(tr.kl_intervals, src, name)
+             if ui.load(q.has_table, src, tr.INTERVALS) else None)
+if intervals is not None and not intervals.empty:
+    st.subheader("KL per prompt group, with its interval")
+    st.altair_chart(tr.kl_interval_chart(intervals), width="stretch")
+    st.caption("KL(p_step || p_base) per token of each prompt group at each step, "
+               "with a 95% paired bootstrap interval over the group's posts "
+               "(marts.fct_group_behaviour_intervals of the step's pair run); 0 is "
+               "the base against itself.")
 
 st.subheader("Onset: the first step reaching 50% / 90% of the final change")
 st.caption("Per module type and layer: the cell's relative change "

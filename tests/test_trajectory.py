@@ -26,7 +26,8 @@ from compute.run import trajectory as T
 from tests import behaviour_helpers as H
 from tests.conftest import query, run_dbt, run_py
 
-MARTS = ("+fct_trajectory_weights+", "+fct_trajectory_behaviour", "+dim_pairs")
+MARTS = ("+fct_trajectory_weights+", "+fct_trajectory_behaviour", "+dim_pairs",
+         "+fct_group_behaviour_intervals")
 
 
 def weights(folder: Path) -> dict[str, np.ndarray]:
@@ -331,7 +332,8 @@ def test_over_training_page_on_the_series(loaded, monkeypatch):
     for measure in T_MEASURES:
         at.selectbox(key="trajectory_measure").set_value(measure).run()
         assert not at.exception, [e.value for e in at.exception]
-        (spec,) = charts_of(at)
+        spec, kl = charts_of(at)  # the measure; KL per group with its interval
+        assert kl["layer"][0]["encoding"]["y2"]["field"] == "ci95_high"
         lines = spec["layer"][0]
         assert lines["encoding"]["y"]["field"] == measure
         modules = lines["encoding"]["color"]["sort"]  # the modules in the data

@@ -82,3 +82,20 @@ def test_null_notes_state_the_chance_level(per_module):
     assert "0.25" in tr.null_note(per_module, "n_intruders")
     assert "0.050" in tr.null_note(per_module, "overlap")
     assert tr.null_note(per_module, "relative_change") == ""
+
+
+def test_kl_interval_chart_draws_each_group_with_its_band():
+    df = pd.DataFrame({"step": [100, 100, 200, 200], "grp": ["low", "high"] * 2,
+                       "n_posts": 2, "estimate": [0.1, 0.2, 0.3, 0.4],
+                       "ci95_low": [0.05, 0.15, 0.25, 0.35],
+                       "ci95_high": [0.15, 0.25, 0.35, 0.45]})
+    spec = tr.kl_interval_chart(df).to_dict()
+    band, line = spec["layer"]
+    assert band["mark"]["type"] == "area"
+    assert (band["encoding"]["y"]["field"], band["encoding"]["y2"]["field"]) == (
+        "ci95_low", "ci95_high")
+    assert line["encoding"]["y"]["field"] == "estimate"
+    scale = line["encoding"]["color"]["scale"]
+    assert scale["domain"] == ["low score", "high score"]  # the app's group labels
+    rows = values(spec, spec) if "data" in spec else values(spec, band)
+    assert {r["group"] for r in rows} == {"low score", "high score"}
