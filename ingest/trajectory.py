@@ -134,6 +134,7 @@ def load_or_explain(folder: str | Path, db: str | Path | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m ingest.trajectory OUT/NAME`: load a finished series; the exit status."""
     ap = argparse.ArgumentParser(prog="python -m ingest.trajectory",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path, help="OUT/<name> of compute.run --trajectory")

@@ -63,6 +63,7 @@ class Step:
 
     @property
     def label(self) -> str:
+        """The checkpoint as the user named it: `model` or `model@revision`."""
         return self.model + (f"@{self.revision}" if self.revision else "")
 
 
@@ -203,10 +204,12 @@ class Series:
 
     @property
     def steps_dir(self) -> Path:
+        """The folder of the step runs (`OUT/NAME/steps/`)."""
         return self.out / "steps"
 
     @property
     def manifest_path(self) -> Path:
+        """The series' one manifest, `OUT/NAME/trajectory.json`."""
         return self.out / "trajectory.json"
 
 
