@@ -198,6 +198,30 @@ def test_every_matrix_has_three_spectra_its_layer_and_its_planted_rank(
 
 
 @pytest.mark.slow
+def test_float32_pair_builds_green_with_the_weight_marts_filled(layouts_warehouse):
+    """float32 on both sides: sigma = sqrt(2/12) ulp_f32(w) ~ 1e-9, so the MP edge
+    and the Gavish-Donoho threshold both fall below the numerical tolerance
+    s_1 max(m, n) 2^-23 and both equal it; the data test holds (the fixture's dbt
+    build passed), the marts downstream are filled, the ranks are the planted."""
+    root, db = layouts_warehouse
+    rows = _frame(db, "select tensor, noise_sigma, mp_edge, gd_threshold, s_max, "
+                  "n_rows, n_cols, signal_rank, numerical_rank from "
+                  "marts.fct_matrix_metrics where pair = 'llama_fp32' and role = "
+                  "'delta'")
+    truth = json.loads((root / "llama_fp32" / "planted.json").read_text())["ranks"]
+    assert len(rows) == len(truth)
+    assert (rows.noise_sigma.between(1e-12, 1e-8)).all()
+    floor = rows.s_max * np.maximum(rows.n_rows, rows.n_cols) * 2.0 ** -23
+    np.testing.assert_allclose(rows.mp_edge, floor, rtol=1e-12)
+    np.testing.assert_allclose(rows.gd_threshold, floor, rtol=1e-12)
+    assert (rows.signal_rank == rows.numerical_rank).all()
+    assert dict(zip(rows.tensor, rows.signal_rank, strict=True)) == truth
+    cells = _frame(db, "select count(*) n, count(delta_signal_rank) k from "
+                   "marts.fct_layer_module_metrics where pair = 'llama_fp32'")
+    assert cells.n[0] == cells.k[0] == 7 * TINY.layers + 2  # + embed, head
+
+
+@pytest.mark.slow
 def test_split_parts_equal_numpy_svd_of_the_unfused_matrices(layouts_warehouse):
     """Each layout's parts cut out here, by this test's own reading of the layout
     (GPT-2: the columns of the [in, 3h] Conv1D weight; GPT-NeoX: rows (heads, 3, d);

@@ -272,16 +272,53 @@ def pick_dtype(device: torch.device, dtype: str | None) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_model(folder: Path, device: torch.device, dtype: torch.dtype, attn: str,
-               base: Path | None = None):
+ATTENTION = ("sdpa", "eager")  # what --attn may force
+
+
+def model_class(folder: Path):
+    """The transformers class AutoModelForCausalLM builds for the checkpoint in
+    `folder` (its config.json; an adapter folder: pass its base's)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(folder))
+    try:
+        return AutoModelForCausalLM._model_mapping[type(config)]
+    except KeyError:
+        raise ValueError(f"{folder}: model type {config.model_type!r} has no causal-"
+                         "LM class in transformers; it cannot be scored") from None
+
+
+def attention_for(folder: Path, forced: str | None = None) -> str:
+    """The attention implementation every scoring load of `folder` uses: "sdpa"
+    where its class supports it, else "eager" (Gemma-2, BLOOM, MPT refuse sdpa);
+    `forced` ("sdpa" or "eager", --attn) wins, refused in one line where the class
+    cannot run it. Eager and sdpa compute the same attention (to rounding)."""
+    if forced is not None and forced not in ATTENTION:
+        raise ValueError(f"--attn {forced}: use one of {', '.join(ATTENTION)}")
+    if forced == "eager":
+        return forced
+    cls = model_class(folder)
+    if getattr(cls, "_supports_sdpa", False):
+        return "sdpa"
+    if forced == "sdpa":
+        raise ValueError(f"--attn sdpa: {cls.__name__} does not support it in "
+                         "transformers; use --attn eager (or leave --attn out)")
+    return "eager"
+
+
+def load_model(folder: Path, device: torch.device, dtype: torch.dtype,
+               attn: str | None = None, base: Path | None = None):
     """The model in `folder`; a LoRA adapter folder (adapter_config.json) is loaded
-    over the model in `base` with peft and merged into it (W + scale * B @ A)."""
+    over the model in `base` with peft and merged into it (W + scale * B @ A).
+    `attn`: forced attention implementation (default: attention_for's choice)."""
     from transformers import AutoModelForCausalLM
 
+    adapter = (folder / "adapter_config.json").exists()
+    attn = attention_for(base if adapter and base is not None else folder, attn)
     kwargs = {"dtype": dtype, "attn_implementation": attn}
     if device.type != "cpu":
         kwargs["device_map"] = {"": str(device)}
-    if (folder / "adapter_config.json").exists():
+    if adapter:
         if base is None:
             raise ValueError(f"{folder} is a LoRA adapter: it needs its base model")
         from peft import PeftModel
@@ -654,7 +691,7 @@ def posts_to_score(prompts: pd.DataFrame, root: Path, run_id: str, pair: str,
     return posts, done, n_all, wanted, empty
 
 
-def load_pair(base_dir: Path, sft_dir: Path, dev, torch_dtype, attn_implementation: str,
+def load_pair(base_dir: Path, sft_dir: Path, dev, torch_dtype, attn_implementation,
               posts: list[Post], prefix: int):
     """Both models, checked: the same layers and hidden size, every token id within
     each vocabulary, a head that scores (check_head)."""
@@ -689,7 +726,8 @@ def score_batches(scorer: Scorer, posts: list[Post], batch_size: int, root: Path
 def run_behaviour(
     base_dir: Path, sft_dir: Path, prompts: pd.DataFrame, out_dir: Path, *,
     run_id: str, pair: str, device: str = "cpu", batch_size: int = 8,
-    window: int = 1024, dtype: str | None = None, attn_implementation: str = "sdpa",
+    window: int = 1024, dtype: str | None = None,
+    attn_implementation: str | None = None,
     progress: bool = True, context: int | None = None, chunk_rows: int | None = None,
     share: tuple[int, int] | None = None,
 ) -> dict:
@@ -701,7 +739,8 @@ def run_behaviour(
     LOGIT_CHUNK_ELEMS // vocabulary); results do not depend on it. `share` (I, N):
     score only part I of N of the posts (share_of); options["n_posts_pending"] counts
     the posts of every part not yet done when this part finished (0: the pair's
-    behaviour is complete)."""
+    behaviour is complete). `attn_implementation`: forced (--attn); by default
+    attention_for's choice for the base's class, recorded in the options."""
     t0 = time.perf_counter()
     check_prompts(prompts)
     if batch_size < 1:
@@ -714,6 +753,7 @@ def run_behaviour(
     torch_dtype = pick_dtype(dev, dtype)
     dtype_name = str(torch_dtype).removeprefix("torch.")
     root = Path(out_dir) / "behaviour"
+    attn = attention_for(Path(base_dir), attn_implementation)
 
     tok_base = load_tokenizer(Path(base_dir))
     tok_sft = load_tokenizer(Path(sft_dir), fallback=Path(base_dir))
@@ -722,7 +762,7 @@ def run_behaviour(
     posts, done, n_all, wanted, empty = posts_to_score(
         prompts, root, run_id, pair, share, tok_base, tok_sft)
     options = {"batch_size": batch_size, "window": window, "window_context": context,
-               "dtype": dtype_name, "attn_implementation": attn_implementation,
+               "dtype": dtype_name, "attn_implementation": attn,
                "device": dev.type, "prefix_token": PREFIX_TOKEN,
                "n_posts": n_all, "n_posts_resumed": len(done),
                "n_posts_scored": len(posts), "skipped_empty": empty,
@@ -737,7 +777,7 @@ def run_behaviour(
         options["transformers"] = transformers.__version__
         with torch.inference_mode():
             base, sft = load_pair(Path(base_dir), Path(sft_dir), dev, torch_dtype,
-                                  attn_implementation, posts, prefix)
+                                  attn, posts, prefix)
             scorer = Scorer(base, sft, dev, prefix, window, context, batch_size,
                             chunk_rows)
             vocab = [m.get_output_embeddings().weight.shape[0] for m in (base, sft)]

@@ -56,6 +56,7 @@ from compute.lora.extract import (
     resolve_pair_args,
     targets,
 )
+from compute.run.cli import attn_arg
 
 FULL = "full"
 
@@ -80,6 +81,7 @@ class Config:
     load: bool = True
     progress: bool = True
     embed_full: bool = False  # embeddings and LM head whole at every rank (mergekit)
+    attn: str | None = None  # forced attention implementation (default: per class)
 
     @property
     def modules_key(self) -> str:
@@ -292,7 +294,7 @@ def run(cfg: Config) -> Path:
     total_sq = sum(factors.total.values()) + whole_sq
     rank_rows = []
     with torch.inference_mode():
-        sft_model = load_model(sft_dir, dev, dtype, "sdpa", base=base_dir)
+        sft_model = load_model(sft_dir, dev, dtype, cfg.attn, base=base_dir)
         for r in ranks:
             rank = n_full if r is None else r
             path = run_dir / "posts" / (f"r{rank:06d}" + ("-full" if r is None else "")
@@ -303,7 +305,7 @@ def run(cfg: Config) -> Path:
                 float(np.sum(factors.s_sq[t.tensor][:k])) for t, k in zip(tgts, kept,
                                                                           strict=True))
             if not path.exists():
-                model = load_model(base_dir, dev, dtype, "sdpa")
+                model = load_model(base_dir, dev, dtype, cfg.attn)
                 merge(model, base, sft, tgts, factors, r, cfg.vectors, vector_names)
                 if r != 0:  # r = 0 stays the base as loaded
                     merge_whole(model, base, sft, whole)
@@ -364,6 +366,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
                     help="scoring dtype (default bfloat16 on a GPU, float32 on a CPU)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--window", type=int, default=1024)
+    attn_arg(ap)
     ap.add_argument("--no-load", dest="load", action="store_false")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     ap.add_argument("--embed-full", action="store_true",
@@ -382,7 +385,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         if a.modules else None
     return Config(pair, base, sft, ranks, full, modules, a.prompts, a.db, a.out,
                   a.device, a.dtype, a.batch_size, a.window, a.vectors, a.limit,
-                  a.load, a.progress, a.embed_full)
+                  a.load, a.progress, a.embed_full, a.attn)
 
 
 def main(argv: list[str] | None = None) -> int:

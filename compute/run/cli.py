@@ -97,6 +97,14 @@ def write_rows(rows: list[dict], kind: str, path: Path) -> None:
     write_parquet(pa.Table.from_pylist(rows, schema=schemas()[kind]), path)
 
 
+def attn_arg(ap: argparse.ArgumentParser) -> None:
+    """--attn, for every command that loads models to score them."""
+    ap.add_argument("--attn", choices=("sdpa", "eager"),
+                    help="attention implementation of the scoring models (default: "
+                    "sdpa where the model class supports it, else eager: Gemma-2, "
+                    "BLOOM, MPT)")
+
+
 @dataclasses.dataclass
 class Config:
     pair: str
@@ -127,6 +135,7 @@ class Config:
     ray: str | None = None  # every shard as a Ray task ("": a local cluster)
     pairs: list | None = None  # --pairs (compute.pairs.pairs_file.Entry); pair: the first
     remote: str | None = None  # --out as an object-store URI (out: its staging folder)
+    attn: str | None = None  # forced attention implementation (default: per class)
 
     @property
     def run_dir(self) -> Path:
@@ -234,6 +243,7 @@ def _compute_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="posts per forward pass")
     ap.add_argument("--window", type=int, help="tokens per window (default: 1024, or "
                     "the models' context where it is shorter)")
+    attn_arg(ap)
     ap.add_argument("--max-tensors", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -320,7 +330,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   progress=a.progress, check=a.check, scan=a.scan,
                   vectors=a.vectors, full_basis_max=a.full_basis_max, shard=shard,
                   shards=shard[1] if shard else a.shards, dry_run=a.dry_run,
-                  ray=a.ray, pairs=pairs, remote=remote)
+                  ray=a.ray, pairs=pairs, remote=remote, attn=a.attn)
 
 
 def torch_build_has_gpu() -> bool:
@@ -836,7 +846,7 @@ def run_behaviour_half(cfg: Config, base: Checkpoint, sft: Checkpoint, manifest:
         run_behaviour, base.path, sft.path, prompts, cfg.run_dir,
         run_id=manifest["run_id"], pair=cfg.pair, device=device,
         batch_size=cfg.batch_size, window=cfg.window or default_window(base, sft),
-        progress=cfg.progress, share=cfg.shard)
+        progress=cfg.progress, share=cfg.shard, attn_implementation=cfg.attn)
     options = score()
     if store is not None and options.get("n_posts_pending"):
         # other machines' parts: upload this one's, fetch theirs, count again (this
@@ -902,7 +912,8 @@ def main(argv: list[str] | None = None) -> int:
           f"tensors, {len(plan.vectors)} "
           f"1-D tensors{', tied embeddings' if plan.tied else ''}; device {device}",
           flush=True)
-    code = compute_and_load(cfg, base, sft, plan, device)
+    code = compute_and_load(cfg, base, sft, plan, device,
+                            sys.argv[1:] if argv is None else argv)
     if code:
         return code
     print(f"done in {time.perf_counter() - t0:.1f} s; results in {cfg.results}")
@@ -930,9 +941,11 @@ def open_checkpoints(cfg: Config) -> tuple[Checkpoint, Checkpoint, Plan] | int:
 
 
 def compute_and_load(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
-                     device: str) -> int:
+                     device: str, argv: list[str]) -> int:
     """Both halves under the pair folder's lock, then the load (or, for a shard,
-    what to run when every shard is done); the exit status."""
+    what to run when every shard is done); the exit status. A failed behaviour half
+    still loads what finished, then names the command (from `argv`) that completes
+    the run."""
     with contextlib.ExitStack() as stack:
         try:
             from compute.plan.shards import lock_name
@@ -941,10 +954,16 @@ def compute_and_load(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         except SystemExit as exc:  # another compute.run holds this pair's folder
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        manifest = compute_halves(cfg, base, sft, plan, device)
-        if isinstance(manifest, int):
-            return manifest
+        halves = compute_halves(cfg, base, sft, plan, device)
+        if isinstance(halves, int):
+            return halves
+        manifest, failed = halves
         kinds = [k for k, v in manifest["kinds"].items() if v.get("finished_at")]
+        if failed is not None and not kinds:
+            print(f"error: behaviour: {type(failed).__name__}: {failed}\nResults so "
+                  f"far are kept in {cfg.run_dir}; nothing was loaded into the "
+                  "warehouse.", file=sys.stderr)
+            return 2
         if cfg.shard is not None:  # one load, once every part is there
             print(f"shard {cfg.shard[0]}/{cfg.shard[1]} done; when all "
                   f"{cfg.shard[1]} are: python -m ingest.compute_load "
@@ -952,15 +971,36 @@ def compute_and_load(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         elif cfg.load and kinds and cfg.max_tensors is None:
             from ingest.compute_load import load_or_explain
 
-            return load_or_explain(cfg.run_dir, cfg.db, kinds,
+            code = load_or_explain(cfg.run_dir, cfg.db, kinds,
                                    done="loaded into the warehouse")
+            if code or failed is None:
+                return code
+        if failed is not None:
+            print(partial_message(failed, kinds, argv,
+                                  cfg.load and cfg.shard is None), file=sys.stderr)
+            return 2
     return 0
 
 
+def partial_message(exc: Exception, kinds: list[str], argv: list[str],
+                    loaded: bool) -> str:
+    """What a run whose behaviour half failed tells its user: the error, what
+    finished (and was loaded), and the command that completes the run (the same
+    arguments, the finished spectra kept: --skip-spectra, never --force)."""
+    drop = {"--force", "--skip-behaviour", "--skip-spectra"}
+    again = shlex.join(["python", "-m", "compute.run",
+                        *(a for a in argv if a not in drop), "--skip-spectra"])
+    return (f"error: behaviour: {type(exc).__name__}: {exc}\n"
+            f"partial result: {', '.join(kinds)} finished"
+            + (" and loaded into the warehouse" if loaded else "")
+            + f"; the behaviour half did not. To complete the run:\n  {again}")
+
+
 def compute_halves(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
-                   device: str) -> dict | int:
+                   device: str) -> tuple[dict, Exception | None] | int:
     """The manifest (opened or resumed), the spectra and behaviour halves, the
-    store's copy; the manifest, or the exit status after saying what went wrong
+    store's copy; (the manifest, the behaviour half's error or None: what finished
+    is loaded all the same), or the exit status after saying what went wrong
     (results so far are kept)."""
     from compute.plan.shards import manifest_lock
     from ingest.results import ResultsError
@@ -977,8 +1017,14 @@ def compute_halves(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
             store = attach(cfg.results, cfg.run_dir, manifest, force=cfg.force)
         if cfg.spectra:
             compute_spectra(cfg, base, sft, plan, manifest, device, store=store)
+        failed = None
         if cfg.behaviour and cfg.max_tensors is None:  # shards: their posts
-            run_behaviour_half(cfg, base, sft, manifest, device, store=store)
+            try:
+                run_behaviour_half(cfg, base, sft, manifest, device, store=store)
+            except ResultsError:
+                raise
+            except Exception as exc:  # a model transformers cannot load or run
+                failed = exc
         if store is not None:  # the files, then the records of finished kinds
             store.push_all()
             store.publish_kinds(manifest)
@@ -990,7 +1036,7 @@ def compute_halves(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         print(f"error: {exc}\n{kept}; nothing was loaded into the warehouse.",
               file=sys.stderr)
         return 2
-    except ValueError as exc:  # the behaviour half refuses its input
+    except ValueError as exc:  # refused input
         print(f"error: {type(exc).__name__}: {exc}\n{kept}; nothing was loaded "
               "into the warehouse.", file=sys.stderr)
         return 2
@@ -998,7 +1044,7 @@ def compute_halves(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
         print(f"interrupted: results so far are kept in {cfg.run_dir}; run the "
               "same command again to resume.", file=sys.stderr)
         return 130
-    return manifest
+    return manifest, failed
 
 
 if __name__ == "__main__":
