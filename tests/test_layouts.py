@@ -102,6 +102,32 @@ def test_falcon_query_key_value_is_split_per_kv_group():
     assert _rows_of(views, "v").tolist() == [10, 11, 22, 23]
 
 
+def test_codegen_qkv_proj_is_split_per_model_parallel_group():
+    """CodeGen: qkv_proj's output is viewed as (4, 3 x local_dim) and split into
+    query, value, key in that order (transformers' CodeGenAttention, mp_num = 4):
+    hidden 8 -> local_dim 2, group g's q rows [6g, 6g + 2), v the next 2, k last."""
+    lay = Layout({"model_type": "codegen", "n_embd": 8, "n_head": 2, "n_layer": 1})
+    views = lay.views("transformer.h.0.attn.qkv_proj.weight", (24, 8))
+    assert _rows_of(views, "q").tolist() == [0, 1, 6, 7, 12, 13, 18, 19]
+    assert _rows_of(views, "v").tolist() == [2, 3, 8, 9, 14, 15, 20, 21]
+    assert _rows_of(views, "k").tolist() == [4, 5, 10, 11, 16, 17, 22, 23]
+
+
+def test_gpt_bigcode_c_attn_multi_query_or_per_head():
+    """GPT-BigCode's c_attn (a Linear, [out, in]): with multi_query, [q; k; v] with
+    one kv head; without, viewed as (heads, 3 x head_dim): per head."""
+    mqa = Layout({"model_type": "gpt_bigcode", "n_embd": 8, "n_head": 2,
+                  "n_layer": 1, "multi_query": True})
+    views = mqa.views("transformer.h.0.attn.c_attn.weight", (16, 8))  # 8 + 2 x 4
+    assert not views[0].transposed
+    assert _rows_of(views, "k").tolist() == [8, 9, 10, 11]
+    mha = Layout({"model_type": "gpt_bigcode", "n_embd": 8, "n_head": 2,
+                  "n_layer": 1, "multi_query": False})
+    views = mha.views("transformer.h.0.attn.c_attn.weight", (24, 8))
+    assert _rows_of(views, "q").tolist() == [*range(0, 4), *range(12, 16)]
+    assert _rows_of(views, "v").tolist() == [*range(8, 12), *range(20, 24)]
+
+
 def test_grouped_query_qkv_proj_and_stacked_experts_stored_in_out():
     lay = Layout({"model_type": "phi3", "hidden_size": 16, "num_attention_heads": 4,
                   "num_key_value_heads": 2, "num_hidden_layers": 1})

@@ -20,8 +20,10 @@ A tensor gives one or more `View`s, each a matrix with its three spectra:
 - a fused projection: itself whole and its parts cut out by the config: q/k/v rows
   (q = heads x head_dim, k = v = kv heads x head_dim), concatenated [q; k; v]
   (`qkv_proj`, `c_attn`, `Wqkv`, `W_pack`), interleaved per head (GPT-NeoX and
-  BLOOM's `query_key_value`: rows (heads, 3, head_dim)) or per kv group (Falcon's:
-  (kv heads, q heads per group + 2, head_dim)); gate/up halves (`gate_up_proj`,
+  BLOOM's `query_key_value`, GPT-BigCode's `c_attn` without multi-query: rows
+  (heads, 3, head_dim)), per kv group (Falcon's: (kv heads, q heads per group + 2,
+  head_dim)) or per model-parallel group (CodeGen's `qkv_proj`: (4, q|v|k,
+  hidden / 4), value before key); gate/up halves (`gate_up_proj`,
   `w13`: [gate; up]). A part is named `<tensor>[q]` and has the module `q_proj`;
 - a 3-D stacked-experts tensor [experts, out, in] (or [experts, in, out], told
   apart by the config's sizes) named `...experts.<proj>`: one view per expert,
@@ -64,6 +66,8 @@ CONV1D_MODEL_TYPES = ("gpt2",)  # transformers' Conv1D: weight stored [in, out]
 CONV1D_LEAVES = ("c_attn", "c_proj", "c_fc", "q_attn")
 PER_HEAD_QKV = ("gpt_neox", "bloom")  # query_key_value rows (heads, 3, head_dim)
 PER_GROUP_QKV = ("falcon",)  # rows (kv heads, q heads per group + 2, head_dim)
+# qkv_proj rows (groups, q|v|k, hidden / groups): CodeGen's mp_num = 4
+MP_GROUPED_QKV = {"codegen": 4}
 SHARED = ("shared_expert", "shared_experts")
 
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
@@ -230,7 +234,13 @@ class Layout:
         if not (h and kv and d) or (h + 2 * kv) * d != out:
             return None
         rows = np.arange(out)
-        if leaf == "query_key_value" and self.model_type in PER_HEAD_QKV:
+        if leaf == "qkv_proj" and self.model_type in MP_GROUPED_QKV:
+            mp = MP_GROUPED_QKV[self.model_type]
+            if kv != h or out % (3 * mp):
+                return None
+            grid = rows.reshape(mp, 3, out // (3 * mp))  # (groups, q|v|k, dim)
+            q, v, k = grid[:, 0], grid[:, 1], grid[:, 2]
+        elif self._per_head(leaf):
             if kv != h:
                 return None
             grid = rows.reshape(h, 3, d)  # (heads, q|k|v, head_dim)
@@ -242,6 +252,13 @@ class Layout:
             q, k, v = rows[:h * d], rows[h * d:(h + kv) * d], rows[(h + kv) * d:]
         return {p: a.reshape(-1).tolist() for p, a in zip("qkv", (q, k, v), strict=True)}
 
+    def _per_head(self, leaf: str) -> bool:
+        """Rows (heads, 3, head_dim): GPT-NeoX and BLOOM's query_key_value, and
+        GPT-BigCode's c_attn without multi-query attention."""
+        return ((leaf == "query_key_value" and self.model_type in PER_HEAD_QKV)
+                or (leaf == "c_attn" and self.model_type == "gpt_bigcode"
+                    and self.kv_heads == self.heads))
+
     def split(self, name: str, out: int) -> tuple[dict[str, list[int]] | None, str]:
         """(part -> row indices, how) for a fused projection; (None, why not) else."""
         leaf = _stem(name)[-1]
@@ -251,8 +268,10 @@ class Layout:
                 return None, (f"q/k/v sizes from the config ({self.heads} heads, "
                               f"{self.kv_heads} kv heads x {self.head_dim}) do not "
                               f"add up to its {out} rows: analysed whole only")
-            how = ("interleaved per head" if self.model_type in PER_HEAD_QKV
-                   and leaf == "query_key_value" else "interleaved per kv group"
+            how = ("interleaved per head" if self._per_head(leaf)
+                   else "q/v/k per model-parallel group"
+                   if leaf == "qkv_proj" and self.model_type in MP_GROUPED_QKV
+                   else "interleaved per kv group"
                    if self.model_type in PER_GROUP_QKV and leaf == "query_key_value"
                    else "concatenated [q; k; v]")
             return parts, how

@@ -1,0 +1,143 @@
+"""Every causal-LM family transformers ships, as transformers itself saves it.
+
+compute.families builds a tiny base/SFT pair per family with the family's own config
+class and `save_pretrained` (planted low-rank updates); compute.run's spectra are
+held to the saved files: every matrix (and every part of a fused one, every expert)
+once per role, the planted rank found by the noise-aware threshold (recomputed here
+from the Gavish-Donoho closed form of tests/references.py, not the dbt SQL),
+||dW||_F^2 against NumPy on the saved bits, and the module types compute.naming gives
+a block's matrices against the names below: a release of transformers that renames
+or re-lays a tensor fails here. The QUICK families run in `make test`; every other
+family that builds at the tiny size is `families`-marked (make test-families)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from compute.families import (
+    QUICK,
+    build_family_pair,
+)
+from compute.run import main as run_main
+from tests.references import gd_lambda
+
+ATTN = {"q_proj", "k_proj", "v_proj", "o_proj"}
+LLAMA = ATTN | {"gate_proj", "up_proj", "down_proj"}
+FC = ATTN | {"up_proj", "down_proj"}  # fc1/fc2, c_fc/c_proj, dense_h_to_4h/...
+MOE = LLAMA | {"router"}
+# module types of layer 0's matrices (a fused one's own name beside its parts')
+MODULES: dict[str, set[str]] = {
+    **dict.fromkeys(["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo",
+                     "olmo2", "stablelm", "cohere", "granite"], LLAMA),
+    **dict.fromkeys(["phi", "gptj", "opt", "starcoder2"], FC),
+    "phi3": LLAMA | {"qkv_proj", "gate_up_proj"},
+    "gpt2": FC | {"c_attn"}, "gpt_bigcode": FC | {"c_attn"},
+    "gpt_neox": FC | {"query_key_value"}, "falcon": FC | {"query_key_value"},
+    "bloom": FC | {"query_key_value"}, "mpt": FC | {"Wqkv"},
+    "codegen": FC | {"qkv_proj"}, "mixtral": MOE, "qwen3_moe": MOE,
+    "qwen2_moe": MOE | {"shared_expert.gate_proj", "shared_expert.up_proj",
+                        "shared_expert.down_proj", "shared_expert_gate"},
+}
+
+
+def spectra(family: str, base: Path, sft: Path, out: Path) -> pd.DataFrame:
+    code = run_main(["--base", str(base), "--sft", str(sft), "--name", family,
+                     "--out", str(out), "--no-load", "--skip-behaviour",
+                     "--vectors", "0", "--no-progress"])
+    assert code == 0, family
+    files = sorted((out / family / "spectra").glob("*.parquet"))
+    rows = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return rows[rows.role.notna()]  # not the 1-D tensors (vectors.parquet)
+
+
+def signal_rank(s: np.ndarray, m: int, n: int, sigma: float) -> int:
+    """#{s_i > max(lambda(beta) sqrt(max(m, n)) sigma, s_1 max(m, n) 2^-23)}."""
+    short, long_ = sorted((m, n))
+    floor = s[0] * long_ * 2.0 ** -23
+    return int(np.sum(s > max(gd_lambda(short / long_) * np.sqrt(long_) * sigma,
+                              floor)))
+
+
+def check_family(family: str, root: Path) -> set[str]:
+    """Build, run and check one family; returns layer 0's module types."""
+    base, sft = build_family_pair(family, root / family)
+    truth = json.loads((root / family / "planted.json").read_text())
+    rows = spectra(family, base, sft, root / "runs")
+    whole = rows[rows.part.isna()]
+    parts = rows[rows.part.notna()]
+    # every matrix of the saved files once per role, nothing else but parts
+    assert sorted(whole.groupby("tensor").role.apply(sorted).items()) == sorted(
+        (t, ["base", "delta", "sft"]) for t in truth["ranks"])
+    assert set(parts.source_tensor) <= {t.split("[")[0] for t in truth["ranks"]}
+    assert (parts.groupby("tensor").role.count() == 3).all()
+    delta = rows[rows.role == "delta"]
+    for r in delta.itertuples():
+        s = np.asarray(r.singular_values)
+        src = r.tensor if pd.isna(r.part) else r.tensor.rsplit("[", 1)[0]
+        want = min(truth["ranks"][src], r.n_rows, r.n_cols)
+        assert signal_rank(s, r.n_rows, r.n_cols, r.noise_sigma) == want, r.tensor
+        np.testing.assert_allclose(float(np.sum(s * s)), r.frobenius_sq, rtol=1e-6)
+        if pd.isna(r.part):
+            np.testing.assert_allclose(r.frobenius_sq, truth["frobenius_sq"][r.tensor],
+                                       rtol=1e-6, err_msg=r.tensor)
+    return set(delta[delta.layer == 0].module)
+
+
+def test_every_quick_family_has_its_module_names():
+    assert set(MODULES) == set(QUICK)
+
+
+@pytest.mark.parametrize("family", QUICK)
+def test_family_spectra_ranks_and_module_names(family, tmp_path):
+    """A tensor transformers renames (say q_proj to query) turns up as an unknown
+    module here, or as a matrix missing from the planted truth."""
+    assert check_family(family, tmp_path) == MODULES[family]
+
+
+# -- the behaviour half on the families whose classes refuse sdpa -----------------
+
+
+@pytest.mark.parametrize(("family", "attn"), [
+    ("llama", "sdpa"), ("gemma2", "eager"), ("bloom", "eager"), ("mpt", "eager")])
+def test_attention_is_chosen_per_model_class(family, attn, tmp_path):
+    from compute.behaviour import attention_for
+
+    base, _ = build_family_pair(family, tmp_path / family)
+    assert attention_for(base) == attn
+    assert attention_for(base, "eager") == "eager"
+    if attn == "eager":
+        with pytest.raises(ValueError, match=r"^--attn sdpa: \w+ForCausalLM does not "
+                           r"support it in transformers; use --attn eager"):
+            attention_for(base, "sdpa")
+
+
+@pytest.mark.parametrize("family", ["gemma2", "bloom", "mpt", "mixtral"])
+def test_behaviour_half_equals_a_transformers_forward_pass(family, tmp_path):
+    """compute.run's log-probs of both models, post by post, against the model's own
+    full logits (tests/behaviour_helpers.Reference, eager, one post at a time)."""
+    from tests.behaviour_helpers import Reference, prompts, read
+
+    base, sft = build_family_pair(family, tmp_path / family, tokenizer=True)
+    posts = prompts(2)
+    posts.to_parquet(tmp_path / "prompts.parquet")
+    code = run_main(["--base", str(base), "--sft", str(sft), "--name", family,
+                     "--out", str(tmp_path / "runs"), "--no-load", "--skip-spectra",
+                     "--prompts", str(tmp_path / "prompts.parquet"), "--no-progress"])
+    assert code == 0
+    run = json.loads((tmp_path / "runs" / family / "run.json").read_text())
+    assert run["kinds"]["behaviour"]["options"]["attn_implementation"] == (
+        "sdpa" if family == "mixtral" else "eager")
+    got = read(tmp_path / "runs" / family, "token_logprobs")
+    for role, folder in (("base", base), ("sft", sft)):
+        ref = Reference(folder)
+        for post in posts.itertuples():
+            rows = got[(got.role == role) & (got.post_id == post.post_id)]
+            want = ref.post(post.text).numpy()
+            assert len(rows) == len(want) > 5
+            np.testing.assert_allclose(rows.sort_values("position").logprob, want,
+                                       atol=1e-4, rtol=0)
