@@ -141,3 +141,44 @@ def test_behaviour_half_equals_a_transformers_forward_pass(family, tmp_path):
             assert len(rows) == len(want) > 5
             np.testing.assert_allclose(rows.sort_values("position").logprob, want,
                                        atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_failed_behaviour_half_loads_the_spectra_and_names_the_command(
+        tmp_path, capsys):
+    """A BLOOM pair saved without a tokenizer: the spectra finish, the behaviour
+    half cannot start; the spectra are loaded all the same, the run exits 2 and
+    names the command that completes it (--skip-spectra, never --force), which,
+    once the tokenizer is there, adds the behaviour and keeps the spectra."""
+    import shlex
+
+    from compute.demo import save_tokenizer, train_tokenizer
+    from tests.behaviour_helpers import prompts
+    from tests.conftest import query
+
+    base, sft = build_family_pair("bloom", tmp_path / "bloom")
+    prompts(2).to_parquet(tmp_path / "prompts.parquet")
+    db = tmp_path / "w.duckdb"
+    args = ["--base", str(base), "--sft", str(sft), "--name", "bloom", "--out",
+            str(tmp_path / "runs"), "--db", str(db), "--prompts",
+            str(tmp_path / "prompts.parquet"), "--vectors", "0", "--no-progress",
+            "--force"]
+    capsys.readouterr()
+    assert run_main(args) == 2
+    err = capsys.readouterr().err
+    assert "error: behaviour:" in err and "partial result: spectra finished and " \
+        "loaded into the warehouse" in err
+    again = shlex.split(err.strip().splitlines()[-1])
+    assert again[:3] == ["python", "-m", "compute.run"] and "--force" not in again
+    assert again[-1] == "--skip-spectra"
+    n_spectra = query(db, "select count(*) from raw.spectra where pair = 'bloom'")[0][0]
+    assert n_spectra == 3 * 15  # 9 tensors, 3 of them fused with 3 parts each
+    assert query(db, "select count(*) from raw.token_logprobs")[0][0] == 0
+    tok = train_tokenizer(512)
+    for folder in (base, sft):
+        save_tokenizer(tok, folder)
+    assert run_main(again[3:]) == 0
+    assert query(db, "select count(*) from raw.spectra where pair = 'bloom'"
+                 )[0][0] == n_spectra
+    assert query(db, "select count(*) from raw.token_logprobs where pair = 'bloom'"
+                 )[0][0] > 0
