@@ -1,6 +1,6 @@
 """Every causal-LM family transformers ships, as transformers itself saves it.
 
-compute.families builds a tiny base/SFT pair per family with the family's own config
+compute.fixtures.families builds a tiny base/SFT pair per family with the family's own config
 class and `save_pretrained` (planted low-rank updates); compute.run's spectra are
 held to the saved files: every matrix (and every part of a fused one, every expert)
 once per role, the planted rank found by the noise-aware threshold (recomputed here
@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from compute.families import (
+from compute.fixtures.families import (
     QUICK,
     build_family_pair,
 )
-from compute.run import main as run_main
+from compute.run.cli import main as run_main
 from tests.references import gd_lambda
 
 ATTN = {"q_proj", "k_proj", "v_proj", "o_proj"}
@@ -105,7 +105,7 @@ def test_family_spectra_ranks_and_module_names(family, tmp_path):
 @pytest.mark.parametrize(("family", "attn"), [
     ("llama", "sdpa"), ("gemma2", "eager"), ("bloom", "eager"), ("mpt", "eager")])
 def test_attention_is_chosen_per_model_class(family, attn, tmp_path):
-    from compute.behaviour import attention_for
+    from compute.behaviour.scoring import attention_for
 
     base, _ = build_family_pair(family, tmp_path / family)
     assert attention_for(base) == attn
@@ -152,7 +152,7 @@ def test_failed_behaviour_half_loads_the_spectra_and_names_the_command(
     once the tokenizer is there, adds the behaviour and keeps the spectra."""
     import shlex
 
-    from compute.demo import save_tokenizer, train_tokenizer
+    from compute.fixtures.planted import save_tokenizer, train_tokenizer
     from tests.behaviour_helpers import prompts
     from tests.conftest import query
 

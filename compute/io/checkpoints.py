@@ -72,7 +72,7 @@ class Checkpoint:
         path = self.path / info.file
         if path.suffix == ".bin" and info.dtype in STORAGE:
             try:
-                arr = read_bin(path, name)
+                arr = read_bin(path, info.name)  # its name in the file
             except BinError as exc:
                 raise CheckpointError(str(exc)) from exc
             return (arr if rows is None else arr[rows].copy()), STORAGE[info.dtype]

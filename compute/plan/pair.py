@@ -11,6 +11,7 @@ import dataclasses
 
 from compute.arch.naming import Layout, LayoutError, View
 from compute.io.checkpoints import STORAGE, Checkpoint, CheckpointError
+from compute.plan.formats import text_towers
 from compute.plan.vocab import VocabChange, align_pair
 
 
@@ -39,10 +40,14 @@ def pair_plan(base: Checkpoint, sft: Checkpoint) -> Plan:
     first tensor (or config key) that differs, before any work is done. A resized
     vocabulary and a tied head against an untied one are aligned first
     (compute.plan.vocab: the checkpoints' tensor tables change); the storage dtypes of
-    the two sides may differ."""
+    the two sides may differ. Quantized and encoder-decoder checkpoints are refused,
+    a multimodal one is read as its language tower (compute.plan.formats)."""
+    towers = text_towers(base, sft)  # refuses quantized, encoder-decoder models
     vocab = align_pair(base, sft)
     for key in ARCH_KEYS:
         if key == "vocab_size" and vocab and vocab.base_vocab:
+            continue
+        if key == "model_type" and towers:  # qwen2_vl's text tower vs qwen2
             continue
         if base.config.get(key) != sft.config.get(key):
             raise CheckpointError(
