@@ -11,7 +11,7 @@ export SFTSCOPE_DB ?= $(abspath $(DB))
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: all demo demo-trajectory test test-fast test-pure-python ext mutate app bench bench-gpu lint browser-deps cluster-deps clean dbt
+.PHONY: all demo demo-trajectory test test-families test-fast test-pure-python ext mutate app bench bench-gpu lint browser-deps cluster-deps clean dbt
 all: demo
 
 $(VENV)/.installed: pyproject.toml ingest/_sefast.c compute/linalg/_kernels.c
@@ -65,6 +65,11 @@ ext: venv
 TEST_WORKERS ?= 2
 test: venv ext browser-deps cluster-deps
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+# every causal-LM family transformers ships beyond the quick ones make test runs
+# (tests/test_families.py; a few minutes)
+test-families: venv ext
+	$(PY) -m pytest -q --family-tail -m family_tail tests/test_families.py
 
 test-fast: venv ext
 	$(PY) -m pytest -q -m "not slow and not browser"

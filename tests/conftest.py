@@ -152,9 +152,20 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     builder.wait()
 
 
-def pytest_collection_modifyitems(items) -> None:
+def pytest_addoption(parser) -> None:
+    parser.addoption("--family-tail", action="store_true",
+                     help="also run the family_tail tests (make test-families)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
     """The modules that read the demo warehouse last (a stable sort: every module
-    keeps its own order), so that its build overlaps the other modules' tests."""
+    keeps its own order), so that its build overlaps the other modules' tests.
+    The family_tail tests are deselected without --family-tail."""
+    if not config.getoption("--family-tail"):
+        tail = [item for item in items if item.get_closest_marker("family_tail")]
+        if tail:
+            config.hook.pytest_deselected(items=tail)
+            items[:] = [item for item in items if item not in tail]
     readers = {item.module.__name__ for item in items
                if "demo_warehouse" in getattr(item, "fixturenames", ())
                and getattr(item, "module", None) is not None}
