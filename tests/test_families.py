@@ -205,14 +205,8 @@ NOT_BUILT = {
 TWO_NAMES = "cannot tell them apart"  # two matrices read as one heatmap cell
 UNKNOWN_3D = "of unknown meaning"  # convolutions of state-space layers, ...
 REFUSED = {
-    # encoder-style blocks: attention.output.dense vs intermediate/output.dense
-    **dict.fromkeys(["bert", "bert-generation", "big_bird", "camembert",
-                     "data2vec-text", "electra", "ernie", "megatron-bert", "rembert",
-                     "roberta", "roberta-prelayernorm", "roformer", "xlm-roberta",
-                     "xlm-roberta-xl", "xmod"], TWO_NAMES),
-    # a gate inside attention, cross-attention, two stacks of layers, wrappers
-    **dict.fromkeys(["afmoe", "beam", "blenderbot-small", "hrm_text",
-                     "modernbert-decoder", "moshi"], TWO_NAMES),
+    # two stacks of layers (HRM), wrappers (q_proj.linear: Moshi), two `Wo`
+    **dict.fromkeys(["hrm_text", "modernbert-decoder", "moshi"], TWO_NAMES),
     # depthwise convolutions [C, 1, K] (Mamba and hybrids), other 3-D/4-D tensors,
     # experts stacked under other names (input_linear)
     **dict.fromkeys(["bailing_hybrid", "bamba", "falcon_h1", "falcon_mamba",
@@ -220,20 +214,24 @@ REFUSED = {
                      "jetmoe", "lara_mini", "lfm3", "mamba", "minimax", "nemotron_h",
                      "olmo_hybrid", "qwen3_5_moe_text", "qwen3_5_text", "qwen3_next",
                      "recurrent_gemma", "rwkv", "xlnet", "zaya"], UNKNOWN_3D),
-    **dict.fromkeys(["apertus", "apertus1p5_text"], "a scalar, not a weight"),
     "aria_text": "but the config's sizes give",  # experts stored [E, in, out]
 }
 # transformers fuses separate modules into one tensor when it saves these (q, k, v
 # into query_key_value; proj_up and gate): the fused tensor's planted rank is the
 # sum of its parts', which the fixture's rank-by-block truth does not know
-FUSED_ON_SAVE = {"param2moe", "sarvam_moe", "xlstm"}
+KNOWN = dict.fromkeys(["param2moe", "sarvam_moe", "xlstm"],
+                      "fused on saving: the fixture's truth is per part")
+# RemBERT's 512 x 1664 output head (planted rank 1): a second value 1.4 x the
+# Gavish-Donoho threshold, not yet explained (a noise model that misses how this
+# matrix was rounded?)
+KNOWN["rembert"] = "a second direction above the threshold in the 512 x 1664 head"
 TAIL = [f for f in causal_families() if f not in QUICK]
 
 
 def _tail_param(family: str):
-    if family in FUSED_ON_SAVE:
-        return pytest.param(family, marks=pytest.mark.xfail(
-            strict=True, reason="fused on saving: the fixture's truth is per part"))
+    if family in KNOWN:
+        return pytest.param(family, marks=pytest.mark.xfail(strict=True,
+                                                            reason=KNOWN[family]))
     return family
 
 

@@ -454,3 +454,21 @@ def test_heatmap_page_shows_the_experts(layouts_warehouse, monkeypatch):
     x_fields = [lay["encoding"]["x"]["field"] for s in specs for lay in s["layer"]]
     assert "module" in x_fields and "expert" in x_fields
     st.cache_data.clear()
+
+
+@pytest.mark.parametrize(("name", "module"), [
+    ("bert.encoder.layer.0.attention.self.query.weight", "q_proj"),
+    ("bert.encoder.layer.0.attention.output.dense.weight", "o_proj"),
+    ("bert.encoder.layer.0.intermediate.dense.weight", "up_proj"),
+    ("bert.encoder.layer.0.output.dense.weight", "down_proj"),
+    ("model.decoder.layers.0.encoder_attn.k_proj.weight", "cross_attn.k_proj"),
+    ("model.layers.0.self_attn.gate_proj.weight", "attn_gate_proj"),
+    ("model.layers.0.mlp.gate_proj.weight", "gate_proj"),
+])
+def test_encoder_style_cross_attention_and_attention_gates_have_their_own_cells(
+        name, module):
+    assert parse_name(name)[1] == module
+
+
+def test_a_scalar_parameter_is_skipped_as_neither_matrix_nor_vector():
+    assert "scalar" in Layout.skip("model.layers.0.mlp.act_fn.beta", ())

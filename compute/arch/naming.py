@@ -69,6 +69,7 @@ PER_GROUP_QKV = ("falcon",)  # rows (kv heads, q heads per group + 2, head_dim)
 # qkv_proj rows (groups, q|v|k, hidden / groups): CodeGen's mp_num = 4
 MP_GROUPED_QKV = {"codegen": 4}
 SHARED = ("shared_expert", "shared_experts")
+CROSS_PARENTS = ("encoder_attn", "crossattention", "cross_attn")  # decoder cross-attention
 
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
@@ -115,6 +116,19 @@ def expert_of(name: str) -> int | None:
     return int(m.group("index")) if m else None
 
 
+def _encoder_style(stem: list[str]) -> str | None:
+    """BERT-style blocks (used as decoders too): attention.self.query/key/value,
+    attention.output.dense (o_proj), intermediate.dense (up), output.dense (down)."""
+    leaf, parent = stem[-1], stem[-2] if len(stem) > 1 else ""
+    if parent == "self" and leaf in ("query", "key", "value"):
+        return {"query": "q_proj", "key": "k_proj", "value": "v_proj"}[leaf]
+    if leaf == "dense" and parent == "intermediate":
+        return "up_proj"
+    if leaf == "dense" and parent == "output":
+        return "o_proj" if len(stem) > 2 and stem[-3] == "attention" else "down_proj"
+    return None
+
+
 def parse_name(name: str, moe: bool = False) -> tuple[int | None, str]:
     """(layer, stable module name) of a tensor name; layer None outside the blocks.
     A bias is `<module>.bias`. `moe`: the model routes to experts, so a leaf `gate`
@@ -127,12 +141,16 @@ def parse_name(name: str, moe: bool = False) -> tuple[int | None, str]:
         module = "router"
     elif parent in ATTN_PARENTS and leaf in ATTN_CANONICAL:
         module = ATTN_CANONICAL[leaf]
+    elif parent in ATTN_PARENTS and leaf == "gate_proj":  # a gate on attention
+        module = "attn_gate_proj"
     elif parent in ("mlp", "ffn", "feed_forward") and leaf in MLP_CANONICAL:
         module = MLP_CANONICAL[leaf]
     elif leaf in FUSED_QKV or leaf in FUSED_GATE_UP:
         module = leaf
     else:
-        module = CANONICAL.get(leaf, leaf)
+        module = _encoder_style(stem) or CANONICAL.get(leaf, leaf)
+    if parent in CROSS_PARENTS:
+        module = f"cross_attn.{module}"
     if any(s in stem[:-1] for s in SHARED):
         module = f"shared_expert.{module}"
     if name.endswith(".bias"):
@@ -209,6 +227,8 @@ class Layout:
         leaf = name.split(".")[-1]
         if leaf in ("masked_bias", "inv_freq"):
             return "a buffer, not a weight"
+        if len(shape) == 0:  # Apertus' activation act_fn.beta
+            return "a scalar parameter (0-D), neither a matrix nor a vector"
         if leaf == "bias" and len(shape) == 4 and name.endswith("attn.bias"):
             return "the causal-mask buffer, not a weight"
         return None
