@@ -191,6 +191,8 @@ def test_failed_behaviour_half_loads_the_spectra_and_names_the_command(
 # families whose config or model refuses the tiny sizes (or stays above
 # compute.fixtures.families.MAX_PARAMS): the test checks that they still do
 NOT_BUILT = {
+    "axk1", "deepseek_v2", "deepseek_v3", "deepseek_v4", "ergo", "glm4_moe_lite",
+    "inkling_text", "kimi_linear",  # 3.7M to 6.1M parameters at the tiny size
     "axk2", "bart", "bigbird_pegasus", "blenderbot", "blt", "cohere_compass_text",
     "cpmant", "dbrx", "deepseek_v32", "dots1", "dots3_note", "dots3_note_text", "emu3",
     "fuyu", "gemma3", "gemma3n", "gemma3n_text", "gemma4", "gemma4_assistant",
