@@ -118,7 +118,9 @@ def test_attention_is_chosen_per_model_class(family, attn, tmp_path):
             attention_for(base, "sdpa")
 
 
-@pytest.mark.parametrize("family", ["gemma2", "bloom", "mpt", "mixtral"])
+@pytest.mark.parametrize("family", [
+    "gemma2", "bloom", *(pytest.param(f, marks=pytest.mark.slow)
+                         for f in ("mpt", "mixtral"))])
 def test_behaviour_half_equals_a_transformers_forward_pass(family, tmp_path):
     """compute.run's log-probs of both models, post by post, against the model's own
     full logits (tests/behaviour_helpers.Reference, eager, one post at a time)."""
