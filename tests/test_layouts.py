@@ -244,7 +244,7 @@ def test_float32_pair_builds_green_with_the_weight_marts_filled(layouts_warehous
     assert dict(zip(rows.tensor, rows.signal_rank, strict=True)) == truth
     cells = _frame(db, "select count(*) n, count(delta_signal_rank) k from "
                    "marts.fct_layer_module_metrics where pair = 'llama_fp32'")
-    assert cells.n[0] == cells.k[0] == 7 * TINY.layers + 2  # + embed, head
+    assert cells.n[0] == cells.k[0] == 7 * TINY.layers  # q k v o gate up down
 
 
 @pytest.mark.slow
