@@ -1,7 +1,7 @@
 """Every causal-LM family transformers ships, as transformers itself saves it.
 
-compute.fixtures.families builds a tiny base/SFT pair per family with the family's own config
-class and `save_pretrained` (planted low-rank updates); compute.run's spectra are
+compute.fixtures.families builds a tiny base/SFT pair per family with the family's own
+config class and `save_pretrained` (planted low-rank updates); compute.run's spectra are
 held to the saved files: every matrix (and every part of a fused one, every expert)
 once per role, the planted rank found by the noise-aware threshold (recomputed here
 from the Gavish-Donoho closed form of tests/references.py, not the dbt SQL),

@@ -104,8 +104,9 @@ def test_llava_style_language_model_prefix_against_its_text_only_base(tmp_path):
     base, sft = build_layout_pair("llama", tmp_path / "llama")
     vlm = tmp_path / "llava"
     vlm.mkdir()
+    saved = load_file(str(sft / "model.safetensors"))
     tensors = {("language_model." + k if k.startswith(("model.", "lm_head."))
-                else k): v for k, v in load_file(str(sft / "model.safetensors")).items()}
+                else k): v for k, v in saved.items()}
     some = next(iter(tensors.values())).clone()
     tensors |= {"vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight": some,
                 "multi_modal_projector.linear_1.weight": some.clone()}
@@ -138,8 +139,8 @@ def _qwen2_vl_pair(tmp_path):
 
     text = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,
-            "max_position_embeddings": 256, "rope_scaling": {"type": "mrope",
-                                                             "mrope_section": [2, 3, 3]}}
+            "max_position_embeddings": 256,
+            "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}}
     vision = {"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2,
               "mlp_ratio": 2}
     torch.manual_seed(0)

@@ -69,7 +69,8 @@ PER_GROUP_QKV = ("falcon",)  # rows (kv heads, q heads per group + 2, head_dim)
 # qkv_proj rows (groups, q|v|k, hidden / groups): CodeGen's mp_num = 4
 MP_GROUPED_QKV = {"codegen": 4}
 SHARED = ("shared_expert", "shared_experts")
-CROSS_PARENTS = ("encoder_attn", "crossattention", "cross_attn")  # decoder cross-attention
+# a decoder's cross-attention
+CROSS_PARENTS = ("encoder_attn", "crossattention", "cross_attn")
 
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
