@@ -8,7 +8,7 @@ from the Gavish-Donoho closed form of tests/references.py, not the dbt SQL),
 ||dW||_F^2 against NumPy on the saved bits, and the module types compute.naming gives
 a block's matrices against the names below: a release of transformers that renames
 or re-lays a tensor fails here. The QUICK families run in `make test`; every other
-family that builds at the tiny size is `families`-marked (make test-families)."""
+family is marked `family_tail` (make test-families; left out without --family-tail)."""
 
 from __future__ import annotations
 
