@@ -213,3 +213,21 @@ def test_named_pair_from_the_hub_cache_offline_with_behaviour(tmp_path):
     options = json.loads((tmp_path / "runs" / "gemma2-2b" / "run.json").read_text())
     assert options["kinds"]["behaviour"]["options"]["attn_implementation"] == "eager"
     shutil.rmtree(cache)
+
+
+def test_doctor_names_the_quantized_format_and_the_language_tower(tmp_path):
+    import io
+
+    from compute.pairs.doctor import check_pair
+
+    base, sft = build_family_pair("llama", tmp_path / "llama")
+    cfg = json.loads((sft / "config.json").read_text())
+    (sft / "config.json").write_text(json.dumps(
+        cfg | {"quantization_config": {"quant_method": "awq", "bits": 4}}))
+    out = io.StringIO()
+    assert not check_pair(str(base), str(sft), out=out, progress=False)
+    assert "a quantized checkpoint (awq 4-bit)" in out.getvalue()
+    base, sft = _qwen2_vl_pair(tmp_path / "vl")
+    out = io.StringIO()
+    assert check_pair(str(base), str(sft), out=out, progress=False), out.getvalue()
+    assert f"multimodal: the language tower of {sft} is compared" in out.getvalue()

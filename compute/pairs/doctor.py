@@ -54,6 +54,7 @@ from compute.io.checkpoints import (
     scan_weight_file,
     sha256_file,
 )
+from compute.plan.formats import check_readable, text_tower
 from compute.plan.pair import ARCH_KEYS
 from compute.plan.vocab import align_pair
 
@@ -199,12 +200,32 @@ def check_adapter(ref: str, revision: str | None, base: Checked, rep: Report
     return True
 
 
+def check_formats(base: Checked, sft: Checked, rep: Report) -> list[str] | None:
+    """Quantized and encoder-decoder checkpoints (FAIL: None), a multimodal one's
+    language tower (compared as compute.run does: compute.plan.formats); returns the
+    refs read as their towers."""
+    for c in (base, sft):
+        try:
+            check_readable(c)
+        except CheckpointError as exc:
+            rep.add("FAIL", "pair", str(exc))
+            return None
+    towers = [c.ref for c in (base, sft) if text_tower(c)]
+    if towers:
+        rep.add("PASS", "pair", f"multimodal: the language tower of "
+                f"{', '.join(towers)} is compared (vision tower, projector left out)")
+    return towers
+
+
 def check_compatible(base: Checked, sft: Checked, rep: Report) -> None:
     """The pair checks: vocabulary alignment, architecture, tensor names,
     shapes and storage dtypes, the layout recognised."""
     rep.section("pair")
-    vocab = None
+    vocab, towers = None, []
     if None not in (base.config, sft.config, base.tensors, sft.tensors):
+        towers = check_formats(base, sft, rep)
+        if towers is None:
+            return
         try:  # a resized vocabulary, a tied head: compared as compute.run does
             vocab = align_pair(base, sft)
         except CheckpointError as exc:
@@ -221,7 +242,8 @@ def check_compatible(base: Checked, sft: Checked, rep: Report) -> None:
                     f"{o['tied_head_compared_with']} (tied embeddings on one side)")
     if base.config is not None and sft.config is not None:
         diff = [k for k in ARCH_KEYS if base.config.get(k) != sft.config.get(k)
-                and not (k == "vocab_size" and vocab and vocab.base_vocab)]
+                and not (k == "vocab_size" and vocab and vocab.base_vocab)
+                and not (k == "model_type" and towers)]  # qwen2_vl's tower vs qwen2
         for k in diff:
             rep.add("FAIL", "pair", f"different architectures: config {k} is "
                     f"{base.config.get(k)!r} in {base.ref} but {sft.config.get(k)!r} "
