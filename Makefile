@@ -23,12 +23,17 @@ $(VENV)/.installed: pyproject.toml ingest/_sefast.c compute/linalg/_kernels.c
 
 venv: $(VENV)/.installed
 
+# make demo's quick LoRA recovery (the Perplexity page's "Is SFT a LoRA?" curve): a few
+# ranks on the demo's prompts, in the behaviour run's window (the pair's 512-token
+# context); r = full is the SFT model itself (100% by construction) and is not scored
+DEMO_LORA_RANKS ?= 1,4,16
 demo: venv
 	$(PY) -m ingest.demo_site data/demo-site
 	$(PY) -m ingest.stackexchange data/demo-site --site physics.demo
 	cd dbt_project && $(DBT) build --quiet --select +prompts
 	$(PY) -m compute.run --pair demo
 	$(PY) -m ingest.training_log models/demo --pair demo
+	$(PY) -m compute.lora_recovery --pair demo --ranks $(DEMO_LORA_RANKS) --window 512
 	cd dbt_project && $(DBT) build --quiet
 	$(PY) -m compute.summary
 	@echo

@@ -62,33 +62,102 @@ def _group_scale(groups) -> alt.Scale:
                      range=[GROUP_COLOR[g] for g in order])
 
 
-def _modules(df: pd.DataFrame) -> list[str]:
-    present = list(dict.fromkeys(df["module"]))
+def module_list(modules) -> list[str]:
+    """The module types present, in the projection order of MODULE_ORDER, unknown
+    ones after them in their own order."""
+    present = list(dict.fromkeys(modules))
     return [m for m in MODULE_ORDER if m in present] + [
         m for m in present if m not in MODULE_ORDER]
+
+
+def _modules(df: pd.DataFrame) -> list[str]:
+    return module_list(df["module"])
 
 
 def metric_title(metric: str) -> str:
     return METRICS.get(metric, metric.replace("_", " "))
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet (as in its bytes_to_unicode): each byte's
+    stand-in character -> the byte. Printable Latin-1 bytes stand for themselves;
+    the others (space, newline, ...) map to U+0100 onwards, so a space reads 'Ġ'."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+            *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+BYTE_LEVEL = _byte_level_alphabet()
+
+
+def vocab_text(token) -> str:
+    """A vocabulary entry of a byte-level BPE tokenizer as the text it stands for
+    ('Ġthe' -> ' the', 'Ċ' -> newline, 'Ã©' -> 'é'), or of a SentencePiece one
+    ('▁the' -> ' the'); other strings unchanged."""
+    s = "" if token is None or pd.isna(token) else str(token)
+    if s and all(ch in BYTE_LEVEL for ch in s):
+        return bytes(BYTE_LEVEL[ch] for ch in s).decode("utf-8", errors="replace")
+    return s.replace("\u2581", " ")
+
+
+def show_token(text, *, vocab: bool = False) -> str:
+    """A token as a readable label, the same on every page: whitespace made visible
+    (a space as '\u2423', a newline as '\\n'), quotes around it. `vocab`: the
+    text is a raw byte-level vocabulary entry (marts.fct_direction_tokens), decoded
+    first."""
+    s = vocab_text(text) if vocab else (
+        "" if text is None or pd.isna(text) else str(text))
+    return repr(s.replace(" ", "\u2423"))[1:-1].join("''")
+
+
 # --- weights -----------------------------------------------------------------------
 
+# Ranks of dW whose full rank min(m, n) differs between module types: coloured as a
+# share of it, so a k/v projection at its full 64 does not look "low" beside a
+# 128-wide q_proj; the cell text keeps the rank itself.
+RANK_METRICS = {"delta_stable_rank", "delta_effective_rank", "delta_signal_rank",
+                "delta_energy_rank_90", "delta_numerical_rank"}
+
+
+# Colour fields on a fixed 0..1 scale: a share of full rank, intruders / their null.
+UNIT_FIELDS = {"share_of_full_rank", "vs_null"}
+
+
 def heatmap(df: pd.DataFrame, metric: str, *, log: bool = False,
-            columns: str = "module") -> alt.Chart:
+            columns: str = "module", text: str | None = None,
+            diverging_at: float | None = None, legend_title: str | None = None,
+            text_format: str = ".3~g") -> alt.Chart:
     """Layer (rows, 0 on top) x module type (columns), coloured by `metric`.
 
     df: fct_layer_module_metrics rows of one pair (layer, module, metric, ...); or,
     with columns="expert", fct_expert_metrics rows of one pair and module: layer x
-    expert."""
+    expert. A linear scale starts at 0 (the cells compare magnitudes); a rank of dW
+    (RANK_METRICS, with n_rows and n_cols) is coloured as its share of full rank
+    min(m, n), the rank itself printed. `text`: a column printed in the cells instead
+    of the value; `diverging_at`: a diverging colour scale centred there (log scale
+    when `log`), e.g. 1 for a ratio to chance."""
     data = df.copy()
     n_layers = int(data["layer"].max()) + 1 if len(data) else 1
     step = max(12, min(30, 640 // n_layers))  # pixels per layer row
+    color_field, title = metric, legend_title
+    if metric in RANK_METRICS and {"n_rows", "n_cols"} <= set(data.columns):
+        full = data[["n_rows", "n_cols"]].min(axis=1).astype(float)
+        data["share_of_full_rank"] = data[metric] / full.where(full > 0)
+        color_field, title = "share_of_full_rank", title or "share of full rank"
     if log:
-        data = data[data[metric] > 0]
+        data = data[data[color_field] > 0]
     tooltip = [alt.Tooltip("layer:O", title="layer"),
                alt.Tooltip("module:N", title="module"),
                alt.Tooltip(f"{metric}:Q", title=metric, format=".4g")]
+    if color_field != metric:
+        tooltip.append(alt.Tooltip(f"{color_field}:Q", format=".1%"))
     if columns == "expert":
         tooltip.insert(2, alt.Tooltip("expert:O", title="expert"))
         x = alt.X("expert:O", title="expert", axis=alt.Axis(labelAngle=0, orient="top"))
@@ -98,30 +167,87 @@ def heatmap(df: pd.DataFrame, metric: str, *, log: bool = False,
     for col, fmt in (("relative_frobenius_change", ".4f"),
                      ("relative_spectral_change", ".4f"),
                      ("delta_signal_rank", "d"), ("n_rows", "d"), ("n_cols", "d")):
-        if col in data and col != metric:
+        if col in data and col not in (metric, color_field):
             tooltip.append(alt.Tooltip(f"{col}:Q", title=col, format=fmt))
+    values = data[color_field].dropna()
+    lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
+    scale, fmt = _heat_scale(color_field, lo, hi, log, diverging_at)
+    # shorter than the grid, so its end labels stay inside the chart
+    legend = alt.Legend(orient="right", format=fmt, title=title or _short(metric),
+                        titleLimit=0, gradientLength=max(60, min(320, step * n_layers
+                                                                 - 30)),
+                        values=_legend_values(lo, hi, log, diverging_at) or alt.Undefined)
     base = alt.Chart(data).encode(x=x, y=alt.Y("layer:O", title="layer (block index)"))
     rect = base.mark_rect(stroke="white", strokeWidth=0.5).encode(
-        color=alt.Color(f"{metric}:Q", title=None,
-                        scale=alt.Scale(scheme=SEQUENTIAL,
-                                        type="log" if log else "linear"),
-                        legend=alt.Legend(orient="right", format=".3~g",
-                                          gradientLength=max(120, min(
-                                              320, step * n_layers)))),
+        color=alt.Color(f"{color_field}:Q", scale=scale, legend=legend),
         tooltip=tooltip,
     )
     layers = [rect]
     if n_layers <= 40 and len(data):
-        lo, hi = data[metric].min(), data[metric].max()
-        mid = math.sqrt(lo * hi) if log and lo > 0 else (lo + hi) / 2
+        dark = _dark_cells(color_field, lo, hi, log, diverging_at)
+        label = (alt.Text(f"{text}:N") if text
+                 else alt.Text(f"{metric}:Q", format=text_format))
         layers.append(base.mark_text(fontSize=10).encode(
-            text=alt.Text(f"{metric}:Q", format=".3~g"),
-            color=alt.condition(alt.datum[metric] > mid, alt.value("black"),
-                                alt.value("white")),
+            text=label, color=alt.condition(dark, alt.value("white"),
+                                            alt.value("black")),
             tooltip=tooltip))
     return alt.layer(*layers).properties(
         title=alt.Title(metric_title(metric), anchor="start"),
         height=alt.Step(step))
+
+
+def _short(metric: str) -> str:
+    """A legend title: the measure's name without its formula."""
+    return metric_title(metric).split(" ||")[0].split(": ")[0].split(" (")[0]
+
+
+def _heat_scale(field: str, lo: float, hi: float, log: bool,
+                diverging_at: float | None) -> tuple[alt.Scale, str]:
+    if diverging_at is not None:
+        # symmetric around the centre (in ratio when log), so equal colours mean
+        # equal distance from it on either side
+        if log and lo > 0:
+            r = max(hi / diverging_at, diverging_at / lo, 1.5)
+            dom = [diverging_at / r, diverging_at, diverging_at * r]
+        else:
+            r = max(hi - diverging_at, diverging_at - lo, 1e-12)
+            dom = [diverging_at - r, diverging_at, diverging_at + r]
+        return alt.Scale(scheme="purplegreen", type="log" if log else "linear",
+                         domain=dom, reverse=False), ".3~g"
+    if log:
+        return alt.Scale(scheme=SEQUENTIAL, type="log"), ".2~g"
+    top = 1.0 if field in UNIT_FIELDS else hi
+    return (alt.Scale(scheme=SEQUENTIAL, domain=[0, top if top > 0 else 1]),
+            ".0%" if field == "share_of_full_rank" else ".3~g")
+
+
+def _legend_values(lo: float, hi: float, log: bool, diverging_at: float | None
+                   ) -> list[float] | None:
+    """Ticks for a log colour bar (Vega draws one or two between close powers of
+    ten): both ends and their geometric middle."""
+    if not log or lo <= 0 or hi <= lo:
+        return None
+    if diverging_at is not None:
+        r = max(hi / diverging_at, diverging_at / lo, 1.5)
+        return [round(diverging_at / r, 3), diverging_at, round(diverging_at * r, 3)]
+    return [float(f"{v:.2g}") for v in (lo, math.sqrt(lo * hi), hi)]
+
+
+def _dark_cells(field: str, lo: float, hi: float, log: bool,
+                diverging_at: float | None):
+    """The cells whose colour is dark enough for white text."""
+    if diverging_at is not None:
+        if log and lo > 0:
+            r = max(hi / diverging_at, diverging_at / lo, 1.5)
+            return ((alt.datum[field] > diverging_at * r ** 0.5)
+                    | (alt.datum[field] < diverging_at / r ** 0.5))
+        r = max(hi - diverging_at, diverging_at - lo, 1e-12)
+        return ((alt.datum[field] > diverging_at + r / 2)
+                | (alt.datum[field] < diverging_at - r / 2))
+    if log and lo > 0:
+        return alt.datum[field] < math.sqrt(lo * hi)
+    top = 1.0 if field in UNIT_FIELDS else hi
+    return alt.datum[field] < top / 2
 
 
 def layers_chart(df: pd.DataFrame, metric: str, *, log: bool = False) -> alt.Chart:
@@ -140,8 +266,12 @@ def layers_chart(df: pd.DataFrame, metric: str, *, log: bool = False) -> alt.Cha
                                      strokeWidth=2).encode(
         x=alt.X("depth:Q", title="depth (layer / n_layers)",
                 scale=alt.Scale(domain=[0, 1])),
+        # from 0 (magnitudes), ticks in short form: a constant line (a signal rank
+        # at full rank in every layer) gets an axis, not one "128.000000" tick
         y=alt.Y(f"{metric}:Q", title=metric_title(metric),
-                scale=alt.Scale(type="log" if log else "linear", zero=False)),
+                axis=alt.Axis(format=".3~g", titleLimit=0),
+                scale=alt.Scale(type="log", nice=False) if log
+                else alt.Scale(zero=True)),
         color=alt.Color("pair:N", sort=order, title="pair (by size)",
                         scale=alt.Scale(scheme="plasma"),
                         legend=alt.Legend(orient="right", symbolStrokeWidth=3)),
@@ -339,9 +469,10 @@ def perplexity_chart(df: pd.DataFrame, measure: str = "perplexity",
     color = alt.Color("model:N", title="model",
                       scale=_role_scale(roles, MODEL_LABEL),
                       legend=alt.Legend(orient="top"))
-    ytype = "log" if log else "linear"
+    # a log axis only spans the data (bits per byte 1.3-2 drew an axis to 10)
     y = alt.Y(f"{measure}:Q", title=titles.get(measure, measure),
-              scale=alt.Scale(type=ytype, zero=False))
+              scale=alt.Scale(type="log", nice=False) if log
+              else alt.Scale(zero=False))
     x = alt.X("group:N", title=None, sort=[GROUP_LABEL[g] for g in GROUP_COLOR],
               axis=alt.Axis(labelAngle=0, labelFontSize=12))
     box = alt.Chart(data).mark_boxplot(size=38, opacity=0.55, extent="min-max",
@@ -391,15 +522,21 @@ def training_chart(df: pd.DataFrame, *, perplexity: bool = False) -> alt.Chart:
     domain = [TRAINING_SERIES[k][0] for k in keys]
     y_title = ("perplexity exp(mean NLL per token)" if perplexity
                else "loss: mean NLL per token (nats)")
-    return alt.Chart(long).mark_line(strokeWidth=1.6, point=False).encode(
+    # the noisy batch loss light and thin, the held-out curves (fewer points) over it
+    long["held_out"] = long["measure"] != "train_loss"
+    return alt.Chart(long).mark_line(point=False).encode(
         x=alt.X("global_step:Q", title="optimizer step (pretraining, then SFT)"),
+        strokeWidth=alt.condition("datum.held_out", alt.value(2.4), alt.value(1.0)),
+        opacity=alt.condition("datum.held_out", alt.value(1.0), alt.value(0.45)),
+        order=alt.Order("held_out:N"),
         y=alt.Y("value:Q", title=y_title,
                 scale=alt.Scale(type="log" if perplexity else "linear", zero=False)),
         color=alt.Color("series:N", title=None, sort=domain,
                         scale=alt.Scale(domain=domain,
                                         range=[TRAINING_SERIES[k][1] for k in keys]),
-                        legend=alt.Legend(orient="top", columns=3)),
-        strokeDash=alt.StrokeDash("series:N", sort=domain, legend=None,
+                        legend=alt.Legend(orient="bottom", columns=3, labelLimit=0,
+                                          symbolStrokeWidth=2.4)),
+        strokeDash=alt.StrokeDash("series:N", sort=domain, title=None,
                                   scale=alt.Scale(domain=domain, range=[
                                       TRAINING_SERIES[k][2] for k in keys])),
         tooltip=["series:N", alt.Tooltip("global_step:Q", title="step"),
@@ -482,6 +619,30 @@ def drift_chart(df: pd.DataFrame, measure: str = "mean_rel_l2") -> alt.Chart:
                  alt.Tooltip(f"{measure}:Q", format=".4g"),
                  alt.Tooltip("n_posts:Q", format="d", title="posts")],
     ).properties(height=380).interactive()
+
+
+def drift_difference_chart(df: pd.DataFrame) -> alt.LayerChart:
+    """Group a - group b of the posts' mean relative L2 distance by hidden-state
+    index, each with its 95% Welch interval, against a rule at 0 (no difference).
+    df: marts.fct_residual_drift_group_difference rows of one pair."""
+    data = df.dropna(subset=["difference"]).copy()
+    label = (f"{data['group_a'].iloc[0]} - {data['group_b'].iloc[0]}" if len(data)
+             else "difference")
+    x = alt.X("layer:Q", title="hidden state (0 = embeddings, L = final)",
+              axis=alt.Axis(tickMinStep=1, format="d"))
+    tip = [alt.Tooltip("layer:Q", format="d"),
+           alt.Tooltip("difference:Q", format="+.4g", title=label),
+           alt.Tooltip("ci95_low:Q", format="+.4g", title="95% low"),
+           alt.Tooltip("ci95_high:Q", format="+.4g", title="95% high")]
+    base = alt.Chart(data).encode(x=x)
+    bars = base.mark_errorbar(ticks=True, color=ROLE_COLOR["delta"]).encode(
+        y=alt.Y("ci95_low:Q", title=f"{label}: relative L2 distance (95% interval)",
+                axis=alt.Axis(titleLimit=0)), y2="ci95_high:Q")
+    points = base.mark_point(filled=True, size=60, color=ROLE_COLOR["delta"]).encode(
+        y="difference:Q", tooltip=tip)
+    zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(
+        color="#888", strokeDash=[4, 4]).encode(y="y:Q")
+    return alt.layer(zero, bars, points).properties(height=220)
 
 
 def token_html(df: pd.DataFrame, clip: float = 2.0) -> str:

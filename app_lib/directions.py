@@ -12,9 +12,11 @@ fct_direction_tokens) and their page travel together.
 from __future__ import annotations
 
 import altair as alt
+import numpy as np
 import pandas as pd
 import streamlit as st
 
+from app_lib.charts import show_token
 from app_lib.db import query
 from app_lib.queries import TTL_S, Src
 
@@ -99,38 +101,80 @@ def tokens(src: Src, pair: str, tensor: str) -> pd.DataFrame:
     """, [pair, tensor], path=src[0])
 
 
-def epsilon_chart(df: pd.DataFrame) -> alt.Chart:
-    """Intruder count against epsilon for each k, the null dashed.
+def epsilon_chart(df: pd.DataFrame) -> alt.LayerChart:
+    """Intruder count against epsilon for each k: W_sft's count as a solid line with
+    filled dots, the random-direction null as a dashed line with open squares (the
+    legend shows both marks).
 
     df: fct_intruder_counts rows of one matrix (k, epsilon, n_intruders,
     null_expected)."""
+    observed, null = "W_sft (observed)", "random directions (null)"
     long = pd.concat([
-        df.assign(series="W_sft", count=df["n_intruders"]),
-        df.assign(series="null (random directions)", count=df["null_expected"]),
+        df.assign(series=observed, count=df["n_intruders"]),
+        df.assign(series=null, count=df["null_expected"]),
     ])
     long["k"] = "k = " + long["k"].astype(str)
-    return alt.Chart(long).mark_line(point=True).encode(
-        x=alt.X("epsilon:Q", title="epsilon (max |cos| below it: intruder)"),
-        y=alt.Y("count:Q", title="intruder dimensions"),
-        color=alt.Color("k:N", title=None),
-        strokeDash=alt.StrokeDash("series:N", title=None),
-        tooltip=["k", "series", alt.Tooltip("epsilon:Q", format=".1f"),
-                 alt.Tooltip("count:Q", format=".3g")],
-    ).properties(height=320)
+    enc = {
+        "x": alt.X("epsilon:Q", title="epsilon (max |cos| below it: intruder)"),
+        "y": alt.Y("count:Q", title="intruder dimensions", scale=alt.Scale(zero=True)),
+        "color": alt.Color("k:N", title="W_sft's top",
+                           scale=alt.Scale(scheme="dark2")),
+        "strokeDash": alt.StrokeDash("series:N", title=None, scale=alt.Scale(
+            domain=[observed, null], range=[[1, 0], [6, 4]]),
+            legend=alt.Legend(symbolStrokeColor="#333", labelLimit=0)),
+        "shape": alt.Shape("series:N", title=None, scale=alt.Scale(
+            domain=[observed, null], range=["circle", "square"]), legend=alt.Legend(
+            symbolStrokeColor="#333", labelLimit=0)),
+        "tooltip": ["k", "series", alt.Tooltip("epsilon:Q", format=".1f"),
+                    alt.Tooltip("count:Q", format=".3g")],
+    }
+    solid = alt.Chart(long[long["series"] == observed]).mark_line(
+        point=alt.OverlayMarkDef(filled=True, size=45)).encode(**enc)
+    dashed = alt.Chart(long[long["series"] == null]).mark_line(
+        point=alt.OverlayMarkDef(filled=False, size=45)).encode(**enc)
+    return alt.layer(dashed, solid).properties(height=320)
+
+
+def angles_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Principal angles in whole degrees (0 = shared direction, 90 = orthogonal),
+    smallest first, instead of their cosines. df: fct_principal_angles rows."""
+    def degrees(cosines) -> str:
+        if cosines is None:
+            return ""
+        c = np.clip(np.abs(np.asarray(list(cosines), dtype=float)), 0.0, 1.0)
+        return " ".join(f"{d:.0f}°" for d in sorted(np.degrees(np.arccos(c))))
+
+    return pd.DataFrame({
+        "side": df["side"].tolist(), "r": df["r"].tolist(),
+        "largest angle": [f"{a:.0f}°" for a in df["largest_angle_deg"]],
+        "angles, smallest first": [degrees(c) for c in df["cosines"]],
+    })
+
+
+def intruder_cells(grid: pd.DataFrame) -> pd.DataFrame:
+    """The intruder grid with the null in every cell: 'observed / null' as text and
+    the ratio observed / null to colour by (0: W_base's directions, 1: as random)."""
+    out = grid.copy()
+    out["vs_null"] = out["n_intruders"] / out["null_expected"].where(
+        out["null_expected"] > 0)
+    out["label"] = [f"{int(n)} / {nu:.3g}" for n, nu in
+                    zip(out["n_intruders"], out["null_expected"], strict=True)]
+    return out
 
 
 def token_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per direction: its singular value and the promoted and demoted
-    tokens in order (df: fct_direction_tokens rows of one matrix, kind
-    'direction')."""
+    tokens in order, written as on every page (charts.show_token, the byte-level
+    vocabulary decoded: '␣the', not 'Ġthe'). df: fct_direction_tokens rows of one
+    matrix, kind 'direction'."""
     rows = []
     for k, g in df[df["kind"] == "direction"].groupby("direction", sort=True):
         row = {"direction": int(k), "singular value": float(g["singular_value"].iloc[0])}
         for pole in ("promoted", "demoted"):
             toks = g[g["pole"] == pole].sort_values("rank")
-            row[pole] = " ".join(repr(t) if t is not None else f"#{i}"
-                                 for t, i in zip(toks["token"], toks["token_id"],
-                                                 strict=True))
+            row[pole] = " ".join(show_token(t, vocab=True) if t is not None
+                                 else f"#{i}" for t, i in
+                                 zip(toks["token"], toks["token_id"], strict=True))
         rows.append(row)
     return pd.DataFrame(rows, columns=["direction", "singular value", "promoted",
                                        "demoted"])

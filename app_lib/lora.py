@@ -69,25 +69,37 @@ def long_form(df: pd.DataFrame) -> pd.DataFrame:
 
 def recovery_chart(df: pd.DataFrame) -> alt.LayerChart:
     """Shares against the rank (ordinal axis: 0, 1, 4, ..., full), behaviour with
-    its 95% interval, the energy curve beside it; 90% and 99% marked."""
+    its 95% interval, the energy curve beside it; the 90% and 99% levels drawn and
+    labelled, and 100% (all of SFT's change) as a solid line: a behaviour share above
+    it means the truncated model moved further than the SFT model itself."""
     data = long_form(df)
     order = list(dict.fromkeys(data.sort_values("order")["rank"]))
-    x = alt.X("rank:O", sort=order, title="LoRA rank r (per matrix)")
+    x = alt.X("rank:O", sort=order, title="LoRA rank r (per matrix)",
+              axis=alt.Axis(labelAngle=0))
     color = alt.Color("measure:N", title=None,
                       scale=alt.Scale(domain=list(MEASURES.values()), range=COLORS),
-                      legend=alt.Legend(orient="bottom", columns=1))
+                      legend=alt.Legend(orient="bottom", columns=1, labelLimit=0))
+    y = alt.Y("value:Q", title="share of SFT's change (95% interval)",
+              axis=alt.Axis(format="%", titleLimit=0), scale=alt.Scale(zero=True))
     base = alt.Chart(data).encode(x=x, color=color)
     lines = base.mark_line(point=True).encode(
-        y=alt.Y("value:Q", title="share", scale=alt.Scale(zero=True)),
-        tooltip=["rank", "measure", alt.Tooltip("value:Q", format=".4f"),
-                 alt.Tooltip("low:Q", format=".4f"),
-                 alt.Tooltip("high:Q", format=".4f")])
+        y=y,
+        tooltip=["rank", "measure", alt.Tooltip("value:Q", format=".1%"),
+                 alt.Tooltip("low:Q", format=".1%", title="95% low"),
+                 alt.Tooltip("high:Q", format=".1%", title="95% high")])
     bars = base.transform_filter("isValid(datum.low)").mark_errorbar(ticks=True
                                                                       ).encode(
-        y="low:Q", y2="high:Q")
-    rules = alt.Chart(pd.DataFrame({"level": [0.9, 0.99]})).mark_rule(
-        strokeDash=[4, 4], color="#999").encode(y="level:Q")
-    return alt.layer(rules, bars, lines).properties(height=320)
+        y=alt.Y("low:Q", title="share of SFT's change (95% interval)"), y2="high:Q")
+    levels = pd.DataFrame({"level": [0.9, 0.99, 1.0],
+                           "label": ["90%", "99%", "100% = SFT"]})
+    guide = alt.Chart(levels).encode(y="level:Q")
+    rules = guide.mark_rule(color="#999").encode(
+        strokeDash=alt.condition("datum.level < 1", alt.value([4, 4]),
+                                 alt.value([1, 0])))
+    labels = guide.mark_text(align="left", baseline="bottom", dx=3, dy=-1,
+                             color="#777", fontSize=10).encode(
+        x=alt.value(0), text="label:N")
+    return alt.layer(rules, labels, bars, lines).properties(height=320)
 
 
 def headline(df: pd.DataFrame) -> str:
@@ -103,9 +115,21 @@ def headline(df: pd.DataFrame) -> str:
                 f"{int(best['lora_rank'])}: {best['energy_share']:.0%}, behaviour "
                 f"{_pct(best['delta_share'])}); score larger ranks.")
     r = hit.iloc[0]
-    return (f"Spectrally {r['energy_share']:.0%} at r = {int(r['lora_rank'])}, "
+    text = (f"Spectrally {r['energy_share']:.0%} at r = {int(r['lora_rank'])}, "
             f"behaviourally {_pct(r['delta_share'])} of the log-prob delta "
-            f"(KL removed: {_pct(r['kl_share'])}).")
+            f"({_span(r, 'delta_share')}; KL removed: {_pct(r['kl_share'])}, "
+            f"{_span(r, 'kl_share')}; {int(r['n_posts'])} posts).")
+    if (df["delta_share"] > 1).any() or (df["kl_share"] > 1).any():
+        text += (" A share above 100% means the truncated model moved further than "
+                 "the SFT model (it overshoots SFT's change).")
+    return text
+
+
+def _span(row, measure: str) -> str:
+    lo, hi = row.get(f"ci95_low_{measure}"), row.get(f"ci95_high_{measure}")
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return "too few posts for an interval"
+    return f"95% interval {lo:.0%} to {hi:.0%}"
 
 
 def _pct(x) -> str:

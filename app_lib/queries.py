@@ -385,6 +385,34 @@ def residual_drift(src: Src, pair: str) -> pd.DataFrame:
 
 
 @_cache
+def group_perplexity_delta(src: Src, pair: str) -> pd.DataFrame:
+    """marts.fct_group_perplexity_delta of one pair: per group, SFT minus base
+    perplexity per post with its Student-t interval (empty before dbt has run)."""
+    if not has_table(src, "marts.fct_group_perplexity_delta"):
+        return pd.DataFrame()
+    return query("""
+        select grp, n_posts, mean_delta_perplexity, ci95_low_delta_perplexity,
+               ci95_high_delta_perplexity, mean_delta_bits_per_byte,
+               share_sft_lower_perplexity
+        from marts.fct_group_perplexity_delta where pair = ? order by grp
+    """, [pair], path=src[0])
+
+
+@_cache
+def drift_difference(src: Src, pair: str) -> pd.DataFrame:
+    """marts.fct_residual_drift_group_difference of one pair: per hidden-state index,
+    high - low of the posts' mean relative L2 distance with its Welch interval
+    (empty before dbt has built it)."""
+    if not has_table(src, "marts.fct_residual_drift_group_difference"):
+        return pd.DataFrame()
+    return query("""
+        select layer, group_a, group_b, n_posts_a, n_posts_b, estimate_a, estimate_b,
+               difference, ci95_low, ci95_high
+        from marts.fct_residual_drift_group_difference where pair = ? order by layer
+    """, [pair], path=src[0])
+
+
+@_cache
 def behaviour_pairs(src: Src) -> list[str]:
     """Pairs with scored posts (raw.token_logprobs: loaded, whether or not dbt has
     built their marts yet)."""

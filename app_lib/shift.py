@@ -15,12 +15,13 @@ the page and its marts travel together.
 from __future__ import annotations
 
 import html
+import json
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app_lib.charts import GROUP_COLOR, GROUP_LABEL, ROLE_COLOR
+from app_lib.charts import GROUP_COLOR, GROUP_LABEL, ROLE_COLOR, show_token
 from app_lib.db import query
 from app_lib.queries import TTL_S, Src
 
@@ -184,23 +185,26 @@ def classes_chart(df: pd.DataFrame) -> alt.Chart:
 
 
 def top_tokens_chart(df: pd.DataFrame, by: str) -> alt.Chart:
-    """Horizontal bars of the top tokens by count or by KL mass."""
+    """Horizontal bars of the top tokens by count or by KL mass, every bar labelled
+    (the token as `show_token` writes it; two tokens that read alike keep their
+    own bars)."""
     field = "kl_mass" if by == "kl_mass" else "n_shifted"
-    data = df.assign(label=df["token_text"].map(show_token))
+    data = df.reset_index(drop=True)
+    data = data.assign(label=data["token_text"].map(show_token),
+                       row=[f"{i:03d}" for i in range(len(data))])
+    expr = " : ".join(f"datum.value == {r!r} ? {json.dumps(t)}"
+                      for r, t in zip(data["row"], data["label"], strict=True))
     return alt.Chart(data).mark_bar(color=ROLE_COLOR["delta"]).encode(
-        y=alt.Y("label:N", sort=list(data["label"]), title=None),
+        y=alt.Y("row:N", sort=list(data["row"]), title=None,
+                axis=alt.Axis(labelExpr=f"{expr} : ''" if expr else None,
+                              labelOverlap=False, labelLimit=240, labelFontSize=11,
+                              labelFont="ui-monospace, monospace")),
         x=alt.X(f"{field}:Q", title="KL mass (nats)" if field == "kl_mass"
                 else "positions shifted"),
-        tooltip=["label", "token_id", "n_shifted", "n_posts",
-                 alt.Tooltip("kl_mass:Q", format=".4g"),
+        tooltip=[alt.Tooltip("label:N", title="token"), "token_id", "n_shifted",
+                 "n_posts", alt.Tooltip("kl_mass:Q", format=".4g"),
                  alt.Tooltip("share_of_shifted:Q", format=".1%")],
-    ).properties(height=22 * max(len(data), 1) + 30)
-
-
-def show_token(text) -> str:
-    """A token as a readable label: whitespace made visible, quotes around it."""
-    s = "" if text is None or pd.isna(text) else str(text)
-    return repr(s.replace(" ", "\u2423"))[1:-1].join("''")
+    ).properties(height=alt.Step(20))
 
 
 def kl_html(df: pd.DataFrame, clip: float = 1.0) -> str:

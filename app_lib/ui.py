@@ -102,3 +102,14 @@ def legend_note() -> None:
             for r, t in (("base", "base / W_base"), ("sft", "SFT / W_sft"),
                          ("delta", "dW = SFT - base")))
         + "</div>", unsafe_allow_html=True)
+
+
+TAKEAWAY = ":material/lightbulb:"
+
+
+def takeaway(sentences: list[str]) -> None:
+    """A page's sentences (app_lib.takeaways), in a box above its charts; nothing
+    when there are none."""
+    if sentences:
+        with st.container(border=True):
+            st.markdown(f"{TAKEAWAY} " + " ".join(sentences))

@@ -4,6 +4,7 @@ import streamlit as st
 
 from app_lib import charts, ui
 from app_lib import directions as d
+from app_lib import takeaways as tk
 
 st.title("Directions")
 st.caption("Which directions did fine-tuning change? Overlap: the share of "
@@ -21,12 +22,24 @@ side = c1.radio("side", ["left", "right"], horizontal=True, key="dir_side",
                 help="left: rows, the output space of an (out, in) weight")
 r = c2.select_slider("r (W_base's top-r)", [1, 4, 16, 64, 256], value=16,
                      key="dir_r")
-measure = c3.selectbox("overlap measure", ["share", "enrichment"], key="dir_measure")
+measure = c3.selectbox("overlap measure", ["enrichment", "share"], key="dir_measure",
+                       format_func={"enrichment": "enrichment: share / chance",
+                                    "share": "share of ||dW||^2"}.get,
+                       help="chance: r / dim, the share a random r-dimensional "
+                            "subspace holds on average")
 cells = ui.load(d.overlap_grid, src, pair, side, r)
 if cells.empty:
     st.info(f"No overlap at r = {r} for pair {pair} (r is at most min(m, n)).")
 else:
-    st.altair_chart(charts.heatmap(cells, measure), width="stretch")
+    ui.takeaway(tk.overlap(cells, r, side))
+    if measure == "enrichment":
+        chart = charts.heatmap(cells, "enrichment", log=True, diverging_at=1.0,
+                               legend_title="share / chance")
+    else:
+        chart = charts.heatmap(cells, "share")
+    st.altair_chart(chart, width="stretch")
+    st.caption("Enrichment 1 (white) is chance: a random r-dimensional subspace "
+               "holds r / dim of ||dW||^2 on average; green above, purple below.")
 
 st.subheader("Intruder dimensions")
 c1, c2 = st.columns(2)
@@ -39,7 +52,13 @@ if grid.empty:
     st.info("No intruder counts: W_base's whole basis was not computed for these "
             "matrices (raw.compute_runs, kind 'directions', says which).")
 else:
-    st.altair_chart(charts.heatmap(grid, "n_intruders"), width="stretch")
+    ui.takeaway(tk.intruders(grid, eps))
+    st.altair_chart(charts.heatmap(d.intruder_cells(grid), "vs_null", text="label",
+                                   legend_title="intruders / null"),
+                    width="stretch")
+    st.caption("Each cell: intruders / the number expected of random directions "
+               "(the null); colour: their ratio, 0 = all of W_sft's top directions "
+               "are W_base's, 1 = as many as random directions would give.")
 
 st.subheader("One matrix")
 mats = ui.load(d.matrices, src, pair)
@@ -47,15 +66,22 @@ tensor = st.selectbox("matrix", mats["tensor"].tolist(), key="dir_tensor")
 curve = ui.load(d.intruder_curve, src, pair, tensor)
 if not curve.empty:
     st.altair_chart(d.epsilon_chart(curve), width="stretch")
-st.dataframe(ui.load(d.angles, src, pair, tensor), width="stretch", hide_index=True)
+angles = ui.load(d.angles, src, pair, tensor)
+if not angles.empty:
+    st.markdown("**Principal angles** between the top-r subspaces of dW and of "
+                "W_base (0° = a shared direction; random subspaces sit near 90°)")
+    st.dataframe(d.angles_table(angles), width="stretch", hide_index=True)
 toks = ui.load(d.tokens, src, pair, tensor)
 table = d.token_table(toks)
 if not table.empty:
     st.markdown("**What dW's top directions say**: tokens each direction promotes "
-                "and demotes through the final norm and the unembedding.")
+                "and demotes through the final norm and the unembedding "
+                "(␣ = a space).")
     st.dataframe(table, width="stretch", hide_index=True)
 rows = toks[toks["kind"] == "row_change"]
 if not rows.empty:
     st.markdown("**Rows that changed most** (||dW row||):")
+    rows = rows.assign(token=rows["token"].map(lambda t: charts.show_token(
+        t, vocab=True)))
     st.dataframe(rows[["rank", "token_id", "token", "score"]], width="stretch",
                  hide_index=True)

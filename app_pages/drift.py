@@ -4,6 +4,7 @@ import streamlit as st
 
 from app_lib import charts, ui
 from app_lib import queries as q
+from app_lib import takeaways as tk
 
 st.title("Residual drift")
 st.caption("The same post through both models: the distance between their hidden "
@@ -20,12 +21,21 @@ drift = ui.load(q.residual_drift, src, pair)
 if drift.empty:
     st.info(f"Pair {pair} has no residual drift rows.")
     st.stop()
+diff = ui.load(q.drift_difference, src, pair)
+ui.takeaway(tk.drift(diff) or (
+    ["No interval for the groups' difference yet: `cd dbt_project && dbt build` "
+     "builds marts.fct_residual_drift_group_difference."] if diff.empty else []))
 measure = st.radio("measure", ["mean_rel_l2", "pooled_rel_l2", "mean_cos"],
                    horizontal=True, key="drift_measure",
                    format_func={"mean_rel_l2": "relative L2 distance (mean)",
                                 "pooled_rel_l2": "relative L2 distance (pooled)",
                                 "mean_cos": "cosine similarity"}.get)
 st.altair_chart(charts.drift_chart(drift, measure), width="stretch")
+if not diff.empty and diff["ci95_low"].notna().any():
+    st.markdown("**Do the groups differ?** The difference of the posts' mean "
+                "relative L2 distance, with its 95% Welch interval; an interval "
+                "that holds 0 is no difference.")
+    st.altair_chart(charts.drift_difference_chart(diff), width="stretch")
 with st.expander("Numbers"):
     st.dataframe(drift, hide_index=True, width="stretch")
 st.caption("Index 0 is the embedding output, index L the final normed state the LM "

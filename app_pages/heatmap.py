@@ -4,6 +4,7 @@ import streamlit as st
 
 from app_lib import charts, ui
 from app_lib import queries as q
+from app_lib import takeaways as tk
 
 st.title("Weights heatmap")
 st.caption("Each cell is one weight matrix: how much fine-tuning changed it "
@@ -30,7 +31,11 @@ cells = ui.load(q.layer_module, src, pair)
 if cells.empty:
     st.info(f"Pair {pair} has no block matrices in marts.fct_layer_module_metrics.")
     st.stop()
+ui.takeaway(tk.heatmap(cells, metric))
 st.altair_chart(charts.heatmap(cells, metric, log=log), width="stretch")
+if metric in charts.RANK_METRICS:
+    st.caption("Colour: the rank as a share of the matrix's full rank min(m, n) "
+               "(k/v projections are narrower than q); the cells print the rank.")
 
 with st.expander("The grid as a table"):
     grid = cells.pivot_table(index="layer", columns="module", values=metric)

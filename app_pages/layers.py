@@ -4,6 +4,7 @@ import streamlit as st
 
 from app_lib import charts, ui
 from app_lib import queries as q
+from app_lib import takeaways as tk
 
 MEDIAN = "median over module types"
 
@@ -38,6 +39,7 @@ data = data[data["pair"].isin(shown)]
 if data.empty:
     st.info("Choose at least one pair.")
     st.stop()
+ui.takeaway(tk.depth_trend(data, metric))
 st.altair_chart(charts.layers_chart(data, metric, log=log).interactive(
     bind_y=False), width="stretch")
 st.caption(f"{module}: {charts.metric_title(metric)}.")

@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-from app_lib import charts, ui
+from app_lib import charts, shift, ui
 from app_lib import queries as q
+from app_lib import takeaways as tk
 
 st.title("sftscope")
 st.caption("What did supervised fine-tuning do to this model? Singular-value "
@@ -16,6 +17,16 @@ st.caption(f"Warehouse: `{src[0]}`")
 if ui.need(src, "marts.dim_pairs", run=q.FILL_ALL + "\n# or\n" + q.FILL_WEIGHTS,
            what="No pairs in the warehouse yet"):
     pairs = ui.load(q.pairs, src)
+    said = []
+    if ui.load(q.row_count, src, "marts.fct_layer_module_metrics"):
+        said += tk.weights(ui.load(q.layer_module, src))
+    if ui.load(q.row_count, src, "raw.token_logprobs"):
+        scored = ui.load(q.behaviour_pairs, src)[-1]
+        diffs = (ui.load(shift.differences, src, scored) if q.has_table(
+            src, "marts.fct_group_difference_intervals") else None)
+        said += tk.perplexity(ui.load(q.group_perplexity_delta, src, scored), diffs,
+                              pair=scored)
+    ui.takeaway(said)
     c1, c2, c3 = st.columns(3)
     c1.metric("pairs", len(pairs))
     c2.metric("weight matrices", f"{int(pairs['n_matrices'].fillna(0).sum()):,}")

@@ -3,8 +3,9 @@
 import pandas as pd
 import streamlit as st
 
-from app_lib import charts, lora, ui
+from app_lib import charts, lora, shift, ui
 from app_lib import queries as q
+from app_lib import takeaways as tk
 
 st.title("Perplexity")
 st.caption("How surprised each model is by the Stack Exchange posts (raw text, no "
@@ -19,6 +20,9 @@ if not ui.need(src, "raw.token_logprobs", run=q.FILL_BEHAVIOUR,
 
 pair = ui.pick_pair(ui.load(q.behaviour_pairs, src))
 ppl = ui.load(q.post_perplexity, src, pair)
+diffs = (ui.load(shift.differences, src, pair)
+         if q.has_table(src, "marts.fct_group_difference_intervals") else None)
+ui.takeaway(tk.perplexity(ui.load(q.group_perplexity_delta, src, pair), diffs))
 
 st.subheader("Per group and model")
 c1, c2 = st.columns([3, 1], vertical_alignment="bottom")

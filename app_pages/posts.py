@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app_lib import queries as q
+from app_lib import takeaways as tk
 from app_lib import ui
 
 st.title("Posts")
@@ -33,6 +34,7 @@ else:
     st.caption("Perplexities appear here once a pair has scored the prompts "
                "(`python -m compute.run ...`, then `dbt build`).")
 
+ui.takeaway(tk.posts(found))
 st.caption(f"{len(found)} post(s)" + (" (first 500)" if len(found) >= 500 else ""))
 event = st.dataframe(
     found, hide_index=True, width="stretch", height=360, key="posts_table",

@@ -5,6 +5,7 @@ import streamlit as st
 
 from app_lib import charts, ui
 from app_lib import queries as q
+from app_lib import takeaways as tk
 
 st.title("Spectra")
 st.caption("All singular values of one weight matrix: the base model's W_base, the "
@@ -47,13 +48,14 @@ if len(delta):
     noise = {"mp_edge": delta["mp_edge"].iloc[0],
              "gd_threshold": delta["gd_threshold"].iloc[0]}
 values = ui.load(q.spectrum, src, pair, tensor)
+energy = ui.load(q.energy_curve, src, pair, tensor)
+ui.takeaway(tk.spectrum(delta.iloc[0] if len(delta) else None, energy))
 st.altair_chart(charts.spectra_chart(values, noise), width="stretch")
 
 left, right = st.columns([1, 1])
 with left:
     st.markdown("**Energy of dW**: the share of ||dW||_F^2 its top-k directions hold "
                 "(dots: LoRA ranks 1 ... 256)")
-    energy = ui.load(q.energy_curve, src, pair, tensor)
     lora = ui.load(q.lora_fit, src, pair, tensor)
     signal = delta["signal_rank"].iloc[0] if len(delta) else None
     if energy.empty:

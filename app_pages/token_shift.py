@@ -4,6 +4,7 @@ import streamlit as st
 
 from app_lib import charts, shift, ui
 from app_lib import queries as q
+from app_lib import takeaways as tk
 
 st.title("Token shift")
 st.caption("Beyond perplexity: at every token of a post, how far apart the base and "
@@ -18,9 +19,11 @@ if not ui.need(src, shift.TABLE, run=shift.FILL, what="No token shift yet"):
 
 pair = ui.pick_pair(ui.load(q.behaviour_pairs, src))
 
-st.subheader("Do the two post groups differ in how much SFT moved them?")
 groups = ui.load(shift.group_intervals, src, pair)
 diffs = ui.load(shift.differences, src, pair)
+ui.takeaway(tk.token_shift(groups, diffs))
+
+st.subheader("Do the two post groups differ in how much SFT moved them?")
 metric = st.selectbox("measure", list(shift.MEASURES), key="shift_metric",
                       format_func=shift.MEASURES.get)
 st.markdown(shift.headline(diffs, metric))

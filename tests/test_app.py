@@ -244,11 +244,18 @@ def test_posts_and_behaviour_pages_on_demo(demo_warehouse, monkeypatch):
 def test_sql_console(demo_warehouse, monkeypatch):
     at = open_page("sql", demo_warehouse, monkeypatch)
     assert "marts.dim_pairs" in at.text_area(key="sql_text").value
-    assert any(e.label == "marts.fct_matrix_metrics" for e in at.expander)
+    # one schema table (no expander per table), filterable by table, column or text
+    assert not at.expander
+    schema = at.dataframe[-1].value
+    assert "marts.fct_matrix_metrics" in set(schema["table"])
+    at.text_input(key="sql_filter").input("signal_rank").run()
+    schema = at.dataframe[-1].value
+    assert len(schema) and schema["column"].str.contains("signal_rank").all()
     at.button(key="sql_run").click().run()
     assert not at.exception and not at.error
-    result = at.columns[0].dataframe  # the query's column, not the schema's
-    assert result[0].value["pair"].tolist() == ["planted"]
+    result = at.dataframe[0]  # the query's result comes first, full width
+    assert result.value["pair"].tolist() == ["planted"]
+    assert not at.columns  # nothing beside it
     assert at.get("download_button")
     at.text_area(key="sql_text").input("attach 'x.duckdb' as x").run()
     at.button(key="sql_run").click().run()
@@ -256,10 +263,14 @@ def test_sql_console(demo_warehouse, monkeypatch):
     at.text_area(key="sql_text").input("select * from read_csv('/etc/passwd')").run()
     at.button(key="sql_run").click().run()
     assert "Refused" in at.error[0].value
+    at.text_area(key="sql_text").input("selec pair frm marts.dim_pairs").run()
+    at.button(key="sql_run").click().run()
+    assert at.error[0].value.startswith("Syntax error: Parser Error")
+    assert "Refused" not in at.error[0].value
     at.selectbox(key="sql_example").select("Summarize a table").run()
     at.button(key="sql_run").click().run()
     assert not at.error
-    assert "column_name" in at.columns[0].dataframe[0].value.columns
+    assert "column_name" in at.dataframe[0].value.columns
 
 
 # --- behaviour rows present ------------------------------------------------------

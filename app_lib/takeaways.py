@@ -1,0 +1,369 @@
+"""The sentences each page opens with: pure functions, DataFrames in, Markdown out.
+
+    from app_lib import takeaways as tk
+    ui.takeaway(tk.weights(cells))        # cells: marts.fct_layer_module_metrics
+
+Every sentence is computed from the marts the page reads, with the interval, the
+chance level or the null that makes it true, and says when the data are too thin to
+carry it. Each function returns a list of sentences (possibly empty); no Streamlit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from app_lib.charts import GROUP_LABEL, metric_title, module_list
+
+# Fewer than this many posts in a group: no interval is worth quoting.
+MIN_POSTS = 5
+# Fewer layers than this: no trend with depth can be tested.
+MIN_LAYERS = 5
+# Overlap within this factor of its chance level reads as "at chance".
+CHANCE_BAND = 1.25
+# One spread of medians (by module type, by layer) must exceed the other this many
+# times to be called the one that matters more.
+SPREAD_RATIO = 1.5
+
+
+def _num(x: float, digits: int = 3) -> str:
+    """A number to `digits` significant digits, no exponent for everyday sizes."""
+    if x is None or pd.isna(x):
+        return "n/a"
+    if x == 0:
+        return "0"
+    return f"{x:.{digits}g}" if 1e-4 <= abs(x) < 1e6 else f"{x:.{digits - 1}e}"
+
+
+def _signed(x: float, digits: int = 3) -> str:
+    return ("+" if x > 0 else "") + _num(x, digits)
+
+
+def _interval(lo: float, hi: float, signed: bool = False) -> str:
+    f = _signed if signed else _num
+    return f"95% interval {f(lo)} to {f(hi)}"
+
+
+def _group(g: str) -> str:
+    return GROUP_LABEL.get(g, g)
+
+
+def _modules_in(df: pd.DataFrame) -> list[str]:
+    return module_list(df["module"]) if len(df) else []
+
+
+def _join(items: list[str]) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+# --- weights -------------------------------------------------------------------------
+
+def full_rank_share(df: pd.DataFrame, rank: str = "delta_signal_rank") -> pd.Series:
+    """A rank as a share of the matrix's full rank min(n_rows, n_cols)."""
+    full = np.minimum(df["n_rows"], df["n_cols"]).astype(float)
+    return df[rank] / full.where(full > 0)
+
+
+def weights(cells: pd.DataFrame) -> list[str]:
+    """How far fine-tuning moved each pair's block matrices, and how many
+    directions of dW stand above the rounding noise (one sentence each, at most
+    three pairs). cells: marts.fct_layer_module_metrics rows."""
+    out = []
+    if cells.empty:
+        return ["No block matrices in the warehouse yet."]
+    for pair, c in list(cells.groupby("pair", sort=False))[:3]:
+        rel = c["relative_frobenius_change"].dropna()
+        if rel.empty:
+            continue
+        n = len(rel)
+        thin = " (one matrix: nothing to compare)" if n < 2 else ""
+        meds = c.groupby("module")["relative_frobenius_change"].median()
+        unchanged = int(c["unchanged"].fillna(False).sum()) if "unchanged" in c else 0
+        moved = (f"every one of its {n} block matrices" if not unchanged
+                 else f"{n - unchanged} of its {n} block matrices ({unchanged} "
+                      "unchanged)")
+        text = (f"**{pair}**: fine-tuning moved {moved} by {rel.min():.0%} to "
+                f"{rel.max():.0%} of its norm (||dW||_F / ||W_base||_F, median "
+                f"{rel.median():.0%}){thin}")
+        if len(meds) > 1:
+            text += (f"; most in {meds.idxmax()} (median {meds.max():.0%}), least "
+                     f"in {meds.idxmin()} ({meds.min():.0%})")
+        out.append(text + ".")
+        if {"delta_signal_rank", "n_rows", "n_cols"} <= set(c.columns):
+            share = full_rank_share(c).dropna()
+            if len(share):
+                full = [m for m in _modules_in(c)
+                        if (full_rank_share(c[c["module"] == m]) >= 0.999).all()]
+                text = (f"dW stands above the bf16 rounding noise in {share.median():.0%}"
+                        f" of its possible directions (signal rank / min(m, n), "
+                        f"median; {share.min():.0%} to {share.max():.0%})")
+                if full:
+                    text += (f"; {_join(full)} {'is' if len(full) == 1 else 'are'} "
+                             "full rank in every layer: not a low-rank update there")
+                out.append(text + ".")
+    return out
+
+
+def heatmap(cells: pd.DataFrame, metric: str) -> list[str]:
+    """The range of one measure over the grid, where it peaks, and how far module
+    types and layers each spread it. cells: one pair's fct_layer_module_metrics."""
+    c = cells.dropna(subset=[metric])
+    if c.empty:
+        return [f"No values of {metric_title(metric)} for this pair."]
+    lo, hi = c.loc[c[metric].idxmin()], c.loc[c[metric].idxmax()]
+    title = metric_title(metric)
+    out = [f"{title[0].upper()}{title[1:]}: from {_num(lo[metric])} (layer "
+           f"{int(lo['layer'])} {lo['module']}) to {_num(hi[metric])} (layer "
+           f"{int(hi['layer'])} {hi['module']}) over {len(c)} matrices."]
+    by_module = c.groupby("module")[metric].median()
+    by_layer = c.groupby("layer")[metric].median()
+    if len(by_module) < 2 or len(by_layer) < 2:
+        out.append("One module type or one layer only: too thin to say which of "
+                   "the two matters more.")
+        return out
+    spread_m = by_module.max() - by_module.min()
+    spread_l = by_layer.max() - by_layer.min()
+    if max(spread_m, spread_l) > SPREAD_RATIO * min(spread_m, spread_l):
+        verdict = ("the module type matters more than depth" if spread_m > spread_l
+                   else "depth matters more than the module type")
+    else:
+        verdict = (f"neither spreads it {SPREAD_RATIO:g}x more than the other")
+    out.append(f"Medians by module type span {_num(by_module.min())} "
+               f"({by_module.idxmin()}) to {_num(by_module.max())} "
+               f"({by_module.idxmax()}); by layer {_num(by_layer.min())} (layer "
+               f"{int(by_layer.idxmin())}) to {_num(by_layer.max())} (layer "
+               f"{int(by_layer.idxmax())}): {verdict}.")
+    return out
+
+
+def depth_trend(data: pd.DataFrame, metric: str) -> list[str]:
+    """Per pair: Spearman's rank correlation of `metric` with depth and its
+    two-sided p-value (SciPy), or a note that there are too few layers.
+    data: pair, depth, metric (one row per layer)."""
+    from scipy.stats import spearmanr
+
+    out = []
+    for pair, d in list(data.dropna(subset=[metric]).groupby("pair", sort=False))[:3]:
+        n = len(d)
+        if n < MIN_LAYERS:
+            out.append(f"**{pair}**: {n} layer(s): too few to test a trend with depth "
+                       f"(at least {MIN_LAYERS}).")
+            continue
+        if d[metric].nunique() < 2:
+            out.append(f"**{pair}**: the same value at every depth.")
+            continue
+        rho, p = spearmanr(d["depth"], d[metric])
+        verdict = (("rises" if rho > 0 else "falls") + " with depth"
+                   if p < 0.05 else "no clear trend with depth")
+        out.append(f"**{pair}**: {verdict} (Spearman rho {rho:+.2f}, p = {p:.2g}, "
+                   f"{n} layers; chance: rho 0).")
+    return out
+
+
+def spectrum(delta: pd.Series | None, energy: pd.DataFrame) -> list[str]:
+    """One matrix: how much of dW stands above the noise, and how concentrated its
+    energy is against a flat spectrum (the top k of n hold k / n).
+    delta: the fct_matrix_metrics row of dW; energy: rank, share."""
+    if delta is None or energy.empty:
+        return ["No spectrum of dW for this matrix."]
+    n = int(energy["rank"].max())
+    out = []
+    signal = delta.get("signal_rank")
+    if signal is not None and not pd.isna(signal):
+        out.append(f"{int(signal)} of dW's {n} singular values stand above the "
+                   f"Gavish-Donoho threshold for bf16 rounding noise "
+                   f"({signal / n:.0%} of full rank).")
+    k = min(16, max(1, n // 8))
+    row = energy[energy["rank"] >= k].iloc[0]
+    k = int(row["rank"])
+    if n > 1:
+        ratio = row["share"] / (k / n)
+        out.append(f"Its top {k} directions hold {row['share']:.0%} of ||dW||_F^2, "
+                   f"against {k / n:.0%} for a flat spectrum ({ratio:.1f}x): "
+                   + ("concentrated." if ratio >= 2 else "spread out, not low-rank."))
+    return out
+
+
+# --- directions ----------------------------------------------------------------------
+
+def overlap(cells: pd.DataFrame, r: int, side: str) -> list[str]:
+    """Per module type: the layers' range of dW's energy share in W_base's top-r
+    subspace against the chance level r / dim (a random r-dimensional subspace),
+    sorted into above, at and below chance. cells: overlap_grid rows."""
+    c = cells.dropna(subset=["share", "random_share"])
+    if c.empty:
+        return [f"No overlap at r = {r}."]
+    above, at, below = [], [], []
+    for m in _modules_in(c):
+        g = c[c["module"] == m]
+        lo, hi, chance = g["share"].min(), g["share"].max(), g["random_share"].median()
+        text = (f"{m} {_num(lo, 2)}" + (f"-{_num(hi, 2)}" if hi - lo > 0.005 else "")
+                + f" vs chance {_num(chance, 2)}")
+        if lo > chance * CHANCE_BAND:
+            above.append(text)
+        elif hi < chance / CHANCE_BAND:
+            below.append(text)
+        else:
+            at.append(text)
+    out = [f"At r = {r} ({side} side), the share of ||dW||^2 in W_base's top-{r} "
+           "subspace, over the layers:"]
+    if above:
+        out.append(f"**above chance** in every layer: {'; '.join(above)}.")
+    if at:
+        out.append(f"**at chance** (within {CHANCE_BAND:g}x of r / dim in some "
+                   f"layer): {'; '.join(at)}.")
+    if below:
+        out.append(f"**below chance**: {'; '.join(below)}.")
+    return [" ".join(out)]
+
+
+def intruders(grid: pd.DataFrame, epsilon: float) -> list[str]:
+    """Intruders among W_sft's top k against the random-direction null, summed over
+    the matrices of the grid. grid: intruder_grid rows."""
+    if grid.empty:
+        return []
+    n, null, k = int(grid["n_intruders"].sum()), grid["null_expected"].sum(), \
+        int(grid["k"].max())
+    total = int(grid["k"].sum())
+    verdict = ("W_sft's top directions are W_base's, rotated at most a little"
+               if n <= 0.1 * null else
+               "many are new directions" if n >= 0.5 * null else
+               "some are new directions")
+    return [f"At epsilon {epsilon:g}: {n} of the {total} top-{k} singular vectors of "
+            f"W_sft over {len(grid)} matrices are intruders (max |cos| with W_base's "
+            f"< {epsilon:g}), against {_num(null)} for random directions: {verdict}."]
+
+
+# --- behaviour -----------------------------------------------------------------------
+
+def perplexity(delta: pd.DataFrame, diffs: pd.DataFrame | None = None,
+               pair: str | None = None) -> list[str]:
+    """Per group: SFT minus base perplexity per post with its Student-t interval
+    (marts.fct_group_perplexity_delta), then the groups' difference in bits per byte
+    with its bootstrap interval (fct_group_difference_intervals), where there.
+    `pair`: named at the start (the Overview speaks of several)."""
+    if delta.empty:
+        return ["No scored posts yet."]
+    parts = []
+    for r in delta.sort_values("grp", key=lambda s: s.map(
+            {"high": 0, "low": 1}).fillna(2)).itertuples():
+        name = _group(r.grp) if isinstance(r.grp, str) else "all"
+        if r.n_posts < MIN_POSTS or pd.isna(r.ci95_low_delta_perplexity):
+            parts.append(f"{name} posts: only {int(r.n_posts)}, too few for an "
+                         "interval")
+            continue
+        lo, hi = r.ci95_low_delta_perplexity, r.ci95_high_delta_perplexity
+        how = ("lowered" if hi < 0 else "raised" if lo > 0 else
+               "did not clearly change")
+        parts.append(f"{how} it on {name} posts ({_signed(r.mean_delta_perplexity)} "
+                     f"per post, {_interval(lo, hi, True)}, {int(r.n_posts)} posts)")
+    who = f"**{pair}**: SFT " if pair else "SFT "
+    out = [who + "; ".join(parts) + " (perplexity, SFT minus base)."]
+    out += difference(diffs, "delta_bits_per_byte", "the change in bits per byte")
+    return out
+
+
+def difference(diffs: pd.DataFrame | None, metric: str, what: str) -> list[str]:
+    """One measure's high - low difference with its bootstrap interval:
+    'differ' when the interval excludes 0, else 'no difference'."""
+    if diffs is None or diffs.empty:
+        return []
+    rows = diffs[diffs["metric"] == metric]
+    if rows.empty:
+        return []
+    r = rows.iloc[0]
+    if min(r["n_posts_a"], r["n_posts_b"]) < MIN_POSTS:
+        return [f"{what.capitalize()}: too few posts per group "
+                f"({int(r['n_posts_a'])} and {int(r['n_posts_b'])}) to compare."]
+    span = _interval(r["ci95_low"], r["ci95_high"], True)
+    if r["ci95_low"] > 0 or r["ci95_high"] < 0:
+        larger = r["group_a"] if r["difference"] > 0 else r["group_b"]
+        return [f"{what.capitalize()} is larger on {_group(larger)} posts: "
+                f"{r['group_a']} - {r['group_b']} {_signed(r['difference'])} ({span}, "
+                f"{int(r['n_resamples'])} bootstrap resamples)."]
+    return [f"No difference between the groups in {what}: {r['group_a']} - "
+            f"{r['group_b']} {_signed(r['difference'])}, {span} holds 0."]
+
+
+def token_shift(groups: pd.DataFrame, diffs: pd.DataFrame) -> list[str]:
+    """The share of shifted tokens per group (against Lin et al.'s 5-8% for 7B chat
+    models) and whether KL differs between the groups."""
+    out = []
+    g = groups[groups["metric"] == "share_shifted"]
+    if len(g):
+        parts = [f"{_group(r.grp)} {r.estimate:.1%} ({_interval(r.ci95_low, r.ci95_high)})"
+                 for r in g.itertuples()]
+        out.append(f"SFT's top-1 token is ranked below 3rd by the base (shifted) at "
+                   f"{'; '.join(parts)} of positions (Lin et al. 2023: 5-8% in 7B "
+                   "chat models).")
+    out += difference(diffs, "mean_kl_sft_base", "KL(p_sft || p_base) per token")
+    return out or ["No token-shift measures for this pair."]
+
+
+def drift(diff: pd.DataFrame) -> list[str]:
+    """Residual drift: where the two models part most, and whether the groups differ
+    there (Welch interval over posts). diff: fct_residual_drift_group_difference
+    rows of one pair (layer, estimate_a, estimate_b, difference, ci95_low, ...)."""
+    if diff.empty:
+        return []
+    last = diff.sort_values("layer").iloc[-1]
+    peak = diff.loc[((diff["estimate_a"] + diff["estimate_b"]) / 2).idxmax()]
+    out = [f"The hidden states part most at index {int(peak['layer'])} (relative L2 "
+           f"distance {_num(peak['estimate_a'], 2)} on {_group(peak['group_a'])}, "
+           f"{_num(peak['estimate_b'], 2)} on {_group(peak['group_b'])} posts; mean "
+           "per post)."]
+    if min(last["n_posts_a"], last["n_posts_b"]) < MIN_POSTS:
+        out.append("Too few posts per group to compare them.")
+        return out
+    differ = diff[(diff["ci95_low"] > 0) | (diff["ci95_high"] < 0)]
+    span = _interval(last["ci95_low"], last["ci95_high"], True)
+    if differ.empty:
+        out.append(f"No difference between the groups at any index: at the final "
+                   f"state {last['group_a']} - {last['group_b']} "
+                   f"{_signed(last['difference'], 2)}, {span} holds 0.")
+    else:
+        out.append(f"The groups differ at {len(differ)} of {len(diff)} indices; at "
+                   f"the final state {last['group_a']} - {last['group_b']} "
+                   f"{_signed(last['difference'], 2)} ({span}).")
+    return out
+
+
+def posts(found: pd.DataFrame) -> list[str]:
+    """How many posts per group and their score ranges; where both models scored
+    them (a delta_perplexity column), on how many SFT found the text likelier, with
+    a sign test against the 50% of no effect (SciPy's binomtest)."""
+    from scipy.stats import binomtest
+
+    if found.empty:
+        return ["No posts match."]
+    parts = [f"{len(d)} {_group(g)} (score {int(d['score'].min())} to "
+             f"{int(d['score'].max())})" for g, d in found.groupby("grp", sort=False)]
+    out = [f"{len(found)} post(s): {'; '.join(parts)}."]
+    if "delta_perplexity" not in found:
+        return out
+    for g, d in found.dropna(subset=["delta_perplexity"]).groupby("grp", sort=False):
+        n, k = len(d), int((d["delta_perplexity"] < 0).sum())
+        if n < MIN_POSTS:
+            out.append(f"{_group(g)}: {n} scored post(s), too few for a sign test.")
+            continue
+        p = binomtest(k, n).pvalue
+        out.append(f"SFT lowered the perplexity of {k} of {n} {_group(g)} posts "
+                   f"(sign test against 50%: p = {p:.2g}).")
+    return out
+
+
+def console(relations: pd.DataFrame) -> list[str]:
+    """What the warehouse holds: tables per schema and the largest table."""
+    if relations.empty:
+        return []
+    counts = relations.groupby("schema").size()
+    rows = relations.dropna(subset=["n_rows"])
+    text = ("The warehouse holds " + _join([f"{n} in {s}" for s, n in counts.items()])
+            + " (tables and views)")
+    if len(rows):
+        big = rows.loc[rows["n_rows"].idxmax()]
+        text += (f"; the largest is {big['schema']}.{big['name']} "
+                 f"(about {int(big['n_rows']):,} rows)")
+    return [text + "."]
