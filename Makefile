@@ -26,7 +26,7 @@ venv: $(VENV)/.installed
 # make demo's quick LoRA recovery (the Perplexity page's "Is SFT a LoRA?" curve): a few
 # ranks on the demo's prompts, in the behaviour run's window (the pair's 512-token
 # context); r = full is the SFT model itself (100% by construction) and is not scored
-DEMO_LORA_RANKS ?= 1,4,16
+DEMO_LORA_RANKS ?= 1,4,16,64
 demo: venv
 	$(PY) -m ingest.demo_site data/demo-site
 	$(PY) -m ingest.stackexchange data/demo-site --site physics.demo

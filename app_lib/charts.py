@@ -447,7 +447,8 @@ def energy_chart(df: pd.DataFrame, lora: pd.DataFrame | None = None,
         rule = alt.Chart(sd).encode(x="rank:Q")
         layers.append(rule.mark_rule(color="#555", strokeDash=[4, 3]).encode(
             tooltip=["what:N"]))
-        layers.append(rule.mark_text(align="left", dx=4, y=12, color="#555",
+        # left of its rule: near the right end a label after it was cut
+        layers.append(rule.mark_text(align="right", dx=-4, y=12, color="#555",
                                      fontSize=11).encode(text="what:N"))
     return alt.layer(*layers).properties(height=300)
 
@@ -636,8 +637,7 @@ def drift_difference_chart(df: pd.DataFrame) -> alt.LayerChart:
            alt.Tooltip("ci95_high:Q", format="+.4g", title="95% high")]
     base = alt.Chart(data).encode(x=x)
     bars = base.mark_errorbar(ticks=True, color=ROLE_COLOR["delta"]).encode(
-        y=alt.Y("ci95_low:Q", title=f"{label}: relative L2 distance (95% interval)",
-                axis=alt.Axis(titleLimit=0)), y2="ci95_high:Q")
+        y=alt.Y("ci95_low:Q", title=f"{label} (95% interval)"), y2="ci95_high:Q")
     points = base.mark_point(filled=True, size=60, color=ROLE_COLOR["delta"]).encode(
         y="difference:Q", tooltip=tip)
     zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(

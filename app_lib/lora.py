@@ -78,7 +78,7 @@ def recovery_chart(df: pd.DataFrame) -> alt.LayerChart:
               axis=alt.Axis(labelAngle=0))
     color = alt.Color("measure:N", title=None,
                       scale=alt.Scale(domain=list(MEASURES.values()), range=COLORS),
-                      legend=alt.Legend(orient="bottom", columns=1, labelLimit=0))
+                      legend=alt.Legend(orient="right", labelLimit=0))
     y = alt.Y("value:Q", title="share of SFT's change (95% interval)",
               axis=alt.Axis(format="%", titleLimit=0), scale=alt.Scale(zero=True))
     base = alt.Chart(data).encode(x=x, color=color)
@@ -87,18 +87,19 @@ def recovery_chart(df: pd.DataFrame) -> alt.LayerChart:
         tooltip=["rank", "measure", alt.Tooltip("value:Q", format=".1%"),
                  alt.Tooltip("low:Q", format=".1%", title="95% low"),
                  alt.Tooltip("high:Q", format=".1%", title="95% high")])
-    bars = base.transform_filter("isValid(datum.low)").mark_errorbar(ticks=True
-                                                                      ).encode(
+    bars = base.transform_filter("isValid(datum.low)").mark_errorbar(
+        ticks=alt.MarkConfig(size=10)).encode(
         y=alt.Y("low:Q", title="share of SFT's change (95% interval)"), y2="high:Q")
-    levels = pd.DataFrame({"level": [0.9, 0.99, 1.0],
-                           "label": ["90%", "99%", "100% = SFT"]})
+    levels = pd.DataFrame({"level": [0.9, 1.0], "label": ["90%", "100% = SFT"]})
     guide = alt.Chart(levels).encode(y="level:Q")
     rules = guide.mark_rule(color="#999").encode(
         strokeDash=alt.condition("datum.level < 1", alt.value([4, 4]),
                                  alt.value([1, 0])))
-    labels = guide.mark_text(align="left", baseline="bottom", dx=3, dy=-1,
-                             color="#777", fontSize=10).encode(
-        x=alt.value(0), text="label:N")
+    labels = guide.mark_text(align="left", dx=3, color="#777", fontSize=10).encode(
+        x=alt.value(0), text="label:N",
+        baseline=alt.condition("datum.level < 1", alt.value("top"),
+                               alt.value("bottom")),
+        dy=alt.condition("datum.level < 1", alt.value(2), alt.value(-2)))
     return alt.layer(rules, labels, bars, lines).properties(height=320)
 
 
@@ -110,15 +111,19 @@ def headline(df: pd.DataFrame) -> str:
     measured = df[~df["is_full"].astype(bool)]
     hit = measured[measured["energy_share"] >= 0.9]
     if hit.empty:
-        best = measured.iloc[-1]
-        return (f"No measured rank keeps 90% of ||dW||_F^2 (r = "
-                f"{int(best['lora_rank'])}: {best['energy_share']:.0%}, behaviour "
-                f"{_pct(best['delta_share'])}); score larger ranks.")
-    r = hit.iloc[0]
-    text = (f"Spectrally {r['energy_share']:.0%} at r = {int(r['lora_rank'])}, "
-            f"behaviourally {_pct(r['delta_share'])} of the log-prob delta "
-            f"({_span(r, 'delta_share')}; KL removed: {_pct(r['kl_share'])}, "
-            f"{_span(r, 'kl_share')}; {int(r['n_posts'])} posts).")
+        r = measured.iloc[-1]
+        text = (f"No measured rank keeps 90% of ||dW||_F^2: r = {int(r['lora_rank'])} "
+                f"keeps {r['energy_share']:.0%} and recovers "
+                f"{_pct(r['delta_share'])} of the log-prob delta "
+                f"({_span(r, 'delta_share')}; KL removed: {_pct(r['kl_share'])}, "
+                f"{_span(r, 'kl_share')}; {int(r['n_posts'])} posts); score larger "
+                "ranks.")
+    else:
+        r = hit.iloc[0]
+        text = (f"Spectrally {r['energy_share']:.0%} at r = {int(r['lora_rank'])}, "
+                f"behaviourally {_pct(r['delta_share'])} of the log-prob delta "
+                f"({_span(r, 'delta_share')}; KL removed: {_pct(r['kl_share'])}, "
+                f"{_span(r, 'kl_share')}; {int(r['n_posts'])} posts).")
     if (df["delta_share"] > 1).any() or (df["kl_share"] > 1).any():
         text += (" A share above 100% means the truncated model moved further than "
                  "the SFT model (it overshoots SFT's change).")

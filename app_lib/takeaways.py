@@ -324,8 +324,9 @@ def drift(diff: pd.DataFrame) -> list[str]:
                    f"state {last['group_a']} - {last['group_b']} "
                    f"{_signed(last['difference'], 2)}, {span} holds 0.")
     else:
-        out.append(f"The groups differ at {len(differ)} of {len(diff)} indices; at "
-                   f"the final state {last['group_a']} - {last['group_b']} "
+        out.append(f"The groups differ at {len(differ)} of {len(diff)} indices (95% "
+                   f"intervals, each on its own); at the final state "
+                   f"{last['group_a']} - {last['group_b']} "
                    f"{_signed(last['difference'], 2)} ({span}).")
     return out
 
@@ -360,8 +361,8 @@ def console(relations: pd.DataFrame) -> list[str]:
         return []
     counts = relations.groupby("schema").size()
     rows = relations.dropna(subset=["n_rows"])
-    text = ("The warehouse holds " + _join([f"{n} in {s}" for s, n in counts.items()])
-            + " (tables and views)")
+    text = (f"The warehouse holds {len(relations)} tables and views: "
+            + _join([f"{n} in {s}" for s, n in counts.items()]))
     if len(rows):
         big = rows.loc[rows["n_rows"].idxmax()]
         text += (f"; the largest is {big['schema']}.{big['name']} "

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app_lib import charts, shift, ui
+from app_lib import charts, ui
 from app_lib import queries as q
 from app_lib import takeaways as tk
 
@@ -22,9 +22,7 @@ if ui.need(src, "marts.dim_pairs", run=q.FILL_ALL + "\n# or\n" + q.FILL_WEIGHTS,
         said += tk.weights(ui.load(q.layer_module, src))
     if ui.load(q.row_count, src, "raw.token_logprobs"):
         scored = ui.load(q.behaviour_pairs, src)[-1]
-        diffs = (ui.load(shift.differences, src, scored) if q.has_table(
-            src, "marts.fct_group_difference_intervals") else None)
-        said += tk.perplexity(ui.load(q.group_perplexity_delta, src, scored), diffs,
+        said += tk.perplexity(ui.load(q.group_perplexity_delta, src, scored),
                               pair=scored)
     ui.takeaway(said)
     c1, c2, c3 = st.columns(3)

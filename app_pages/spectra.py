@@ -52,28 +52,26 @@ energy = ui.load(q.energy_curve, src, pair, tensor)
 ui.takeaway(tk.spectrum(delta.iloc[0] if len(delta) else None, energy))
 st.altair_chart(charts.spectra_chart(values, noise), width="stretch")
 
-left, right = st.columns([1, 1])
-with left:
-    st.markdown("**Energy of dW**: the share of ||dW||_F^2 its top-k directions hold "
-                "(dots: LoRA ranks 1 ... 256)")
-    lora = ui.load(q.lora_fit, src, pair, tensor)
-    signal = delta["signal_rank"].iloc[0] if len(delta) else None
-    if energy.empty:
-        st.info("No spectrum of dW for this matrix.")
-    else:
-        st.altair_chart(charts.energy_chart(energy, lora, signal), width="stretch")
-with right:
-    st.markdown("**Measures** (base, SFT, dW)")
-    shown = ["stable_rank", "effective_rank", "numerical_rank", "energy_rank_90",
-             "s_max", "frobenius_norm", "signal_rank", "noise_sigma", "mp_edge",
-             "gd_threshold", "relative_frobenius_change", "relative_spectral_change",
-             "relative_signal_rank", "zero_fraction"]
-    table = metrics.set_index("role")[[c for c in shown if c in metrics]].T
-    table.columns = [charts.ROLE_LABEL.get(c, c).split(" =")[0] for c in table.columns]
-    st.dataframe(table.map(lambda v: "" if pd.isna(v) else f"{v:.4g}"),
-                 width="stretch", height=530,
-                 column_config={"_index": st.column_config.TextColumn(
-                     "measure", width="medium")})
+# one above the other: side by side, a laptop-wide page cut the table's dW column
+st.markdown("**Energy of dW**: the share of ||dW||_F^2 its top-k directions hold "
+            "(dots: LoRA ranks 1 ... 256)")
+lora = ui.load(q.lora_fit, src, pair, tensor)
+signal = delta["signal_rank"].iloc[0] if len(delta) else None
+if energy.empty:
+    st.info("No spectrum of dW for this matrix.")
+else:
+    st.altair_chart(charts.energy_chart(energy, lora, signal), width="stretch")
+st.markdown("**Measures** (base, SFT, dW)")
+shown = ["stable_rank", "effective_rank", "numerical_rank", "energy_rank_90",
+         "s_max", "frobenius_norm", "signal_rank", "noise_sigma", "mp_edge",
+         "gd_threshold", "relative_frobenius_change", "relative_spectral_change",
+         "relative_signal_rank", "zero_fraction"]
+table = metrics.set_index("role")[[c for c in shown if c in metrics]].T
+table.columns = [charts.ROLE_LABEL.get(c, c).split(" =")[0] for c in table.columns]
+st.dataframe(table.map(lambda v: "" if pd.isna(v) else f"{v:.4g}"),
+             width="stretch", height=530,
+             column_config={"_index": st.column_config.TextColumn(
+                 "measure", width="medium")})
 
 esd = ui.load(q.matrix_esd, src, pair, tensor)
 if len(esd):

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DBT = ROOT / ".venv" / "bin" / "dbt"
 MARTS = ["fct_post_perplexity", "fct_post_perplexity_delta", "fct_group_perplexity",
          "fct_group_perplexity_delta", "fct_token_logprob_delta",
-         "fct_residual_drift_by_layer", "fct_residual_drift_by_group"]
+         "fct_residual_drift_by_layer", "fct_residual_drift_by_group",
+         "fct_residual_drift_group_difference"]
 
 pytestmark = pytest.mark.slow
 
@@ -139,3 +140,33 @@ def test_residual_drift_aggregates_exactly(warehouse):
                                    np.sqrt(sums.sum_sq_diff / sums.sum_sq_base),
                                    rtol=1e-12)
         assert (got["n_tokens"] == sums["n_tokens"]).all()
+
+
+def test_residual_drift_group_difference_against_scipy(warehouse):
+    """high - low of the posts' mean relative L2 distance per hidden-state index: the
+    mean difference, Welch's standard error and degrees of freedom as SciPy's
+    ttest_ind(equal_var=False) gives them, and the interval with t at the degrees
+    of freedom rounded down."""
+    from scipy import stats
+
+    con, raw = warehouse
+    dr = raw["residual_drift"].merge(raw["post_texts"][["post_id", "grp"]], on="post_id")
+    dr["post_rel_l2"] = dr["sum_rel_l2"] / dr["n_tokens"]
+    got = mart(con, "fct_residual_drift_group_difference", "layer")
+    assert got["layer"].tolist() == sorted(dr["layer"].unique())
+    for r in got.itertuples():
+        a = dr[(dr.layer == r.layer) & (dr.grp == "high")]["post_rel_l2"].to_numpy()
+        b = dr[(dr.layer == r.layer) & (dr.grp == "low")]["post_rel_l2"].to_numpy()
+        assert len(a) >= 2 and len(b) >= 2
+        assert (r.n_posts_a, r.n_posts_b) == (len(a), len(b))
+        test = stats.ttest_ind(a, b, equal_var=False)
+        se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        assert r.difference == pytest.approx(a.mean() - b.mean(), rel=1e-9, abs=1e-15)
+        assert r.se == pytest.approx(se, rel=1e-9)
+        assert r.df == np.floor(test.df)
+        half = stats.t.ppf(0.975, np.floor(test.df)) * se
+        assert r.ci95_low == pytest.approx(a.mean() - b.mean() - half, rel=1e-6)
+        assert r.ci95_high == pytest.approx(a.mean() - b.mean() + half, rel=1e-6)
+        # never narrower than SciPy's interval at the unrounded df
+        ci = test.confidence_interval(0.95)
+        assert r.ci95_low <= ci.low + 1e-12 and r.ci95_high >= ci.high - 1e-12
