@@ -172,8 +172,8 @@ def token_table(df: pd.DataFrame) -> pd.DataFrame:
         row = {"direction": int(k), "singular value": float(g["singular_value"].iloc[0])}
         for pole in ("promoted", "demoted"):
             toks = g[g["pole"] == pole].sort_values("rank")
-            row[pole] = " ".join(show_token(t, vocab=True) if t is not None
-                                 else f"#{i}" for t, i in
+            row[pole] = " ".join(f"#{i}" if t is None or pd.isna(t)
+                                 else show_token(t, vocab=True) for t, i in
                                  zip(toks["token"], toks["token_id"], strict=True))
         rows.append(row)
     return pd.DataFrame(rows, columns=["direction", "singular value", "promoted",

@@ -95,12 +95,14 @@ def recovery_chart(df: pd.DataFrame) -> alt.LayerChart:
     rules = guide.mark_rule(color="#999").encode(
         strokeDash=alt.condition("datum.level < 1", alt.value([4, 4]),
                                  alt.value([1, 0])))
-    labels = guide.mark_text(align="left", dx=3, color="#777", fontSize=10).encode(
-        x=alt.value(0), text="label:N",
-        baseline=alt.condition("datum.level < 1", alt.value("top"),
-                               alt.value("bottom")),
-        dy=alt.condition("datum.level < 1", alt.value(2), alt.value(-2)))
-    return alt.layer(rules, labels, bars, lines).properties(height=320)
+    # 90% under its line, 100% over its own: the two are close
+    under = guide.transform_filter("datum.level < 1").mark_text(
+        align="left", baseline="top", dx=3, dy=2, color="#777", fontSize=10).encode(
+        x=alt.value(0), text="label:N")
+    over = guide.transform_filter("datum.level >= 1").mark_text(
+        align="left", baseline="bottom", dx=3, dy=-2, color="#777", fontSize=10
+    ).encode(x=alt.value(0), text="label:N")
+    return alt.layer(rules, under, over, bars, lines).properties(height=320)
 
 
 def headline(df: pd.DataFrame) -> str:
@@ -116,18 +118,22 @@ def headline(df: pd.DataFrame) -> str:
                 f"keeps {r['energy_share']:.0%} and recovers "
                 f"{_pct(r['delta_share'])} of the log-prob delta "
                 f"({_span(r, 'delta_share')}; KL removed: {_pct(r['kl_share'])}, "
-                f"{_span(r, 'kl_share')}; {int(r['n_posts'])} posts); score larger "
-                "ranks.")
+                f"{_span(r, 'kl_share')}{_posts(r)}); score larger ranks.")
     else:
         r = hit.iloc[0]
         text = (f"Spectrally {r['energy_share']:.0%} at r = {int(r['lora_rank'])}, "
                 f"behaviourally {_pct(r['delta_share'])} of the log-prob delta "
                 f"({_span(r, 'delta_share')}; KL removed: {_pct(r['kl_share'])}, "
-                f"{_span(r, 'kl_share')}; {int(r['n_posts'])} posts).")
+                f"{_span(r, 'kl_share')}{_posts(r)}).")
     if (df["delta_share"] > 1).any() or (df["kl_share"] > 1).any():
         text += (" A share above 100% means the truncated model moved further than "
                  "the SFT model (it overshoots SFT's change).")
     return text
+
+
+def _posts(row) -> str:
+    n = row.get("n_posts")
+    return "" if n is None or pd.isna(n) else f"; {int(n)} posts"
 
 
 def _span(row, measure: str) -> str:

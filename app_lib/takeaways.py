@@ -44,6 +44,11 @@ def _interval(lo: float, hi: float, signed: bool = False) -> str:
     return f"95% interval {f(lo)} to {f(hi)}"
 
 
+def _cap(text: str) -> str:
+    """The first letter upper case, the rest as it is (not str.capitalize)."""
+    return text[:1].upper() + text[1:]
+
+
 def _group(g: str) -> str:
     return GROUP_LABEL.get(g, g)
 
@@ -113,8 +118,7 @@ def heatmap(cells: pd.DataFrame, metric: str) -> list[str]:
     if c.empty:
         return [f"No values of {metric_title(metric)} for this pair."]
     lo, hi = c.loc[c[metric].idxmin()], c.loc[c[metric].idxmax()]
-    title = metric_title(metric)
-    out = [f"{title[0].upper()}{title[1:]}: from {_num(lo[metric])} (layer "
+    out = [f"{_cap(metric_title(metric))}: from {_num(lo[metric])} (layer "
            f"{int(lo['layer'])} {lo['module']}) to {_num(hi[metric])} (layer "
            f"{int(hi['layer'])} {hi['module']}) over {len(c)} matrices."]
     by_module = c.groupby("module")[metric].median()
@@ -275,12 +279,12 @@ def difference(diffs: pd.DataFrame | None, metric: str, what: str) -> list[str]:
         return []
     r = rows.iloc[0]
     if min(r["n_posts_a"], r["n_posts_b"]) < MIN_POSTS:
-        return [f"{what.capitalize()}: too few posts per group "
+        return [f"{_cap(what)}: too few posts per group "
                 f"({int(r['n_posts_a'])} and {int(r['n_posts_b'])}) to compare."]
     span = _interval(r["ci95_low"], r["ci95_high"], True)
     if r["ci95_low"] > 0 or r["ci95_high"] < 0:
         larger = r["group_a"] if r["difference"] > 0 else r["group_b"]
-        return [f"{what.capitalize()} is larger on {_group(larger)} posts: "
+        return [f"{_cap(what)} is larger on {_group(larger)} posts: "
                 f"{r['group_a']} - {r['group_b']} {_signed(r['difference'])} ({span}, "
                 f"{int(r['n_resamples'])} bootstrap resamples)."]
     return [f"No difference between the groups in {what}: {r['group_a']} - "

@@ -113,3 +113,21 @@ def test_token_shift_page_before_dbt(tmp_path, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     assert "No token shift yet" in " ".join(str(i.value) for i in at.info)
     assert "dbt build" in at.code[0].value
+
+
+def test_top_tokens_chart_labels_every_bar():
+    """22 tokens, two of which read alike: 22 bars, each with its own label (the
+    axis may not drop labels to avoid overlap), written as show_token writes them."""
+    texts = [f" t{i}" for i in range(20)] + ["same", "same"]
+    df = pd.DataFrame({"token_id": range(22), "token_text": texts,
+                       "n_shifted": range(22, 0, -1), "n_posts": 1,
+                       "share_of_shifted": 0.01, "kl_mass": 0.5,
+                       "share_of_kl_mass": 0.01, "mean_kl_sft_base": 0.1})
+    spec = shift.top_tokens_chart(df, "count").to_dict()
+    y = spec["encoding"]["y"]
+    assert len(y["sort"]) == 22
+    assert y["axis"]["labelOverlap"] is False
+    for i, text in enumerate(texts):
+        assert f"datum.value == '{i:03d}' ? {json.dumps(shift.show_token(text))}" \
+            in y["axis"]["labelExpr"]
+    assert spec["height"] == {"step": 20}

@@ -274,3 +274,109 @@ def test_esd_tail_chart_without_a_fit():
                          "n_tail": [None], "n_evals": [2], "mp_bulk_max": [None]})
     d = spec(charts.esd_tail_chart(values, fits))
     assert "layer" in d and len(d["layer"]) == 1
+
+
+# --- charts that read: scales from 0, rank as a share, chance, labels --------------
+
+def test_heatmap_linear_scale_starts_at_zero(cells):
+    """A magnitude (relative change 0.01 ... 0.03) is coloured from 0, not stretched
+    over its own range; the colour bar has a title."""
+    rect = spec(charts.heatmap(cells, "relative_frobenius_change"))["layer"][0]
+    color = rect["encoding"]["color"]
+    assert color["scale"]["domain"] == [0, pytest.approx(0.03)]
+    assert color["legend"]["title"] == "relative Frobenius change"
+
+
+def test_heatmap_rank_as_share_of_full_rank(cells):
+    """Signal rank 2 of an 8 x 16 matrix is 2 / min(8, 16) = 25% of full rank: the
+    colour is that share on 0..1, the cell text the rank itself."""
+    d = spec(charts.heatmap(cells, "delta_signal_rank"))
+    rect, label = d["layer"]
+    assert rect["encoding"]["color"]["field"] == "share_of_full_rank"
+    assert rect["encoding"]["color"]["scale"]["domain"] == [0, 1]
+    assert rect["encoding"]["color"]["legend"]["format"] == ".0%"
+    assert label["encoding"]["text"]["field"] == "delta_signal_rank"
+    rows = next(iter(d["datasets"].values()))
+    row = next(r for r in rows if r["delta_signal_rank"] == 2)
+    assert row["share_of_full_rank"] == pytest.approx(2 / 8)
+
+
+def test_heatmap_log_colour_bar_has_three_ticks_and_a_title(cells):
+    """Values 0.01 ... 0.03: ticks at both ends and their geometric mean 0.017."""
+    legend = spec(charts.heatmap(cells, "relative_frobenius_change", log=True)
+                  )["layer"][0]["encoding"]["color"]["legend"]
+    assert legend["values"] == [0.01, pytest.approx(0.017), 0.03]
+    assert legend["title"]
+
+
+def test_heatmap_diverging_around_chance():
+    """Enrichment 0.5 ... 4 on a log scale centred at 1: the domain is symmetric in
+    ratio (1/4, 1, 4), so twice and half chance get colours equally far from it."""
+    df = pd.DataFrame({"layer": [0, 0, 1], "module": ["q_proj", "k_proj", "q_proj"],
+                       "enrichment": [0.5, 1.0, 4.0]})
+    color = spec(charts.heatmap(df, "enrichment", log=True, diverging_at=1.0)
+                 )["layer"][0]["encoding"]["color"]
+    assert color["scale"]["type"] == "log"
+    assert color["scale"]["domain"] == [0.25, 1.0, 4.0]
+
+
+def test_heatmap_text_column():
+    df = pd.DataFrame({"layer": [0], "module": ["q_proj"], "vs_null": [0.1],
+                       "label": ["1 / 10"]})
+    d = spec(charts.heatmap(df, "vs_null", text="label"))
+    assert d["layer"][1]["encoding"]["text"]["field"] == "label"
+    assert d["layer"][0]["encoding"]["color"]["scale"]["domain"] == [0, 1]
+
+
+def test_layers_chart_constant_line_reads(cells):
+    """Every layer at full rank: the axis starts at 0 and ticks read '128', not
+    '128.000000'."""
+    d = spec(charts.layers_chart(cells.assign(delta_signal_rank=128),
+                                 "delta_signal_rank"))
+    assert d["encoding"]["y"]["scale"] == {"zero": True}
+    assert d["encoding"]["y"]["axis"]["format"] == ".3~g"
+
+
+def test_perplexity_log_axis_spans_the_data(ppl):
+    y = spec(charts.perplexity_chart(ppl, "perplexity", log=True))["layer"][0][
+        "encoding"]["y"]
+    assert y["scale"] == {"type": "log", "nice": False}
+
+
+def test_training_legend_is_not_cut():
+    df = pd.DataFrame({"role": ["base", "base", "sft"], "global_step": [1, 2, 3],
+                       "tokens_seen": [10, 20, 30], "train_loss": [3.0, 2.5, 2.0],
+                       "heldout_post_loss": [None, 2.6, 2.2],
+                       "heldout_answer_loss": [None, None, 2.4]})
+    enc = spec(charts.training_chart(df))["encoding"]
+    assert enc["color"]["legend"]["labelLimit"] == 0
+    assert enc["strokeDash"]["title"] is None  # merged into the colour legend
+
+
+@pytest.mark.parametrize("raw, vocab, want", [
+    ("Ġthe", True, "'\u2423the'"), ("Ċ", True, "'\\n'"), ("Ã©", True, "'é'"),
+    ("\u2581the", True, "'\u2423the'"), (" the", False, "'\u2423the'"),
+    ("a\tb", False, "'a\\tb'"), (None, False, "''")])
+def test_show_token_one_rendering(raw, vocab, want):
+    """A byte-level vocabulary entry (GPT-2's alphabet: 'Ġ' is the space byte 0x20,
+    'Ċ' the newline 0x0A, 'Ã©' the UTF-8 bytes C3 A9 of 'é') reads as the text
+    Token shift shows for the same token."""
+    assert charts.show_token(raw, vocab=vocab) == want
+
+
+def test_byte_level_alphabet_is_a_bijection():
+    assert len(charts.BYTE_LEVEL) == 256
+    assert sorted(charts.BYTE_LEVEL.values()) == list(range(256))
+    assert charts.BYTE_LEVEL["Ġ"] == 0x20 and charts.BYTE_LEVEL["!"] == 0x21
+
+
+def test_drift_difference_chart_has_its_interval_and_zero():
+    df = pd.DataFrame({"layer": [0, 1], "group_a": "high", "group_b": "low",
+                       "difference": [0.01, -0.02], "ci95_low": [-0.01, -0.03],
+                       "ci95_high": [0.03, -0.01]})
+    d = spec(charts.drift_difference_chart(df))
+    kinds = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else
+             layer["mark"] for layer in d["layer"]]
+    assert kinds == ["rule", "errorbar", "point"]
+    assert d["layer"][1]["encoding"]["y2"]["field"] == "ci95_high"
+    assert d["layer"][1]["encoding"]["y"]["title"] == "high - low (95% interval)"

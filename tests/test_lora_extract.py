@@ -393,7 +393,24 @@ def test_recovery_headline_and_chart_data():
         "kl_share": [0.0, 0.3, 0.75, 0.95, 1.0],
         "ci95_low_kl_share": [0.0] * 5, "ci95_high_kl_share": [1.0] * 5})
     assert lora.headline(df) == ("Spectrally 92% at r = 16, behaviourally 60% of the "
-                                 "log-prob delta (KL removed: 75%).")
+                                 "log-prob delta (95% interval 50% to 70%; KL "
+                                 "removed: 75%, 95% interval 0% to 100%).")
+    # a share above 100%: the sentence says what it means
+    over = df.assign(delta_share=[0.0, 0.2, 1.3, 0.9, 1.0])
+    assert lora.headline(over).endswith("moved further than the SFT model (it "
+                                        "overshoots SFT's change).")
+    # the chart: shares in %, one y title (not the interval's 'low'), the 90% and
+    # 100% guides labelled, the legend's labels whole
+    spec = lora.recovery_chart(df).to_dict()
+    rules, under, over, bars, lines = spec["layer"]
+    assert lines["encoding"]["y"]["title"] == bars["encoding"]["y"]["title"] == (
+        "share of SFT's change (95% interval)")
+    assert lines["encoding"]["y"]["axis"]["format"] == "%"
+    guides = next(v for k, v in spec["datasets"].items()
+                  if "label" in v[0])
+    assert [g["label"] for g in guides] == ["90%", "100% = SFT"]
+    assert under["mark"]["type"] == over["mark"]["type"] == "text"
+    assert lines["encoding"]["color"]["legend"]["labelLimit"] == 0
     long = lora.long_form(df)
     assert list(long["rank"].unique()) == ["0", "4", "16", "64", "full"]
     energy = long[long["measure"] == lora.MEASURES["energy_share"]]
