@@ -403,6 +403,7 @@ def test_recovery_headline_and_chart_data():
     # 100% guides labelled, the legend's labels whole
     spec = lora.recovery_chart(df).to_dict()
     rules, under, over, bars, lines = spec["layer"]
+    assert rules["mark"]["type"] == "rule"
     assert lines["encoding"]["y"]["title"] == bars["encoding"]["y"]["title"] == (
         "share of SFT's change (95% interval)")
     assert lines["encoding"]["y"]["axis"]["format"] == "%"

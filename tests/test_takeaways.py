@@ -182,7 +182,7 @@ def test_posts_sign_test_against_scipy():
     from scipy.stats import binomtest
 
     found = pd.DataFrame({"grp": ["high"] * 10 + ["low"] * 3,
-                          "score": list(range(4, 14)) + [-3, -4, -5],
+                          "score": [*range(4, 14), -3, -4, -5],
                           "delta_perplexity": [-1.0] * 9 + [0.5] + [1.0] * 3})
     text = tk.posts(found)
     assert text[0] == "13 post(s): 10 high score (score 4 to 13); 3 low score " \
