@@ -19,12 +19,12 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from app_lib import db
-from tests.conftest import query
+from tests.conftest import query, run_dbt, run_py
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
-PAGES = ["overview", "heatmap", "layers", "spectra", "perplexity", "drift", "posts",
-         "sql", "over_training"]
+PAGES = ["overview", "heatmap", "layers", "spectra", "directions", "perplexity",
+         "token_shift", "drift", "posts", "sql", "over_training"]
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +59,12 @@ def marks(spec: dict) -> set[str]:
         elif isinstance(node, list):
             stack.extend(node)
     return found
+
+
+def said(at: AppTest) -> str:
+    """The page's takeaway (app_lib.ui.takeaway): its sentences, or ''."""
+    return " ".join(m.value for m in at.markdown
+                    if m.value.startswith(":material/lightbulb:"))
 
 
 def infos(at: AppTest) -> str:
@@ -161,12 +167,21 @@ def test_overview(demo_warehouse, monkeypatch):
     # the trained demo pair's loss curves (its training log is in the warehouse)
     assert "How the trained pairs learned" in [h.value for h in at.subheader]
     assert len(at.get("vega_lite_chart")) == 1
+    # the takeaway: the range of ||dW||_F / ||W_base||_F over the block matrices,
+    # the same numbers the mart holds
+    lo, hi, n = query(demo_warehouse, "select min(relative_frobenius_change), "
+                      "max(relative_frobenius_change), count(*) from "
+                      "marts.fct_layer_module_metrics")[0]
+    assert (f"**planted**: fine-tuning moved every one of its {n} block matrices by "
+            f"{lo:.0%} to {hi:.0%} of its norm") in said(at)
+    assert "(perplexity, SFT minus base)" in said(at)
 
 
 def test_heatmap(demo_warehouse, monkeypatch):
     at = open_page("heatmap", demo_warehouse, monkeypatch)
     assert at.selectbox(key="heatmap_metric").value == "relative_frobenius_change"
     assert at.sidebar.selectbox[0].value == "planted"
+    assert "Relative Frobenius change" in said(at) and "matrices" in said(at)
     (spec,) = charts_of(at)
     assert "rect" in marks(spec)
     assert "relative_frobenius_change" in json.dumps(spec["layer"][0]["encoding"])
@@ -174,13 +189,16 @@ def test_heatmap(demo_warehouse, monkeypatch):
     at.toggle(key="heatmap_log").set_value(True).run()
     assert not at.exception
     (spec,) = charts_of(at)
-    assert spec["layer"][0]["encoding"]["color"]["field"] == "delta_signal_rank"
+    # a rank: coloured as its share of full rank, the rank printed in the cells
+    assert spec["layer"][0]["encoding"]["color"]["field"] == "share_of_full_rank"
     assert spec["layer"][0]["encoding"]["color"]["scale"]["type"] == "log"
+    assert spec["layer"][1]["encoding"]["text"]["field"] == "delta_signal_rank"
     assert at.download_button
 
 
 def test_layers(demo_warehouse, monkeypatch):
     at = open_page("layers", demo_warehouse, monkeypatch)
+    assert "Spearman rho" in said(at) or "too few to test a trend" in said(at)
     spec, esd = charts_of(at)
     assert spec["encoding"]["x"]["field"] == "depth"
     at.selectbox(key="layers_module").select("q_proj").run()
@@ -207,6 +225,8 @@ def test_spectra(demo_warehouse, monkeypatch):
     at = open_page("spectra", demo_warehouse, monkeypatch)
     assert at.selectbox(key="spectra_module").value == "q_proj"
     assert at.select_slider(key="spectra_layer").value == 3  # the middle of 6
+    assert "singular values stand above the Gavish-Donoho threshold" in said(at)
+    assert "for a flat spectrum" in said(at)
     spectra, energy, esd = charts_of(at)
     assert {"line", "rule", "text"} <= marks(spectra)  # the noise edge drawn
     assert {"line", "rule"} <= marks(esd)  # the ESD tail, its fit, the MP edges
@@ -243,6 +263,7 @@ def test_posts_and_behaviour_pages_on_demo(demo_warehouse, monkeypatch):
 
 def test_sql_console(demo_warehouse, monkeypatch):
     at = open_page("sql", demo_warehouse, monkeypatch)
+    assert said(at).startswith(":material/lightbulb: The warehouse holds ")
     assert "marts.dim_pairs" in at.text_area(key="sql_text").value
     # one schema table (no expander per table), filterable by table, column or text
     assert not at.expander
@@ -250,7 +271,9 @@ def test_sql_console(demo_warehouse, monkeypatch):
     assert "marts.fct_matrix_metrics" in set(schema["table"])
     at.text_input(key="sql_filter").input("signal_rank").run()
     schema = at.dataframe[-1].value
-    assert len(schema) and schema["column"].str.contains("signal_rank").all()
+    text = schema["table"] + " " + schema["column"] + " " + schema["comment"].fillna("")
+    assert len(schema) and text.str.contains("signal_rank", case=False).all()
+    assert schema["column"].str.contains("signal_rank").sum() >= 5
     at.button(key="sql_run").click().run()
     assert not at.exception and not at.error
     result = at.dataframe[0]  # the query's result comes first, full width
@@ -277,6 +300,8 @@ def test_sql_console(demo_warehouse, monkeypatch):
 
 def test_perplexity(scored_warehouse, monkeypatch):
     at = open_page("perplexity", scored_warehouse, monkeypatch)
+    assert "(perplexity, SFT minus base)" in said(at)
+    assert "95% interval" in said(at) or "too few for an interval" in said(at)
     assert at.radio(key="ppl_measure").value == "perplexity"
     box, cumulative, tokens = charts_of(at)
     assert "boxplot" in marks(box)
@@ -294,7 +319,10 @@ def test_perplexity(scored_warehouse, monkeypatch):
 
 def test_drift(scored_warehouse, monkeypatch):
     at = open_page("drift", scored_warehouse, monkeypatch)
-    (spec,) = charts_of(at)
+    assert "The hidden states part most at index" in said(at)
+    assert "holds 0" in said(at) or "The groups differ at" in said(at)
+    spec, difference = charts_of(at)
+    assert difference["layer"][1]["encoding"]["y2"]["field"] == "ci95_high"
     assert spec["encoding"]["x"]["field"] == "layer"
     at.radio(key="drift_measure").set_value("mean_cos").run()
     assert charts_of(at)[0]["encoding"]["y"]["field"] == "mean_cos"
@@ -302,6 +330,7 @@ def test_drift(scored_warehouse, monkeypatch):
 
 def test_posts(scored_warehouse, monkeypatch):
     at = open_page("posts", scored_warehouse, monkeypatch)
+    assert "post(s): " in said(at) and "sign test against 50%" in said(at)
     table = at.dataframe[0].value
     assert len(table) >= 2 and {"perplexity_base", "perplexity_sft"} <= set(table)
     assert at.subheader[0].value  # the first post is shown
@@ -357,3 +386,33 @@ def test_busy_warehouse_says_so(demo_warehouse, tmp_path, monkeypatch):
     at.button(key="retry-busy").click().run()
     assert not at.exception and not at.warning
     assert charts_of(at)
+
+
+@pytest.mark.slow
+def test_lora_section_after_make_demos_quick_recovery(demo_warehouse, demo_pair,
+                                                      tmp_path, monkeypatch):
+    """The Perplexity page's "Is SFT a LoRA?" curve after the LoRA recovery `make
+    demo` runs (its ranks, read from the Makefile; two posts per group here to stay
+    quick) and dbt: a headline with its interval and the chart, no "run this"."""
+    import re
+
+    ranks = re.search(r"^DEMO_LORA_RANKS \?= (\S+)$",
+                      (ROOT / "Makefile").read_text(), re.M).group(1)
+    path = tmp_path / "warehouse.duckdb"
+    shutil.copy(demo_warehouse, path)
+    run_py("-m", "compute.lora_recovery", "--base", str(demo_pair / "base"), "--sft",
+           str(demo_pair / "sft"), "--name", "planted", "--ranks", ranks,
+           "--limit", "2", "--out", str(tmp_path / "runs"), "--no-progress", db=path)
+    run_dbt(path, "build", "--quiet", "--select", "+fct_lora_recovery")
+    measured = {r for (r,) in query(path, "select distinct lora_rank from "
+                                    "marts.fct_lora_recovery")}
+    assert measured == {0, *map(int, ranks.split(","))}
+    at = open_page("perplexity", path, monkeypatch)
+    assert "No rank-recovery run yet" not in infos(at)
+    headline = next(m.value for m in at.markdown
+                    if m.value.startswith(("Spectrally ", "No measured rank keeps")))
+    assert "95% interval" in headline or "too few posts for an interval" in headline
+    # the curve with its intervals, the 90% and 100% guides and their labels
+    assert any({"errorbar", "line", "rule", "text"} <= marks(spec)
+               and "share of SFT's change (95% interval)" in json.dumps(spec)
+               for spec in charts_of(at))

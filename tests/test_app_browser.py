@@ -1,6 +1,9 @@
 """The app in a real browser: `streamlit run app.py` on 127.0.0.1, Debian's chromium
-driven by Playwright; the heatmap and the spectra chart must draw. Screenshots go to
-test-output/ (gitignored)."""
+driven by Playwright, one browser for the module. Every page at a desktop (1440 px)
+and a laptop (1024 px) width, each waited on until the app's own script state says
+it finished: a takeaway on top, no exception, no empty chart, no legend or label cut
+or sticking out of its chart; the running indicator and Stop while a query runs.
+Screenshots go to test-output/app-<page>-<width>.png (gitignored)."""
 
 from __future__ import annotations
 
@@ -21,29 +24,53 @@ CHROMIUM = os.environ.get("SFTSCOPE_CHROMIUM", "/usr/bin/chromium")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-# Done: no "running" status widget, no stale or skeleton element, and every chart
-# drawn (an svg or canvas inside it); held for a few polls in a row.
+# The app's own script state (the root element's data-test-script-state): Streamlit
+# sets it to "running" while the page's script runs and to "notRunning" when it has
+# finished; done when it reads notRunning, nothing is stale and every chart has
+# drawn, held for a few polls in a row.
 SETTLED = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app || app.getAttribute('data-test-script-state') !== 'notRunning')
+    return false;
   if (!document.querySelector('h1')) return false;
-  if (document.querySelector('[data-testid="stStatusWidget"]')) return false;
   if (document.querySelector('[data-stale="true"], [data-testid="stSkeleton"]'))
     return false;
   const charts = [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')];
   return charts.every(c => c.querySelector('svg, canvas'));
 }"""
 
-# What a chart drew: marks in its svg, or non-blank pixels of its canvas.
-DRAWN = """(chart) => {
+# Per chart: the data marks it drew (Vega's role-mark items: bars, lines, points,
+# cell texts; axes and legends are other roles) or, for a canvas, non-blank pixels;
+# the texts Vega cut with an ellipsis (a legend label, a title past its limit); the
+# texts that stick out of the chart's drawing (cut at its edge).
+INSPECT = """(chart) => {
   const svg = chart.querySelector('svg');
-  if (svg) return svg.querySelectorAll('path, rect, line, text').length;
-  const canvas = chart.querySelector('canvas');
-  if (!canvas || !canvas.width) return 0;
-  const px = canvas.getContext('2d').getImageData(0, 0, canvas.width,
-                                                  canvas.height).data;
-  let n = 0;
-  for (let i = 0; i < px.length; i += 4) if (px[i + 3] && px[i] < 250) n++;
-  return n;
+  if (!svg) {
+    const canvas = chart.querySelector('canvas');
+    if (!canvas || !canvas.width) return {marks: 0, cut: [], outside: []};
+    const px = canvas.getContext('2d').getImageData(0, 0, canvas.width,
+                                                    canvas.height).data;
+    let n = 0;
+    for (let i = 0; i < px.length; i += 4) if (px[i + 3] && px[i] < 250) n++;
+    return {marks: n, cut: [], outside: []};
+  }
+  const box = svg.getBoundingClientRect();
+  const texts = [...svg.querySelectorAll('text')].filter(t => t.textContent.trim());
+  return {
+    marks: svg.querySelectorAll('g.role-mark > *').length,
+    cut: texts.filter(t => t.textContent.endsWith('\u2026')).map(t => t.textContent),
+    outside: texts.filter(t => {
+      const r = t.getBoundingClientRect();
+      return r.width && (r.left < box.left - 1 || r.right > box.right + 1
+                         || r.top < box.top - 1 || r.bottom > box.bottom + 1);
+    }).map(t => t.textContent),
+  };
 }"""
+
+# Every page of app.py, by URL path; the desktop and the laptop width.
+PAGES = ["", "heatmap", "layers", "spectra", "directions", "perplexity", "token-shift",
+         "drift", "posts", "sql"]
+WIDTHS = {"desktop": 1440, "laptop": 1024}
 
 
 def free_port() -> int:
@@ -104,50 +131,106 @@ def browser(served_app):
         b.close()
 
 
-def open_settled(browser, url: str, shot: str):
-    page = browser.new_page(viewport={"width": 1400, "height": 1400})
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+def open_settled(page, url: str) -> None:
+    """Go to `url` and wait until the app has finished running it (SETTLED held
+    for four polls, about a second)."""
     page.goto(url)
-    page.wait_for_selector('[data-testid="stVegaLiteChart"]', timeout=60_000)
+    page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
     stable = 0
-    deadline = time.monotonic() + 60
-    while stable < 4:  # settled for four polls in a row (~1 s)
-        assert time.monotonic() < deadline, "the app did not finish running"
+    deadline = time.monotonic() + 90
+    while stable < 4:
+        assert time.monotonic() < deadline, f"{url}: the app did not finish running"
         stable = stable + 1 if page.evaluate(SETTLED) else 0
         page.wait_for_timeout(250)
-    assert not page.locator('[data-testid="stException"]').count()
+
+
+def screenshot(page, path: Path, width: int) -> None:
+    """The whole page: Streamlit scrolls inside its main block, so the viewport is
+    made as tall as that block for the shot."""
+    height = page.evaluate("""() => Math.max(1000, ...[...document.querySelectorAll(
+        '[data-testid="stMain"], [data-testid="stMainBlockContainer"]')]
+        .map(e => e.scrollHeight))""")
+    page.set_viewport_size({"width": width, "height": min(height + 80, 12_000)})
+    page.wait_for_timeout(600)
+    page.screenshot(path=str(path), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def every_page(browser, served_app) -> dict:
+    """Every page at both widths, in one browser: per (width, page) the
+    exceptions, the browser's errors and each chart's INSPECT, and a screenshot
+    test-output/app-<page>-<width>.png."""
     OUT.mkdir(exist_ok=True)
-    page.screenshot(path=str(OUT / shot), full_page=True)
-    charts = page.locator('[data-testid="stVegaLiteChart"]')
-    drawn = [charts.nth(i).evaluate(DRAWN) for i in range(charts.count())]
-    page.close()
-    assert not errors, errors
-    return drawn
+    seen = {}
+    for kind, width in WIDTHS.items():
+        page = browser.new_page(viewport={"width": width, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
+        for path in PAGES:
+            errors.clear()
+            open_settled(page, f"{served_app}/{path}")
+            charts = page.locator('[data-testid="stVegaLiteChart"]')
+            seen[kind, path or "overview"] = {
+                "exceptions": [page.locator('[data-testid="stException"]').nth(i)
+                               .inner_text()[:300] for i in range(page.locator(
+                                   '[data-testid="stException"]').count())],
+                "errors": list(errors),
+                "charts": [charts.nth(i).evaluate(INSPECT)
+                           for i in range(charts.count())],
+                "takeaway": page.locator('[data-testid="stIconMaterial"]',
+                                         has_text="lightbulb").count(),
+            }
+            screenshot(page, OUT / f"app-{path or 'overview'}-{kind}.png", width)
+            page.set_viewport_size({"width": width, "height": 1000})
+        page.close()
+    return seen
 
 
-def test_heatmap_renders(browser, served_app):
-    drawn = open_settled(browser, f"{served_app}/heatmap", "app-heatmap.png")
-    assert len(drawn) == 1
-    # 6 layers x 7 modules: at least the 42 cells
-    assert drawn[0] >= 42, drawn
-    assert (OUT / "app-heatmap.png").stat().st_size > 10_000
+@pytest.mark.parametrize("kind", list(WIDTHS))
+@pytest.mark.parametrize("path", [p or "overview" for p in PAGES])
+def test_page_reads_at_both_widths(every_page, path, kind):
+    """A takeaway on top; no exception, no browser error, no empty chart, no legend
+    or label cut."""
+    got = every_page[kind, path]
+    assert got["takeaway"] >= 1, f"{path}: no takeaway"
+    assert not got["exceptions"], got["exceptions"]
+    assert not got["errors"], got["errors"]
+    for i, chart in enumerate(got["charts"]):
+        assert chart["marks"] > 0, f"chart {i} of {path} drew nothing"
+        assert not chart["cut"], f"chart {i} of {path}: cut texts {chart['cut']}"
+        assert not chart["outside"], (f"chart {i} of {path}: texts past its edge "
+                                      f"{chart['outside']}")
+    shot = OUT / f"app-{path}-{kind}.png"
+    assert shot.stat().st_size > 10_000
 
 
-def test_spectra_renders(browser, served_app):
-    drawn = open_settled(browser, f"{served_app}/spectra", "app-spectra.png")
-    assert len(drawn) == 2  # spectra, energy of dW
-    assert all(n > 20 for n in drawn), drawn
-    assert (OUT / "app-spectra.png").stat().st_size > 10_000
+def test_pages_draw_what_they_should(every_page):
+    """The charts each page must draw on the demo warehouse: the heatmap's cells
+    (6 layers x 7 modules), the spectra and energy curves."""
+    heat = every_page["desktop", "heatmap"]["charts"]
+    assert len(heat) == 1 and heat[0]["marks"] >= 42, heat
+    spectra = every_page["desktop", "spectra"]["charts"]
+    assert len(spectra) == 2 and all(c["marks"] >= 3 for c in spectra), spectra
+    assert every_page["desktop", "overview"]["charts"]  # the training curves
 
 
-def test_overview_renders(browser, served_app):
-    page = browser.new_page(viewport={"width": 1400, "height": 1200})
-    page.goto(served_app)
-    page.get_by_text("What is in the warehouse").wait_for(timeout=60_000)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
-        timeout=60_000)
-    assert not page.locator('[data-testid="stException"]').count()
-    page.screenshot(path=str(OUT / "app-overview.png"), full_page=True)
+def test_running_indicator_and_stop_show(browser, served_app):
+    """While a page runs, the running indicator and its Stop button are on screen
+    (the toolbar's "minimal" mode hid them), and Stop stops the script."""
+    page = browser.new_page(viewport={"width": WIDTHS["desktop"], "height": 900})
+    open_settled(page, f"{served_app}/sql")
+    page.locator("textarea").fill("select count(*) from range(3000000000) t(x) "
+                                  "where x % 7 = 3")
+    page.locator("textarea").press("Control+Enter")
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="running"]',
+                           timeout=20_000)
+    widget = page.locator('[data-testid="stStatusWidget"]')
+    widget.wait_for(state="visible", timeout=10_000)
+    stop = widget.get_by_role("button", name="Stop")
+    assert stop.is_visible()
+    stop.click()
+    page.wait_for_selector(
+        '[data-testid="stApp"]:not([data-test-script-state="running"])',
+        timeout=30_000)
     page.close()
