@@ -535,7 +535,7 @@ def training_chart(df: pd.DataFrame, *, perplexity: bool = False) -> alt.Chart:
         color=alt.Color("series:N", title=None, sort=domain,
                         scale=alt.Scale(domain=domain,
                                         range=[TRAINING_SERIES[k][1] for k in keys]),
-                        legend=alt.Legend(orient="bottom", columns=3, labelLimit=0,
+                        legend=alt.Legend(orient="bottom", columns=2, labelLimit=0,
                                           symbolStrokeWidth=2.4)),
         strokeDash=alt.StrokeDash("series:N", sort=domain, title=None,
                                   scale=alt.Scale(domain=domain, range=[

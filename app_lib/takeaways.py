@@ -259,12 +259,12 @@ def perplexity(delta: pd.DataFrame, diffs: pd.DataFrame | None = None,
                          "interval")
             continue
         lo, hi = r.ci95_low_delta_perplexity, r.ci95_high_delta_perplexity
-        how = ("lowered" if hi < 0 else "raised" if lo > 0 else
-               "did not clearly change")
-        parts.append(f"{how} it on {name} posts ({_signed(r.mean_delta_perplexity)} "
+        how = ("lower" if hi < 0 else "higher" if lo > 0 else
+               "no clear change (the interval holds 0)")
+        parts.append(f"{how} on {name} posts ({_signed(r.mean_delta_perplexity)} "
                      f"per post, {_interval(lo, hi, True)}, {int(r.n_posts)} posts)")
-    who = f"**{pair}**: SFT " if pair else "SFT "
-    out = [who + "; ".join(parts) + " (perplexity, SFT minus base)."]
+    who = f"**{pair}**: " if pair else ""
+    out = [who + "SFT's perplexity against the base's: " + "; ".join(parts) + "."]
     out += difference(diffs, "delta_bits_per_byte", "the change in bits per byte")
     return out
 

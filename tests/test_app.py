@@ -174,7 +174,7 @@ def test_overview(demo_warehouse, monkeypatch):
                       "marts.fct_layer_module_metrics")[0]
     assert (f"**planted**: fine-tuning moved every one of its {n} block matrices by "
             f"{lo:.0%} to {hi:.0%} of its norm") in said(at)
-    assert "(perplexity, SFT minus base)" in said(at)
+    assert "**planted**: SFT's perplexity against the base's: " in said(at)
 
 
 def test_heatmap(demo_warehouse, monkeypatch):
@@ -300,7 +300,7 @@ def test_sql_console(demo_warehouse, monkeypatch):
 
 def test_perplexity(scored_warehouse, monkeypatch):
     at = open_page("perplexity", scored_warehouse, monkeypatch)
-    assert "(perplexity, SFT minus base)" in said(at)
+    assert "SFT's perplexity against the base's: " in said(at)
     assert "95% interval" in said(at) or "too few for an interval" in said(at)
     assert at.radio(key="ppl_measure").value == "perplexity"
     box, cumulative, tokens = charts_of(at)

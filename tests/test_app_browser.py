@@ -42,7 +42,7 @@ SETTLED = """() => {
 # Per chart: the data marks it drew (Vega's role-mark items: bars, lines, points,
 # cell texts; axes and legends are other roles) or, for a canvas, non-blank pixels;
 # the texts Vega cut with an ellipsis (a legend label, a title past its limit); the
-# texts that stick out of the chart's drawing (cut at its edge).
+# texts that stick out of the chart's element (cut at the page's edge of it).
 INSPECT = """(chart) => {
   const svg = chart.querySelector('svg');
   if (!svg) {
@@ -54,15 +54,16 @@ INSPECT = """(chart) => {
     for (let i = 0; i < px.length; i += 4) if (px[i + 3] && px[i] < 250) n++;
     return {marks: n, cut: [], outside: []};
   }
-  const box = svg.getBoundingClientRect();
+  const box = chart.getBoundingClientRect();
   const texts = [...svg.querySelectorAll('text')].filter(t => t.textContent.trim());
   return {
     marks: svg.querySelectorAll('g.role-mark > *').length,
     cut: texts.filter(t => t.textContent.endsWith('\u2026')).map(t => t.textContent),
     outside: texts.filter(t => {
       const r = t.getBoundingClientRect();
-      return r.width && (r.left < box.left - 1 || r.right > box.right + 1
-                         || r.top < box.top - 1 || r.bottom > box.bottom + 1);
+      // glyph boxes overhang their text by a few pixels: 6 px of slack
+      return r.width && (r.left < box.left - 6 || r.right > box.right + 6
+                         || r.top < box.top - 6 || r.bottom > box.bottom + 6);
     }).map(t => t.textContent),
   };
 }"""
@@ -177,8 +178,7 @@ def every_page(browser, served_app) -> dict:
                 "errors": list(errors),
                 "charts": [charts.nth(i).evaluate(INSPECT)
                            for i in range(charts.count())],
-                "takeaway": page.locator('[data-testid="stIconMaterial"]',
-                                         has_text="lightbulb").count(),
+                "takeaway": page.locator('[aria-label="lightbulb icon"]').count(),
             }
             screenshot(page, OUT / f"app-{path or 'overview'}-{kind}.png", width)
             page.set_viewport_size({"width": width, "height": 1000})

@@ -139,10 +139,13 @@ def diff_rows(metric="delta_bits_per_byte", lo=-0.169, hi=-0.148, n=35):
 
 def test_perplexity_directions_and_the_groups_difference():
     text = tk.perplexity(delta_rows(), diff_rows())
-    assert text[0] == ("SFT lowered it on high score posts (-5.16 per post, 95% "
-                       "interval -5.98 to -4.33, 35 posts); raised it on low score "
-                       "posts (+7.64 per post, 95% interval +6.7 to +8.58, 35 posts) "
-                       "(perplexity, SFT minus base).")
+    assert text[0] == ("SFT's perplexity against the base's: lower on high score "
+                       "posts (-5.16 per post, 95% interval -5.98 to -4.33, 35 posts);"
+                       " higher on low score posts (+7.64 per post, 95% interval +6.7 "
+                       "to +8.58, 35 posts).")
+    unclear = delta_rows().assign(ci95_high_delta_perplexity=[0.5, 8.58])
+    assert "no clear change (the interval holds 0) on high score posts" in \
+        tk.perplexity(unclear)[0]
     assert text[1] == ("The change in bits per byte is larger on low score posts: "
                        f"high - low {(-0.169 - 0.148) / 2:.3g} (95% interval -0.169 to "
                        "-0.148, 1000 bootstrap resamples).")
