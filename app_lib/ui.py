@@ -113,3 +113,25 @@ def takeaway(sentences: list[str]) -> None:
     if sentences:
         with st.container(border=True):
             st.markdown(f"{TAKEAWAY} " + " ".join(sentences))
+
+
+@st.cache_data(ttl=q.TTL_S, show_spinner=False, max_entries=256)
+def _spec(builder: str, args: tuple, kwargs: dict) -> dict:
+    """The Vega-Lite spec of `module.function(*args, **kwargs)`, an Altair chart
+    builder, built and validated against the schema once per arguments."""
+    import importlib
+
+    import altair as alt
+
+    module, name = builder.rsplit(".", 1)
+    fn = getattr(importlib.import_module(module), name)
+    with alt.data_transformers.enable(max_rows=None):
+        return fn(*args, **kwargs).to_dict()
+
+
+def chart(builder: Callable, *args, **kwargs) -> None:
+    """Draw `builder(*args, **kwargs)` (a pure chart builder of app_lib) full
+    width, its spec cached per arguments: a warm page skips Altair's schema
+    validation, 0.1-0.4 s a chart."""
+    st.vega_lite_chart(_spec(f"{builder.__module__}.{builder.__qualname__}", args,
+                             kwargs), width="stretch")

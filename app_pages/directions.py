@@ -33,11 +33,10 @@ if cells.empty:
 else:
     ui.takeaway(tk.overlap(cells, r, side))
     if measure == "enrichment":
-        chart = charts.heatmap(cells, "enrichment", log=True, diverging_at=1.0,
-                               legend_title="share / chance")
+        ui.chart(charts.heatmap, cells, "enrichment", log=True, diverging_at=1.0,
+                 legend_title="share / chance")
     else:
-        chart = charts.heatmap(cells, "share")
-    st.altair_chart(chart, width="stretch")
+        ui.chart(charts.heatmap, cells, "share")
     st.caption("Enrichment 1 (white) is chance: a random r-dimensional subspace "
                "holds r / dim of ||dW||^2 on average; green above, purple below.")
 
@@ -53,9 +52,8 @@ if grid.empty:
             "matrices (raw.compute_runs, kind 'directions', says which).")
 else:
     ui.takeaway(tk.intruders(grid, eps))
-    st.altair_chart(charts.heatmap(d.intruder_cells(grid), "vs_null", text="label",
-                                   legend_title="intruders / null"),
-                    width="stretch")
+    ui.chart(charts.heatmap, d.intruder_cells(grid), "vs_null", text="label",
+             legend_title="intruders / null")
     st.caption("Each cell: intruders / the number expected of random directions "
                "(the null); colour: their ratio, 0 = all of W_sft's top directions "
                "are W_base's, 1 = as many as random directions would give.")
@@ -65,7 +63,7 @@ mats = ui.load(d.matrices, src, pair)
 tensor = st.selectbox("matrix", mats["tensor"].tolist(), key="dir_tensor")
 curve = ui.load(d.intruder_curve, src, pair, tensor)
 if not curve.empty:
-    st.altair_chart(d.epsilon_chart(curve), width="stretch")
+    ui.chart(d.epsilon_chart, curve)
 angles = ui.load(d.angles, src, pair, tensor)
 if not angles.empty:
     st.markdown("**Principal angles** between the top-r subspaces of dW and of "

@@ -30,12 +30,12 @@ measure = st.radio("measure", ["mean_rel_l2", "pooled_rel_l2", "mean_cos"],
                    format_func={"mean_rel_l2": "relative L2 distance (mean)",
                                 "pooled_rel_l2": "relative L2 distance (pooled)",
                                 "mean_cos": "cosine similarity"}.get)
-st.altair_chart(charts.drift_chart(drift, measure), width="stretch")
+ui.chart(charts.drift_chart, drift, measure)
 if not diff.empty and diff["ci95_low"].notna().any():
     st.markdown("**Do the groups differ?** The difference of the posts' mean "
                 "relative L2 distance, with its 95% Welch interval; an interval "
                 "that holds 0 is no difference.")
-    st.altair_chart(charts.drift_difference_chart(diff), width="stretch")
+    ui.chart(charts.drift_difference_chart, diff)
 with st.expander("Numbers"):
     st.dataframe(drift, hide_index=True, width="stretch")
 st.caption("Index 0 is the embedding output, index L the final normed state the LM "

@@ -32,7 +32,7 @@ if cells.empty:
     st.info(f"Pair {pair} has no block matrices in marts.fct_layer_module_metrics.")
     st.stop()
 ui.takeaway(tk.heatmap(cells, metric))
-st.altair_chart(charts.heatmap(cells, metric, log=log), width="stretch")
+ui.chart(charts.heatmap, cells, metric, log=log)
 if metric in charts.RANK_METRICS:
     st.caption("Colour: the rank as a share of the matrix's full rank min(m, n) "
                "(k/v projections are narrower than q); the cells print the rank.")

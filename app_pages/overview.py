@@ -85,8 +85,7 @@ if ui.load(q.row_count, src, "marts.fct_training_curve"):
     pick = (st.selectbox("trained pair", trained) if len(trained) > 1
             else trained[0])
     as_ppl = st.toggle("perplexity (log axis) instead of loss", value=False)
-    st.altair_chart(charts.training_chart(curve[curve["pair"] == pick],
-                                          perplexity=as_ppl), width="stretch")
+    ui.chart(charts.training_chart, curve[curve["pair"] == pick], perplexity=as_ppl)
 
 st.subheader("What is in the warehouse")
 rel = ui.load(q.relations, src)

@@ -32,7 +32,8 @@ measure = c1.radio("measure", ["perplexity", "bits_per_byte", "bits_per_token"],
                    help="Bits per byte compare across tokenizers.")
 log = c2.toggle("log y", value=False, key="ppl_log")
 left, right = st.columns([3, 2])
-left.altair_chart(charts.perplexity_chart(ppl, measure, log=log), width="stretch")
+with left:
+    ui.chart(charts.perplexity_chart, ppl, measure, log=log)
 table = (ppl.groupby(["grp", "role"])[measure]
          .agg(posts="count", median="median", mean="mean").reset_index())
 table["role"] = table["role"].map(charts.MODEL_LABEL)
@@ -65,7 +66,7 @@ if ui.need(src, lora.TABLE, run=lora.FILL, what="No rank-recovery run yet"):
                            format_func=lambda g: charts.GROUP_LABEL.get(g, g))
         rec = ui.load(lora.recovery, src, pair, modules, grp)
         st.markdown(lora.headline(rec))
-        st.altair_chart(lora.recovery_chart(rec), width="stretch")
+        ui.chart(lora.recovery_chart, rec)
 
 st.subheader("Cumulative per-token delta along each post")
 st.caption("Running sum of log p_SFT - log p_base over a post's tokens: rising "
@@ -77,7 +78,7 @@ labels = {int(r.post_id): f"{r.post_id} [{r.grp}] "
 post_id = st.selectbox("post", list(labels), format_func=labels.get,
                        key="ppl_post")
 cum = ui.load(q.cumulative_deltas, src, pair)
-st.altair_chart(charts.cumulative_chart(cum, highlight=post_id), width="stretch")
+ui.chart(charts.cumulative_chart, cum, highlight=post_id)
 
 st.subheader("One post, token by token")
 tokens = ui.load(q.token_deltas, src, pair, post_id)
@@ -92,7 +93,7 @@ m3.metric("perplexity, SFT", f"{row.get('perplexity_sft', float('nan')):.4g}",
           delta=f"{row.get('delta_perplexity', float('nan')):+.3g}",
           delta_color="inverse")
 m4.metric("total delta (nats)", f"{tokens['delta'].sum():+.3f}")
-st.altair_chart(charts.token_delta_chart(tokens), width="stretch")
+ui.chart(charts.token_delta_chart, tokens)
 clip = st.slider("full colour at |delta| (nats)", 0.25, 5.0, 2.0, 0.25,
                  key="ppl_clip")
 st.html(charts.token_html(tokens, clip=clip))

@@ -50,7 +50,7 @@ if len(delta):
 values = ui.load(q.spectrum, src, pair, tensor)
 energy = ui.load(q.energy_curve, src, pair, tensor)
 ui.takeaway(tk.spectrum(delta.iloc[0] if len(delta) else None, energy))
-st.altair_chart(charts.spectra_chart(values, noise), width="stretch")
+ui.chart(charts.spectra_chart, values, noise)
 
 # one above the other: side by side, a laptop-wide page cut the table's dW column
 st.markdown("**Energy of dW**: the share of ||dW||_F^2 its top-k directions hold "
@@ -60,7 +60,7 @@ signal = delta["signal_rank"].iloc[0] if len(delta) else None
 if energy.empty:
     st.info("No spectrum of dW for this matrix.")
 else:
-    st.altair_chart(charts.energy_chart(energy, lora, signal), width="stretch")
+    ui.chart(charts.energy_chart, energy, lora, signal)
 st.markdown("**Measures** (base, SFT, dW)")
 shown = ["stable_rank", "effective_rank", "numerical_rank", "energy_rank_90",
          "s_max", "frobenius_norm", "signal_rank", "noise_sigma", "mp_edge",

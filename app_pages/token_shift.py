@@ -27,8 +27,8 @@ st.subheader("Do the two post groups differ in how much SFT moved them?")
 metric = st.selectbox("measure", list(shift.MEASURES), key="shift_metric",
                       format_func=shift.MEASURES.get)
 st.markdown(shift.headline(diffs, metric))
-st.altair_chart(shift.difference_chart(shift.forest(groups, diffs, metric),
-                                       shift.MEASURES[metric]), width="stretch")
+ui.chart(shift.difference_chart, shift.forest(groups, diffs, metric),
+         shift.MEASURES[metric])
 with st.expander("every measure: groups and their difference"):
     st.dataframe(diffs, hide_index=True, width="stretch")
     st.caption("Group values pool the posts (lm-eval-harness: bits per byte = "
@@ -66,7 +66,7 @@ top = ui.load(shift.top_tokens, src, pair, grp, direction, by)
 if top.empty:
     st.info("No shifted tokens in this group and direction.")
 else:
-    st.altair_chart(shift.top_tokens_chart(top, by), width="stretch")
+    ui.chart(shift.top_tokens_chart, top, by)
 
 st.subheader("One post, coloured by per-token KL")
 posts = ui.load(shift.posts, src, pair)
