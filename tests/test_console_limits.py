@@ -100,7 +100,7 @@ def test_the_console_page_says_which_limit_and_keeps_serving(wh, monkeypatch):
     at.text_area(key="sql_text").input("select count(*) as n from marts.t").run()
     at.button(key="sql_run").click().run()
     assert not at.error
-    assert at.columns[0].dataframe[0].value["n"].tolist() == [100]
+    assert at.dataframe[0].value["n"].tolist() == [100]  # the result, then the schema
 
 
 def test_limits_come_from_the_environment(monkeypatch):
