@@ -115,7 +115,7 @@ def takeaway(sentences: list[str]) -> None:
             st.markdown(f"{TAKEAWAY} " + " ".join(sentences))
 
 
-@st.cache_data(ttl=q.TTL_S, show_spinner=False, max_entries=256)
+@st.cache_data(ttl=q.TTL_S, show_spinner=False, max_entries=64)
 def _spec(builder: str, args: tuple, kwargs: dict) -> dict:
     """The Vega-Lite spec of `module.function(*args, **kwargs)`, an Altair chart
     builder, built and validated against the schema once per arguments."""
