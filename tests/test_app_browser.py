@@ -206,11 +206,11 @@ def test_page_reads_at_both_widths(every_page, path, kind):
 
 def test_pages_draw_what_they_should(every_page):
     """The charts each page must draw on the demo warehouse: the heatmap's cells
-    (6 layers x 7 modules), the spectra and energy curves."""
+    (6 layers x 7 modules), the spectra, energy and ESD-tail curves."""
     heat = every_page["desktop", "heatmap"]["charts"]
     assert len(heat) == 1 and heat[0]["marks"] >= 42, heat
-    spectra = every_page["desktop", "spectra"]["charts"]
-    assert len(spectra) == 2 and all(c["marks"] >= 3 for c in spectra), spectra
+    spectra = every_page["desktop", "spectra"]["charts"]  # spectra, energy, ESD tail
+    assert len(spectra) == 3 and all(c["marks"] >= 3 for c in spectra), spectra
     assert every_page["desktop", "overview"]["charts"]  # the training curves
 
 
