@@ -372,3 +372,26 @@ def console(relations: pd.DataFrame) -> list[str]:
         text += (f"; the largest is {big['schema']}.{big['name']} "
                  f"(about {int(big['n_rows']):,} rows)")
     return [text + "."]
+
+
+def over_training(onsets: pd.DataFrame) -> list[str]:
+    """When the change arrived along a series of checkpoints: the median step (over
+    layer x module cells that changed) at which a cell reaches 50% and 90% of its
+    final relative change, and the module types that settle first and last (by the
+    median of their cells' 90% onsets). onsets: marts.fct_trajectory_onset rows of
+    one series (module, layer, onset_50_step, onset_90_step, ...)."""
+    changed = onsets.dropna(subset=["onset_50_step", "onset_90_step"])
+    if changed.empty:
+        return ["No cell changed along this series (every final change is 0)."
+                if len(onsets) else "No onsets for this series yet."]
+    s50, s90 = changed["onset_50_step"], changed["onset_90_step"]
+    out = [f"Half of a cell's final change arrives by step {int(s50.median())} "
+           f"(median over {len(changed)} layer x module cells; range "
+           f"{int(s50.min())} to {int(s50.max())}), 90% by step "
+           f"{int(s90.median())} (range {int(s90.min())} to {int(s90.max())})."]
+    by_module = changed.groupby("module")["onset_90_step"].median().sort_values()
+    if len(by_module) > 1 and by_module.iloc[0] < by_module.iloc[-1]:
+        out.append(f"{_cap(str(by_module.index[0]))} settles first (90% by step "
+                   f"{int(by_module.iloc[0])}, median of its cells), "
+                   f"{by_module.index[-1]} last (step {int(by_module.iloc[-1])}).")
+    return out

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app_lib import queries as q
+from app_lib import takeaways as tk
 from app_lib import trajectory as tr
 from app_lib import ui
 
@@ -20,6 +21,8 @@ if not ui.need(src, *tr.TABLES, run=tr.FILL, what="No trajectory yet"):
 names = ui.load(tr.series, src)["trajectory"].tolist()
 name = st.sidebar.selectbox("series", names, index=len(names) - 1,
                             key="trajectory_name")
+onsets = ui.load(tr.onsets, src, name)
+ui.takeaway(tk.over_training(onsets))
 measure = st.selectbox("measure", list(tr.MEASURES), format_func=tr.MEASURES.get,
                        key="trajectory_measure")
 per_module = ui.load(tr.module_steps, src, name)
@@ -48,4 +51,4 @@ st.subheader("Onset: the first step reaching 50% / 90% of the final change")
 st.caption("Per module type and layer: the cell's relative change "
            "sqrt(sum ||dW||^2) / sqrt(sum ||W_base||^2) at each step against its "
            "value at the last step (NULL: the cell never changed).")
-st.dataframe(ui.load(tr.onsets, src, name), hide_index=True, width="stretch")
+st.dataframe(onsets, hide_index=True, width="stretch")

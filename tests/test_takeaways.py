@@ -208,3 +208,25 @@ def test_console_counts_relations():
                                      (0, "0"), (float("nan"), "n/a")])
 def test_numbers(x, want):
     assert tk._num(x) == want
+
+
+def test_over_training_onsets_by_hand():
+    """Cells (module, layer) with onset steps 100/200/300 (50%) and 200/300/400
+    (90%) in three changed cells, one cell that never changed: medians 200 and 300;
+    q_proj's 90% median is 200 (one cell), mlp's (300 + 400) / 2 = 350."""
+    onsets = pd.DataFrame({
+        "module": ["q_proj", "down_proj", "down_proj", "k_proj"],
+        "layer": [0, 0, 1, 0],
+        "onset_50_step": [100, 200, 300, None],
+        "onset_90_step": [200, 300, 400, None]})
+    text = tk.over_training(onsets)
+    assert text[0] == ("Half of a cell's final change arrives by step 200 (median "
+                       "over 3 layer x module cells; range 100 to 300), 90% by step "
+                       "300 (range 200 to 400).")
+    assert text[1] == ("Q_proj settles first (90% by step 200, median of its cells), "
+                       "down_proj last (step 350).")
+    assert tk.over_training(onsets.iloc[[3]]) == [
+        "No cell changed along this series (every final change is 0)."]
+    assert tk.over_training(onsets.iloc[:0]) == ["No onsets for this series yet."]
+    # one module type only: no first/last sentence
+    assert len(tk.over_training(onsets.iloc[[1, 2]])) == 1
