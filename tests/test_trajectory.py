@@ -342,6 +342,8 @@ def test_over_training_page_on_the_series(loaded, monkeypatch):
     onset = at.dataframe[0].value
     assert len(onset) == len(query(loaded["db"], "select * from "
                                    "marts.fct_trajectory_onset"))
+    # the takeaway on top, from the same onsets
+    assert any("final change arrives by step" in m.value for m in at.markdown)
     st.cache_data.clear()
 
 
