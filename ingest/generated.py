@@ -13,14 +13,10 @@ Exit status: 0 loaded; 2 the file is unusable (named); 3 the warehouse is busy.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
-import duckdb
-
-from ingest import snapshot
-from ingest.warehouse import connect, db_path, ensure_raw_schema, load_reported
+from ingest.warehouse import db_path, load_reported, writer_transaction
 
 
 class GeneratedLoadError(ValueError):
@@ -33,28 +29,19 @@ def load(path: str | Path, db: str | Path | None = None) -> dict[str, int]:
     if not path.is_file():
         raise GeneratedLoadError(f"{path}: no such file (OUT/<pair>/urial/"
                                  "generated.parquet of python -m compute.urial)")
-    with connect(db) as con:
-        con.execute("begin transaction")
-        try:
-            ensure_raw_schema(con)
-            src, params = "read_parquet(?)", [str(path)]
-            keys = con.execute(f"select distinct pair, mode from {src}",
-                               params).fetchall()
-            if len(keys) != 1:
-                raise GeneratedLoadError(f"{path}: {len(keys)} (pair, mode) keys, "
-                                         "expected one")
-            con.execute("delete from raw.generated_token_shift where pair = ? and "
-                        "mode = ?", list(keys[0]))
-            con.execute("insert into raw.generated_token_shift by name "
-                        f"select * from {src}", params)
-            n = con.execute("select count(*) from raw.generated_token_shift where "
-                            "pair = ? and mode = ?", list(keys[0])).fetchone()[0]
-            con.execute("commit")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("rollback")
-            raise
-        snapshot.publish_or_warn(con, db_path(db))
+    with writer_transaction(db) as con:
+        src, params = "read_parquet(?)", [str(path)]
+        keys = con.execute(f"select distinct pair, mode from {src}",
+                           params).fetchall()
+        if len(keys) != 1:
+            raise GeneratedLoadError(f"{path}: {len(keys)} (pair, mode) keys, "
+                                     "expected one")
+        con.execute("delete from raw.generated_token_shift where pair = ? and "
+                    "mode = ?", list(keys[0]))
+        con.execute("insert into raw.generated_token_shift by name "
+                    f"select * from {src}", params)
+        n = con.execute("select count(*) from raw.generated_token_shift where "
+                        "pair = ? and mode = ?", list(keys[0])).fetchone()[0]
     return {"generated_token_shift": n}
 
 

@@ -18,15 +18,11 @@ message); 3 the warehouse is held by another process (nothing changed).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
 
-import duckdb
-
-from ingest import snapshot
-from ingest.warehouse import connect, db_path, ensure_raw_schema, load_reported
+from ingest.warehouse import load_reported, writer_transaction
 
 MANIFEST = "trajectory.json"
 OVERLAP = Path("trajectory") / "overlap.parquet"
@@ -102,27 +98,18 @@ def load_series(folder: str | Path, db: str | Path | None = None) -> dict[str, i
     steps, overlap = _tables(folder, manifest, rows)
     name = manifest["name"]
     counts = {}
-    with connect(db) as con:
-        con.execute("begin transaction")
-        try:
-            ensure_raw_schema(con)
-            for table, data in (("trajectory_steps", steps),
-                                ("trajectory_overlap", overlap)):
-                con.execute(f"delete from raw.{table} where trajectory = ?", [name])
-                con.register("_trajectory_rows", data)
-                if data.num_rows:
-                    con.execute(f"insert into raw.{table} by name "
-                                "select * from _trajectory_rows")
-                con.unregister("_trajectory_rows")
-                counts[table] = con.execute(
-                    f"select count(*) from raw.{table} where trajectory = ?",
-                    [name]).fetchone()[0]
-            con.execute("commit")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("rollback")
-            raise
-        snapshot.publish_or_warn(con, db_path(db))
+    with writer_transaction(db) as con:
+        for table, data in (("trajectory_steps", steps),
+                            ("trajectory_overlap", overlap)):
+            con.execute(f"delete from raw.{table} where trajectory = ?", [name])
+            con.register("_trajectory_rows", data)
+            if data.num_rows:
+                con.execute(f"insert into raw.{table} by name "
+                            "select * from _trajectory_rows")
+            con.unregister("_trajectory_rows")
+            counts[table] = con.execute(
+                f"select count(*) from raw.{table} where trajectory = ?",
+                [name]).fetchone()[0]
     return counts
 
 
