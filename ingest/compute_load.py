@@ -34,25 +34,14 @@ from ingest.results import (
     local_path,
     with_records,
 )
+from ingest.run_check import RunMismatch, verify
+from ingest.runfolder import KIND_TABLES, PairNameError, check_name
 from ingest.warehouse import (
     db_path,
     load_reported,
     replace_pair_rows,
     writer_transaction,
 )
-
-KIND_TABLES = {
-    "spectra": {"spectra": "spectra/[0-9]*.parquet",
-                "vector_changes": "spectra/vectors.parquet",
-                "added_tokens": "spectra/added_tokens.parquet"},
-    "directions": {"direction_overlap": "directions/overlap/*.parquet",
-                   "direction_angles": "directions/angles/*.parquet",
-                   "intruders": "directions/intruders/*.parquet",
-                   "direction_tokens": "directions/tokens.parquet"},
-    "behaviour": {t: f"behaviour/{t}/*.parquet"
-                  for t in ("token_logprobs", "token_shift", "post_texts",
-                            "residual_drift")},
-}
 
 
 class LoadError(RuntimeError):
@@ -69,9 +58,12 @@ def _manifest(run_dir: Path) -> dict:
     docs = []
     for f in files:
         try:
-            docs.append(json.loads(f.read_text()))
-        except json.JSONDecodeError as exc:
-            raise LoadError(f"{f}: not valid JSON ({exc})") from exc
+            doc = json.loads(f.read_text())
+        except (ValueError, RecursionError) as exc:  # bad JSON, UTF-8 or nesting
+            raise LoadError(f"{f}: not valid JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise LoadError(f"{f}: not a compute.run manifest (not a JSON object)")
+        docs.append(doc)
     return with_records(docs[0], [(f.stem, d) for f, d in zip(files[1:], docs[1:],
                                                               strict=True)])
 
@@ -126,6 +118,11 @@ def load_run(run_dir: str | Path, db: str | Path | None = None,
                             "compute.run to complete it before loading")
     if not kinds:
         raise LoadError(f"{run_dir}: nothing finished to load")
+    try:  # before the warehouse is opened: a mismatch changes nothing
+        check_name(pair, f"{run_dir / 'run.json'}: pair")
+        verify(run_dir, manifest, kinds)
+    except (RunMismatch, PairNameError) as exc:
+        raise LoadError(str(exc)) from None
     counts: dict[str, int] = {}
     with writer_transaction(db) as con:
         for kind in kinds:

@@ -44,6 +44,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from ingest.atomic import atomic_path
+from ingest.runfolder import PairNameError, check_key
 
 STAGING = Path("data/staging")  # local working copies of object-store runs
 # uploaded last, in this order: what marks a part done comes after what it marks
@@ -132,6 +133,11 @@ class Store:
         infos = self.fs.get_file_info(FileSelector(root, recursive=True,
                                                    allow_not_found=True))
         keys = {i.path[len(self.base) + 1:] for i in infos if i.type == FileType.File}
+        for key in keys:  # a key becomes a local path: '..' or '/x' would escape
+            try:
+                check_key(key, self.uri)
+            except PairNameError as exc:
+                raise ResultsError(str(exc)) from None
         self.known |= keys
         return keys
 
@@ -153,9 +159,9 @@ class Store:
             data = fh.read()
         try:
             return json.loads(data)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ResultsError(f"{child(self.uri, rel)}: not valid JSON ({exc})"
-                               ) from exc
+                               ) from None
 
     def put_bytes(self, rel: str, data: bytes) -> None:
         """One object of `data`, whole or not at all: every byte is in memory before

@@ -53,6 +53,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -70,6 +71,7 @@ from compute.io.files import write_parquet
 
 PREFIX_TOKEN = "<|endoftext|>"
 TABLES = ("token_logprobs", "token_shift", "residual_drift", "post_texts")  # write order
+BATCH_FILE = re.compile(r"(s\d+-\d+-)?-?\d+-[0-9a-f]{12}\.parquet")  # batch_name's
 LOGIT_CHUNK_ELEMS = 1 << 25  # fp32 logits per model per LM-head chunk (128 MiB)
 SHIFT_FLOATS = ("kl_sft_base", "kl_base_sft", "entropy_base", "entropy_sft")
 SHIFT_INTS = ("rank_sft_top_in_base", "rank_base_top_in_sft", "top_id_base",
@@ -575,7 +577,7 @@ def done_posts(root: Path, run_id: str, pair: str, tag: str = "") -> set[int]:
     finished = {f.name for f in (root / "post_texts").glob("*.parquet")}
     for table in TABLES[:-1]:
         for f in (root / table).glob(f"{tag}*.parquet"):
-            if f.name not in finished:
+            if f.name not in finished and BATCH_FILE.fullmatch(f.name):
                 f.unlink()  # a batch killed before its post_texts file
     return finished_posts(root, run_id, pair)
 

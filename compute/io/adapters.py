@@ -149,8 +149,8 @@ def _config(folder: Path) -> dict:
     path = folder / ADAPTER_CONFIG
     try:
         config = json.loads(path.read_bytes())
-    except (ValueError, OSError) as exc:
-        raise AdapterError(f"{path}: not readable JSON ({exc})") from exc
+    except (ValueError, OSError, RecursionError) as exc:
+        raise AdapterError(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(config, dict):
         raise AdapterError(f"{path}: expected a JSON object")
     kind = str(config.get("peft_type", "")).upper()

@@ -44,8 +44,8 @@ def bin_weight_files(folder: Path) -> dict[str, list[str] | None] | None:
             weight_map = json.loads(index.read_bytes())["weight_map"]
             if not isinstance(weight_map, dict):
                 raise TypeError("weight_map is not {tensor: file name}")
-        except (ValueError, KeyError, TypeError, OSError) as exc:
-            raise BinError(f"{index}: not a checkpoint index ({exc})") from exc
+        except (ValueError, KeyError, TypeError, OSError, RecursionError) as exc:
+            raise BinError(f"{index}: not a checkpoint index ({exc})") from None
         files: dict[str, list[str] | None] = {}
         for name, file in weight_map.items():
             files.setdefault(str(file), []).append(name)  # type: ignore[union-attr]

@@ -127,8 +127,8 @@ def _read_config(folder: Path) -> dict:
         raise CheckpointError(f"{folder}: no config.json")
     try:
         config = json.loads(cfg.read_bytes())
-    except ValueError as exc:  # JSONDecodeError, or bytes that are not text
-        raise CheckpointError(f"{cfg}: not valid JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8; too deep
+        raise CheckpointError(f"{cfg}: not valid JSON ({exc})") from None
     except OSError as exc:
         raise CheckpointError(f"{cfg}: cannot read ({exc})") from exc
     if not isinstance(config, dict):
@@ -145,8 +145,9 @@ def _weight_files(folder: Path) -> dict[str, list[str] | None]:
             if not isinstance(weight_map, dict) or not all(
                     isinstance(f, str) for f in weight_map.values()):
                 raise TypeError("weight_map is not {tensor: file name}")
-        except (ValueError, KeyError, TypeError, OSError) as exc:
-            raise CheckpointError(f"{index}: not a safetensors index ({exc})") from exc
+        except (ValueError, KeyError, TypeError, OSError, RecursionError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index ({exc})"
+                                  ) from None
         files: dict[str, list[str] | None] = {}
         for name, file in weight_map.items():
             files.setdefault(file, []).append(name)  # type: ignore[union-attr]
@@ -199,7 +200,7 @@ def read_header(path: Path) -> tuple[dict, int]:
             raise TypeError("not a JSON object")
         end = max((int(v["data_offsets"][1]) for k, v in header.items()
                    if k != "__metadata__"), default=0)
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
         raise CheckpointError(f"{path}: corrupt header ({exc}); download it again"
                               ) from exc
     expected = 8 + header_len + end

@@ -26,6 +26,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ingest.runfolder import PairNameError, check_name
+
 # a pair's options: TOML key -> type; the flag is --key with - for _
 OPTIONS = {"device": str, "method": str, "vectors": int, "window": int,
            "batch_size": int, "full_basis_max": int, "revision_base": str,
@@ -60,8 +62,8 @@ def _toml(path: Path) -> dict:
             return tomllib.load(fh)
     except OSError as exc:
         raise PairsError(f"{path}: cannot read it ({exc.strerror})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise PairsError(f"{path}: not valid TOML ({exc})") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise PairsError(f"{path}: not valid TOML ({exc})") from None
 
 
 def _option_argv(where: str, key: str, value) -> list[str]:
@@ -102,9 +104,13 @@ def read(path: str | Path, known: dict[str, tuple[str, str]]) -> list[Entry]:
             raise PairsError(f"{path}: [[pair]] #{k} is not a table")
         name = table.get("name")
         where = f"{path}: [[pair]] #{k}" + (f" ({name!r})" if name else "")
-        if not isinstance(name, str) or not name or "/" in name:
-            raise PairsError(f"{where}: needs name = \"...\" (no '/': it names the "
-                             "pair's folder under --out)")
+        if not isinstance(name, str) or not name:
+            raise PairsError(f"{where}: needs name = \"...\" (it names the pair's "
+                             "folder under --out)")
+        try:
+            check_name(name, "name")
+        except PairNameError as exc:
+            raise PairsError(f"{where}: {exc}") from None
         base, sft = table.get("base"), table.get("sft")
         if (base is None) != (sft is None):
             raise PairsError(f"{where}: give both base and sft, or neither (a known "

@@ -44,8 +44,9 @@ def resolve_pair(pair: str | None = None, base: str | None = None,
                  sft: str | None = None, name: str | None = None
                  ) -> tuple[str, str, str]:
     """(name, base ref, SFT ref) of `--pair NAME`, or of `--base/--sft [--name]`
-    (named BASE-vs-SFT after the folders by default). The one resolution of
-    compute.run, compute.doctor and compute.extract_lora; raises PairError."""
+    (named BASE-vs-SFT after the folders by default: default_name, a safe name).
+    The one resolution of compute.run, compute.doctor and compute.extract_lora;
+    raises PairError."""
     if pair and (base or sft):
         raise PairError("give either --pair or --base/--sft, not both")
     if pair:
@@ -55,8 +56,19 @@ def resolve_pair(pair: str | None = None, base: str | None = None,
                             f"{', '.join(LOCAL_PAIRS)} (or use --base/--sft)")
         return pair, *known[pair]
     if base and sft:
-        return name or f"{Path(base).name}-vs-{Path(sft).name}", base, sft
+        return name or default_name(base, sft), base, sft
     raise PairError("give --pair, or --base and --sft")
+
+
+def default_name(base: str, sft: str) -> str:
+    """The pair name of --base/--sft without --name: '<base>-vs-<sft>' of their last
+    path parts, with anything but letters, digits and '._-' made '-'."""
+    import re
+
+    def part(ref: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(ref).name).strip(".") or "model"
+
+    return f"{part(base)}-vs-{part(sft)}"[:100]
 
 
 def build_if_planted(name: str, base: str) -> None:

@@ -79,11 +79,17 @@ def n_pieces(plan, n: int) -> list[int]:
     out = []
     for name, cost in zip(plan.matrices, costs, strict=True):
         v = plan.views[name][0]
-        whole = (len(plan.views[name]) == 1 and v.stack is None and v.rows is None
-                 and not v.transposed and v.shape[0] >= v.shape[1] > 0)
         out.append(max(1, min(math.ceil(cost / mean), v.shape[0] // v.shape[1]))
-                   if n > 1 and whole and cost > mean else 1)
+                   if n > 1 and _whole(plan, name) and cost > mean else 1)
     return out
+
+
+def _whole(plan, name: str) -> bool:
+    """Whether tensor `name` is one tall matrix taken whole (it can be cut in rows):
+    no fused parts, experts or transposition."""
+    v = plan.views[name][0]
+    return (len(plan.views[name]) == 1 and v.stack is None and v.rows is None
+            and not v.transposed and v.shape[0] >= v.shape[1] > 0)
 
 
 def piece_rows(n_rows: int, piece: int, pieces: int) -> slice:
@@ -100,6 +106,28 @@ def units(plan, n: int) -> tuple[list[tuple[int, int, int]], list[float]]:
         out += [(i, j, p) for j in range(p)]
         costs += [cost / p] * p
     return out, costs
+
+
+def most_units(plan) -> int:
+    """The most work units any number of shards gives the pair: a tall matrix taken
+    whole splits into at most rows // cols pieces (n_pieces), any other tensor into
+    none. Counted from shapes, without lists of n entries."""
+    shapes = (plan.views[name][0].shape for name in plan.matrices)
+    return sum(m // n if _whole(plan, name) else 1
+               for name, (m, n) in zip(plan.matrices, shapes, strict=True))
+
+
+def check_count(plan, n: int, flag: str) -> None:
+    """Refuse (ValueError) a number of shards above the pair's work units at that
+    number (some shards would have nothing to do): at once, however large n is."""
+    have = most_units(plan)
+    if n <= have:
+        have = len(units(plan, n)[0])
+    if n > have:
+        raise ValueError(f"{flag}: {n} shards, but the pair has only {have} work "
+                         f"unit(s) at that count ({len(plan.matrices)} tensors, some "
+                         f"split into pieces of rows); use at most "
+                         f"{len(plan.matrices)} shards")
 
 
 def shard_units(plan, shard: tuple[int, int]) -> list[tuple[int, int, int]]:
@@ -198,7 +226,7 @@ def merged(path: Path, manifest: dict) -> dict:
     stays finished unless this process finished it too (then its record wins)."""
     try:
         disk = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
         return manifest
     if disk.get("run_id") != manifest.get("run_id"):
         return manifest
@@ -219,7 +247,7 @@ def joined(run_dir: Path, manifest: dict) -> Iterator[None]:
     with manifest_lock(run_dir):
         try:
             disk = json.loads((run_dir / "run.json").read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError, RecursionError):
             disk = {}
         if disk.get("run_id") == manifest.get("run_id"):
             manifest["kinds"] = disk.get("kinds", {})

@@ -23,7 +23,6 @@ import gc
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import threading
@@ -42,6 +41,7 @@ from compute.pairs.registry import (
     SIZES,
     PairError,
     build_if_planted,
+    default_name,  # noqa: F401 (compute.run.cli.default_name)
     known_pairs,
     resolve_pair,
 )
@@ -318,6 +318,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
         name, base, sft = resolve_pair(a.pair, a.base, a.sft, a.name)
     except PairError as exc:
         ap.error(str(exc))
+    from ingest.runfolder import PairNameError, check_name
+
+    try:
+        check_name(name, "--name" if a.name else "the pair name")
+    except PairNameError as exc:
+        ap.error(str(exc))
     from ingest.results import is_remote, local_path, staging_dir
 
     remote = a.out if is_remote(a.out) else None
@@ -425,14 +431,19 @@ def open_manifest(cfg: Config, base: Checkpoint, sft: Checkpoint) -> dict:
     if path.exists() and not cfg.force:
         try:
             old = json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
+            old = {}
+        if not isinstance(old, dict):
             old = {}
         if all(old.get(k) == v for k, v in want.items()):
             return old
         print(f"{cfg.run_dir}: earlier results are for other models or options; "
               "starting over", file=sys.stderr)
-    for sub in ("spectra", "behaviour", "directions"):
-        shutil.rmtree(cfg.run_dir / sub, ignore_errors=True)
+    from ingest.runfolder import remove_run_files, run_of
+
+    earlier = run_of(cfg.run_dir)  # its files go; files of nobody's run stay
+    if earlier is not None and earlier.get("pair") == cfg.pair:
+        remove_run_files(cfg.run_dir, earlier.get("run_id"))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     if cfg.remote:  # an object store: every shard derives the same id (no lock)
         from ingest.results import run_identity
@@ -780,6 +791,8 @@ class SpectraHalf:
         shard's and the others'), the manifest says so and the directions finish."""
         import numpy as np
 
+        from ingest.runfolder import inventory
+
         cfg, store, have, n = self.cfg, self.store, self.have, len(self.plan.matrices)
         bad_list = [w for i in sorted(bad) for w in bad[i]]
         for b in bad_list:
@@ -801,7 +814,9 @@ class SpectraHalf:
                         "vocabulary": plan.vocab.options() if plan.vocab else None,
                         "nonfinite_tensors": bad_list, "numpy": np.__version__,
                         "torch": torch.__version__ if torch else None,
-                        "workers": workers}}
+                        "workers": workers},
+            "inventory": inventory(cfg.run_dir, "spectra",
+                                   store.known if store is not None else None)}
         if self.want_dirs and all(have(self.dfiles.path(cfg.run_dir, "vectors", i))
                                   for i in range(n)):
             if store is not None:  # the token labels read every tensor's vectors
@@ -859,9 +874,12 @@ def run_behaviour_half(cfg: Config, base: Checkpoint, sft: Checkpoint, manifest:
         print(f"behaviour: {pending} post(s) of other shards are not done yet",
               file=sys.stderr)
         return
+    from ingest.runfolder import inventory
+
     manifest["kinds"]["behaviour"] |= {
         "finished_at": now(), "device": device,
-        "dtype": str(options.get("dtype")), "options": options}
+        "dtype": str(options.get("dtype")), "options": options,
+        "inventory": inventory(cfg.run_dir, "behaviour")}
     save_manifest(cfg, manifest)
 
 
@@ -902,6 +920,8 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(opened, int):
         return opened
     base, sft, plan = opened
+    if refused_shard_count(cfg, plan):
+        return 2
     if cfg.dry_run:
         from compute.plan.shards import dry_run, print_plan
 
@@ -940,12 +960,36 @@ def open_checkpoints(cfg: Config) -> tuple[Checkpoint, Checkpoint, Plan] | int:
         return 130
 
 
+def refused_shard_count(cfg: Config, plan: Plan) -> bool:
+    """Whether --shards (of a shard or a dry run) is above the pair's work units,
+    after saying so: refused before anything is computed."""
+    if cfg.shard is None and not cfg.dry_run:
+        return False
+    from compute.plan.shards import check_count
+
+    try:
+        check_count(plan, cfg.shards, f"--shard {cfg.shard[0]}/{cfg.shards}"
+                    if cfg.shard else f"--shards {cfg.shards}")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
 def compute_and_load(cfg: Config, base: Checkpoint, sft: Checkpoint, plan: Plan,
                      device: str, argv: list[str]) -> int:
-    """Both halves under the pair folder's lock, then the load (or, for a shard,
-    what to run when every shard is done); the exit status. A failed behaviour half
-    still loads what finished, then names the command (from `argv`) that completes
-    the run."""
+    """A folder that is not a run of the pair refused (unless --force), then both
+    halves under the pair folder's lock, then the load (or, for a shard, what to
+    run when every shard is done); the exit status. A failed behaviour half still
+    loads what finished, then names the command (from `argv`) that completes the
+    run."""
+    from ingest.runfolder import FolderError, check_folder
+
+    try:  # before the lock file is made in it
+        check_folder(cfg.run_dir, cfg.pair, force=cfg.force)
+    except FolderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     with contextlib.ExitStack() as stack:
         try:
             from compute.plan.shards import lock_name

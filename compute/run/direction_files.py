@@ -205,16 +205,15 @@ def start(run_dir: Path, manifest: dict, k: int, full_basis_max: int) -> None:
     """Mark the directions kind started; earlier vectors of another k are dropped.
     Loads SciPy's LAPACK now, before compute.run pins BLAS to one thread per
     worker (threadpoolctl limits only the libraries loaded by then)."""
-    import shutil
-
     import scipy.linalg  # noqa: F401
 
     from compute.io.files import now
+    from ingest.runfolder import remove_run_files
 
     old = manifest["kinds"].get("directions", {})
     opts = {"vectors": k, "full_basis_max": full_basis_max}
     if {key: old.get("options", {}).get(key) for key in opts} != opts:
-        shutil.rmtree(run_dir / "directions", ignore_errors=True)
+        remove_run_files(run_dir, manifest.get("run_id"), "directions")
         old = {}
     manifest["kinds"]["directions"] = {"started_at": old.get("started_at") or now(),
                                        "finished_at": None, "options": opts}
@@ -225,6 +224,7 @@ def finish(run_dir: Path, manifest: dict, sft, plan, device: str) -> None:
     import duckdb
 
     from compute.io.files import now
+    from ingest.runfolder import inventory
 
     info = manifest["kinds"]["directions"]
     tokens = write_tokens(run_dir, sft, plan)
@@ -243,4 +243,5 @@ def finish(run_dir: Path, manifest: dict, sft, plan, device: str) -> None:
         "intruder_side": "left (rows of an (out, in) weight)",
         "null": "Haar-random directions, one per top vector, seeded by tensor name",
         "token_labels": tokens}
-    info |= {"finished_at": now(), "device": device, "dtype": "fp64 gram"}
+    info |= {"finished_at": now(), "device": device, "dtype": "fp64 gram",
+             "inventory": inventory(run_dir, "directions")}
