@@ -139,11 +139,17 @@ def test_bad_manifest_is_refused(content, run_copy, wh, capsys):
 
 
 def test_failed_load_into_a_new_warehouse_creates_no_tables(run_copy, tmp_path,
-                                                            capsys):
-    """The raw schema is created inside the load's transaction: a failed first load
-    leaves an empty file, not half a schema."""
+                                                            capsys, monkeypatch):
+    """The files are checked before the warehouse is opened, so a damaged file
+    leaves no warehouse at all; and the raw schema is created inside the load's
+    transaction: a failure past the checks (here with them skipped) leaves an empty
+    file, not half a schema."""
     (run_copy / "spectra" / "00001.parquet").write_bytes(b"garbage")
     db = tmp_path / "new.duckdb"
+    assert load_main([str(run_copy), "--db", str(db)]) == 2
+    assert "00001.parquet" in capsys.readouterr().err
+    assert not db.exists()
+    monkeypatch.setattr("ingest.compute_load.verify", lambda *a: None)
     assert load_main([str(run_copy), "--db", str(db)]) == 2
     capsys.readouterr()
     assert query(db, "select count(*) from duckdb_tables()") == [(0,)]
