@@ -121,6 +121,10 @@ def check_folder(run_dir: Path, pair: str, *, force: bool = False) -> None:
     old = run_of(run_dir)
     if old is not None and old.get("pair") == pair:
         return
+    if old is None and (run_dir / "run.json").exists():
+        raise FolderError(f"{run_dir / 'run.json'}: not a compute.run manifest (it "
+                          "does not parse as a JSON object); delete it or pass --force"
+                          " to start the run over there")
     files = [p.relative_to(run_dir).as_posix() for p in sorted(run_dir.rglob("*"))
              if not p.is_dir() and not OWN.fullmatch(p.relative_to(run_dir).as_posix())]
     if not files and old is None:

@@ -396,6 +396,7 @@ def _load_source(con, src: _Source, site: str, opts: LoadOptions, pool, replaced
             raise
         else:
             con.unregister("_se_stream")  # on error the rollback drops it
+        _refuse_repeated_ids(con, table, site, src.name)
         fr.unknown_attributes = sorted(unknown)
         fr.bytes = splitter.bytes_read
         fr.seconds = time.perf_counter() - t0
@@ -403,6 +404,21 @@ def _load_source(con, src: _Source, site: str, opts: LoadOptions, pool, replaced
     finally:
         if bar is not None:
             bar.close()
+
+
+def _refuse_repeated_ids(con, table: str, site: str, source: str) -> None:
+    """SEInputError when a row Id of the file just inserted is there twice (the
+    dump's key; the marts would count its post twice, and dbt's unique tests fail):
+    the caller's transaction rolls back, so the warehouse is unchanged."""
+    dup = con.execute(
+        f"select id, count(*) from raw.{table} where site = ? and id is not null "
+        "group by id having count(*) > 1 order by id limit 1", [site]).fetchone()
+    if dup:
+        n = con.execute(f"select count(*) from (select id from raw.{table} where "
+                        "site = ? and id is not null group by id having count(*) > 1)",
+                        [site]).fetchone()[0]
+        raise SEInputError(f"{source}: row Id {dup[0]} appears {dup[1]} times ({n} Id"
+                           f"(s) repeated); a dump file has one row per Id")
 
 
 def configure_load(con: duckdb.DuckDBPyConnection) -> None:

@@ -821,7 +821,8 @@ class SpectraHalf:
                                   for i in range(n)):
             if store is not None:  # the token labels read every tensor's vectors
                 store.pull(["directions/rows", "directions/vectors"])
-            self.dfiles.finish(cfg.run_dir, self.manifest, sft, plan, self.device)
+            self.dfiles.finish(cfg.run_dir, self.manifest, sft, plan, self.device,
+                               store.known if store is not None else None)
         save_manifest(cfg, self.manifest)
 
 

@@ -219,8 +219,10 @@ def start(run_dir: Path, manifest: dict, k: int, full_basis_max: int) -> None:
                                        "finished_at": None, "options": opts}
 
 
-def finish(run_dir: Path, manifest: dict, sft, plan, device: str) -> None:
-    """Token labels, then the kind's row in raw.compute_runs: what was done."""
+def finish(run_dir: Path, manifest: dict, sft, plan, device: str,
+           keys: set[str] | None = None) -> None:
+    """Token labels, then the kind's row in raw.compute_runs: what was done.
+    `keys`: the files an object store holds besides the local ones (its listing)."""
     import duckdb
 
     from compute.io.files import now
@@ -244,4 +246,4 @@ def finish(run_dir: Path, manifest: dict, sft, plan, device: str) -> None:
         "null": "Haar-random directions, one per top vector, seeded by tensor name",
         "token_labels": tokens}
     info |= {"finished_at": now(), "device": device, "dtype": "fp64 gram",
-             "inventory": inventory(run_dir, "directions")}
+             "inventory": inventory(run_dir, "directions", keys)}
