@@ -26,7 +26,9 @@ DuckDB and pandas loaded, so a query starts in milliseconds), never in the app's
   with DuckDB's "Out of Memory" error;
 - killed at `timeout_s` (DuckDB's interrupt is checked between vectors, and that
   query ignored it for over a minute); the app's process never holds the result
-  of more than `max_rows` + 1 rows.
+  of more than `max_rows` + 1 rows, nor more than `MAX_BYTES` of it (50MB,
+  SFTSCOPE_CONSOLE_MAX_BYTES: 10,001 rows of 25 kB strings took the app from 157 MB
+  to 873 MB before).
 Over a limit, `LimitExceeded` (memory, temporary disk) or `TimeoutError` says which
 limit and the setting that raises it.
 """
@@ -50,6 +52,8 @@ from app_lib import db
 from app_lib.db import LIMITS, Limits, size_bytes
 
 MAX_ROWS = int(os.environ.get("SFTSCOPE_CONSOLE_MAX_ROWS", "10000"))
+MAX_BYTES = os.environ.get("SFTSCOPE_CONSOLE_MAX_BYTES", "50MB")  # of result data
+BATCH_ROWS = 256  # rows fetched at a time while counting a result's bytes
 TIMEOUT_S = float(os.environ.get("SFTSCOPE_CONSOLE_TIMEOUT", "15"))
 PROCESS_HEADROOM = 768 * 2**20  # Python, pandas and the result, beside DuckDB's memory
 MAX_CHARS = 20_000
@@ -81,6 +85,7 @@ class Result:
     frame: pd.DataFrame
     truncated: bool
     seconds: float
+    cut_bytes: bool = False  # cut at max_bytes of data (before max_rows)
 
 
 def _strip(sql: str) -> tuple[str, list[str]]:
@@ -170,12 +175,15 @@ def check(sql: str) -> str:
 
 
 def run_readonly(sql: str, *, max_rows: int = MAX_ROWS, timeout_s: float = TIMEOUT_S,
-                 path=None, limits: Limits | None = None) -> Result:
+                 path=None, limits: Limits | None = None,
+                 max_bytes: str | int | None = None) -> Result:
     """Check `sql`, run it in a child process on a fresh read-only connection with
-    `limits` (default app_lib.db.LIMITS), return at most `max_rows` rows. Over the
-    time limit: TimeoutError; over memory or temporary disk: LimitExceeded."""
+    `limits` (default app_lib.db.LIMITS), return at most `max_rows` rows and about
+    `max_bytes` of data (Arrow's size: the first rows that fit, at least one). Over
+    the time limit: TimeoutError; over memory or temporary disk: LimitExceeded."""
     text = check(sql)
     limits = limits or LIMITS
+    cap = max_bytes if isinstance(max_bytes, int) else _cap(max_bytes or MAX_BYTES)
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="sftscope-console-")
     ctx = _context()
@@ -183,7 +191,7 @@ def run_readonly(sql: str, *, max_rows: int = MAX_ROWS, timeout_s: float = TIMEO
     proc = ctx.Process(target=_child, daemon=True, name="sftscope-console",
                        # the path is resolved here: the child has the server's env
                        args=(send, text, str(Path(path or db.db_path()).absolute()),
-                             max_rows, limits, tmp))
+                             max_rows, limits, tmp, cap))
     try:
         proc.start()
         send.close()
@@ -208,9 +216,17 @@ def run_readonly(sql: str, *, max_rows: int = MAX_ROWS, timeout_s: float = TIMEO
         db.count_retries(retries)
     if kind == "error":
         raise _explain(payload, limits)
-    frame = payload
-    truncated = len(frame) > max_rows
-    return Result(frame.iloc[:max_rows], truncated, time.monotonic() - started)
+    frame, cut_bytes = payload
+    truncated = cut_bytes or len(frame) > max_rows
+    return Result(frame.iloc[:max_rows], truncated, time.monotonic() - started,
+                  cut_bytes)
+
+
+def _cap(text: str) -> int:
+    try:
+        return size_bytes(text)
+    except ValueError as exc:
+        raise ValueError(f"SFTSCOPE_CONSOLE_MAX_BYTES: {exc}") from None
 
 
 def _explain(exc: BaseException, limits: Limits) -> BaseException:
@@ -235,8 +251,34 @@ def _context():
     return ctx
 
 
+def _fetch(rel, max_rows: int, max_bytes: int) -> tuple[pd.DataFrame, bool]:
+    """At most max_rows + 1 rows of `rel`, fetched BATCH_ROWS at a time, stopping
+    before the rows pass `max_bytes` of Arrow data (the first row always comes);
+    whether the bytes cut it."""
+    import pyarrow as pa
+
+    reader = rel.limit(max_rows + 1).fetch_arrow_reader(BATCH_ROWS)
+    kept, size, cut = [], 0, False
+    for batch in reader:
+        if size + batch.nbytes > max_bytes:  # row by row within the last batch
+            for i in range(batch.num_rows):
+                row = batch.slice(i, 1)
+                if size + row.nbytes > max_bytes and (size or i):
+                    cut = True
+                    break
+                kept.append(row)
+                size += row.nbytes
+            if cut:
+                break
+            continue
+        kept.append(batch)
+        size += batch.nbytes
+    table = pa.Table.from_batches(kept, schema=reader.schema)
+    return table.to_pandas(), cut
+
+
 def _child(send, text: str, path: str, max_rows: int, limits: Limits,
-           tmp: str) -> None:
+           tmp: str, max_bytes: int) -> None:
     try:
         cap = size_bytes(limits.memory) + PROCESS_HEADROOM
         resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
@@ -245,8 +287,8 @@ def _child(send, text: str, path: str, max_rows: int, limits: Limits,
             rel = con.sql(text)
             if rel is None:
                 raise QueryRefused("This statement returns no rows.")
-            frame = rel.limit(max_rows + 1).df()
-        message = ("ok", frame, db.retry_count())
+            result = _fetch(rel, max_rows, max_bytes)
+        message = ("ok", result, db.retry_count())
     except BaseException as exc:
         message = ("error", exc, db.retry_count())
     try:

@@ -34,7 +34,8 @@ EXAMPLES = {
 st.title("SQL console")
 st.caption(f"One read-only query at a time (SELECT, WITH, FROM, PIVOT, DESCRIBE, "
            f"SHOW, SUMMARIZE) on a fresh read-only connection without file access; "
-           f"at most {sqlguard.MAX_ROWS:,} rows, {sqlguard.TIMEOUT_S:g} s, "
+           f"at most {sqlguard.MAX_ROWS:,} rows and {sqlguard.MAX_BYTES} of data, "
+           f"{sqlguard.TIMEOUT_S:g} s, "
            f"{db.LIMITS.memory} of memory, {db.LIMITS.threads} thread(s) and "
            f"{db.LIMITS.temp} of temporary disk.")
 src = ui.warehouse()
@@ -63,7 +64,10 @@ if run:
     except db.duckdb.Error as exc:
         st.error(f"DuckDB: {exc}")
     else:
-        note = (f" (cut at {sqlguard.MAX_ROWS:,})" if result.truncated else "")
+        note = (f" (cut at {sqlguard.MAX_BYTES} of data, "
+                "SFTSCOPE_CONSOLE_MAX_BYTES)" if result.cut_bytes
+                else f" (cut at {sqlguard.MAX_ROWS:,})" if result.truncated
+                else "")
         st.caption(f"{len(result.frame):,} row(s){note} in {result.seconds:.2f} s")
         st.dataframe(result.frame, hide_index=True, width="stretch")
         st.download_button("Download CSV", result.frame.to_csv(index=False).encode(),
