@@ -50,6 +50,8 @@ PERPLEXITY_COLUMNS = ["role", "post_id", "grp", "site", "n_tokens", "n_bytes",
 TOKEN_COLUMNS = ["position", "token_text", "base_logprob", "sft_logprob", "delta",
                  "cum_delta"]
 CUMULATIVE_COLUMNS = ["post_id", "grp", "position", "token_text", "cum_delta"]
+NONFINITE_COLUMNS = ["n_posts", "n_posts_left_out", "n_tokens_nonfinite_base",
+                     "n_tokens_nonfinite_sft"]
 DRIFT_COLUMNS = ["layer", "grp", "n_posts", "n_tokens", "mean_rel_l2", "mean_cos",
                  "pooled_rel_l2"]
 
@@ -313,6 +315,20 @@ def post_perplexity(src: Src, pair: str) -> pd.DataFrame:
             order by pt.post_id, pt.role
         """, [pair], path=src[0])
     return _empty(PERPLEXITY_COLUMNS)
+
+
+@_cache
+def nonfinite_tokens(src: Src, pair: str) -> pd.DataFrame:
+    """One row: the pair's scored posts, and the posts and tokens (per model) left
+    out because a model's logits were not finite there. From
+    marts.fct_nonfinite_tokens (no rows before dbt has built it)."""
+    if has_table(src, "marts.fct_nonfinite_tokens"):
+        return query("""
+            select n_posts, n_posts_left_out, n_tokens_nonfinite_base,
+                   n_tokens_nonfinite_sft
+            from marts.fct_nonfinite_tokens where pair = ?
+        """, [pair], path=src[0])
+    return _empty(NONFINITE_COLUMNS)
 
 
 @_cache

@@ -23,6 +23,14 @@ ppl = ui.load(q.post_perplexity, src, pair)
 diffs = (ui.load(shift.differences, src, pair)
          if q.has_table(src, "marts.fct_group_difference_intervals") else None)
 ui.takeaway(tk.perplexity(ui.load(q.group_perplexity_delta, src, pair), diffs))
+bad = ui.load(q.nonfinite_tokens, src, pair)
+if not bad.empty and bad["n_posts_left_out"].iloc[0]:
+    b = bad.iloc[0]
+    st.warning(f"{b.n_tokens_nonfinite_base:,} token(s) under the base model and "
+               f"{b.n_tokens_nonfinite_sft:,} under the SFT model had logits that are "
+               f"not finite (NaN/Inf weights: python -m compute.doctor --scan); the "
+               f"{b.n_posts_left_out:,} post(s) holding them (of {b.n_posts:,}) are "
+               "left out of every figure here.", icon=":material/warning:")
 
 st.subheader("Per group and model")
 c1, c2 = st.columns([3, 1], vertical_alignment="bottom")

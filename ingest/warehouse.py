@@ -211,7 +211,8 @@ COMPUTE_TABLES: dict[str, str] = {
         position INTEGER NOT NULL,        -- 0 = first scored token
         token_id INTEGER NOT NULL,
         token_text VARCHAR,
-        logprob DOUBLE NOT NULL
+        logprob DOUBLE NOT NULL,          -- NaN where nonfinite
+        nonfinite BOOLEAN DEFAULT false   -- the model's logits were not all finite
     """,
     "token_shift": """
         run_id VARCHAR NOT NULL,
@@ -227,7 +228,9 @@ COMPUTE_TABLES: dict[str, str] = {
         top_id_base INTEGER NOT NULL,     -- each model's most likely next token
         top_id_sft INTEGER NOT NULL,
         top_text_base VARCHAR,            -- those tokens decoded on their own
-        top_text_sft VARCHAR
+        top_text_sft VARCHAR,
+        nonfinite BOOLEAN DEFAULT false   -- either model's logits not all finite:
+                                          -- the floats NaN, the ids and ranks -1
     """,
     "generated_token_shift": """
         run_id VARCHAR NOT NULL,
@@ -423,7 +426,7 @@ COMPUTE_TABLES: dict[str, str] = {
 # applied, the highest is current). Version 1 is the first release's layout, which had
 # no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 """The raw layout this release writes: the last step of MIGRATIONS."""
 
 UPGRADE_COMMAND = "python -m ingest.upgrade"
@@ -493,6 +496,10 @@ MIGRATIONS: tuple[Migration, ...] = (
               "checkpoints as a series and the overlap of consecutive dW subspaces",
               tuple(f"create table if not exists raw.{t} ({COMPUTE_TABLES[t]})"
                     for t in ("trajectory_steps", "trajectory_overlap"))),
+    Migration(12, "raw.token_logprobs, token_shift: nonfinite, the positions whose "
+              "logits were not finite (NaN/Inf weights), left out of the marts",
+              tuple(f"alter table raw.{t} add column if not exists nonfinite BOOLEAN "
+                    "default false" for t in ("token_logprobs", "token_shift"))),
 )
 """The ordered steps from version 1 to SCHEMA_VERSION.
 

@@ -50,7 +50,9 @@ def reference(wb, ws, xb, xs, targets) -> dict[str, np.ndarray]:
         "entropy_sft": stats.entropy(ps, axis=-1),
         "top_id_base": top_b, "top_id_sft": top_s,
         "rank_sft_top_in_base": 1 + (lb > lb[rows, top_s][:, None]).sum(-1),
-        "rank_base_top_in_sft": 1 + (ls > ls[rows, top_b][:, None]).sum(-1)}
+        "rank_base_top_in_sft": 1 + (ls > ls[rows, top_b][:, None]).sum(-1),
+        "nonfinite_base": ~np.isfinite(lb_full).all(-1),
+        "nonfinite_sft": ~np.isfinite(ls_full).all(-1)}
 
 
 def run(wb, ws, xb, xs, targets, rows=None) -> dict[str, np.ndarray]:
@@ -64,7 +66,7 @@ def run(wb, ws, xb, xs, targets, rows=None) -> dict[str, np.ndarray]:
 def check(got, want) -> None:
     assert sorted(got) == sorted(want)
     for k, w in want.items():
-        if got[k].dtype == np.int64:
+        if got[k].dtype in (np.int64, np.bool_):
             np.testing.assert_array_equal(got[k], w, err_msg=k)
         else:
             np.testing.assert_allclose(got[k], w, rtol=2e-5, atol=2e-6, err_msg=k)
@@ -94,6 +96,58 @@ def test_token_stats_against_scipy(vb, vs, rows):
     check(run(wb, ws, xb, xs, targets, rows), want)
     assert (want["kl_sft_base"] > 1e-3).all() and (want["kl_base_sft"] > 1e-3).all()
     assert (want["rank_sft_top_in_base"] > 1).any()
+
+
+@pytest.mark.parametrize("rows", [None, 2])
+def test_token_stats_flags_positions_whose_logits_are_not_finite(rows):
+    """A base hidden state with an Inf entry at position 2 and a NaN at position 5
+    (what NaN/Inf weights upstream give): those positions' base logits are not all
+    finite; their base log-probs are NaN and flagged, the SFT's are scored as usual,
+    and the comparison of the two models there is NaN (floats) and -1 (ids, ranks).
+    Every other position is exactly the SciPy reference's."""
+    rng = np.random.default_rng(3)
+    h, n, v = 5, 7, 11
+    wb, ws = weights(rng, v, h, 1.5), weights(rng, v, h, 1.5)
+    xb, xs = weights(rng, n, h, 1.0), weights(rng, n, h, 1.0)
+    xb[2, 1], xb[5, 3] = np.inf, np.nan
+    targets = rng.integers(0, v, n)
+    got = run(wb, ws, xb, xs, targets, rows)
+    bad = np.isin(np.arange(n), [2, 5])
+    np.testing.assert_array_equal(got["nonfinite_base"], bad)
+    assert not got["nonfinite_sft"].any()
+    assert np.isnan(got["logprob_base"][bad]).all()
+    assert np.isfinite(got["logprob_sft"]).all()
+    for k in ("kl_sft_base", "kl_base_sft", "entropy_base", "entropy_sft"):
+        assert np.isnan(got[k][bad]).all(), k
+    for k in ("top_id_base", "top_id_sft", "rank_sft_top_in_base",
+              "rank_base_top_in_sft"):
+        assert (got[k][bad] == -1).all(), k
+    with np.errstate(invalid="ignore"):
+        want = reference(wb, ws, xb, xs, targets)
+    check({k: x[~bad] for k, x in got.items()}, {k: w[~bad] for k, w in want.items()})
+    np.testing.assert_allclose(got["logprob_sft"][bad], want["logprob_sft"][bad],
+                               rtol=2e-5)
+
+
+def test_drift_sums_leave_out_states_that_are_not_finite():
+    """Position 1's SFT state has a NaN at the second index only: drift_sums there
+    are those of positions 0 and 2 (against NumPy on them alone), drift_counts 2;
+    at the first index all three tokens count."""
+    from compute.behaviour import drift_counts
+
+    rng = np.random.default_rng(4)
+    hb = [hidden(rng, (1, 3, 4)) for _ in range(2)]
+    hs = [b + hidden(rng, (1, 3, 4), 0.5) for b in hb]
+    hs[1][0, 1, 2] = float("nan")
+    own = torch.ones(1, 3, dtype=torch.bool)
+    got = drift_sums(tuple(hb), tuple(hs), own)
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(drift_counts(tuple(hb), tuple(hs), own), [[3, 2]])
+    keep = torch.tensor([[True, False, True]])
+    np.testing.assert_allclose(got[0, 1], drift_sums((hb[1],), (hs[1].nan_to_num(),),
+                                                     keep)[0, 0], rtol=1e-12)
+    np.testing.assert_allclose(got[0, 0], drift_sums((hb[0],), (hs[0],), own)[0, 0],
+                               rtol=1e-12)
 
 
 def test_token_stats_ranks_count_strictly_higher_ids():

@@ -84,6 +84,7 @@ SCHEMAS = {
         ("run_id", pa.string()), ("pair", pa.string()), ("role", pa.string()),
         ("post_id", pa.int64()), ("position", pa.int32()), ("token_id", pa.int32()),
         ("token_text", pa.string()), ("logprob", pa.float64()),
+        ("nonfinite", pa.bool_()),
     ]),
     "token_shift": pa.schema([
         ("run_id", pa.string()), ("pair", pa.string()), ("post_id", pa.int64()),
@@ -91,6 +92,7 @@ SCHEMAS = {
         *((c, pa.float64()) for c in SHIFT_FLOATS),
         *((c, pa.int32()) for c in SHIFT_INTS),
         ("top_text_base", pa.string()), ("top_text_sft", pa.string()),
+        ("nonfinite", pa.bool_()),
     ]),
     "post_texts": pa.schema([
         ("run_id", pa.string()), ("pair", pa.string()), ("post_id", pa.int64()),
@@ -376,7 +378,11 @@ def token_stats(base, sft, xb: torch.Tensor, xs: torch.Tensor,
     (default: LOGIT_CHUNK_ELEMS logits per model), so the largest fp32 temporaries are
     a few (rows, V) tensors whatever N is. Where the vocabularies differ (rows added
     by a fine-tune), log-probs of the target use each model's whole vocabulary and
-    the comparison uses the distributions restricted to the shared first V ids."""
+    the comparison uses the distributions restricted to the shared first V ids.
+
+    A position where a model's logits are not all finite (NaN/Inf weights upstream)
+    is flagged in nonfinite_base / nonfinite_sft: its log-prob is NaN, and where
+    either is flagged the comparison columns are NaN (floats) and -1 (ids, ranks)."""
     n = targets.shape[0]
     vb = base.get_output_embeddings().weight.shape[0]
     vs = sft.get_output_embeddings().weight.shape[0]
@@ -386,11 +392,17 @@ def token_stats(base, sft, xb: torch.Tensor, xs: torch.Tensor,
     out = {k: torch.empty(n, dtype=torch.float32, device=dev)
            for k in ("logprob_base", "logprob_sft", *SHIFT_FLOATS)}
     out |= {k: torch.empty(n, dtype=torch.int64, device=dev) for k in SHIFT_INTS}
+    out |= {k: torch.empty(n, dtype=torch.bool, device=dev)
+            for k in ("nonfinite_base", "nonfinite_sft")}
     for i in range(0, n, rows):
         sl = slice(i, i + rows)
         t = targets[sl, None]  # (r, 1)
-        lb = torch.log_softmax(head_logits(base, xb[sl]), -1)  # (r, Vb)
-        ls = torch.log_softmax(head_logits(sft, xs[sl]), -1)  # (r, Vs)
+        lb = head_logits(base, xb[sl])  # (r, Vb)
+        out["nonfinite_base"][sl] = ~torch.isfinite(lb).all(-1)
+        lb = torch.log_softmax(lb, -1)
+        ls = head_logits(sft, xs[sl])  # (r, Vs)
+        out["nonfinite_sft"][sl] = ~torch.isfinite(ls).all(-1)
+        ls = torch.log_softmax(ls, -1)
         out["logprob_base"][sl] = lb.gather(1, t)[:, 0]
         out["logprob_sft"][sl] = ls.gather(1, t)[:, 0]
         if vb != v:
@@ -409,6 +421,13 @@ def token_stats(base, sft, xb: torch.Tensor, xs: torch.Tensor,
         out["top_id_base"][sl], out["top_id_sft"][sl] = top_b, top_s
         out["rank_sft_top_in_base"][sl] = 1 + (lb > lb.gather(1, top_s[:, None])).sum(-1)
         out["rank_base_top_in_sft"][sl] = 1 + (ls > ls.gather(1, top_b[:, None])).sum(-1)
+    for role in ("base", "sft"):
+        out[f"logprob_{role}"][out[f"nonfinite_{role}"]] = float("nan")
+    either = out["nonfinite_base"] | out["nonfinite_sft"]
+    for k in SHIFT_FLOATS:
+        out[k][either] = float("nan")
+    for k in SHIFT_INTS:
+        out[k][either] = -1
     return out
 
 
@@ -436,6 +455,8 @@ class PostResult:
     logprob: dict[str, np.ndarray]  # role -> (n,) fp64
     drift: np.ndarray  # (L + 1, 4) fp64: rel_l2, cos, sq_diff, sq_base
     shift: dict[str, np.ndarray]  # SHIFT_FLOATS (n,) fp64, SHIFT_INTS (n,) int64
+    nonfinite: dict[str, np.ndarray]  # role -> (n,) bool: logits not all finite
+    drift_n: np.ndarray  # (L + 1,) tokens in the drift sums (finite hidden states)
     n_drift: int = 0
 
     @classmethod
@@ -444,7 +465,9 @@ class PostResult:
         shift = {c: np.full(n_tokens, np.nan) for c in SHIFT_FLOATS}
         shift |= {c: np.full(n_tokens, -1, dtype=np.int64) for c in SHIFT_INTS}
         return cls({r: np.full(n_tokens, np.nan) for r in ("base", "sft")},
-                   np.zeros((n_layers + 1, 4)), shift)
+                   np.zeros((n_layers + 1, 4)), shift,
+                   {r: np.zeros(n_tokens, dtype=bool) for r in ("base", "sft")},
+                   np.zeros(n_layers + 1, dtype=np.int64))
 
 
 @dataclass
@@ -472,9 +495,12 @@ class Scorer:
             self.score_micro(segs[i:i + self.micro_batch], res)
         for p, r in zip(posts, res, strict=True):
             assert r.n_drift == p.n_tokens, (p.post_id, r.n_drift, p.n_tokens)
-            for role, lp in r.logprob.items():
-                assert not np.isnan(lp).any(), f"post {p.post_id}: {role} unscored token"
-            assert (r.shift["top_id_sft"] >= 0).all(), f"post {p.post_id}: no shift"
+            flagged = r.nonfinite["base"] | r.nonfinite["sft"]
+            for role, lp in r.logprob.items():  # NaN only where the logits were
+                assert not (np.isnan(lp) & ~r.nonfinite[role]).any(), \
+                    f"post {p.post_id}: {role} unscored token"
+            assert ((r.shift["top_id_sft"] >= 0) | flagged).all(), \
+                f"post {p.post_id}: no shift"
         return res
 
     def score_micro(self, segs: list[Segment], res: list[PostResult]) -> None:
@@ -496,6 +522,7 @@ class Scorer:
         hidden_base = forward(self.base, ids, mask).hidden
         hidden_sft = forward(self.sft, ids, mask).hidden
         sums = drift_sums(hidden_base, hidden_sft, own)  # (B, L + 1, 4)
+        counts = drift_counts(hidden_base, hidden_sft, own)  # (B, L + 1)
         h = hidden_base[-1].shape[-1]
         stats = token_stats(self.base, self.sft, hidden_base[-1].reshape(-1, h)[flat],
                             hidden_sft[-1].reshape(-1, h)[flat], targets,
@@ -512,9 +539,12 @@ class Scorer:
             at += len(cols)
             r.logprob["base"][pos] = stats["logprob_base"][rows]
             r.logprob["sft"][pos] = stats["logprob_sft"][rows]
+            for role in ("base", "sft"):
+                r.nonfinite[role][pos] = stats[f"nonfinite_{role}"][rows]
             for c in (*SHIFT_FLOATS, *SHIFT_INTS):
                 r.shift[c][pos] = stats[c][rows]
             r.drift += sums[k]
+            r.drift_n += counts[k]
             r.n_drift += len(cols)
         assert at == len(flat), (at, len(flat))
 
@@ -522,12 +552,16 @@ class Scorer:
 def drift_sums(hb: tuple[torch.Tensor, ...], hs: tuple[torch.Tensor, ...],
                own: torch.Tensor) -> np.ndarray:
     """(B, L + 1, 4) fp64 sums over each row's `own` tokens, per hidden-state index,
-    of ||d||/||h_b||, cos(h_s, h_b), ||d||^2, ||h_b||^2 with d = h_s - h_b."""
+    of ||d||/||h_b||, cos(h_s, h_b), ||d||^2, ||h_b||^2 with d = h_s - h_b. A token
+    whose state (either model's) has a NaN/Inf entry at an index is left out of that
+    index's sums (drift_counts counts the tokens in them)."""
     assert len(hb) == len(hs), (len(hb), len(hs))
-    w = own.to(torch.float64)  # (B, T)
     out = []
     for b, s in zip(hb, hs, strict=True):
-        b32, s32 = b.float(), s.float()  # (B, T, H)
+        ok = own & _finite_states(b, s)  # (B, T)
+        w = ok.to(torch.float64)
+        b32 = torch.where(ok[..., None], b.float(), 0.0)  # (B, T, H)
+        s32 = torch.where(ok[..., None], s.float(), 0.0)
         d = s32 - b32
         nd2 = (d * d).sum(-1).double()  # (B, T)
         nb2 = (b32 * b32).sum(-1).double()
@@ -539,6 +573,19 @@ def drift_sums(hb: tuple[torch.Tensor, ...], hs: tuple[torch.Tensor, ...],
         cols = [rel, cos, nd2, nb2]
         out.append(torch.stack([(c * w).sum(1) for c in cols], -1))  # (B, 4)
     return torch.stack(out, 1).cpu().numpy()  # (B, L + 1, 4)
+
+
+def _finite_states(b: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """(B, T) whether both models' hidden states of a token are all finite."""
+    return torch.isfinite(b).all(-1) & torch.isfinite(s).all(-1)
+
+
+def drift_counts(hb: tuple[torch.Tensor, ...], hs: tuple[torch.Tensor, ...],
+                 own: torch.Tensor) -> np.ndarray:
+    """(B, L + 1) int: the `own` tokens in drift_sums' sums per hidden-state index
+    (those whose states are finite in both models)."""
+    return torch.stack([(own & _finite_states(b, s)).sum(1)
+                        for b, s in zip(hb, hs, strict=True)], 1).cpu().numpy()
 
 
 # ---------------------------------------------------------------- files
@@ -598,6 +645,21 @@ def finished_posts(root: Path, run_id: str, pair: str) -> set[int]:
     return done
 
 
+def count_nonfinite(out_dir: Path) -> dict[str, int]:
+    """Scored tokens whose logits were not finite, per model ("base", "sft"), over
+    every finished batch under out_dir/behaviour (for the run record)."""
+    counts = {"base": 0, "sft": 0}
+    for f in sorted((Path(out_dir) / "behaviour" / "token_logprobs").glob("*.parquet")):
+        t = pq.read_table(f)
+        if "nonfinite" not in t.column_names:
+            continue
+        roles = np.asarray(t.column("role").to_pylist())
+        flags = t.column("nonfinite").to_numpy(zero_copy_only=False)
+        for role in counts:
+            counts[role] += int((flags & (roles == role)).sum())
+    return counts
+
+
 class TokenText:
     """Decoded text of single token ids, cached."""
 
@@ -607,6 +669,9 @@ class TokenText:
     def __call__(self, ids: Iterator[int]) -> list[str]:
         out = []
         for i in ids:
+            if i < 0:  # no token (a position whose logits were not finite)
+                out.append(None)
+                continue
             s = self.cache.get(i)
             if s is None:
                 s = self.cache[i] = self.tok.decode([i])
@@ -631,10 +696,12 @@ def batch_tables(posts: list[Post], results: list[PostResult], run_id: str, pair
             lp_cols["token_id"] += p.ids
             lp_cols["token_text"] += texts
             lp_cols["logprob"] += r.logprob[role].tolist()
+            lp_cols["nonfinite"] += r.nonfinite[role].tolist()
         shift_parts.append(shift_columns(p, r, run_id, pair, token_text))
         for layer, (rel, cos, sq_d, sq_b) in enumerate(r.drift.tolist()):
             drift_rows.append({"run_id": run_id, "pair": pair, "post_id": p.post_id,
-                               "layer": layer, "n_tokens": n, "sum_rel_l2": rel,
+                               "layer": layer, "n_tokens": int(r.drift_n[layer]),
+                               "sum_rel_l2": rel,
                                "sum_cos": cos, "sum_sq_diff": sq_d, "sum_sq_base": sq_b})
         text_rows.append({"run_id": run_id, "pair": pair, "post_id": p.post_id,
                           "site": p.site, "grp": p.grp, "n_tokens": n,
@@ -659,6 +726,7 @@ def shift_columns(p: Post, r: PostResult, run_id: str, pair: str,
     cols |= {c: r.shift[c].astype(np.int32) for c in SHIFT_INTS}
     cols["top_text_base"] = token_text(r.shift["top_id_base"].tolist())
     cols["top_text_sft"] = token_text(r.shift["top_id_sft"].tolist())
+    cols["nonfinite"] = r.nonfinite["base"] | r.nonfinite["sft"]
     return pa.table(cols, schema=SCHEMAS["token_shift"])
 
 

@@ -875,8 +875,16 @@ def run_behaviour_half(cfg: Config, base: Checkpoint, sft: Checkpoint, manifest:
         print(f"behaviour: {pending} post(s) of other shards are not done yet",
               file=sys.stderr)
         return
+    from compute.behaviour.scoring import count_nonfinite
     from ingest.runfolder import inventory
 
+    options["n_tokens_nonfinite"] = bad = count_nonfinite(cfg.run_dir)
+    for role, n in bad.items():
+        if n:
+            print(f"warning: behaviour: the {role} model's logits are not finite at {n}"
+                  " scored token(s) (NaN/Inf weights: python -m compute.doctor --scan);"
+                  " their log-probs are NaN, flagged in raw.token_logprobs.nonfinite "
+                  "and left out of the marts", file=sys.stderr)
     manifest["kinds"]["behaviour"] |= {
         "finished_at": now(), "device": device,
         "dtype": str(options.get("dtype")), "options": options,

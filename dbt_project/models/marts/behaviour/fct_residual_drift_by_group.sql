@@ -48,7 +48,7 @@ final as (
         sqrt(sum(drift.sum_sq_diff) / sum(drift.n_tokens)) as rms_diff_norm,
         sqrt(sum(drift.sum_sq_base) / sum(drift.n_tokens)) as rms_base_norm,
         -- post-weighted: every post counts once
-        avg(drift.sum_rel_l2 / drift.n_tokens) as mean_post_rel_l2,
+        avg(drift.sum_rel_l2 / nullif(drift.n_tokens, 0)) as mean_post_rel_l2,
 
     from drift
     inner join posts

@@ -39,7 +39,7 @@ final as (
         sqrt(sum(sum_sq_diff) / sum(n_tokens)) as rms_diff_norm,
         sqrt(sum(sum_sq_base) / sum(n_tokens)) as rms_base_norm,
         -- post-weighted: every post counts once
-        avg(sum_rel_l2 / n_tokens) as mean_post_rel_l2,
+        avg(sum_rel_l2 / nullif(n_tokens, 0)) as mean_post_rel_l2,
 
     from drift
     left join loads using (run_id)

@@ -7,7 +7,13 @@ with
 
 logprobs as (
 
-    select * from {{ ref('stg_compute__token_logprobs') }} where {{ run_filter(runs) }}
+    -- a post with a token whose logits were not finite is left out (whole, so that
+    -- every post here has all its tokens); fct_nonfinite_tokens counts them
+    select logprobs.*
+    from {{ ref('stg_compute__token_logprobs') }} as logprobs
+    anti join {{ ref('int_nonfinite_posts') }} as bad
+        on logprobs.run_id = bad.run_id and logprobs.post_id = bad.post_id
+    where {{ run_filter(runs, 'logprobs.run_id') }}
 
 ),
 

@@ -22,6 +22,7 @@ renamed as (
 
         -- measurement
         logprob::double as logprob,
+        coalesce(nonfinite, false) as nonfinite,
 
     from source
 

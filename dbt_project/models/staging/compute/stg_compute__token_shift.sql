@@ -28,6 +28,7 @@ renamed as (
         top_id_sft::integer as top_id_sft,
         top_text_base,
         top_text_sft,
+        coalesce(nonfinite, false) as nonfinite,
 
     from source
 
