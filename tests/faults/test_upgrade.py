@@ -1,0 +1,102 @@
+"""A warehouse of an older release, upgraded, ends with a working `dbt build`.
+
+The older release is emulated from the fault suite's warehouse (a site and pair
+'small'), built by this release's dbt, then taken back to the layout the release
+before wrote: raw schema version 8 (raw.token_logprobs and token_shift without
+`nonfinite`, no version 9 row) and its per-run marts without `run_finished_at`, as
+the release before the incremental marts built them (the column they added, commit
+c73873a). `dbt build` alone fails on them, naming --full-refresh; before,
+`ingest.upgrade` said nothing about the marts (its "nothing to do" or "applied ..."
+read as done), and nothing ran the refresh."""
+
+from __future__ import annotations
+
+import shutil
+
+import duckdb
+import pytest
+
+from ingest.marts_check import incremental_models
+from ingest.upgrade import main as upgrade_main
+from tests.conftest import run_dbt
+
+
+def _marts(db) -> dict[str, int]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        names = [f"{s}.{t}" for s, t in con.execute(
+            "select schema_name, table_name from duckdb_tables() where schema_name "
+            "in ('marts', 'intermediate') order by all").fetchall()]
+        return {n: con.execute(f"select count(*) from {n}").fetchone()[0]
+                for n in names}
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def older_release(base_warehouse, tmp_path_factory):
+    """(warehouse of the older release, mart row counts this release builds from the
+    same raw rows, the marts taken back to the older layout)."""
+    work = tmp_path_factory.mktemp("older")
+    built = work / "built.duckdb"
+    shutil.copyfile(base_warehouse[0], built)
+    run_dbt(built, "build")
+    want = _marts(built)
+    old = work / "old.duckdb"
+    shutil.copyfile(built, old)
+    con = duckdb.connect(str(old))
+    dropped = []
+    for name, (schema, _) in incremental_models().items():
+        if con.execute("select count(*) from duckdb_columns() where schema_name = ? "
+                       "and table_name = ? and column_name = 'run_finished_at'",
+                       [schema, name]).fetchone()[0]:
+            con.execute(f"alter table {schema}.{name} drop column run_finished_at")
+            dropped.append(f"{schema}.{name}")
+    for table in ("token_logprobs", "token_shift"):
+        con.execute(f"alter table raw.{table} drop column nonfinite")
+    con.execute("delete from raw.schema_version where version = 9")
+    con.close()
+    return old, want, dropped
+
+
+@pytest.mark.slow
+def test_upgrade_names_the_stale_marts_and_refresh_builds_green(older_release,
+                                                                tmp_path, capsys):
+    old, want, dropped = older_release
+    assert "marts.fct_matrix_metrics" in dropped and len(dropped) >= 10
+    db = tmp_path / "warehouse.duckdb"
+    shutil.copyfile(old, db)
+
+    # --check: the raw step it lacks and the marts, nothing changed
+    before = _marts(db)
+    assert upgrade_main(["--db", str(db), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "raw schema version 8, this release writes 9" in out, out
+    assert "would apply 9: raw.token_logprobs, token_shift: nonfinite" in out
+    assert "  marts.fct_matrix_metrics (lacks run_finished_at)" in out, out
+    assert _marts(db) == before
+
+    # the fault: dbt build alone (it upgrades the raw layout itself) fails
+    proc = run_dbt(db, "build", check=False)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "was built by an earlier release, as a plain table: rebuild the marts " \
+        "once with `dbt build --full-refresh`" in proc.stdout, proc.stdout[-3000:]
+
+    # ingest.upgrade names them and the command, and changes no mart
+    assert upgrade_main(["--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(dropped)} mart(s) built by an earlier release" in out, out
+    for name in dropped:
+        assert f"  {name} (lacks run_finished_at)" in out, out
+    assert f"SFTSCOPE_DB={db} dbt build --full-refresh" in out
+    assert _marts(db) == before
+
+    # --refresh rebuilds them: the marts this release builds from the same rows
+    assert upgrade_main(["--db", str(db), "--refresh"]) == 0
+    capsys.readouterr()
+    assert _marts(db) == want
+    proc = run_dbt(db, "build", check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert _marts(db) == want
+    assert upgrade_main(["--db", str(db)]) == 0
+    assert "built by an earlier release" not in capsys.readouterr().out
