@@ -303,3 +303,33 @@ def test_behaviour_under_another_pairs_run_json_is_refused(beh, spectra_run, wh,
     err = _refused(spectra_run, wh, capsys, "--kind", "behaviour")
     assert "rows of run beh-" in err and "of pair small" in err, err
     assert query(wh, "select count(*) from raw.token_logprobs") == [(0,)]
+
+
+def test_object_store_keys_outside_the_pair_folder_are_refused(tmp_path):
+    """A listing with a key that would become a path outside the local copy ('..',
+    an absolute key, an empty part) stops before anything is downloaded."""
+    from types import SimpleNamespace
+
+    from pyarrow.fs import FileType
+
+    from compute import results
+
+    store = results.Store(f"file://{tmp_path / 'root' / 'p'}", tmp_path / "local")
+    for key in ("../../outside.parquet", "spectra//00001.parquet", "./run.json"):
+        info = SimpleNamespace(path=f"{store.base}/{key}", type=FileType.File)
+        store.fs = SimpleNamespace(get_file_info=lambda selector, i=info: [i])
+        with pytest.raises(results.ResultsError, match="outside the pair's folder"):
+            store.pull()
+    assert not (tmp_path / "outside.parquet").exists()
+    assert not (tmp_path / "local").exists()
+
+
+def test_default_name_is_a_safe_name():
+    from compute.run import default_name
+    from compute.runfolder import check_name
+
+    assert default_name("Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B-Instruct") == \
+        "Qwen2.5-7B-vs-Qwen2.5-7B-Instruct"
+    name = default_name("/data/my model (v2)", "./sft run")
+    assert name == "my-model-v2--vs-sft-run" and check_name(name) == name
+    assert check_name(default_name("/", "..")) == "model-vs-model"
