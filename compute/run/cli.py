@@ -235,7 +235,9 @@ def _compute_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-load", dest="load", action="store_false",
                     help="only write Parquet; load later with python -m ingest.compute_load")
     ap.add_argument("--force", action="store_true",
-                    help="discard earlier results of this pair and start over")
+                    help="start over: remove this pair's earlier results (only the "
+                    "files compute.run wrote there), also in a folder that is not a "
+                    "run of this pair (its other files are kept)")
     ap.add_argument("--skip-spectra", dest="spectra", action="store_false")
     ap.add_argument("--skip-behaviour", dest="behaviour", action="store_false")
     ap.add_argument("--prompts", type=Path, help="Parquet of prompts (from python -m "
