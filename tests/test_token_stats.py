@@ -133,7 +133,7 @@ def test_drift_sums_leave_out_states_that_are_not_finite():
     """Position 1's SFT state has a NaN at the second index only: drift_sums there
     are those of positions 0 and 2 (against NumPy on them alone), drift_counts 2;
     at the first index all three tokens count."""
-    from compute.behaviour import drift_counts
+    from compute.behaviour.scoring import drift_counts
 
     rng = np.random.default_rng(4)
     hb = [hidden(rng, (1, 3, 4)) for _ in range(2)]

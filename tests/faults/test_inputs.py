@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from compute.run import main as run_main
+from compute.run.cli import main as run_main
 from ingest.compute_load import main as load_main
 from ingest.stackexchange import main as se_main
 from tests.conftest import ROOT, env_for
@@ -67,7 +67,7 @@ def test_deeply_nested_config_is_one_line(pair_copy, wh, tmp_path):
 
 
 def test_deeply_nested_config_in_doctor(pair_copy, capsys):
-    from compute.doctor import main as doctor_main
+    from compute.pairs.doctor import main as doctor_main
 
     _deep_config(pair_copy)
     rc = doctor_main(["--base", str(pair_copy / "base"), "--sft",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from compute.run import main as run_main
+from compute.run.cli import main as run_main
 from ingest.compute_load import main as load_main
 from tests.behaviour_helpers import prompts
 from tests.faults.helpers import N_MATRICES, dump, no_traceback, query
@@ -312,7 +312,7 @@ def test_object_store_keys_outside_the_pair_folder_are_refused(tmp_path):
 
     from pyarrow.fs import FileType
 
-    from compute import results
+    from ingest import results
 
     store = results.Store(f"file://{tmp_path / 'root' / 'p'}", tmp_path / "local")
     for key in ("../../outside.parquet", "spectra//00001.parquet", "./run.json"):
@@ -325,8 +325,8 @@ def test_object_store_keys_outside_the_pair_folder_are_refused(tmp_path):
 
 
 def test_default_name_is_a_safe_name():
-    from compute.run import default_name
-    from compute.runfolder import check_name
+    from compute.run.cli import default_name
+    from ingest.runfolder import check_name
 
     assert default_name("Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B-Instruct") == \
         "Qwen2.5-7B-vs-Qwen2.5-7B-Instruct"

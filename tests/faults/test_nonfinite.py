@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 from streamlit.testing.v1 import AppTest
 
-from compute.run import main as run_main
+from compute.run.cli import main as run_main
 from tests.behaviour_helpers import prompts
 from tests.conftest import ROOT, run_dbt
 from tests.faults.helpers import N_MATRICES, query
