@@ -341,6 +341,28 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   ray=a.ray, pairs=pairs, remote=remote, attn=a.attn)
 
 
+def shards_refused(base: str, sft: str, n: int) -> str | None:
+    """Why --shards n is too many for the pair (base, sft), from the checkpoints'
+    headers (compute.plan.shards.check_count; a hub id's by range requests, nothing
+    downloaded); None when it fits, or when the headers cannot be read here (each
+    shard's task then says what is wrong)."""
+    from compute.io.checkpoints import hub_headers
+    from compute.plan.shards import check_count
+
+    try:
+        b = hub_headers(base) or (resolve(base) if Path(base).is_dir() else None)
+        s = hub_headers(sft) or (resolve_sft(sft, b) if b and Path(sft).is_dir()
+                                 else None)
+        if b is None or s is None:
+            return None
+        check_count(pair_plan(b, s), n, f"--shards {n}")
+    except (CheckpointError, OSError):
+        return None
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def torch_build_has_gpu() -> bool:
     """Whether the installed torch is a CUDA or ROCm build, from its torch/version.py
     (written at build time: `cuda = None` in a CPU wheel), without importing torch."""
@@ -915,6 +937,13 @@ def main(argv: list[str] | None = None) -> int:
         return one_after_another(sys.argv[1:] if argv is None else argv, cfg.pairs,
                                  main)
     if cfg.ray is not None and not cfg.dry_run:
+        heads = [(e.base, e.sft) for e in cfg.pairs] if cfg.pairs else [
+            (cfg.base, cfg.sft)]
+        too_many = next(filter(None, (shards_refused(b, s, cfg.shards)
+                                      for b, s in heads)), None)
+        if too_many:  # before N tasks are made
+            print(f"error: {too_many}", file=sys.stderr)
+            return 2
         from compute.run.cluster import main as on_ray
 
         return on_ray(cfg, sys.argv[1:] if argv is None else argv, cfg.pairs,

@@ -158,6 +158,20 @@ def test_shard_count_above_the_work_is_refused_at_once(flags, small_pair, wh,
     assert not (tmp_path / "runs").exists() and dump(wh) == before
 
 
+def test_ray_shard_count_above_the_work_is_refused_before_any_task(
+        small_pair, wh, tmp_path, capsys):
+    """--ray --shards N built N task command lines before any task said no."""
+    before = dump(wh)
+    t0 = time.perf_counter()
+    rc = run_main(args(small_pair, tmp_path / "runs", wh, "--name", "s", "--ray",
+                       "--shards", "1000000000"))
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f"use at most {N_MATRICES} shards" in err, err
+    assert time.perf_counter() - t0 < 30
+    assert not (tmp_path / "runs").exists() and dump(wh) == before
+
+
 def test_as_many_shards_as_tensors_is_planned(small_pair, wh, tmp_path, capsys):
     assert run_main(args(small_pair, tmp_path / "runs", wh, "--name", "s",
                          "--dry-run", "--shards", str(N_MATRICES))) == 0
