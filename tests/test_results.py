@@ -366,3 +366,28 @@ def test_the_ray_driver_loads_every_pair_from_the_bucket(s3, tmp_path, monkeypat
         assert con.sql("select pair, count(*), count(distinct run_id) from raw.spectra"
                        " group by pair order by pair").fetchall() == [
             ("a", 48, 1), ("b", 48, 1)]
+
+
+@pytest.mark.s3
+def test_load_from_a_bucket_checks_the_files_against_run_json(s3, tmp_path,
+                                                               monkeypatch, capsys):
+    """The loader's checks (ingest.run_check) on an object-store root: a spectra
+    object copied under another tensor's name, or the rows of another pair, are
+    refused naming the object's URI, and no warehouse is made."""
+    pair = build_pair(tmp_path / "pair", TINY)
+    root = s3.root("checked")
+    machine(monkeypatch, tmp_path, "m")
+    assert run(pair, root, "--vectors", "0") == 0
+    db = tmp_path / "w.duckdb"
+    s3.fs.copy_file("bkt/checked/p/spectra/00003.parquet",
+                    "bkt/checked/p/spectra/00099.parquet")
+    assert load_or_explain(results.child(root, "p"), db) == 2
+    err = capsys.readouterr().err
+    assert (f"{results.child(root, 'p/spectra/00099.parquet')}: not among the files "
+            "run.json lists") in err, err
+    assert "sftscope-load-" not in err, err
+    assert not db.exists()
+    s3.fs.delete_file("bkt/checked/p/spectra/00099.parquet")
+    assert load_or_explain(results.child(root, "p"), db) == 0
+    capsys.readouterr()
+    assert len(loaded(db, "spectra")) == 3 * 16
