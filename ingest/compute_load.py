@@ -5,7 +5,9 @@
     python -m ingest.compute_load data/runs             # every pair under a root
 
 compute.run calls this itself; run it by hand for results made on another machine
-(`compute.run --no-load`). One transaction: the pair's earlier rows of each loaded
+(`compute.run --no-load`). Before the warehouse is opened, every file of the kinds to
+load is checked against run.json (ingest.run_check: pair and run id inside each file,
+the files and rows it lists, nothing twice, every batch's marker, its counts). One transaction: the pair's earlier rows of each loaded
 kind are deleted and the new ones inserted, so a failure (a bad file, Ctrl-C, the
 process killed, the machine dying) leaves the warehouse as it was, and loading twice
 gives the same rows. While another process holds the warehouse the load waits up to

@@ -94,21 +94,6 @@ def run_of(run_dir: Path) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
-def foreign_files(run_dir: Path) -> list[str]:
-    """Relative paths of the files under `run_dir` that compute.run did not write
-    (its result files, run.json, locks and temporaries are its own)."""
-    if not run_dir.is_dir():
-        return []
-    out = []
-    for p in sorted(run_dir.rglob("*")):
-        rel = p.relative_to(run_dir).as_posix()
-        if p.is_dir() and not p.is_symlink():
-            continue
-        if not (RUN_FILES.fullmatch(rel) or OWN.fullmatch(rel)):
-            out.append(rel)
-    return out
-
-
 def check_folder(run_dir: Path, pair: str, *, force: bool = False) -> None:
     """Refuse (FolderError) a folder that is neither missing, nor empty but for
     compute.run's own locks, nor a run of `pair` (its run.json); --force lets it be
