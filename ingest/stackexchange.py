@@ -70,6 +70,7 @@ class LoadOptions:
     parallel_min_bytes: int = 16 << 20  # smaller files are parsed in-process
     skip_bad_rows: bool = False
     progress: bool = True
+    allow_repeated_ids: bool = False  # load a file with a row Id twice as it is
 
 
 @dataclass
@@ -396,7 +397,8 @@ def _load_source(con, src: _Source, site: str, opts: LoadOptions, pool, replaced
             raise
         else:
             con.unregister("_se_stream")  # on error the rollback drops it
-        _refuse_repeated_ids(con, table, site, src.name)
+        if not opts.allow_repeated_ids:
+            _refuse_repeated_ids(con, table, site, src.name)
         fr.unknown_attributes = sorted(unknown)
         fr.bytes = splitter.bytes_read
         fr.seconds = time.perf_counter() - t0
@@ -418,7 +420,8 @@ def _refuse_repeated_ids(con, table: str, site: str, source: str) -> None:
                         "site = ? and id is not null group by id having count(*) > 1)",
                         [site]).fetchone()[0]
         raise SEInputError(f"{source}: row Id {dup[0]} appears {dup[1]} times ({n} Id"
-                           f"(s) repeated); a dump file has one row per Id")
+                           f"(s) repeated); a dump file has one row per Id "
+                           "(--allow-repeated-ids loads it as it is)")
 
 
 def configure_load(con: duckdb.DuckDBPyConnection) -> None:
@@ -505,12 +508,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="bytes of XML per parsed chunk, in MB (default 4)")
     ap.add_argument("--skip-bad-rows", action="store_true",
                     help="skip rows without an Id (reported) instead of failing")
+    ap.add_argument("--allow-repeated-ids", action="store_true",
+                    help="load a file whose row Ids repeat as it is (a test file "
+                    "made of copies); by default it is refused, since the marts "
+                    "count each Id once and dbt's unique tests fail")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     opts = LoadOptions(
         site=args.site, db=args.db, workers=max(1, args.workers),
         chunk_bytes=max(1 << 16, int(args.chunk_mb * 1e6)),
-        skip_bad_rows=args.skip_bad_rows,
+        skip_bad_rows=args.skip_bad_rows, allow_repeated_ids=args.allow_repeated_ids,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     try:

@@ -79,8 +79,10 @@ def export_run(db: Path, pair: str, out: Path, *, new_pair: str, run_id: str,
     try:
         for kind in kinds:
             for table, pattern in KIND_TABLES[kind].items():
-                # the pattern's folder and a file name it matches
-                name = pattern.replace("[0-9]*", "00000").replace("*", "0")
+                # the pattern's folder and a file name compute.run gives it (one
+                # file: a tensor's, or a batch's)
+                name = pattern.replace("[0-9]*", "00000").replace(
+                    "*", "0-000000000000" if kind == "behaviour" else "00000")
                 path = folder / name
                 path.parent.mkdir(parents=True, exist_ok=True)
                 extra = ""

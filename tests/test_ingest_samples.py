@@ -29,9 +29,9 @@ def warehouse(tmp_path_factory) -> Path:
     for folder in FOLDERS:
         load_quiet(SAMPLES / folder, db, site=folder)
     load_quiet(SAMPLES / "mixed-edge-cases" / "posts.xml", db, site="mixed",
-               skip_bad_rows=True)
+               skip_bad_rows=True, allow_repeated_ids=True)  # Ids 3, ... twice
     load_quiet(SAMPLES / "stackoverflow-2008-head" / "Posts_count_test.xml", db,
-               site="so-count")
+               site="so-count", allow_repeated_ids=True)  # 100 copies of row 4
     return db
 
 

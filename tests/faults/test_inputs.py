@@ -42,6 +42,12 @@ def test_duplicate_row_id_in_a_dump_is_refused(wh, tmp_path, capsys):
     assert f"{site / 'Posts.xml'}: row Id {row_id} appears 2 times" in err, err
     assert dump(wh) == before  # the site's earlier rows, every table
     assert (site / "Posts.xml").read_bytes() == dup
+    # the documented way to load such a file as it is (a test file of copies)
+    assert se_main([str(site), "--site", SITE, "--db", str(wh), "--workers", "1",
+                    "--no-progress", "--allow-repeated-ids"]) == 0
+    capsys.readouterr()
+    assert query(wh, "select count(*), count(distinct id) from raw.se_posts "
+                 "where site = ?", [SITE]) == [(n_posts + 1, n_posts)]
 
 
 def _deep_config(pair_dir):
