@@ -2,8 +2,8 @@
 
 The older release is emulated from the fault suite's warehouse (a site and pair
 'small'), built by this release's dbt, then taken back to the layout the release
-before wrote: raw schema version 8 (raw.token_logprobs and token_shift without
-`nonfinite`, version 8 recorded) and its per-run marts without `run_finished_at`, as
+before wrote: raw schema version 11 (raw.token_logprobs and token_shift without
+`nonfinite`, version 11 recorded) and its per-run marts without `run_finished_at`, as
 the release before the incremental marts built them (the column they added, commit
 c73873a). `dbt build` alone fails on them, naming --full-refresh; before,
 `ingest.upgrade` said nothing about the marts (its "nothing to do" or "applied ..."
@@ -54,10 +54,10 @@ def older_release(base_warehouse, tmp_path_factory):
             dropped.append(f"{schema}.{name}")
     for table in ("token_logprobs", "token_shift"):
         con.execute(f"alter table raw.{table} drop column nonfinite")
-    # a warehouse created at version 9 records only that: created at 8 instead
+    # a warehouse created at version 12 records only that: created at 11 instead
     assert con.execute("select list(version) from raw.schema_version").fetchone()[0] \
-        == [9]
-    con.execute("update raw.schema_version set version = 8")
+        == [12]
+    con.execute("update raw.schema_version set version = 11")
     con.close()
     return old, want, dropped
 
@@ -74,8 +74,8 @@ def test_upgrade_names_the_stale_marts_and_refresh_builds_green(older_release,
     before = _marts(db)
     assert upgrade_main(["--db", str(db), "--check"]) == 0
     out = capsys.readouterr().out
-    assert "raw schema version 8, this release writes 9" in out, out
-    assert "would apply 9: raw.token_logprobs, token_shift: nonfinite" in out
+    assert "raw schema version 11, this release writes 12" in out, out
+    assert "would apply 12: raw.token_logprobs, token_shift: nonfinite" in out
     assert "  marts.fct_matrix_metrics (lacks run_finished_at)" in out, out
     assert _marts(db) == before
 
