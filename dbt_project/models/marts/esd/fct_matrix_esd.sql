@@ -1,14 +1,19 @@
 {#-
     One row per (run, tensor, role): WeightWatcher's ESD measures of W_base, W_sft
     and dW (int_esd_fits), with the SFT's change of alpha and of the spectral norm
-    against W_base beside them (docs/esd.md).
+    against W_base beside them (docs/esd.md). Built per run
+    (macros/incremental_by_run.sql), as int_esd_fits is.
 -#}
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key='run_id', on_schema_change='fail',
+          pre_hook="{{ delete_replaced_runs('spectra', 'stg_compute__spectra') }}") }}
+{%- set runs = incremental_runs('spectra', 'stg_compute__spectra', is_incremental()) -%}
 
 with
 
 fits as (
 
-    select * from {{ ref('int_esd_fits') }}
+    select * from {{ ref('int_esd_fits') }} where {{ run_filter(runs) }}
 
 ),
 
