@@ -124,7 +124,7 @@ def scored_warehouse(demo_warehouse, tmp_path_factory) -> Path:
                                   0.1 * layer, 10.0))
                 texts.append(("syn", "planted", post.post_id, "physics.demo", post.grp,
                               len(words), len(" ".join(words)), len(words)))
-            con.executemany("insert into raw.token_logprobs values "
+            con.executemany("insert into raw.token_logprobs (run_id, pair, role, post_id, position, token_id, token_text, logprob) values "
                             "(?, ?, ?, ?, ?, ?, ?, ?)", tok).fetchall()
             con.executemany("insert into raw.residual_drift values "
                             "(?, ?, ?, ?, ?, ?, ?, ?, ?)", drift).fetchall()

@@ -81,7 +81,7 @@ def test_before_dbt_the_queries_have_no_rows_and_the_pages_open(tmp_path,
 
     db = tmp_path / "scored.duckdb"
     with writer_transaction(db) as con:
-        con.executemany("insert into raw.token_logprobs values "
+        con.executemany("insert into raw.token_logprobs (run_id, pair, role, post_id, position, token_id, token_text, logprob) values "
                         "(?, ?, ?, ?, ?, ?, ?, ?)",
                         [("r", "p", role, 11, i, 5 + i, " w", -3.0 - i)
                          for role in ("base", "sft") for i in range(4)])

@@ -325,7 +325,8 @@ def test_loads_and_marts(pairs, recovery, tmp_path, monkeypatch):
     import duckdb
 
     con = duckdb.connect(str(db))  # a few scored tokens let the Perplexity page open
-    con.executemany("insert into raw.token_logprobs values (?, ?, ?, ?, ?, ?, ?, ?)",
+    con.executemany("insert into raw.token_logprobs (run_id, pair, role, post_id, position, token_id, token_text, logprob) "
+                    "values (?, ?, ?, ?, ?, ?, ?, ?)",
                     [("syn", "exact", role, 11, i, 5 + i, " w", -3.0 - i)
                      for role in ("base", "sft") for i in range(4)])
     con.execute("insert into raw.post_texts values ('syn', 'exact', 11, "
