@@ -42,7 +42,8 @@ KIND_TABLES = {
     "directions": {"direction_overlap": "directions/overlap/*.parquet",
                    "direction_angles": "directions/angles/*.parquet",
                    "intruders": "directions/intruders/*.parquet",
-                   "direction_tokens": "directions/tokens.parquet"},
+                   "direction_tokens": "directions/tokens.parquet",
+                   "direction_signs": "directions/signs.parquet"},
     "behaviour": {t: f"behaviour/{t}/*.parquet"
                   for t in ("token_logprobs", "token_shift", "post_texts",
                             "residual_drift")},

@@ -123,13 +123,14 @@ def scored_warehouse(demo_warehouse, tmp_path_factory) -> Path:
                                   0.01 * layer * len(words), 0.99 * len(words),
                                   0.1 * layer, 10.0))
                 texts.append(("syn", "planted", post.post_id, "physics.demo", post.grp,
-                              len(words), len(" ".join(words)), len(words)))
+                              len(words), len(" ".join(words)), len(words),
+                              "answer" if post.grp == "high" else "question"))
             con.executemany("insert into raw.token_logprobs values "
                             "(?, ?, ?, ?, ?, ?, ?, ?)", tok).fetchall()
             con.executemany("insert into raw.residual_drift values "
                             "(?, ?, ?, ?, ?, ?, ?, ?, ?)", drift).fetchall()
             con.executemany("insert into raw.post_texts values "
-                            "(?, ?, ?, ?, ?, ?, ?, ?)", texts).fetchall()
+                            "(?, ?, ?, ?, ?, ?, ?, ?, ?)", texts).fetchall()
     finally:
         con.close()
     return path
