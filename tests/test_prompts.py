@@ -47,6 +47,10 @@ def demo(tmp_path_factory) -> tuple[Path, Path]:
     load_quiet(site, db, site="physics.demo")
     # another site, to show the mart picks one; default vars, as `make demo` runs it
     load_quiet(SAMPLES / "blender-meta-2013", db, site="blender")
+    # the demo pair's training threads, as `make demo` loads them before the prompts
+    from ingest.training_log import load_log
+
+    load_log(ROOT / "models" / "demo", "demo", db)
     # the staging view the marts read, the four marts, their data and unit tests
     dbt(db, "build", "--quiet", "--select", "+prompt_candidates+")
     return site, db
