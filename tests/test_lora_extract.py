@@ -612,7 +612,8 @@ def test_embed_full_with_include_loads_in_peft(pairs, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from compute.lora.recovery import Factors, merge, merge_whole
+    from compute.behaviour.merge_score import apply_deltas
+    from compute.lora.recovery import Factors, step_deltas
 
     out = tmp_path / "full"
     cfg = ex.parse_args(["--base", str(pairs["base"]), "--sft", str(pairs["sft"]),
@@ -625,7 +626,7 @@ def test_embed_full_with_include_loads_in_peft(pairs, tmp_path):
     assert config["target_modules"] and all(
         ".layers.0." in m for m in config["target_modules"])
     saved = load_file(str(out / "adapter_model.safetensors"))
-    sft_ck = ex.resolve(str(pairs["sft"]))
+    sft_ck = resolve(str(pairs["sft"]))
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         np.testing.assert_array_equal(saved[f"base_model.model.{name}"],
                                       to_float64(*sft_ck.read_array(name)))
@@ -647,9 +648,8 @@ def test_embed_full_with_include_loads_in_peft(pairs, tmp_path):
                                                     dtype=torch.float32).eval()
 
     peft_model = PeftModel.from_pretrained(load(), str(out)).eval()
-    ours = load()
-    merge(ours, base, sft, low, Factors(base, sft, low, 2, False), 2, "base", [])
-    merge_whole(ours, base, sft, whole)
+    ours = apply_deltas(load(), base, step_deltas(
+        base, sft, low, Factors(base, sft, low, 2, False), 2, "base", [], whole))
     ids = list(range(5, 60, 3))
     assert np.abs(logits(peft_model, ids) - logits(ours, ids)).max() < 1e-4
 
@@ -681,23 +681,28 @@ def test_embed_skip_and_exclude(pairs, tmp_path):
 
 
 def test_recovery_with_full_rank_embeddings(pairs, recovery):
-    """lora_recovery --embed-full (mergekit's default layout): its rows are the
-    modules 'all+embed_full'; r = 0 is still the base (the plain run's sums); at
+    """lora_recovery --embed-full --vectors base (mergekit's default layout, the
+    matrices alone): its rows are the modules 'all+embed_full'; r = 0 is still the
+    base (the plain run's sums, its 'base' rows); at
     r = 1 the embedding and head are W_sft's whole, so the model differs from the
     plain rank-1 one, the energy kept grows by their ||dW||_F^2 minus their top-1
     s^2 (NumPy), the parameters by m n - (m + n) each."""
     from compute.lora.recovery import parse_args, run
 
     cfg = parse_args(["--base", str(pairs["base"]), "--sft", str(pairs["exact"]),
-                      "--name", "exact", "--ranks", "1", "--embed-full", "--prompts",
-                      str(pairs["prompts"]), "--out", str(pairs["root"] / "runs"),
-                      "--no-load", "--no-progress", "--device", "cpu"])
+                      "--name", "exact", "--ranks", "1", "--embed-full",
+                      "--vectors", "base", "--prompts", str(pairs["prompts"]),
+                      "--out", str(pairs["root"] / "runs"), "--no-load",
+                      "--no-progress", "--device", "cpu"])
     out = run(cfg)
     posts = pd.concat([pd.read_parquet(f) for f in sorted((out / "posts").glob("*"))])
-    ranks = pd.read_parquet(out / "ranks.parquet").set_index("rank")
+    ranks = pd.read_parquet(out / "ranks.parquet")
     assert set(posts["modules"]) == {"all+embed_full"}
+    assert set(posts["vectors"]) == set(ranks["vectors"]) == {"base"}
+    ranks = ranks.set_index("rank")
     _, plain_posts, plain_ranks = recovery
-    plain_ranks = plain_ranks.set_index("rank")
+    plain_posts = plain_posts[plain_posts["vectors"] == "base"]
+    plain_ranks = plain_ranks[plain_ranks["vectors"] == "base"].set_index("rank")
 
     def sums(df, r):
         return df[df["rank"] == r].sort_values("post_id")["sum_logprob"].to_numpy()

@@ -178,17 +178,10 @@ class DeltaScorer:
 
     def model(self, deltas: Mapping[str, Delta]):
         """A freshly loaded base with W_base + delta put into each named tensor."""
-        import torch
-
         from compute.behaviour.scoring import load_model
 
         model = load_model(self.base_dir, self.device, self.dtype, self.setting.attn)
-        with torch.no_grad():
-            for name, d in deltas.items():
-                value = d() if callable(d) else d
-                w = to_float64(*self.setting.base.read_array(name)) + value
-                put(model, name, w)
-        return model
+        return apply_deltas(model, self.setting.base, deltas)
 
     def score(self, deltas: Mapping[str, Delta], progress: bool = False,
               desc: str = "scoring") -> dict[int, object]:
@@ -211,6 +204,18 @@ class DeltaScorer:
                 out |= dict(zip((p.post_id for p in batch), scorer.score(batch),
                                 strict=True))
         return out
+
+
+def apply_deltas(model, base: Checkpoint, deltas: Mapping[str, Delta]):
+    """Put W_base + delta (fp64 sum, then the model's dtype) into each named tensor
+    of `model`, loaded from `base`; returns the model."""
+    import torch
+
+    with torch.no_grad():
+        for name, d in deltas.items():
+            value = d() if callable(d) else d
+            put(model, name, to_float64(*base.read_array(name)) + value)
+    return model
 
 
 def put(model, name: str, value: np.ndarray) -> None:

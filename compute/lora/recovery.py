@@ -44,7 +44,6 @@ from pathlib import Path
 import numpy as np
 
 from compute.io.checkpoints import CheckpointError
-from compute.linalg.spectra import to_float64
 from compute.lora.extract import (
     ExtractError,
     Target,
@@ -163,21 +162,14 @@ def split_whole(tgts: list[Target], embed_full: bool
     return ([t for t in tgts if not t.vocab_side], [t for t in tgts if t.vocab_side])
 
 
-def merge_whole(model, base, sft, whole: list[Target]) -> tuple[float, int]:
-    """Put W_base + dW (= W_sft) of each `whole` target into `model` (None: only
-    measure); returns (sum of their ||dW||_F^2, their parameters m n)."""
-    import torch
-
+def whole_size(base, sft, whole: list[Target]) -> tuple[float, int]:
+    """(sum of the `whole` targets' ||dW||_F^2, their parameters m n): what taking
+    them whole (--embed-full) adds at every r but 0."""
     sq, params = 0.0, 0
     for t in whole:
         dw = delta(base, sft, t.tensor)
         sq += float(np.einsum("ij,ij->", dw, dw))
         params += t.shape[0] * t.shape[1]
-        if model is not None:
-            p = model.get_parameter(t.tensor)
-            with torch.no_grad():
-                p.copy_(torch.from_numpy(to_float64(*base.read_array(t.tensor)) + dw)
-                        .to(device=p.device, dtype=p.dtype))
     return sq, params
 
 
@@ -280,7 +272,7 @@ def run(cfg: Config) -> Path:
     todo = steps(cfg, n_full)
     factors = Factors(base, sft, tgts, max((r for r, _ in todo if r), default=0),
                       cfg.progress, setting.device)  # fp64 SVDs on the scoring device
-    whole_sq, whole_params = merge_whole(None, base, sft, whole)
+    whole_sq, whole_params = whole_size(base, sft, whole)
     total_sq = sum(factors.total.values()) + whole_sq
     scorer = DeltaScorer(setting)
     rank_rows = []

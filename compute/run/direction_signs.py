@@ -136,6 +136,7 @@ def write_signs(run_dir: Path, prompts, device: str | None = None) -> int:
 
 
 def schema():
+    """The Arrow schema of directions/signs.parquet (raw.direction_signs)."""
     import pyarrow as pa
 
     return pa.schema([
@@ -146,6 +147,7 @@ def schema():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """python -m compute.direction_signs: 0 written; 2 the run's setting refused."""
     ap = argparse.ArgumentParser(prog="python -m compute.direction_signs",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="compute.run's OUT/<pair>")
