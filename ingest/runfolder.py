@@ -27,7 +27,7 @@ RUN_FILES = re.compile(
     r"(spectra/(\d{5}|vectors|added_tokens)\.parquet"
     r"|spectra/pieces/\d{5}-\d+-of-\d+\.npz"
     r"|directions/(vectors|overlap|angles|intruders|rows)/\d{5}\.parquet"
-    r"|directions/tokens\.parquet"
+    r"|directions/(tokens|signs)\.parquet"
     r"|behaviour/(token_logprobs|token_shift|residual_drift|post_texts)/"
     r"(s\d+-\d+-)?-?\d+-[0-9a-f]{12}\.parquet)")
 OWN = re.compile(r"\.lock(\.shard-\d+-of-\d+)?|\.manifest\.lock|run\.json"
