@@ -24,16 +24,19 @@ $(VENV)/.installed: pyproject.toml ingest/_sefast.c compute/linalg/_kernels.c
 venv: $(VENV)/.installed
 
 # make demo's quick LoRA recovery (the Perplexity page's "Is SFT a LoRA?" curve): a few
-# ranks on the demo's prompts, in the behaviour run's window (the pair's 512-token
-# context); r = full is the SFT model itself (100% by construction) and is not scored
+# ranks on the posts of the pair's behaviour run, in its own setting (window, dtype,
+# batches), each rank with the base's 1-D tensors and with the SFT's ("plus norms");
+# r = full is the SFT model itself (100% by construction) and is not scored
 DEMO_LORA_RANKS ?= 1,4,16,64
 demo: venv
 	$(PY) -m ingest.demo_site data/demo-site
 	$(PY) -m ingest.stackexchange data/demo-site --site physics.demo
+	$(PY) -m ingest.training_log models/demo --pair demo
 	cd dbt_project && $(DBT) build --quiet --select +prompts
 	$(PY) -m compute.run --pair demo
-	$(PY) -m ingest.training_log models/demo --pair demo
-	$(PY) -m compute.lora_recovery --pair demo --ranks $(DEMO_LORA_RANKS) --window 512
+	$(PY) -m compute.lora_recovery --pair demo --ranks $(DEMO_LORA_RANKS)
+	$(PY) -m compute.run --base models/demo/base --sft models/demo-seed29/sft --name demo-seed29
+	$(PY) -m compute.run --base models/demo/sft --sft models/demo-seed29/sft --name demo-seeds --vectors 0
 	cd dbt_project && $(DBT) build --quiet
 	$(PY) -m compute.summary
 	@echo

@@ -95,7 +95,8 @@ def angles(src: Src, pair: str, tensor: str) -> pd.DataFrame:
 @_cache
 def tokens(src: Src, pair: str, tensor: str) -> pd.DataFrame:
     return query("""
-        select kind, direction, singular_value, pole, rank, token_id, token, score
+        select kind, direction, singular_value, pole, effect, rank, token_id, token,
+               score
         from marts.fct_direction_tokens where pair = ? and tensor = ?
         order by kind, direction, pole desc, rank
     """, [pair, tensor], path=src[0])
@@ -163,18 +164,24 @@ def intruder_cells(grid: pd.DataFrame) -> pd.DataFrame:
 
 
 def token_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per direction: its singular value and the promoted and demoted
-    tokens in order, written as on every page (charts.show_token, the byte-level
-    vocabulary decoded: '␣the', not 'Ġthe'). df: fct_direction_tokens rows of one
-    matrix, kind 'direction'."""
+    """One row per direction: its singular value, the tokens of its two poles in
+    order ('+u', '-u': a singular vector's sign is arbitrary), written as on every
+    page (charts.show_token, the byte-level vocabulary decoded: '␣the', not 'Ġthe'),
+    and which pole dW promotes on the scored texts (the effect sign from the
+    matrix's inputs; 'not measured' without activations). df: fct_direction_tokens
+    rows of one matrix, kind 'direction'."""
     rows = []
     for k, g in df[df["kind"] == "direction"].groupby("direction", sort=True):
         row = {"direction": int(k), "singular value": float(g["singular_value"].iloc[0])}
-        for pole in ("promoted", "demoted"):
+        for pole in ("+u", "-u"):
             toks = g[g["pole"] == pole].sort_values("rank")
             row[pole] = " ".join(f"#{i}" if t is None or pd.isna(t)
                                  else show_token(t, vocab=True) for t, i in
                                  zip(toks["token"], toks["token_id"], strict=True))
+        effect = g[g["pole"] == "+u"]["effect"] if "effect" in g else pd.Series()
+        effect = effect.dropna()
+        row["dW promotes"] = ("not measured" if effect.empty else
+                              "+u" if effect.iloc[0] == "promoted" else "-u")
         rows.append(row)
-    return pd.DataFrame(rows, columns=["direction", "singular value", "promoted",
-                                       "demoted"])
+    return pd.DataFrame(rows, columns=["direction", "singular value", "+u", "-u",
+                                       "dW promotes"])

@@ -38,17 +38,21 @@ def _cache(fn):
 def choices(src: Src, pair: str) -> pd.DataFrame:
     """(modules, grp) measured for the pair."""
     return query(f"select distinct modules, grp from {TABLE} where pair = ? "
-                 "order by modules, grp", [pair], path=src[0])
+                 "and post_type = 'all' order by modules, grp", [pair], path=src[0])
 
 
 @_cache
-def recovery(src: Src, pair: str, modules: str, grp: str) -> pd.DataFrame:
+def recovery(src: Src, pair: str, modules: str, grp: str, vectors: str = "sft",
+             post_type: str = "all") -> pd.DataFrame:
+    """One row per rank: the models with the SFT's 1-D tensors ('plus norms', whose
+    'full' is the SFT) by default, or the base's (vectors 'base')."""
     return query(f"""
         select lora_rank, is_full, n_posts, n_tokens, n_params, energy_share,
                delta_share, ci95_low_delta_share, ci95_high_delta_share,
                kl_share, ci95_low_kl_share, ci95_high_kl_share
-        from {TABLE} where pair = ? and modules = ? and grp = ?
-        order by lora_rank""", [pair, modules, grp], path=src[0])
+        from {TABLE} where pair = ? and modules = ? and grp = ? and vectors = ?
+            and post_type = ?
+        order by lora_rank""", [pair, modules, grp, vectors, post_type], path=src[0])
 
 
 def rank_label(row) -> str:

@@ -394,7 +394,8 @@ def residual_drift(src: Src, pair: str) -> pd.DataFrame:
         return query("""
             select layer, coalesce(grp, 'all') as grp, n_posts, n_tokens,
                    mean_rel_l2, mean_cos, pooled_rel_l2
-            from marts.fct_residual_drift_by_group where pair = ?
+            from marts.fct_residual_drift_by_group
+            where pair = ? and post_type = 'all'
             order by grp, layer
         """, [pair], path=src[0])
     return _empty(DRIFT_COLUMNS)
@@ -402,15 +403,17 @@ def residual_drift(src: Src, pair: str) -> pd.DataFrame:
 
 @_cache
 def group_perplexity_delta(src: Src, pair: str) -> pd.DataFrame:
-    """marts.fct_group_perplexity_delta of one pair: per group, SFT minus base
-    perplexity per post with its Student-t interval (empty before dbt has run)."""
+    """marts.fct_group_perplexity_delta of one pair: per group (any post type, the
+    seed's groups), SFT minus base perplexity per post with its Student-t interval
+    (empty before dbt has run)."""
     if not has_table(src, "marts.fct_group_perplexity_delta"):
         return pd.DataFrame()
     return query("""
         select grp, n_posts, mean_delta_perplexity, ci95_low_delta_perplexity,
                ci95_high_delta_perplexity, mean_delta_bits_per_byte,
                share_sft_lower_perplexity
-        from marts.fct_group_perplexity_delta where pair = ? order by grp
+        from marts.fct_group_perplexity_delta where pair = ? and post_type = 'all'
+        order by grp
     """, [pair], path=src[0])
 
 

@@ -51,21 +51,41 @@ def _cache(fn):
 
 # --- queries ---------------------------------------------------------------------
 
+POST_TYPES = {"answer": "answers vs answers", "question": "questions vs questions",
+              "all": "any post type (the seed's groups)"}
+
+
+def post_type_options(available: list[str]) -> list[str]:
+    """The post types to offer, like with like first (answers, then questions), the
+    seed's 'all' last; only those the run has both groups of."""
+    return [t for t in POST_TYPES if t in available]
+
+
 @_cache
-def group_intervals(src: Src, pair: str) -> pd.DataFrame:
+def compared_types(src: Src, pair: str) -> list[str]:
+    """Post types with a difference row (both groups present) for the pair."""
+    df = query("select distinct post_type from marts.fct_group_difference_intervals "
+               "where pair = ?", [pair], path=src[0])
+    return post_type_options(df["post_type"].tolist())
+
+
+@_cache
+def group_intervals(src: Src, pair: str, post_type: str = "all") -> pd.DataFrame:
     return query("""
         select grp, metric, n_posts, estimate, ci95_low, ci95_high, n_resamples, seed
-        from marts.fct_group_behaviour_intervals where pair = ? order by metric, grp
-    """, [pair], path=src[0])
+        from marts.fct_group_behaviour_intervals where pair = ? and post_type = ?
+        order by metric, grp
+    """, [pair, post_type], path=src[0])
 
 
 @_cache
-def differences(src: Src, pair: str) -> pd.DataFrame:
+def differences(src: Src, pair: str, post_type: str = "all") -> pd.DataFrame:
     return query("""
         select metric, group_a, group_b, n_posts_a, n_posts_b, estimate_a, estimate_b,
                difference, ci95_low, ci95_high, excludes_zero, n_resamples, seed
-        from marts.fct_group_difference_intervals where pair = ? order by metric
-    """, [pair], path=src[0])
+        from marts.fct_group_difference_intervals where pair = ? and post_type = ?
+        order by metric
+    """, [pair, post_type], path=src[0])
 
 
 @_cache

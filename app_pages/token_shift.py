@@ -19,8 +19,15 @@ if not ui.need(src, shift.TABLE, run=shift.FILL, what="No token shift yet"):
 
 pair = ui.pick_pair(ui.load(q.behaviour_pairs, src))
 
-groups = ui.load(shift.group_intervals, src, pair)
-diffs = ui.load(shift.differences, src, pair)
+types = ui.load(shift.compared_types, src, pair) or ["all"]
+post_type = st.radio("posts compared", types, horizontal=True, key="shift_post_type",
+                     format_func=lambda t: shift.POST_TYPES.get(t, t),
+                     help="Like with like by default: each group's answers against "
+                          "the other's (the fine-tune's loss was on answers); 'any "
+                          "post type' is the seed's comparison, where the groups can "
+                          "differ by type as much as by reception.")
+groups = ui.load(shift.group_intervals, src, pair, post_type)
+diffs = ui.load(shift.differences, src, pair, post_type)
 ui.takeaway(tk.token_shift(groups, diffs))
 
 st.subheader("Do the two post groups differ in how much SFT moved them?")

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import argparse
 import random
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -26,6 +29,9 @@ from ingest.se_text import html_to_text
 SEED = 20150301
 N_QUESTIONS = 40
 ANSWERS_PER_QUESTION = 3
+DEMO_SITE = "physics.demo"
+N_HELDOUT = 24  # threads of the demo pair's held-out split, after the 40
+HELDOUT_FIRST_ID = 1001
 LICENSE = "CC BY-SA 4.0"
 
 TOPICS = [
@@ -201,8 +207,98 @@ def _score(rng: random.Random, i: int) -> tuple[int, bool]:
     return score, long_
 
 
+def heldout(site: str, thread: int, mod: int = 10) -> bool:
+    """The demo pair's held-out split (compute.train_demo): a thread (a question and
+    its answers) is held out of the tokenizer, the pretraining and the fine-tuning
+    when crc32("site:question id") % mod == 0."""
+    return zlib.crc32(f"{site}:{thread}".encode()) % mod == 0
+
+
+def heldout_ids(start: int, n: int, site: str = DEMO_SITE) -> list[int]:
+    """n question ids from `start` on, at least 4 apart (a question and its three
+    answers), each of a thread the demo pair's split holds out."""
+    out, qid = [], start
+    while len(out) < n:
+        if heldout(site, qid):
+            out.append(qid)
+            qid += ANSWERS_PER_QUESTION + 1
+        else:
+            qid += 1
+    return out
+
+
+@dataclass
+class _Site:
+    """The rows being written and the running ids and clock."""
+
+    rng: random.Random
+    n_users: int
+    t: datetime
+    posts: list[str] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+    votes: list[str] = field(default_factory=list)
+    history: list[str] = field(default_factory=list)
+    tag_counts: dict[str, int] = field(default_factory=dict)
+    vote_id: int = 1
+    comment_id: int = 1
+    hist_id: int = 1
+
+    def thread(self, qid: int, title: str, tags: list[str], n_answers: int,
+               score_of: Callable[[int], tuple[int, bool]]) -> None:
+        """A question (id qid) and its answers (qid + 1, ...); score_of(a) gives post
+        a's (score, long?), drawn just before its body."""
+        rng = self.rng
+        for tag in tags:
+            self.tag_counts[tag] = self.tag_counts.get(tag, 0) + 1
+        for a in range(n_answers + 1):
+            score, long_ = score_of(a)
+            post_id = qid + a
+            body = (_body(rng, 1050, 2300, score < 0) if long_
+                    else _body(rng, 250, 800, score < 0))
+            owner = rng.randint(1, self.n_users)
+            self.t += timedelta(hours=rng.randint(1, 20),
+                                milliseconds=rng.randint(0, 999))
+            t = self.t
+            common = dict(CreationDate=_fmt(t), Score=score, Body=body,
+                          OwnerUserId=owner, LastActivityDate=_fmt(t + timedelta(days=2)),
+                          CommentCount=1, ContentLicense=LICENSE)
+            if a == 0:
+                self.posts.append(_row(
+                    Id=qid, PostTypeId=1, AcceptedAnswerId=qid + 1 if score > 0 else None,
+                    **common, ViewCount=rng.randint(20, 9000), Title=title,
+                    Tags="|" + "|".join(tags) + "|", AnswerCount=n_answers,
+                    FavoriteCount=None))
+                self.history.append(_row(
+                    Id=self.hist_id, PostHistoryTypeId=1, PostId=qid,
+                    RevisionGUID=f"00000000-0000-4000-8000-{qid:012d}",
+                    CreationDate=_fmt(t), UserId=owner, Text=title,
+                    ContentLicense=LICENSE))
+                self.hist_id += 1
+            else:
+                self.posts.append(_row(Id=post_id, PostTypeId=2, ParentId=qid, **common))
+            self.history.append(_row(
+                Id=self.hist_id, PostHistoryTypeId=2, PostId=post_id,
+                RevisionGUID=f"00000000-0000-4000-8000-{post_id:012d}",
+                CreationDate=_fmt(t), UserId=owner, Text=html_to_text(body),
+                ContentLicense=LICENSE))
+            self.hist_id += 1
+            self.comments.append(_comment(rng, self.comment_id, post_id, t,
+                                          self.n_users))
+            self.comment_id += 1
+            self.votes += _votes(self.vote_id, post_id, score, t)
+            self.vote_id += abs(score)
+
+
+def _heldout_scores(rng: random.Random, h: int) -> list[tuple[int, bool]]:
+    """(score, long?) of held-out thread h: a well-received question (even h) or a
+    badly received one (odd h), then a well-received, a badly received and an
+    in-between answer, all long but the last: both groups of both post types."""
+    question = rng.randint(4, 60) if h % 2 == 0 else rng.randint(-9, -3)
+    return [(question, True), (rng.randint(4, 60), True), (rng.randint(-9, -3), True),
+            (rng.randint(-2, 3), False)]
+
+
 def _users(rng: random.Random, t0: datetime, n_users: int) -> list[str]:
-    """Users.xml's rows: the Community user (-1), then user001..user<n_users>."""
     users = [_row(Id=-1, Reputation=1, CreationDate=_fmt(t0 - timedelta(days=30)),
                   DisplayName="Community", LastAccessDate=_fmt(t0),
                   Location="on the server farm", AboutMe="<p>Hi, I'm not really a"
@@ -257,69 +353,41 @@ def generate(outdir: str | Path) -> dict[str, int]:
     t0 = datetime(2015, 3, 1, 9, 0, 0, 123000)
     n_users = 30
     users = _users(rng, t0, n_users)
-    posts, comments, votes, history, links = [], [], [], [], []
-    tag_counts: dict[str, int] = {}
-    post_id, t, i = 1, t0, 0
-    vote_id = comment_id = hist_id = 1
-    question_ids = []
+    site = _Site(rng, n_users, t0)
+    question_ids, i = [], 0
     for q in range(N_QUESTIONS):
         tag_a, tag_b, title = TOPICS[q % len(TOPICS)]
         if q >= len(TOPICS):
             title = title.rstrip("?") + f" (part {q // len(TOPICS) + 1})?"
-        tags = [tag_a, tag_b]
-        for tag in tags:
-            tag_counts[tag] = tag_counts.get(tag, 0) + 1
-        ids = []
-        for a in range(ANSWERS_PER_QUESTION + 1):
-            score, long_ = _score(rng, i)
-            i += 1
-            body = (_body(rng, 1050, 2300, score < 0) if long_
-                    else _body(rng, 250, 800, score < 0))
-            owner = rng.randint(1, n_users)
-            t += timedelta(hours=rng.randint(1, 20), milliseconds=rng.randint(0, 999))
-            common = dict(CreationDate=_fmt(t), Score=score, Body=body,
-                          OwnerUserId=owner, LastActivityDate=_fmt(t + timedelta(days=2)),
-                          CommentCount=1, ContentLicense=LICENSE)
-            if a == 0:
-                qid = post_id
-                posts.append(_row(
-                    Id=qid, PostTypeId=1, AcceptedAnswerId=qid + 1 if score > 0 else None,
-                    **common, ViewCount=rng.randint(20, 9000), Title=title,
-                    Tags="|" + "|".join(tags) + "|", AnswerCount=ANSWERS_PER_QUESTION,
-                    FavoriteCount=None))
-                question_ids.append(qid)
-                history.append(_row(Id=hist_id, PostHistoryTypeId=1, PostId=qid,
-                                    RevisionGUID=f"00000000-0000-4000-8000-{qid:012d}",
-                                    CreationDate=_fmt(t), UserId=owner, Text=title,
-                                    ContentLicense=LICENSE))
-                hist_id += 1
-            else:
-                posts.append(_row(Id=post_id, PostTypeId=2, ParentId=qid, **common))
-            ids.append(post_id)
-            history.append(_row(Id=hist_id, PostHistoryTypeId=2, PostId=post_id,
-                                RevisionGUID=f"00000000-0000-4000-8000-{post_id:012d}",
-                                CreationDate=_fmt(t), UserId=owner,
-                                Text=html_to_text(body), ContentLicense=LICENSE))
-            hist_id += 1
-            comments.append(_comment(rng, comment_id, post_id, t, n_users))
-            comment_id += 1
-            votes += _votes(vote_id, post_id, score, t)
-            vote_id += abs(score)
-            post_id += 1
-    for k in range(1, len(question_ids), 7):
-        links.append(_row(Id=k, CreationDate=_fmt(t), PostId=question_ids[k],
-                          RelatedPostId=question_ids[k - 1], LinkTypeId=1))
-    posts += _fabricated(t)
+        qid = 1 + q * (ANSWERS_PER_QUESTION + 1)
+        site.thread(qid, title, [tag_a, tag_b], ANSWERS_PER_QUESTION,
+                    lambda a, i=i: _score(rng, i + a))
+        i += ANSWERS_PER_QUESTION + 1
+        question_ids.append(qid)
+    # threads the demo pair's split holds out (their own generator: the threads
+    # above, which the pair was trained on, keep their bytes)
+    site.rng = held_rng = random.Random(SEED + 1)
+    for h, qid in enumerate(heldout_ids(HELDOUT_FIRST_ID, N_HELDOUT)):
+        tag_a, tag_b, title = TOPICS[h % len(TOPICS)]
+        title = title.rstrip("?") + f" (follow-up {h + 1})?"
+        scored = _heldout_scores(held_rng, h)
+        site.thread(qid, title, [tag_a, tag_b], len(scored) - 1, scored.__getitem__)
+        question_ids.append(qid)
+    t = site.t
+    links = [_row(Id=k, CreationDate=_fmt(t), PostId=question_ids[k],
+                  RelatedPostId=question_ids[k - 1], LinkTypeId=1)
+             for k in range(1, N_QUESTIONS, 7)]
+    posts = [*site.posts, *_fabricated(t)]
     tags = [_row(Id=n + 1, TagName=name, Count=c)
-            for n, (name, c) in enumerate(sorted(tag_counts.items()))]
+            for n, (name, c) in enumerate(sorted(site.tag_counts.items()))]
     badges = [_row(Id=u, UserId=u, Name="Autobiographer", Date=_fmt(t0), Class=3,
                    TagBased="False") for u in range(1, n_users + 1)]
     files = {
         "Posts.xml": ("posts", posts), "Users.xml": ("users", users),
-        "Comments.xml": ("comments", comments), "Votes.xml": ("votes", votes),
+        "Comments.xml": ("comments", site.comments), "Votes.xml": ("votes", site.votes),
         "Tags.xml": ("tags", tags), "Badges.xml": ("badges", badges),
         "PostLinks.xml": ("postlinks", links),
-        "PostHistory.xml": ("posthistory", history),
+        "PostHistory.xml": ("posthistory", site.history),
     }
     for name, (root, rows) in files.items():
         _write(out / name, root, rows,

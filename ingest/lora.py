@@ -54,10 +54,12 @@ def _schemas() -> dict:
             ("run_id", s), ("pair", s), ("base_model", s), ("sft_model", s),
             ("modules", s), ("rank", i), ("is_full", b), ("n_matrices", i),
             ("n_params", big), ("retained_sq", d), ("frobenius_sq", d),
-            ("vectors", s), ("device", s), ("dtype", s), ("seconds", d)]),
+            ("vectors", s), ("device", s), ("dtype", s), ("seconds", d),
+            ("n_vectors", i), ("behaviour_run_id", s), ("window_tokens", i)]),
         "lora_recovery_posts": pa.schema([
             ("run_id", s), ("pair", s), ("modules", s), ("rank", i),
             ("post_id", big), ("site", s), ("grp", s), ("n_tokens", i),
+            ("vectors", s), ("post_type", s),
             ("sum_logprob", d), ("sum_logprob_sft", d), ("sum_kl_sft_rank", d),
             ("sum_kl_rank_sft", d)]),
     }

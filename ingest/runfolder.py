@@ -27,7 +27,7 @@ RUN_FILES = re.compile(
     r"(spectra/(\d{5}|vectors|added_tokens)\.parquet"
     r"|spectra/pieces/\d{5}-\d+-of-\d+\.npz"
     r"|directions/(vectors|overlap|angles|intruders|rows)/\d{5}\.parquet"
-    r"|directions/tokens\.parquet"
+    r"|directions/(tokens|signs)\.parquet"
     r"|behaviour/(token_logprobs|token_shift|residual_drift|post_texts)/"
     r"(s\d+-\d+-)?-?\d+-[0-9a-f]{12}\.parquet)")
 OWN = re.compile(r"\.lock(\.shard-\d+-of-\d+)?|\.manifest\.lock|run\.json"
@@ -42,7 +42,8 @@ KIND_TABLES = {
     "directions": {"direction_overlap": "directions/overlap/*.parquet",
                    "direction_angles": "directions/angles/*.parquet",
                    "intruders": "directions/intruders/*.parquet",
-                   "direction_tokens": "directions/tokens.parquet"},
+                   "direction_tokens": "directions/tokens.parquet",
+                   "direction_signs": "directions/signs.parquet"},
     "behaviour": {t: f"behaviour/{t}/*.parquet"
                   for t in ("token_logprobs", "token_shift", "post_texts",
                             "residual_drift")},

@@ -1,4 +1,6 @@
-"""Load a training log (compute.fixtures.train_demo's training_log.csv) into raw.training_log.
+"""Load a training log (compute.fixtures.train_demo's training_log.csv) into
+raw.training_log, and the threads the pair was trained on (training_threads.csv
+beside it, where the folder has one) into raw.training_threads.
 
     python -m ingest.training_log models/demo --pair demo [--db data/warehouse.duckdb]
 
@@ -28,6 +30,7 @@ from ingest.warehouse import (
 )
 
 FILE = "training_log.csv"
+THREADS_FILE = "training_threads.csv"  # site, thread_id: what the training saw
 ROLES = ("base", "sft")
 # column -> (parser, required)
 COLUMNS = {
@@ -87,11 +90,35 @@ def read_log(path: str | Path) -> list[dict]:
     return rows
 
 
+def read_threads(path: Path) -> list[dict]:
+    """The rows of a training_threads.csv (site, thread_id), checked."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != ["site", "thread_id"]:
+            raise TrainingLogError(f"{path}: columns {reader.fieldnames}, expected "
+                                   "['site', 'thread_id']")
+        out = []
+        for line, r in enumerate(reader, start=2):
+            try:
+                out.append({"site": r["site"], "thread_id": int(r["thread_id"])})
+            except (TypeError, ValueError):
+                raise TrainingLogError(f"{path}, line {line}: thread_id "
+                                       f"{r['thread_id']!r} is not an integer") from None
+            if not r["site"]:
+                raise TrainingLogError(f"{path}, line {line}: no site")
+    return out
+
+
 def load_log(path: str | Path, pair: str, db: str | Path | None = None) -> int:
-    """Replace `pair`'s rows of raw.training_log with the file's; returns the count."""
+    """Replace `pair`'s rows of raw.training_log with the file's (and of
+    raw.training_threads with training_threads.csv beside it, if any); returns the
+    log's count."""
     import pyarrow as pa
 
     rows = read_log(path)
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    threads = read_threads(folder / THREADS_FILE) if (
+        folder / THREADS_FILE).is_file() else None
     types = {str: pa.string(), int: pa.int64(), float: pa.float64()}
     table = pa.Table.from_pylist(
         [{"pair": pair} | r for r in rows],
@@ -99,8 +126,15 @@ def load_log(path: str | Path, pair: str, db: str | Path | None = None) -> int:
                          + [(c, types[t]) for c, (t, _) in COLUMNS.items()]))
     with writer_transaction(db) as con:
         con.register("_training_log_rows", table)
+        if threads is not None:  # registered before the first result is open
+            con.register("_threads", pa.Table.from_pylist(
+                [{"pair": pair} | t for t in threads],
+                schema=pa.schema([("pair", pa.string()), ("site", pa.string()),
+                                  ("thread_id", pa.int64())])))
         n = replace_pair_rows(con, "training_log", pair,
                               "select * from _training_log_rows")
+        if threads is not None:
+            replace_pair_rows(con, "training_threads", pair, "select * from _threads")
     return n
 
 

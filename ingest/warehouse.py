@@ -258,7 +258,8 @@ COMPUTE_TABLES: dict[str, str] = {
         grp VARCHAR,
         n_tokens INTEGER NOT NULL,
         n_bytes INTEGER NOT NULL,
-        n_words INTEGER NOT NULL
+        n_words INTEGER NOT NULL,
+        post_type VARCHAR                 -- 'question' | 'answer' (NULL: not known)
     """,
     "residual_drift": """
         run_id VARCHAR NOT NULL,
@@ -280,7 +281,8 @@ COMPUTE_TABLES: dict[str, str] = {
         side VARCHAR NOT NULL,            -- 'left' (rows, output) | 'right'
         r INTEGER NOT NULL,               -- W_base's top-r singular subspace
         share DOUBLE NOT NULL,            -- of ||dW||_F^2 inside it
-        random_share DOUBLE NOT NULL      -- r / dim: a random subspace's, on average
+        random_share DOUBLE NOT NULL,     -- r / span_dim: a random subspace's share
+        span_dim INTEGER                  -- dimension W_base spans on this side
     """,
     "direction_angles": """
         run_id VARCHAR NOT NULL,
@@ -301,7 +303,25 @@ COMPUTE_TABLES: dict[str, str] = {
         j INTEGER NOT NULL,               -- W_sft's j-th left singular vector
         singular_value DOUBLE NOT NULL,   -- s_j(W_sft)
         max_cos DOUBLE NOT NULL,          -- max |cos| over all of W_base's left ones
-        null_max_cos DOUBLE NOT NULL      -- the same for a Haar-random direction
+        null_max_cos DOUBLE NOT NULL,     -- the same for a direction uniform in
+                                          -- the space W_base spans
+        null_dim INTEGER                  -- that space's dimension (W_base's rank)
+    """,
+    "training_threads": """
+        pair VARCHAR NOT NULL,
+        site VARCHAR NOT NULL,
+        thread_id BIGINT NOT NULL         -- a question id whose thread it trained on
+    """,
+    "direction_signs": """
+        run_id VARCHAR NOT NULL,
+        pair VARCHAR NOT NULL,
+        tensor VARCHAR NOT NULL,
+        layer INTEGER,
+        module VARCHAR NOT NULL,
+        direction INTEGER NOT NULL,       -- dW's k-th singular triplet
+        mean_projection DOUBLE NOT NULL,  -- mean over scored tokens of v . x
+        sign INTEGER NOT NULL,            -- its sign: +1 dW pushes towards +u
+        n_tokens BIGINT NOT NULL          -- scored tokens averaged over
     """,
     "direction_tokens": """
         run_id VARCHAR NOT NULL,
@@ -375,7 +395,10 @@ COMPUTE_TABLES: dict[str, str] = {
         vectors VARCHAR NOT NULL,         -- 1-D tensors from: 'sft' | 'base'
         device VARCHAR,
         dtype VARCHAR,
-        seconds DOUBLE
+        seconds DOUBLE,
+        n_vectors INTEGER,                -- 1-D tensors taken from the SFT
+        behaviour_run_id VARCHAR,         -- the behaviour run whose setting is scored
+        window_tokens INTEGER             -- its window (tokens)
     """,
     "lora_recovery_posts": """
         run_id VARCHAR NOT NULL,
@@ -389,7 +412,9 @@ COMPUTE_TABLES: dict[str, str] = {
         sum_logprob DOUBLE NOT NULL,      -- rank-r model, sum over the post's tokens
         sum_logprob_sft DOUBLE NOT NULL,  -- the SFT's, same tokens
         sum_kl_sft_rank DOUBLE NOT NULL,  -- sum of KL(p_sft || p_rank), nats
-        sum_kl_rank_sft DOUBLE NOT NULL   -- sum of KL(p_rank || p_sft)
+        sum_kl_rank_sft DOUBLE NOT NULL,  -- sum of KL(p_rank || p_sft)
+        vectors VARCHAR,                  -- the model's 1-D tensors: 'base' | 'sft'
+        post_type VARCHAR                 -- 'question' | 'answer' (NULL: not known)
     """,
     "trajectory_steps": """
         trajectory VARCHAR NOT NULL,      -- the series' name (--name)
@@ -426,7 +451,7 @@ COMPUTE_TABLES: dict[str, str] = {
 # applied, the highest is current). Version 1 is the first release's layout, which had
 # no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 """The raw layout this release writes: the last step of MIGRATIONS."""
 
 UPGRADE_COMMAND = "python -m ingest.upgrade"
@@ -500,6 +525,32 @@ MIGRATIONS: tuple[Migration, ...] = (
               "logits were not finite (NaN/Inf weights), left out of the marts",
               tuple(f"alter table raw.{t} add column if not exists nonfinite BOOLEAN "
                     "default false" for t in ("token_logprobs", "token_shift"))),
+    Migration(13, "post types of scored posts; recovery models with the base's or the "
+              "SFT's 1-D tensors, and the behaviour run whose setting they score; the "
+              "dimension of the space W_base spans (overlap's chance level, the "
+              "intruder null); raw.direction_signs: the effect sign of dW's "
+              "directions; raw.training_threads: the threads a pair was trained on",
+              ("alter table raw.post_texts add column if not exists post_type VARCHAR",
+               "alter table raw.lora_recovery_posts add column if not exists vectors "
+               "VARCHAR",
+               "update raw.lora_recovery_posts as p set vectors = r.vectors "
+               "from raw.lora_recovery_ranks as r where p.vectors is null "
+               "and p.run_id = r.run_id and p.rank = r.rank",
+               "alter table raw.lora_recovery_posts add column if not exists post_type "
+               "VARCHAR",
+               "alter table raw.lora_recovery_ranks add column if not exists n_vectors "
+               "INTEGER",
+               "alter table raw.lora_recovery_ranks add column if not exists "
+               "behaviour_run_id VARCHAR",
+               "alter table raw.lora_recovery_ranks add column if not exists "
+               "window_tokens INTEGER",
+               "alter table raw.direction_overlap add column if not exists span_dim "
+               "INTEGER",
+               "alter table raw.intruders add column if not exists null_dim INTEGER",
+               "create table if not exists raw.direction_signs ("
+               + COMPUTE_TABLES["direction_signs"] + ")",
+               "create table if not exists raw.training_threads ("
+               + COMPUTE_TABLES["training_threads"] + ")")),
 )
 """The ordered steps from version 1 to SCHEMA_VERSION.
 

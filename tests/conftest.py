@@ -107,12 +107,14 @@ def build_demo_warehouse(work: Path, pair: Path) -> None:
         run_py("-m", "ingest.demo_site", str(work / "site"))
         run_py("-m", "ingest.stackexchange", str(work / "site"), "--site",
                "physics.demo", db=db)
+    # the demo pair's log and training threads: the prompts leave those threads out
+    run_py("-m", "ingest.training_log", str(ROOT / "models" / "demo"), "--pair",
+           "demo", db=db)
+    if have_site:
         run_dbt(db, "build", "--quiet", "--select", "+prompts", "--vars", DEMO_VARS)
     run_py("-m", "compute.run", "--base", str(pair / "base"), "--sft",
            str(pair / "sft"), "--name", "planted", "--out", str(work / "runs"),
            "--no-progress", *([] if have_site else ["--skip-behaviour"]), db=db)
-    run_py("-m", "ingest.training_log", str(ROOT / "models" / "demo"), "--pair",
-           "demo", db=db)
     run_dbt(db, "build", "--quiet", "--vars", DEMO_VARS)
 
 

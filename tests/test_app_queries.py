@@ -86,7 +86,7 @@ def test_before_dbt_the_queries_have_no_rows_and_the_pages_open(tmp_path,
                         [("r", "p", role, 11, i, 5 + i, " w", -3.0 - i)
                          for role in ("base", "sft") for i in range(4)])
         con.execute("insert into raw.post_texts values ('r', 'p', 11, "
-                    "'physics.demo', 'low', 4, 8, 4)")
+                    "'physics.demo', 'low', 4, 8, 4, 'question')")
         con.execute("insert into raw.residual_drift values "
                     "('r', 'p', 11, 0, 4, 0.4, 3.9, 1.0, 9.0)")
     src = (str(db), 0)

@@ -79,7 +79,8 @@ def test_token_shift_page(demo_warehouse, monkeypatch):
     finally:
         con.close()
     assert n_raw == n_logprobs > 0  # one shift row per scored token
-    assert n_groups == 2 and n_diffs == 11  # high - low of every measure
+    # high - low of every measure, within answers, within questions and over both
+    assert n_groups == 2 and n_diffs == 11 * 3
     st.cache_data.clear()
     monkeypatch.setenv("SFTSCOPE_DB", str(demo_warehouse))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
@@ -89,6 +90,9 @@ def test_token_shift_page(demo_warehouse, monkeypatch):
     specs = [json.loads(el.proto.spec) for el in at.get("vega_lite_chart")]
     assert len(specs) >= 3
     assert "kl" in at.get("html")[0].proto.body.lower()
+    types = at.radio(key="shift_post_type")
+    assert types.value == "answer" and len(types.options) == 3  # like with like
+    types.set_value("all").run()
     at.selectbox(key="shift_metric").select("mean_kl_sft_base").run()
     at.radio(key="shift_direction").set_value("demoted").run()
     at.radio(key="shift_by").set_value("kl_mass").run()

@@ -96,7 +96,16 @@ def test_group_perplexity_by_hand(warehouse):
 
     con, _ = warehouse
     posts = mart(con, "fct_post_perplexity", "post_id")
-    got = mart(con, "fct_group_perplexity", "grp, role")
+    posts["post_type"] = posts["post_type"].fillna("(unknown)")
+    every = mart(con, "fct_group_perplexity", "grp, post_type, role")
+    # each group at each post type of its posts and under 'all'
+    assert len(every) == 2 * (posts.groupby("grp")["post_type"].nunique().sum() + 2)
+    for r in every.itertuples():
+        x = posts[(posts.grp == r.grp) & (posts.role == r.role)
+                  & ((posts.post_type == r.post_type) | (r.post_type == "all"))]
+        assert r.n_posts == len(x)
+        assert r.mean_perplexity == pytest.approx(x["perplexity"].mean(), rel=1e-12)
+    got = every[every.post_type == "all"]
     assert len(got) == 4
     for r in got.itertuples():
         x = posts[(posts.grp == r.grp) & (posts.role == r.role)]["perplexity"].to_numpy()
@@ -129,7 +138,10 @@ def test_residual_drift_aggregates_exactly(warehouse):
     dr = raw["residual_drift"].merge(raw["post_texts"][["post_id", "grp"]], on="post_id")
     for name, keys in (("fct_residual_drift_by_layer", ["layer"]),
                        ("fct_residual_drift_by_group", ["grp", "layer"])):
-        got = mart(con, name, ", ".join(keys)).set_index(keys)
+        got = mart(con, name, ", ".join(keys))
+        if "post_type" in got:  # the seed's groups: every post type
+            got = got[got.post_type == "all"]
+        got = got.set_index(keys)
         sums = dr.groupby(keys)[["n_tokens", "sum_rel_l2", "sum_cos", "sum_sq_diff",
                                  "sum_sq_base"]].sum()
         np.testing.assert_allclose(got["mean_rel_l2"], sums.sum_rel_l2 / sums.n_tokens,

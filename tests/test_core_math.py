@@ -333,26 +333,30 @@ def test_vocab_tied_head_in_a_bin_file_is_refused():
 
 
 def test_lora_post_rows_sum_each_model_and_each_kl():
-    posts = [SimpleNamespace(post_id=7, site="physics", grp="good", n_tokens=3),
-             SimpleNamespace(post_id=9, site=None, grp=None, n_tokens=2)]
-    res = [SimpleNamespace(logprob={"base": np.array([-1.0, -2.0, -0.5]),
-                                    "sft": np.array([-0.25, -0.5, -0.125])},
-                           shift={"kl_sft_base": np.array([0.5, 0.25, 1.0]),
-                                  "kl_base_sft": np.array([2.0, 4.0, 8.0])}),
-           SimpleNamespace(logprob={"base": np.array([-3.0, -3.0]),
-                                    "sft": np.array([-1.0, -1.5])},
-                           shift={"kl_sft_base": np.array([0.0, 0.125]),
-                                  "kl_base_sft": np.array([16.0, 0.0])})]
-    rows = lora_recovery.post_rows(posts, res, "r1", "planted", "all", 4)
+    posts = [SimpleNamespace(post_id=7, site="physics", grp="good", n_tokens=3,
+                             post_type="answer"),
+             SimpleNamespace(post_id=9, site=None, grp=None, n_tokens=2,
+                             post_type=None)]
+    res = {7: SimpleNamespace(logprob={"base": np.array([-1.0, -2.0, -0.5]),
+                                       "sft": np.array([-0.25, -0.5, -0.125])},
+                              shift={"kl_sft_base": np.array([0.5, 0.25, 1.0]),
+                                     "kl_base_sft": np.array([2.0, 4.0, 8.0])}),
+           9: SimpleNamespace(logprob={"base": np.array([-3.0, -3.0]),
+                                       "sft": np.array([-1.0, -1.5])},
+                              shift={"kl_sft_base": np.array([0.0, 0.125]),
+                                     "kl_base_sft": np.array([16.0, 0.0])})}
+    rows = lora_recovery.post_rows(posts, res, "r1", "planted", "all", 4, "base")
     assert rows == [
-        {"run_id": "r1", "pair": "planted", "modules": "all", "rank": 4, "post_id": 7,
-         "site": "physics", "grp": "good", "n_tokens": 3, "sum_logprob": -3.5,
+        {"run_id": "r1", "pair": "planted", "modules": "all", "rank": 4,
+         "vectors": "base", "post_id": 7, "site": "physics", "grp": "good",
+         "post_type": "answer", "n_tokens": 3, "sum_logprob": -3.5,
          "sum_logprob_sft": -0.875, "sum_kl_sft_rank": 1.75, "sum_kl_rank_sft": 14.0},
-        {"run_id": "r1", "pair": "planted", "modules": "all", "rank": 4, "post_id": 9,
-         "site": None, "grp": None, "n_tokens": 2, "sum_logprob": -6.0,
+        {"run_id": "r1", "pair": "planted", "modules": "all", "rank": 4,
+         "vectors": "base", "post_id": 9, "site": None, "grp": None,
+         "post_type": None, "n_tokens": 2, "sum_logprob": -6.0,
          "sum_logprob_sft": -2.5, "sum_kl_sft_rank": 0.125, "sum_kl_rank_sft": 16.0}]
     with pytest.raises(ValueError):
-        lora_recovery.post_rows(posts[:1], res, "r1", "planted", "all", 4)
+        lora_recovery.post_rows(posts[:1], res, "r1", "planted", "all", 4, "base")
 
 
 def test_lora_rank_r_update_is_numpys_truncated_svd():
@@ -396,24 +400,18 @@ def test_directions_cosines_are_scipys_principal_angles():
     np.testing.assert_array_equal(got, [1.0, 0.5, 0.0])
 
 
-def gram_schmidt(g: np.ndarray) -> np.ndarray:
-    """The Q of g = QR with diag(R) > 0, by modified Gram-Schmidt."""
-    q = g.astype(np.float64).copy()
-    for j in range(q.shape[1]):
-        for i in range(j):
-            q[:, j] -= (q[:, i] @ q[:, j]) * q[:, i]
-        q[:, j] /= np.linalg.norm(q[:, j])
-    return q
-
-
-@pytest.mark.parametrize("dim,k", [(7, 3), (30, 30), (50, 1)])
-def test_directions_haar_is_the_positive_diagonal_qr(dim, k):
-    """The null's rotation: QR of a Gaussian matrix with diag(R) > 0 (the QR whose Q
-    is Haar-distributed), from the seed's generator."""
-    got = directions._haar(dim, k, seed=11)
-    want = gram_schmidt(np.random.default_rng(11).standard_normal((dim, k)))
-    np.testing.assert_allclose(got, want, atol=1e-10)
-    assert not np.allclose(directions._haar(dim, k, seed=12), got)
+@pytest.mark.parametrize("rank,k", [(7, 3), (30, 30), (5, 12)])
+def test_directions_null_is_uniform_within_the_span(rank, k):
+    """The intruder null: k directions uniform on the unit sphere of W_base's
+    rank-dimensional span (normalised Gaussians, from the seed's generator), max |g_i|
+    each; k may exceed the rank (independent draws, not an orthonormal set)."""
+    got = directions.null_max_cos(rank, k, seed=11)
+    g = np.random.default_rng(11).standard_normal((rank, k))
+    np.testing.assert_allclose(got, np.abs(g).max(0) / np.linalg.norm(g, axis=0),
+                               atol=1e-12)
+    assert got.shape == (k,) and (got >= 1 / np.sqrt(rank) - 1e-12).all()
+    assert not np.allclose(directions.null_max_cos(rank, k, seed=12), got)
+    assert (directions.null_max_cos(1, k, seed=3) == 1.0).all()
 
 
 def f32(rng, m, n, scale=1.0) -> np.ndarray:
@@ -425,7 +423,8 @@ def test_directions_measures_of_a_small_pair_against_numpy(shape):
     """k = 4 on a 48 x 16 and a 16 x 48 float32 pair (r = 16 fills the short side,
     r = 4 = k the angles): the vectors' signs (short side's largest entry positive)
     and pairing, the overlap shares, the principal angles (SciPy), the intruders
-    and their null (W_base's left vectors against a Gram-Schmidt Haar rotation) and
+    and their null (uniform directions in the 16 dimensions W_base spans: max |g_i|
+    of normalised Gaussians; the overlap's chance level r / 16 on both sides) and
     the rows of dW by norm, all from NumPy's SVD of the float64 values."""
     rng = np.random.default_rng(4)
     m, n = shape
@@ -455,7 +454,8 @@ def test_directions_measures_of_a_small_pair_against_numpy(shape):
     for side, basis, dim in (("left", ub, m), ("right", vbt.T, n)):
         for r in (1, 4, 16):
             proj = basis[:, :r].T @ d if side == "left" else d @ basis[:, :r]
-            want_overlap.append((side, r, (proj ** 2).sum() / total, r / dim))
+            want_overlap.append((side, r, (proj ** 2).sum() / total,
+                                 r / min(dim, 16)))
     got = sorted((o["side"], o["r"], o["share"], o["random_share"])
                  for o in found.overlap)
     assert [g[:2] for g in got] == [w[:2] for w in sorted(want_overlap)]
@@ -469,14 +469,15 @@ def test_directions_measures_of_a_small_pair_against_numpy(shape):
             want = np.sort(np.cos(scipy.linalg.subspace_angles(b[:, :r],
                                                                dd[:, :r])))[::-1]
             np.testing.assert_allclose(got[(side, r)], want, atol=1e-7)
-    q = gram_schmidt(np.random.default_rng(seed).standard_normal((m, k)))
+    g = np.random.default_rng(seed).standard_normal((min(m, n), k))
     assert [i["j"] for i in found.intruders] == [1, 2, 3, 4]
     np.testing.assert_allclose([i["singular_value"] for i in found.intruders],
                                np.linalg.svd(xs, compute_uv=False)[:k], rtol=1e-9)
     np.testing.assert_allclose([i["max_cos"] for i in found.intruders],
                                np.abs(ub.T @ us[:, :k]).max(0), atol=1e-7)
     np.testing.assert_allclose([i["null_max_cos"] for i in found.intruders],
-                               np.abs(ub.T @ q).max(0), atol=1e-7)
+                               np.abs(g).max(0) / np.linalg.norm(g, axis=0),
+                               atol=1e-12)
     assert all(i["max_cos"] <= 1.0 and i["null_max_cos"] <= 1.0
                for i in found.intruders)
     norms = np.linalg.norm(d, axis=1)

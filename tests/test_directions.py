@@ -99,14 +99,15 @@ def test_measures_match_numpy_and_scipy(shape, cpu_lapack):
     us = np.linalg.svd(xs, full_matrices=False)[0]
     total = (d ** 2).sum()
     got = {(o["side"], o["r"]): o for o in found.overlap}
-    for side, basis, dim in (("left", ub, m), ("right", vbt.T, n)):
+    for side, basis in (("left", ub), ("right", vbt.T)):
         for r in (1, 4, 16, 64):
             if r > min(m, n):
                 continue
             proj = basis[:, :r].T @ d if side == "left" else d @ basis[:, :r]
             o = got[(side, r)]
             assert o["share"] == pytest.approx((proj ** 2).sum() / total, abs=1e-8)
-            assert o["random_share"] == r / dim
+            assert o["random_share"] == r / min(m, n)  # W_base is full rank
+            assert o["span_dim"] == min(m, n)
     angles = {(a["side"], a["r"]): a["cosines"] for a in found.angles}
     for side, b, dd in (("left", ub, ud), ("right", vbt.T, vdt.T)):
         for r in (1, 4, 16):
@@ -116,6 +117,29 @@ def test_measures_match_numpy_and_scipy(shape, cpu_lapack):
     want = np.abs(ub.T @ us[:, :k]).max(0)
     got = np.array([i["max_cos"] for i in found.intruders])
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_tall_matrix_null_within_the_span(cpu_lapack):
+    """An embedding-like tall matrix, 2048 rows and W_base of rank 128: the overlap's
+    chance level and the intruder null are taken within the 128 dimensions W_base
+    spans, not the 2048 of the side. A direction drawn in the whole side has max
+    |cos| about sqrt(2 ln 256 / 2048) ~ 0.07 with W_base's vectors (every one an
+    intruder at epsilon 0.1 already: the uninformative null this replaces); drawn in
+    the span, about sqrt(2 ln 256 / 128) ~ 0.29 (checked against the same draw by
+    NumPy)."""
+    rng = np.random.default_rng(5)
+    m, n = 2048, 128
+    base = spectrum_matrix(rng, m, n, decay=0.98)
+    wb, ws = bf16(base), bf16(base + 0.01 * rng.standard_normal((m, n)))
+    _, found = array_directions(wb, ws, "bfloat16", k=16, seed=3)
+    assert {o["span_dim"] for o in found.overlap} == {n}
+    for o in found.overlap:
+        assert o["random_share"] == pytest.approx(o["r"] / n)
+    null = np.array([i["null_max_cos"] for i in found.intruders])
+    assert {i["null_dim"] for i in found.intruders} == {n}
+    g = np.random.default_rng(3).standard_normal((n, 16))
+    np.testing.assert_allclose(null, np.abs(g).max(0) / np.linalg.norm(g, axis=0))
+    assert 0.15 < null.mean() < 0.5
 
 
 def planted(rng, m, n, inside: bool, rank: int = 3):
@@ -209,18 +233,21 @@ def test_planted_token_direction_promotes_that_token(with_norm):
     left = found.vectors["delta"]["left"][1]
     labels = token_labels(left, unembed, "bfloat16", g)
     first = [r for r in labels if r["direction"] == 1 and r["rank"] == 1]
-    promoted = next(r for r in first if r["pole"] == "promoted")
-    assert promoted["token_id"] == t
-    # the logits themselves, against a direct product
+    # the vector's sign is arbitrary: t heads the pole of the planted sign
+    planted_sign = np.sign(left[:, 0] @ target)
+    pole = "+u" if planted_sign > 0 else "-u"
+    assert next(r for r in first if r["pole"] == pole)["token_id"] == t
+    # the logits themselves, against a direct product: '+u' ranks the logits of
+    # u, '-u' those of -u (scores positive)
     logits = value(unembed) @ ((g if with_norm else 1.0) * left[:, 0])
-    sign = 1.0 if logits.max() >= -logits.min() else -1.0
-    order = np.argsort(-sign * logits, kind="stable")
-    got = [r["token_id"] for r in labels
-           if r["direction"] == 1 and r["pole"] == "promoted"]
-    assert got == order[:directions.TOKENS_PER_POLE].tolist()
-    demoted = [r["token_id"] for r in labels
-               if r["direction"] == 1 and r["pole"] == "demoted"]
-    assert demoted == order[::-1][:directions.TOKENS_PER_POLE].tolist()
+    for name, sign in (("+u", 1.0), ("-u", -1.0)):
+        rows = [r for r in labels if r["direction"] == 1 and r["pole"] == name]
+        order = np.argsort(-sign * logits, kind="stable")
+        assert [r["token_id"] for r in rows] == order[
+            :directions.TOKENS_PER_POLE].tolist()
+        np.testing.assert_allclose([r["score"] for r in rows],
+                                   (sign * logits)[order[:directions.TOKENS_PER_POLE]],
+                                   rtol=1e-9)
 
 
 @pytest.mark.parametrize("shape", [(300, 80), (60, 200)])

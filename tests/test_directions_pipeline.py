@@ -96,7 +96,7 @@ def test_marts_and_page(run, monkeypatch):
     assert mart == n * 9  # K < 10: one k per matrix, 9 epsilons
     assert raw == n * K
     top = query(db, "select count(*) from marts.fct_direction_tokens where "
-                "kind = 'direction' and pole = 'promoted' and rank = 1")[0][0]
+                "kind = 'direction' and pole = '+u' and rank = 1")[0][0]
     layers = query(db, "select count(distinct layer) from raw.spectra")[0][0]
     assert top == (2 * layers + 1) * K  # o_proj, down_proj per layer, the embedding
     from streamlit.testing.v1 import AppTest

@@ -270,20 +270,25 @@ def test_family_tail(family, tmp_path, capsys):
 
 
 def test_lora_recovery_scores_a_class_without_sdpa(tmp_path):
-    """compute.lora_recovery loads its models through the same choice (it asked
-    for sdpa, which Gemma-2 refuses): r = full is the SFT itself, token for token."""
+    """compute.lora_recovery loads its models as the behaviour run did, through the
+    same choice (the run recorded eager: Gemma-2 refuses sdpa): r = full is the SFT
+    itself, token for token."""
     from compute.lora.recovery import parse_args, run
     from tests.behaviour_helpers import prompts
 
     base, sft = build_family_pair("gemma2", tmp_path / "gemma2", tokenizer=True)
     prompts(2).to_parquet(tmp_path / "prompts.parquet")
+    assert run_main(["--base", str(base), "--sft", str(sft), "--name", "gemma2",
+                     "--prompts", str(tmp_path / "prompts.parquet"), "--skip-spectra",
+                     "--no-load", "--no-progress", "--device", "cpu", "--out",
+                     str(tmp_path / "runs")]) == 0
     out = run(parse_args(["--base", str(base), "--sft", str(sft), "--name", "gemma2",
                           "--ranks", "1,full", "--prompts",
                           str(tmp_path / "prompts.parquet"), "--out",
                           str(tmp_path / "runs"), "--no-load", "--no-progress",
                           "--device", "cpu"]))
     posts = pd.concat([pd.read_parquet(f) for f in sorted((out / "posts").glob("*"))])
-    full = posts[posts["rank"] == posts["rank"].max()]
-    assert len(full) == 2
+    full = posts[(posts["rank"] == posts["rank"].max()) & (posts["vectors"] == "sft")]
+    assert len(full) == 2  # r = full plus the SFT's 1-D tensors: the SFT
     np.testing.assert_allclose(full["sum_logprob"], full["sum_logprob_sft"], atol=1e-4)
     assert (full["sum_kl_sft_rank"] < 1e-7).all()

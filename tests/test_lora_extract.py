@@ -14,6 +14,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from compute.fixtures.planted import PairSpec, build_pair
+from compute.io.checkpoints import resolve
 from compute.linalg import ranks
 from compute.linalg.spectra import to_float64
 from compute.lora import extract as ex
@@ -41,7 +42,7 @@ def pairs(tmp_path_factory) -> dict[str, Path]:
     exact.mkdir(parents=True)
     rng = np.random.default_rng(7)
     tensors = {}
-    base_ck = ex.resolve(str(base))
+    base_ck = resolve(str(base))
     for name in base_ck.tensors:
         w = to_float64(*base_ck.read_array(name))
         if w.ndim == 2:
@@ -58,8 +59,9 @@ def pairs(tmp_path_factory) -> dict[str, Path]:
     (exact / "config.json").write_text(json.dumps(cfg))
     prompts = root / "prompts.parquet"
     pd.DataFrame({"post_id": [11, 12, 13, 14], "site": "physics.demo",
-                  "grp": ["low", "low", "high", "high"], "text": TEXTS}
-                 ).to_parquet(prompts)
+                  "grp": ["low", "low", "high", "high"],
+                  "post_type": ["answer", "question", "answer", "question"],
+                  "text": TEXTS}).to_parquet(prompts)
     return {"base": base, "sft": sft, "exact": exact, "prompts": prompts,
             "root": root}
 
@@ -124,31 +126,86 @@ def logits(model, ids) -> np.ndarray:
         return model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
 
 
-def test_peft_loads_it_and_matches_the_in_memory_merge(pairs, tmp_path):
-    """PeftModel.from_pretrained on the base (not merged) gives the logits of
-    compute.lora.recovery's merge of the same rank with the base's 1-D tensors."""
+DEMO = Path(__file__).resolve().parent.parent / "models" / "demo"
+
+
+@pytest.fixture(scope="module")
+def demo_run(pairs) -> Path:
+    """The trained demo pair (its SFT moved the norms too) scored by compute.run on
+    four long posts in windows of 64 tokens."""
+    prompts = pairs["root"] / "demo-prompts.parquet"
+    texts = [" ".join(TEXTS[i:] + TEXTS[:i]) * 2 for i in range(4)]
+    pd.DataFrame({"post_id": [21, 22, 23, 24], "site": "physics.demo",
+                  "grp": ["low", "high", "low", "high"],
+                  "post_type": ["question", "answer", "answer", "question"],
+                  "text": texts}).to_parquet(prompts)
+    out = pairs["root"] / "demo-runs"
+    run_py("-m", "compute.run", "--base", str(DEMO / "base"), "--sft",
+           str(DEMO / "sft"), "--name", "demo", "--prompts", str(prompts),
+           "--window", "64", "--skip-spectra", "--no-load", "--no-progress",
+           "--device", "cpu", "--out", str(out))
+    return out / "demo"
+
+
+def test_demo_steps_the_true_base_norms_and_the_sft(pairs, demo_run):
+    """On the demo pair, in its behaviour run's setting (windows of 64 tokens, every
+    post longer): the empty delta is the run's base (log-prob sums within 1e-4),
+    every tensor's dW its SFT, and the 1-D tensors alone move the log-probs (the
+    step r = 0 'plus norms' is not the base)."""
+    from compute.behaviour.merge_score import BehaviourSetting, DeltaScorer, full_deltas
+
+    setting = BehaviourSetting.from_run(demo_run, pairs["root"] / "demo-prompts.parquet")
+    assert setting.window == 64 and all(p.n_tokens > 64 for p in setting.posts)
+    assert {p.post_type for p in setting.posts} == {"question", "answer"}
+    scorer = DeltaScorer(setting)
+    lp = run_logprobs(demo_run)
+    base, sft = scorer.score({}), scorer.score(full_deltas(setting))
+    from compute.plan.pair import pair_plan
+
+    norms = scorer.score(full_deltas(setting, pair_plan(setting.base,
+                                                        setting.sft).vectors))
+    for p in setting.posts:
+        assert np.sum(base[p.post_id].logprob["base"]) == pytest.approx(
+            lp.loc[("base", p.post_id), "sum"], abs=1e-4)
+        assert np.sum(sft[p.post_id].logprob["base"]) == pytest.approx(
+            lp.loc[("sft", p.post_id), "sum"], abs=1e-4)
+        assert abs(np.sum(norms[p.post_id].logprob["base"])
+                   - lp.loc[("base", p.post_id), "sum"]) > 1e-2
+
+
+def test_peft_adapter_is_the_model_scored_at_rank_r(pairs, demo_run, tmp_path):
+    """The adapter extract_lora --rank 4 writes, loaded by PeftModel.from_pretrained
+    on the base (not merged), gives the logits of the model compute.lora_recovery
+    scores at r = 4 'matrices at rank r' (the base's 1-D tensors) within 1e-4; the
+    'plus norms' model at r = 4 differs."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from compute.lora.recovery import Factors, merge
+    from compute.behaviour.merge_score import BehaviourSetting, DeltaScorer
+    from compute.lora.recovery import Factors, step_deltas
+    from compute.plan.pair import pair_plan
 
-    base, sft = ex.open_pair(str(pairs["base"]), str(pairs["sft"]))
+    setting = BehaviourSetting.from_run(demo_run, pairs["root"] / "demo-prompts.parquet")
+    base, sft = setting.base, setting.sft
     tgts = ex.targets(base, sft)
-    out = tmp_path / "r2"
-    ex.extract(base, sft, tgts, ex.Choice(rank=2), out, progress=False)
-
-    def load():
-        return AutoModelForCausalLM.from_pretrained(str(pairs["base"]),
-                                                    dtype=torch.float32).eval()
-
-    peft_model = PeftModel.from_pretrained(load(), str(out)).eval()
-    ours = load()
-    merge(ours, base, sft, tgts, Factors(base, sft, tgts, 2, False), 2, "base", [])
-    ids = list(range(5, 60, 3))
-    a, b, plain = logits(peft_model, ids), logits(ours, ids), logits(load(), ids)
+    out = tmp_path / "r4"
+    proc = run_py("-m", "compute.extract_lora", "--base", str(DEMO / "base"), "--sft",
+                  str(DEMO / "sft"), "--rank", "4", "--out", str(out), "--no-load",
+                  "--no-progress")
+    assert proc.returncode == 0
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(
+        str(DEMO / "base"), dtype=torch.float32), str(out)).eval()
+    scorer = DeltaScorer(setting)
+    factors = Factors(base, sft, tgts, 4, False)
+    vectors = pair_plan(base, sft).vectors
+    ours = scorer.model(step_deltas(base, sft, tgts, factors, 4, "base", vectors))
+    plus = scorer.model(step_deltas(base, sft, tgts, factors, 4, "sft", vectors))
+    ids = list(range(5, 300, 7))
+    a, b = logits(peft_model, ids), logits(ours, ids)
     assert np.abs(a - b).max() < 1e-4
-    assert np.abs(a - plain).max() > 1e-3  # the adapter does change the model
+    assert np.abs(a - logits(plus, ids)).max() > 1e-2
+    assert np.abs(a - logits(scorer.model({}), ids)).max() > 1e-2
 
 
 def test_min_energy_and_per_module_ranks(pairs, tmp_path):
@@ -184,15 +241,36 @@ def test_exact_rank_pair_extraction_keeps_everything(pairs, tmp_path):
     assert max(r["s_next"] / r["s_last"] for r in rows) < 1e-5
 
 
+WINDOW = 16  # the behaviour run's window: every post is longer
+
+
+def behaviour_run(pairs, sft: str, name: str) -> Path:
+    """compute.run's behaviour half on the prompts, windows of WINDOW tokens."""
+    run_py("-m", "compute.run", "--base", str(pairs["base"]), "--sft", str(pairs[sft]),
+           "--name", name, "--prompts", str(pairs["prompts"]), "--window",
+           str(WINDOW), "--batch-size", "3", "--skip-spectra", "--no-load",
+           "--no-progress", "--device", "cpu", "--out", str(pairs["root"] / "runs"))
+    return pairs["root"] / "runs" / name
+
+
+def run_logprobs(run_dir: Path) -> pd.DataFrame:
+    """The behaviour run's per-post sums of each role's log-probs, from its files."""
+    lp = pd.concat([pd.read_parquet(f) for f in sorted(
+        (run_dir / "behaviour" / "token_logprobs").glob("*.parquet"))])
+    return lp.groupby(["role", "post_id"])["logprob"].agg(["sum", "count"])
+
+
 @pytest.fixture(scope="module")
 def recovery(pairs) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
-    """compute.lora.recovery on the exact-rank pair: ranks 0, 1, 2, 3 and full."""
+    """compute.lora_recovery on the exact-rank pair: ranks 0, 1, 2, 3 and full, each
+    with the base's and the SFT's 1-D tensors, in the behaviour run's setting."""
     from compute.lora.recovery import parse_args, run
 
+    behaviour_run(pairs, "exact", "exact")
     cfg = parse_args(["--base", str(pairs["base"]), "--sft", str(pairs["exact"]),
                       "--name", "exact", "--ranks", "1,2,3,full", "--prompts",
                       str(pairs["prompts"]), "--out", str(pairs["root"] / "runs"),
-                      "--no-load", "--no-progress", "--device", "cpu"])
+                      "--no-load", "--no-progress"])
     out = run(cfg)
     posts = pd.concat([pd.read_parquet(f) for f in sorted((out / "posts").glob("*"))])
     return out, posts, pd.read_parquet(out / "ranks.parquet")
@@ -200,41 +278,70 @@ def recovery(pairs) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
 
 def test_rank_zero_is_the_base_and_full_is_the_sft(pairs, recovery):
     """r = 0 scores the base (an independent transformers forward pass of the base
-    model), r = full the SFT; r >= the exact rank equals the SFT within 1e-3."""
+    model over the whole post where it fits the window, and the behaviour run's own
+    log-probs of the windows), r = full the SFT; r >= the exact rank equals the SFT
+    within 1e-3."""
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     _, posts, ranks = recovery
-    assert sorted(ranks["rank"]) == [0, 1, 2, 3, 64]
-    assert ranks.set_index("rank").loc[64, "is_full"]
+    assert sorted(ranks["rank"]) == [0, 0, 1, 1, 2, 2, 3, 3, 64, 64]
+    assert ranks.set_index(["rank", "vectors"]).loc[(64, "sft"), "is_full"]
+    assert (ranks["window_tokens"] == WINDOW).all()
+    base_rows = posts[(posts["rank"] == 0) & (posts["vectors"] == "base")]
+    assert (base_rows["n_tokens"] > WINDOW).all()  # every post spans windows
+    lp = run_logprobs(pairs["root"] / "runs" / "exact")
+    for row in base_rows.itertuples():
+        assert row.sum_logprob == pytest.approx(lp.loc[("base", row.post_id), "sum"],
+                                                abs=1e-4)
+    full = posts[(posts["rank"] == 64) & (posts["vectors"] == "sft")]
+    for row in full.itertuples():
+        assert row.sum_logprob == pytest.approx(lp.loc[("sft", row.post_id), "sum"],
+                                                abs=1e-4)
+        assert row.sum_logprob_sft == pytest.approx(row.sum_logprob, abs=1e-4)
+    assert (full["sum_kl_sft_rank"] < 1e-7).all()
+    # the first window, by a plain forward pass of the base
     tok = PreTrainedTokenizerFast.from_pretrained(str(pairs["base"]))
     model = AutoModelForCausalLM.from_pretrained(str(pairs["base"]),
                                                  dtype=torch.float32).eval()
     prefix = tok.convert_tokens_to_ids("<|endoftext|>")
     for post_id, text in zip([11, 12, 13, 14], TEXTS, strict=True):
-        ids = [prefix, *tok(text, add_special_tokens=False)["input_ids"]]
+        ids = [prefix, *tok(text, add_special_tokens=False)["input_ids"]][:WINDOW]
         with torch.inference_mode():
-            lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0]
-                                   .double(), -1)
-        want = float(lp[:-1].gather(1, torch.tensor(ids[1:])[:, None]).sum())
-        row = posts[(posts["rank"] == 0) & (posts["post_id"] == post_id)].iloc[0]
-        assert row["sum_logprob"] == pytest.approx(want, abs=1e-3)
-    full = posts[posts["rank"] == 64]
-    assert np.allclose(full["sum_logprob"], full["sum_logprob_sft"], atol=1e-4)
-    assert (full["sum_kl_sft_rank"] < 1e-7).all()
-    exact = posts[posts["rank"] == EXACT_RANK]
+            lp_ = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0]
+                                    .double(), -1)
+        first = lp_[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+        want = lp.loc[("base", post_id), "sum"]
+        assert want < float(first.sum()) - 1  # the rest of the post adds to it
+    exact = posts[(posts["rank"] == EXACT_RANK) & (posts["vectors"] == "sft")]
     per_token = (exact["sum_logprob"] - exact["sum_logprob_sft"]).abs() / exact["n_tokens"]
     assert (per_token < 1e-3).all()
     assert (exact["sum_kl_sft_rank"] / exact["n_tokens"] < 1e-6).all()
+
+
+def test_recovery_refuses_without_the_behaviour_run(pairs, tmp_path):
+    """No run.json under --out/<pair>: refused, naming it; nothing written."""
+    proc = run_py("-m", "compute.lora_recovery", "--base", str(pairs["base"]),
+                  "--sft", str(pairs["exact"]), "--name", "exact", "--prompts",
+                  str(pairs["prompts"]), "--out", str(tmp_path / "none"), "--no-load",
+                  check=False)
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'none' / 'exact' / 'run.json'}: no run record" in proc.stderr
+    assert not (tmp_path / "none" / "exact" / "lora_recovery").exists()
 
 
 def test_recovery_grows_with_rank(recovery):
     """The KL from the SFT falls with r (planted singular values 0.3, 0.15, 0.08);
     the energy share is NumPy's sum of the top-r s_i^2 over ||dW||_F^2."""
     _, posts, ranks = recovery
-    kl = posts.groupby("rank")["sum_kl_sft_rank"].sum()
+    kl = posts[posts["vectors"] == "sft"].groupby("rank")["sum_kl_sft_rank"].sum()
     assert kl[0] > kl[1] > kl[2] > kl[3]
     assert kl[3] < 1e-4 * kl[0]
+    # the exact pair's 1-D tensors are the base's: both steps score the same model
+    both = posts.pivot_table(index=["rank", "post_id"], columns="vectors",
+                             values="sum_logprob")
+    assert np.allclose(both["base"], both["sft"], atol=1e-9)
+    ranks = ranks[ranks["vectors"] == "sft"]
     energy = (ranks["retained_sq"] / ranks["frobenius_sq"]).to_numpy()
     assert energy[0] == 0 and np.all(np.diff(energy) >= 0) and energy[-1] == 1
     expected = [0.3 ** 2, 0.3 ** 2 + 0.15 ** 2, 0.3 ** 2 + 0.15 ** 2 + 0.08 ** 2]
@@ -330,37 +437,61 @@ def test_loads_and_marts(pairs, recovery, tmp_path, monkeypatch):
                     [("syn", "exact", role, 11, i, 5 + i, " w", -3.0 - i)
                      for role in ("base", "sft") for i in range(4)])
     con.execute("insert into raw.post_texts values ('syn', 'exact', 11, "
-                "'physics.demo', 'low', 4, 8, 4)")
+                "'physics.demo', 'low', 4, 8, 4, 'answer')")
     con.close()
     run_dbt(db, "build", "--quiet", "--select", "stg_compute__lora_extractions",
             "stg_compute__lora_recovery_ranks", "stg_compute__lora_recovery_posts",
             "fct_lora_recovery", "fct_lora_recovery_thresholds")
-    got = query(db, "select lora_rank, delta_share, ci95_low_delta_share, "
-                "kl_share from marts.fct_lora_recovery where grp = 'all' "
-                "order by lora_rank")
-    p0 = posts[posts["rank"] == 0].set_index("post_id")
-    big_d = p0["sum_logprob_sft"] - p0["sum_logprob"]
-    for rank, share, low, kl_share in got:
-        pr = posts[posts["rank"] == rank].set_index("post_id").loc[p0.index]
-        d = pr["sum_logprob"] - p0["sum_logprob"]
+    got = query(db, "select lora_rank, vectors, grp, post_type, n_posts, "
+                "delta_share, ci95_low_delta_share, kl_share "
+                "from marts.fct_lora_recovery order by all")
+    # every (rank, 1-D tensors) x (group or all) x (post type or all), and only those
+    assert len(got) == len({(r, v) for r, v in zip(posts["rank"], posts["vectors"],
+                                                    strict=True)}) * 3 * 3
+    p0 = posts[(posts["rank"] == 0) & (posts["vectors"] == "base")].set_index(
+        "post_id")
+    for rank, vectors, grp, post_type, n_posts, share, low, kl_share in got:
+        pick = p0.index[((p0["grp"] == grp) | (grp == "all"))
+                        & ((p0["post_type"] == post_type) | (post_type == "all"))]
+        assert n_posts == len(pick) >= 1
+        b0 = p0.loc[pick]
+        pr = posts[(posts["rank"] == rank) & (posts["vectors"] == vectors)
+                   ].set_index("post_id").loc[pick]
+        d, big_d = pr["sum_logprob"] - b0["sum_logprob"], b0["sum_logprob_sft"] - b0[
+            "sum_logprob"]
         want = d.sum() / big_d.sum()
         assert share == pytest.approx(want, rel=1e-9, abs=1e-12)
-        n_posts = len(d)
-        se = np.sqrt(((d - want * big_d) ** 2).sum() / (n_posts * (n_posts - 1))
-                     ) / abs(big_d.mean())
-        assert low == pytest.approx(want - stats.t.ppf(0.975, n_posts - 1) * se,
-                                    rel=1e-6, abs=1e-9)
         assert kl_share == pytest.approx(
-            1 - pr["sum_kl_sft_rank"].sum() / p0["sum_kl_sft_rank"].sum(), rel=1e-9)
-    thresholds = query(db, "select kl_rank_99, energy_rank_90 from "
-                       "marts.fct_lora_recovery_thresholds where grp = 'all'")
-    assert thresholds == [(3, 2)]  # energy: 0.3^2+0.15^2 is 97% of the total
+            1 - pr["sum_kl_sft_rank"].sum() / b0["sum_kl_sft_rank"].sum(), rel=1e-9)
+        if n_posts > 1:
+            se = np.sqrt(((d - want * big_d) ** 2).sum() / (n_posts * (n_posts - 1))
+                         ) / abs(big_d.mean())
+            assert low == pytest.approx(want - stats.t.ppf(0.975, n_posts - 1) * se,
+                                        rel=1e-6, abs=1e-9)
+    # thresholds: the smallest rank below 'full' reaching the level, else NULL
+    mart = pd.DataFrame(got, columns=["rank", "vectors", "grp", "post_type", "n",
+                                      "delta", "low", "kl"])
+    rows = query(db, "select vectors, grp, post_type, delta_rank_90, kl_rank_99, "
+                 "energy_rank_90, energy_rank_99 from "
+                 "marts.fct_lora_recovery_thresholds")
+    assert len(rows) == 2 * 3 * 3
+    for vectors, grp, post_type, d90, k99, e90, e99 in rows:
+        m = mart[(mart["vectors"] == vectors) & (mart["grp"] == grp)
+                 & (mart["post_type"] == post_type) & (mart["rank"] < 64)]
+        reached = m[m["delta"] >= 0.9]["rank"]
+        assert d90 == (reached.min() if len(reached) else None)
+        reached = m[m["kl"] >= 0.99]["rank"]
+        assert k99 == (reached.min() if len(reached) else None)
+        assert (e90, e99) == (2, 3)  # (0.3^2 + 0.15^2) / (that + 0.08^2) = 0.946
+    thresholds = query(db, "select kl_rank_99 from marts.fct_lora_recovery_thresholds"
+                       " where grp = 'all' and post_type = 'all' and vectors = 'sft'")
+    assert thresholds == [(3,)]
     # the app's section reads the same mart: its headline and chart
     from app_lib import lora
 
     con = duckdb.connect(str(db), read_only=True)
     df = con.execute("select * from marts.fct_lora_recovery where grp = 'all' "
-                     "order by lora_rank").df()
+                     "and post_type = 'all' and vectors = 'sft' order by lora_rank").df()
     con.close()
     text = lora.headline(df)
     assert text.startswith("Spectrally 95% at r = 2, behaviourally ")
@@ -482,7 +613,8 @@ def test_embed_full_with_include_loads_in_peft(pairs, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from compute.lora.recovery import Factors, merge, merge_whole
+    from compute.behaviour.merge_score import apply_deltas
+    from compute.lora.recovery import Factors, step_deltas
 
     out = tmp_path / "full"
     cfg = ex.parse_args(["--base", str(pairs["base"]), "--sft", str(pairs["sft"]),
@@ -495,7 +627,7 @@ def test_embed_full_with_include_loads_in_peft(pairs, tmp_path):
     assert config["target_modules"] and all(
         ".layers.0." in m for m in config["target_modules"])
     saved = load_file(str(out / "adapter_model.safetensors"))
-    sft_ck = ex.resolve(str(pairs["sft"]))
+    sft_ck = resolve(str(pairs["sft"]))
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         np.testing.assert_array_equal(saved[f"base_model.model.{name}"],
                                       to_float64(*sft_ck.read_array(name)))
@@ -517,9 +649,8 @@ def test_embed_full_with_include_loads_in_peft(pairs, tmp_path):
                                                     dtype=torch.float32).eval()
 
     peft_model = PeftModel.from_pretrained(load(), str(out)).eval()
-    ours = load()
-    merge(ours, base, sft, low, Factors(base, sft, low, 2, False), 2, "base", [])
-    merge_whole(ours, base, sft, whole)
+    ours = apply_deltas(load(), base, step_deltas(
+        base, sft, low, Factors(base, sft, low, 2, False), 2, "base", [], whole))
     ids = list(range(5, 60, 3))
     assert np.abs(logits(peft_model, ids) - logits(ours, ids)).max() < 1e-4
 
@@ -551,23 +682,28 @@ def test_embed_skip_and_exclude(pairs, tmp_path):
 
 
 def test_recovery_with_full_rank_embeddings(pairs, recovery):
-    """lora_recovery --embed-full (mergekit's default layout): its rows are the
-    modules 'all+embed_full'; r = 0 is still the base (the plain run's sums); at
+    """lora_recovery --embed-full --vectors base (mergekit's default layout, the
+    matrices alone): its rows are the modules 'all+embed_full'; r = 0 is still the
+    base (the plain run's sums, its 'base' rows); at
     r = 1 the embedding and head are W_sft's whole, so the model differs from the
     plain rank-1 one, the energy kept grows by their ||dW||_F^2 minus their top-1
     s^2 (NumPy), the parameters by m n - (m + n) each."""
     from compute.lora.recovery import parse_args, run
 
     cfg = parse_args(["--base", str(pairs["base"]), "--sft", str(pairs["exact"]),
-                      "--name", "exact", "--ranks", "1", "--embed-full", "--prompts",
-                      str(pairs["prompts"]), "--out", str(pairs["root"] / "runs"),
-                      "--no-load", "--no-progress", "--device", "cpu"])
+                      "--name", "exact", "--ranks", "1", "--embed-full",
+                      "--vectors", "base", "--prompts", str(pairs["prompts"]),
+                      "--out", str(pairs["root"] / "runs"), "--no-load",
+                      "--no-progress", "--device", "cpu"])
     out = run(cfg)
     posts = pd.concat([pd.read_parquet(f) for f in sorted((out / "posts").glob("*"))])
-    ranks = pd.read_parquet(out / "ranks.parquet").set_index("rank")
+    ranks = pd.read_parquet(out / "ranks.parquet")
     assert set(posts["modules"]) == {"all+embed_full"}
+    assert set(posts["vectors"]) == set(ranks["vectors"]) == {"base"}
+    ranks = ranks.set_index("rank")
     _, plain_posts, plain_ranks = recovery
-    plain_ranks = plain_ranks.set_index("rank")
+    plain_posts = plain_posts[plain_posts["vectors"] == "base"]
+    plain_ranks = plain_ranks[plain_ranks["vectors"] == "base"].set_index("rank")
 
     def sums(df, r):
         return df[df["rank"] == r].sort_values("post_id")["sum_logprob"].to_numpy()

@@ -10,6 +10,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -46,18 +47,28 @@ def demo(tmp_path_factory) -> tuple[Path, Path]:
     load_quiet(site, db, site="physics.demo")
     # another site, to show the mart picks one; default vars, as `make demo` runs it
     load_quiet(SAMPLES / "blender-meta-2013", db, site="blender")
+    # the demo pair's training threads, as `make demo` loads them before the prompts
+    from ingest.training_log import load_log
+
+    load_log(ROOT / "models" / "demo", "demo", db)
     # the staging view the marts read, the four marts, their data and unit tests
     dbt(db, "build", "--quiet", "--select", "+prompt_candidates+")
     return site, db
 
 
-def expected_groups(site: Path) -> dict[int, tuple[str, str]]:
-    """post id -> (grp, text) from the XML alone."""
+def expected_groups(site: Path, held_out_only: bool = True
+                    ) -> dict[int, tuple[str, str]]:
+    """post id -> (grp, text) from the XML alone; by default only the posts of
+    threads the demo pair's training held out (crc32("physics.demo:<question id>")
+    % 10 == 0, docs/demo.md), as the prompts mart selects by default."""
     out = {}
     for _, el in etree.iterparse(str(site / "Posts.xml"), tag="row"):
         kind = {"1": "question", "2": "answer"}.get(el.get("PostTypeId"))
         score, body = int(el.get("Score")), html_to_text(el.get("Body"))
         if el.get("OwnerUserId") == "-1" or kind is None or len(body) < MIN_CHARS:
+            continue
+        thread = el.get("Id") if kind == "question" else el.get("ParentId")
+        if held_out_only and zlib.crc32(f"physics.demo:{thread}".encode()) % 10:
             continue
         grp = "low" if score <= LOW_MAX else "high" if score >= HIGH_MIN else None
         if grp:
@@ -72,11 +83,19 @@ def test_demo_site_is_deterministic_and_sized(demo, tmp_path):
     for f in site.iterdir():
         assert (tmp_path / f.name).read_bytes() == f.read_bytes(), f.name
     assert (site / "Posts.xml").read_bytes().startswith(b"\xef\xbb\xbf<?xml")
-    groups = expected_groups(site)
+    groups = expected_groups(site, held_out_only=False)
     for grp in ("low", "high"):
         texts = [t for g, t in groups.values() if g == grp]
-        assert 20 <= len(texts) <= 40
+        assert 60 <= len(texts) <= 80
         assert all(1000 <= len(t) <= 2600 for t in texts)
+    # held out of the demo pair's training: both groups of both post types
+    held = expected_groups(site)
+    kinds = {int(el.get("Id")): el.get("PostTypeId") for _, el in etree.iterparse(
+        str(site / "Posts.xml"), tag="row")}
+    for grp in ("low", "high"):
+        ids = [i for i, (g, _) in held.items() if g == grp]
+        assert sum(kinds[i] == "1" for i in ids) >= 10, grp  # questions
+        assert sum(kinds[i] == "2" for i in ids) >= 20, grp  # answers
     body = (site / "Posts.xml").read_text("utf-8-sig")
     for feature in ("&lt;pre&gt;&lt;code&gt;", "$$", "&amp;amp;", "|quantum-mechanics|"):
         assert feature in body, feature
@@ -116,13 +135,21 @@ def test_group_counts_and_histogram(demo):
     want = expected_groups(site)
     counts = {r[0]: r[1:] for r in query(
         db, "select grp, n_candidates, n_selected from marts.prompt_group_counts")}
+    every = expected_groups(site, held_out_only=False)
     for grp in ("low", "high"):
         n = sum(1 for g, _ in want.values() if g == grp)
-        assert counts[grp] == (n, n)
+        n_long = sum(1 for g, _ in every.values() if g == grp)
+        assert counts[grp] == (n_long, n)
     assert counts["between"][1] == 0
     hist = query(db, "select sum(n_posts), sum(n_selected) from"
                  " marts.prompt_score_histogram")
-    assert hist == [(160, len(want))]
+    assert hist == [(256, len(want))]
+    # every selected post is held out; the candidates say which were trained on
+    trained = query(db, "select count(*) filter (where in_demo_training and is_long"
+                    " and grp is not null), count(*) filter (where in_demo_training"
+                    " and is_selected) from marts.prompt_candidates")
+    assert trained[0][0] == len(expected_groups(site, held_out_only=False)) - len(want)
+    assert trained[0][1] == 0
 
 
 def test_export_prompts_parquet(demo, tmp_path):

@@ -22,7 +22,8 @@ TOKENS = 20  # per post (equal: the pooled ratio is the mean over posts)
 MU = {"high": -0.3, "low": 0.15}
 P_SHIFTED = {"high": 0.10, "low": 0.05}
 KL_MEAN = {"high": 0.30, "low": 0.20}
-DIFFERENCES = "select * from marts.fct_group_difference_intervals order by pair, metric"
+DIFFERENCES = ("select * from marts.fct_group_difference_intervals "
+               "where post_type = 'all' order by pair, metric")
 SELECT = ["--select", "+fct_group_difference_intervals", "+fct_top_shifted_tokens",
           "+fct_group_token_shift"]
 
@@ -35,6 +36,7 @@ def raw_rows(seed: int) -> dict[str, pd.DataFrame]:
          for g, grp in enumerate(("high", "low")) for i in range(POSTS)],
         columns=["pair", "grp", "post_id"])
     posts["run_id"] = "run-" + posts["pair"]
+    posts["post_type"] = np.where(posts["post_id"] % 2 == 0, "answer", "question")
     posts["site"], posts["n_tokens"], posts["n_words"] = "s", TOKENS, 5
     posts["n_bytes"] = rng.integers(40, 120, len(posts))
     tok = posts.loc[posts.index.repeat(TOKENS), ["run_id", "pair", "post_id", "grp"]]
@@ -116,7 +118,8 @@ def test_post_and_group_measures_against_pandas(built):
     np.testing.assert_allclose(got["mean_kl_sft_base"], want.kl / want.n, rtol=1e-12)
     np.testing.assert_allclose(got["share_shifted"], want.shifted / want.n, rtol=1e-12)
 
-    groups = frame(db, "select * from marts.fct_group_behaviour_intervals")
+    groups = frame(db, "select * from marts.fct_group_behaviour_intervals "
+                   "where post_type = 'all'")
     sums = post_table(raw).groupby(["pair", "grp"]).sum(numeric_only=True)
     for metric, values in (
             ("bits_per_byte_sft", sums.nll_sft / sums.n_bytes),
@@ -138,6 +141,60 @@ def test_post_and_group_measures_against_pandas(built):
     np.testing.assert_allclose(b["share_shifted"], shares.mean().sort_index(),
                                rtol=1e-12)
     assert (b["n_tokens"] == shares.size().sort_index()).all()
+
+
+def test_groups_by_post_type_against_sql_by_hand(built):
+    """Every (group, post type) cell and the 'all' type (the seed's groups) against
+    SQL written here on the raw tables: pooled bits per byte of the SFT and the
+    pooled delta per token; the high - low difference within answers and within
+    questions is the difference of those cells; each cell's post count is the raw
+    one (half the posts of a group are answers)."""
+    import duckdb
+
+    db, _, _ = built
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        hand = con.execute("""
+            with per_post as (
+                select p.pair, p.grp, p.post_type, p.post_id, any_value(p.n_bytes) as b,
+                       -sum(l.logprob) filter (where l.role = 'sft') / ln(2) as sft,
+                       -sum(l.logprob) filter (where l.role = 'base') / ln(2) as base,
+                       count(*) filter (where l.role = 'base') as n
+                from raw.post_texts p join raw.token_logprobs l using (run_id, post_id)
+                group by all
+            ), cells as (
+                select pair, grp, post_type, count(*) as n_posts, sum(sft) / sum(b)
+                           as bpb_sft, (sum(sft) - sum(base)) / sum(n) as delta_bpt
+                from per_post group by all
+                union all
+                select pair, grp, 'all', count(*), sum(sft) / sum(b),
+                       (sum(sft) - sum(base)) / sum(n)
+                from per_post group by all
+            )
+            select * from cells order by all""").df()
+        got = con.execute("""
+            select pair, grp, post_type, any_value(n_posts) as n_posts,
+                   max(estimate) filter (where metric = 'bits_per_byte_sft') as bpb_sft,
+                   max(estimate) filter (where metric = 'delta_bits_per_token')
+                       as delta_bpt
+            from marts.fct_group_behaviour_intervals group by all order by all""").df()
+        diffs = con.execute("""
+            select pair, post_type, difference, n_posts_a, n_posts_b
+            from marts.fct_group_difference_intervals
+            where metric = 'delta_bits_per_token' order by all""").df()
+    finally:
+        con.close()
+    assert len(got) == len(hand) == REPLICATES * 2 * 3
+    assert (got["n_posts"].to_numpy() == hand["n_posts"].to_numpy()).all()
+    assert set(hand[hand.post_type != "all"]["n_posts"]) == {POSTS // 2}
+    np.testing.assert_allclose(got["bpb_sft"], hand["bpb_sft"], rtol=1e-12)
+    np.testing.assert_allclose(got["delta_bpt"], hand["delta_bpt"], rtol=1e-9)
+    cell = hand.set_index(["pair", "grp", "post_type"])["delta_bpt"]
+    assert len(diffs) == REPLICATES * 3
+    for row in diffs.itertuples():
+        want = cell[(row.pair, "high", row.post_type)] - cell[(row.pair, "low",
+                                                                row.post_type)]
+        assert row.difference == pytest.approx(want, rel=1e-9)
 
 
 def test_top_shifted_tokens_against_pandas(built):
@@ -204,10 +261,12 @@ def test_bootstrap_reproducible_with_its_seed(built):
     the marts' intervals; another seed (the table redraws every run when its seed or
     count changes) moves the intervals by Monte Carlo error only."""
     db, _, first = built
-    resampled = ("select pair, grp, metric, quantile_cont(value, 0.025) as low, "
+    resampled = ("select pair, grp, post_type, metric, "
+                 "quantile_cont(value, 0.025) as low, "
                  "quantile_cont(value, 0.975) as high, count(*) as n "
                  "from intermediate.int_behaviour_bootstrap group by all order by all")
-    groups = ("select pair, grp, metric, ci95_low as low, ci95_high as high, "
+    groups = ("select pair, grp, post_type, metric, ci95_low as low, "
+              "ci95_high as high, "
               "n_resamples as n from marts.fct_group_behaviour_intervals order by all")
     once = frame(db, resampled)
     pd.testing.assert_frame_equal(frame(db, resampled), once)

@@ -173,3 +173,24 @@ def test_shipped_sft_beats_base_on_heldout_answers(shipped):
     ppl = {r: math.exp(s / n) for r, (s, n) in total.items()}
     assert ppl["sft"] < 0.9 * ppl["base"]
     assert wins > 0.7 * len(pairs[::2])
+
+
+def test_training_threads_seed_is_the_split():
+    """models/demo/training_threads.csv lists exactly the threads of the
+    corpus the shipped pair's split trained on (crc32("site:thread") % heldout_mod,
+    recomputed here with zlib), so the warehouse's in_training and the held-out
+    prompt choice are the pair's; the demo site's threads past its first 40 are all
+    held out, and the first 40 are the pair's training text unchanged."""
+    import zlib
+
+    posts = td.load_corpus()
+    want = sorted({(p.site, p.thread) for p in posts
+                   if zlib.crc32(f"{p.site}:{p.thread}".encode()) % HELD})
+    with open(SHIPPED / "training_threads.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["site"], int(r["thread_id"])) for r in rows] == want
+    demo = [p for p in posts if p.site == "physics.demo"]
+    later = {p.thread for p in demo if p.thread > 160}
+    assert len(later) == 24
+    assert all(zlib.crc32(f"physics.demo:{t}".encode()) % HELD == 0 for t in later)
+    assert SUMMARY["corpus"]["posts"] == len(posts) - 4 * len(later)

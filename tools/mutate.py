@@ -125,7 +125,7 @@ PYTHON_TARGETS = [
     # the measures from the vectors: signs, overlap shares, principal angles,
     # intruders and their null, row changes (the rest of gram_directions, the
     # vectors themselves, is tests/test_directions.py's, tens of seconds a run)
-    ("compute/linalg/directions.py", ("_inverse", "_cosines", "_haar",
+    ("compute/linalg/directions.py", ("_inverse", "_cosines", "null_max_cos",
                                "gram_directions:frob_d = rows[2]"),
      ("tests/test_core_math.py", "-k", "directions")),
 ]

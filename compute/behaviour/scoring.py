@@ -97,7 +97,7 @@ SCHEMAS = {
     "post_texts": pa.schema([
         ("run_id", pa.string()), ("pair", pa.string()), ("post_id", pa.int64()),
         ("site", pa.string()), ("grp", pa.string()), ("n_tokens", pa.int32()),
-        ("n_bytes", pa.int32()), ("n_words", pa.int32()),
+        ("n_bytes", pa.int32()), ("n_words", pa.int32()), ("post_type", pa.string()),
     ]),
     "residual_drift": pa.schema([
         ("run_id", pa.string()), ("pair", pa.string()), ("post_id", pa.int64()),
@@ -132,6 +132,7 @@ class Post:
     grp: str | None
     text: str
     ids: list[int]
+    post_type: str | None = None  # 'question' | 'answer' where the prompts say
 
     @property
     def n_tokens(self) -> int:
@@ -210,7 +211,7 @@ def tokenize_posts(rows: pd.DataFrame, tok_base, tok_sft) -> list[Post]:
                 f"give different ids from token {k} on (base {a[k:k + 3]}, SFT "
                 f"{b[k:k + 3]}); both models must see the same ids")
         posts.append(Post(int(r["post_id"]), none_if_na(r["site"]), none_if_na(r["grp"]),
-                          text, list(a)))
+                          text, list(a), none_if_na(r.get("post_type"))))
     return posts
 
 
@@ -706,7 +707,8 @@ def batch_tables(posts: list[Post], results: list[PostResult], run_id: str, pair
         text_rows.append({"run_id": run_id, "pair": pair, "post_id": p.post_id,
                           "site": p.site, "grp": p.grp, "n_tokens": n,
                           "n_bytes": len(p.text.encode("utf-8")),
-                          "n_words": len(p.text.split())})
+                          "n_words": len(p.text.split()),
+                          "post_type": p.post_type})
     return {
         "token_logprobs": pa.table(lp_cols, schema=SCHEMAS["token_logprobs"]),
         "token_shift": pa.concat_tables(shift_parts) if shift_parts

@@ -308,3 +308,23 @@ def view_factors(view, factors):
     idx = np.asarray(view.rows)
     return (left, np.ascontiguousarray(right[:, idx])) if view.transposed \
         else (np.ascontiguousarray(left[idx]), right)
+
+
+def open_pair(base_ref: str, sft_ref: str) -> tuple[Checkpoint, Checkpoint]:
+    """Base and fine-tuned side (a full checkpoint or a LoRA adapter), checked."""
+    base = resolve(base_ref)
+    sft = resolve_sft(sft_ref, base)
+    return base, sft
+
+
+def delta(base: Checkpoint, sft: Checkpoint, name: str) -> np.ndarray:
+    """dW = W_sft - W_base of `name` in fp64, (rows, cols) as stored; an adapter
+    fine-tune's from its factors (no rounding)."""
+    if isinstance(sft, Adapter):
+        factors = sft.lowrank(name)
+        if factors is not None:
+            left, right = factors
+            return left @ right
+    wb = to_float64(*base.read_array(name))
+    ws = to_float64(*sft.read_array(name))
+    return ws - wb

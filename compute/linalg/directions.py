@@ -27,8 +27,9 @@ Measures (side: 'left' = rows, the output space of an (out, in) weight):
   (singular values of B_r^T D_r), r in ANGLE_RANKS up to k;
 - intruders (Shuttleworth et al. 2024): for each of W_sft's top-k left singular
   vectors u_j, max_i |<u_j, u_i(W_base)>| over all of W_base's (thin) left singular
-  vectors; with the same number for a Haar-random direction (a random orthogonal
-  rotation of W_sft's vectors, the same spectrum), the null. On the long side of a
+  vectors; with the same number for a direction drawn uniformly within the space
+  W_base spans (null_max_cos), the null; overlap's chance level is r over that
+  span's dimension too (a flag in the marts where r or k reaches it). On the long side of a
   tall matrix, <u_j, u_i(W_base)> = v_i(W_base)^T (W_base^T u_j) / s_i, so W_base's
   left vectors are never formed;
 - row changes: ||dW[t, :]|| of embed_tokens and lm_head (token t's row).
@@ -207,11 +208,16 @@ def _tridiagonal_of(blas) -> _Tridiagonal | None:
         return None
 
 
-def _haar(dim: int, k: int, seed: int) -> np.ndarray:
-    """k orthonormal columns of a Haar-random rotation of R^dim, (dim, k)."""
-    g = np.random.default_rng(seed).standard_normal((dim, k))
-    q, r = np.linalg.qr(g)
-    return q * np.sign(np.diag(r))  # the sign fix that makes QR's Q Haar
+def null_max_cos(rank: int, k: int, seed: int) -> np.ndarray:
+    """The intruder null within the space W_base spans: for k directions drawn
+    uniformly on the unit sphere of that rank-dimensional span (q = U_b g, so
+    <q, u_i(W_base)> = g_i), max_i |g_i|, (k,). Drawn in the span, not in the whole
+    long side: there a random direction is nearly orthogonal to all of W_base's
+    rank directions and every one is an 'intruder' (the embedding's 2048 rows
+    against the 128 dimensions its base spans)."""
+    g = np.random.default_rng(seed).standard_normal((rank, k))
+    g /= np.linalg.norm(g, axis=0)
+    return np.minimum(np.abs(g).max(0), 1.0)
 
 
 def _inverse(s: np.ndarray) -> np.ndarray:
@@ -255,13 +261,10 @@ def gram_directions(wb, ws, storages: tuple[str, str], ops, *, k: int,
     # intruders on the rows' side (the left one, unless stored transposed)
     rows_left = not transposed
     intr_long = tall == rows_left  # that side is the long one
-    q = _haar(long if intr_long else short, kk, seed)  # the null's directions
-    q_o = to_ops(q)
     lv = [empty((long, kk)) for _ in range(3)]  # long-side vectors, top kk
     z_long = empty((rl, short))  # W_base's top-rl long vectors^T dW
     a_long = empty((kk, kk))  # W_base^T dW top-kk long vectors, cross product
     y = empty((short, kk)) if full_basis and intr_long else None
-    y0 = empty((short, kk)) if y is not None else None
     row_sq = np.zeros(m) if row_changes else None
     blocks = spectra._blocks(long, short)
     bufs, _ = ops.workspace(spectra._block_elems(blocks, short), short)
@@ -276,7 +279,7 @@ def gram_directions(wb, ws, storages: tuple[str, str], ops, *, k: int,
             dst[sl] = src[:, :kk]
         _accumulate(j == 0, ((z_long, lb.T @ td), (a_long, lb[:, :kk].T @ ld)))
         if y is not None:
-            _accumulate(j == 0, ((y, tb.T @ ls), (y0, tb.T @ q_o[sl])))
+            _accumulate(j == 0, ((y, tb.T @ ls),))
         if row_sq is not None:  # dW's squared row norms
             row_sq[sl if tall else slice(None)] += _np((xd ** 2).sum(1))
     frob_d = rows[2]["frobenius_sq"]
@@ -284,6 +287,10 @@ def gram_directions(wb, ws, storages: tuple[str, str], ops, *, k: int,
     l_vec = [_np(v) for v in lv]
     side_long, side_short = ("left", "right") if intr_long else ("right", "left")
     dims = {"left": m if rows_left else n, "right": n if rows_left else m}
+    # the dimension W_base spans (its numerical rank; the short side where not all
+    # of its values are known): chance levels are taken within it
+    rank_b = int((s[0] > s[0][0] * _TINY).sum()) if full_basis and s[0].size else short
+    rank_b = max(rank_b, 1)
     vectors = _signed_vectors(s, s_vec, l_vec, kk, (side_short, side_long))
     overlap, angles = [], []
     if frob_d > 0:
@@ -291,15 +298,15 @@ def gram_directions(wb, ws, storages: tuple[str, str], ops, *, k: int,
             {side_short: np.cumsum(eig.energy),
              side_long: np.cumsum((_np(z_long) ** 2).sum(1))},
             {side_short: s_vec[0][:, :kk].T @ s_vec[2][:, :kk],
-             side_long: _np(a_long)}, frob_d, dims, kk)
+             side_long: _np(a_long)}, frob_d,
+            {side: min(d, rank_b) for side, d in dims.items()}, kk)
     intruders = []
     if full_basis:
         if intr_long:  # <u_j, u_i(W_base)> = v_i^T (W_base^T u_j) / s_i
             c = s_vec[0].T @ _np(y) * inv[0][:, None]
-            c0 = s_vec[0].T @ _np(y0) * inv[0][:, None]
         else:
-            c, c0 = s_vec[0].T @ s_vec[1][:, :kk], s_vec[0].T @ q
-        intruders = _intruders(c, c0, s[1], kk)
+            c = s_vec[0].T @ s_vec[1][:, :kk]
+        intruders = _intruders(c, null_max_cos(rank_b, kk, seed), s[1], kk, rank_b)
     changes = [] if row_sq is None else _row_changes(row_sq)
     return rows, Directions(kk, full_basis, vectors, overlap, angles, intruders,
                             changes)
@@ -356,10 +363,11 @@ def _signed_vectors(s, s_vec, l_vec, kk: int, sides: tuple[str, str]
     return vectors
 
 
-def _overlap_and_angles(cum: dict, cross: dict, frob_d: float, dims: dict,
+def _overlap_and_angles(cum: dict, cross: dict, frob_d: float, spans: dict,
                         kk: int) -> tuple[list[dict], list[dict]]:
     """Per side: the share of ||dW||_F^2 in W_base's top-r subspace (`cum`: its
-    running sums) against a random subspace's r / dim, for OVERLAP_RANKS; and the
+    running sums) against a random subspace's r / span (`spans`: the dimension
+    W_base spans on that side), for OVERLAP_RANKS; and the
     principal-angle cosines between W_base's and dW's top-r subspaces (`cross`:
     their vectors' cross products), for ANGLE_RANKS."""
     overlap, angles = [], []
@@ -368,7 +376,8 @@ def _overlap_and_angles(cum: dict, cross: dict, frob_d: float, dims: dict,
             if r <= c.size:
                 overlap.append({"side": side, "r": r,
                                 "share": float(min(c[r - 1] / frob_d, 1.0)),
-                                "random_share": r / dims[side]})
+                                "random_share": min(r / spans[side], 1.0),
+                                "span_dim": spans[side]})
     for side, c in cross.items():
         for r in ANGLE_RANKS:
             if r <= kk:
@@ -377,13 +386,15 @@ def _overlap_and_angles(cum: dict, cross: dict, frob_d: float, dims: dict,
     return overlap, angles
 
 
-def _intruders(c: np.ndarray, c0: np.ndarray, s_sft, kk: int) -> list[dict]:
+def _intruders(c: np.ndarray, best0: np.ndarray, s_sft, kk: int,
+               null_dim: int) -> list[dict]:
     """W_sft's top-kk vectors' largest |cosine| with any of W_base's (`c`), and
-    the same of random directions (`c0`, the null)."""
+    the null's (`best0`: null_max_cos of random directions in the `null_dim`
+    dimensions W_base spans)."""
     best = np.minimum(np.abs(c).max(0), 1.0)
-    best0 = np.minimum(np.abs(c0).max(0), 1.0)
     return [{"j": j + 1, "singular_value": float(s_sft[j]),
-             "max_cos": float(best[j]), "null_max_cos": float(best0[j])}
+             "max_cos": float(best[j]), "null_max_cos": float(best0[j]),
+             "null_dim": null_dim}
             for j in range(kk)]
 
 
@@ -455,8 +466,10 @@ def token_labels(directions: np.ndarray, unembedding: np.ndarray, storage: str,
     """Logit lens of residual-stream directions: for each column d of `directions`
     (hidden, n), the logits W_U (g * d) (g the final norm's weight; the norm's
     1/rms scale does not change a ranking), in blocks of the vocabulary.
-    A direction's sign is arbitrary: its 'promoted' pole is the side holding the
-    largest |logit|. Returns per (direction, pole, rank): token_id, logit.
+    A direction's sign is arbitrary, so its poles are named neutrally: '+u' (the
+    largest logits of d) and '-u' (those of -d, scores negated to be positive);
+    which one dW promotes is the effect sign from data (compute.direction_signs).
+    Returns per (direction, pole, rank): token_id, score.
     `unembedding` (vocab, hidden) as spectra.ARRAY_DTYPES holds `storage`."""
     d = np.asarray(directions, dtype=np.float64)
     if final_norm is not None:
@@ -486,10 +499,9 @@ def token_labels(directions: np.ndarray, unembedding: np.ndarray, storage: str,
             li, keep_l, 0)
     out = []
     for col in range(d.shape[1]):
-        flip = -lo_val[0, col] > hi_val[0, col]
-        poles = ((lo_ids, -lo_val), (hi_ids, -hi_val)) if flip else (
-            (hi_ids, hi_val), (lo_ids, lo_val))
-        for pole, (ids, vals) in zip(("promoted", "demoted"), poles, strict=True):
+        # '+u': the tokens d raises most, '-u': those -d raises most (scores of -d)
+        poles = ((hi_ids, hi_val), (lo_ids, -lo_val))
+        for pole, (ids, vals) in zip(("+u", "-u"), poles, strict=True):
             out += [{"direction": col + 1, "pole": pole, "rank": r + 1,
                      "token_id": int(ids[r, col]), "score": float(vals[r, col])}
                     for r in range(top)]

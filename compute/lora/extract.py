@@ -59,8 +59,8 @@ from pathlib import Path
 import numpy as np
 
 from compute.arch.naming import Layout
-from compute.io.adapters import Adapter, resolve_sft
-from compute.io.checkpoints import Checkpoint, CheckpointError, resolve
+from compute.io.adapters import delta, open_pair
+from compute.io.checkpoints import Checkpoint, CheckpointError
 from compute.io.files import atomic_folder
 from compute.linalg.ranks import energy_rank, signal_rank
 from compute.linalg.spectra import to_float64
@@ -103,13 +103,6 @@ class Target:
         return self.module in VOCAB_SIDE
 
 
-def open_pair(base_ref: str, sft_ref: str) -> tuple[Checkpoint, Checkpoint]:
-    """Base and fine-tuned side (a full checkpoint or a LoRA adapter), checked."""
-    base = resolve(base_ref)
-    sft = resolve_sft(sft_ref, base)
-    return base, sft
-
-
 def targets(base: Checkpoint, sft: Checkpoint,
             modules: list[str] | None = None) -> list[Target]:
     """The 2-D weight matrices of the pair (of the module types `modules`, default
@@ -143,19 +136,6 @@ def targets(base: Checkpoint, sft: Checkpoint,
         raise ExtractError(f"--modules {','.join(unknown)}: the pair has no such "
                            f"module type (it has {', '.join(sorted(found))})")
     return out
-
-
-def delta(base: Checkpoint, sft: Checkpoint, name: str) -> np.ndarray:
-    """dW = W_sft - W_base of `name` in fp64, (rows, cols) as stored; an adapter
-    fine-tune's from its factors (no rounding)."""
-    if isinstance(sft, Adapter):
-        factors = sft.lowrank(name)
-        if factors is not None:
-            left, right = factors
-            return left @ right
-    wb = to_float64(*base.read_array(name))
-    ws = to_float64(*sft.read_array(name))
-    return ws - wb
 
 
 @dataclasses.dataclass

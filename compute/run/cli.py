@@ -914,6 +914,15 @@ def run_behaviour_half(cfg: Config, base: Checkpoint, sft: Checkpoint, manifest:
         "dtype": str(options.get("dtype")), "options": options,
         "inventory": inventory(cfg.run_dir, "behaviour")}
     save_manifest(cfg, manifest)
+    if (cfg.run_dir / "directions" / "vectors").is_dir() and cfg.shard is None:
+        from compute.run.direction_signs import write_signs
+
+        n = write_signs(cfg.run_dir, source, device)  # dW's effect signs on the posts
+        print(f"directions: effect signs of {n} directions from the posts' activations")
+        if "directions" in manifest["kinds"]:  # its inventory lists signs.parquet now
+            manifest["kinds"]["directions"]["inventory"] = inventory(cfg.run_dir,
+                                                                     "directions")
+            save_manifest(cfg, manifest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,10 @@
-{#- Paired bootstrap over posts, per (run, prompt group): resample b = 1 .. B draws
-    n_posts posts with replacement from the group's n_posts; draw i of resample b
-    is post number hash('seed|pair|grp|b|i') mod n_posts + 1 (posts numbered by
-    post_id), so the resamples are fixed by the seed and independent between groups.
+{#- Paired bootstrap over posts, per (run, prompt group, post type; 'all' = any
+    type, the seed's groups): resample b = 1 .. B draws n_posts posts with
+    replacement from the cell's n_posts; draw i of resample b is post number
+    hash('seed|pair|grp|b|i') mod n_posts + 1 for post type 'all' (the draws of
+    the groups before post types) and hash('seed|pair|grp|type|b|i') for one type
+    (posts numbered by post_id), so the resamples are fixed by the seed and
+    independent between cells.
     (The hash of one string, not DuckDB's variadic hash(seed, pair, grp, b, i): that
     one's draws are not independent enough; its bootstrap standard errors came out
     3% too large on average, against 0.1% for this one.)
@@ -28,6 +31,19 @@
 
 with
 
+run_posts as (
+
+    select * from {{ ref('fct_post_token_shift') }}
+    where grp is not null and {{ run_filter(runs) }}
+
+),
+
+typed_posts as (
+
+    {{ all_levels(typed('run_posts'), ['post_type']) }}
+
+),
+
 posts as (
 
     select
@@ -35,32 +51,35 @@ posts as (
         run_finished_at,
         pair,
         grp,
+        post_type,
         {%- for c in sums %}
         {{ c }}::double as {{ c }},
         {%- endfor %}
-        row_number() over (partition by run_id, pair, grp order by post_id) as k,
-        count(*) over (partition by run_id, pair, grp) as n_posts,
-    from {{ ref('fct_post_token_shift') }}
-    where grp is not null and {{ run_filter(runs) }}
+        row_number() over (partition by run_id, pair, grp, post_type order by post_id)
+            as k,
+        count(*) over (partition by run_id, pair, grp, post_type) as n_posts,
+    from typed_posts
 
 ),
 
 groups as (
 
-    select distinct run_id, pair, grp, n_posts from posts
+    select distinct run_id, pair, grp, post_type, n_posts from posts
 
 ),
 
 resamples as (
 
-    select run_id, pair, grp, n_posts, unnest(range(1, {{ resamples }} + 1)) as b
+    select run_id, pair, grp, post_type, n_posts,
+        unnest(range(1, {{ resamples }} + 1)) as b
     from groups
 
 ),
 
 draw_numbers as (
 
-    select run_id, pair, grp, n_posts, b, unnest(range(1, n_posts + 1)) as i
+    select run_id, pair, grp, post_type, n_posts, b,
+        unnest(range(1, n_posts + 1)) as i
     from resamples
 
 ),
@@ -71,8 +90,12 @@ draws as (
         run_id,
         pair,
         grp,
+        post_type,
         b,
-        (hash(concat_ws('|', {{ seed }}, pair, grp, b, i)) % n_posts + 1)::bigint as k,
+        (hash(case when post_type = 'all'
+                   then concat_ws('|', {{ seed }}, pair, grp, b, i)
+                   else concat_ws('|', {{ seed }}, pair, grp, post_type, b, i) end)
+            % n_posts + 1)::bigint as k,
     from draw_numbers
 
 ),
@@ -83,6 +106,7 @@ sums as (
         draws.run_id,
         draws.pair,
         draws.grp,
+        draws.post_type,
         draws.b,
         any_value(posts.run_finished_at) as run_finished_at,
         {%- for c in sums %}
@@ -93,6 +117,7 @@ sums as (
         on draws.run_id = posts.run_id
         and draws.pair = posts.pair
         and draws.grp = posts.grp
+        and draws.post_type = posts.post_type
         and draws.k = posts.k
     group by all
 
@@ -106,6 +131,7 @@ final as (
         run_finished_at,
         pair,
         grp,
+        post_type,
         b,
         '{{ name }}' as metric,
         ({{ num }}) / nullif({{ den }}, 0) as value,

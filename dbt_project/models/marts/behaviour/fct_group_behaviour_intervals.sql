@@ -2,10 +2,17 @@
 
 with
 
-posts as (
+run_posts as (
 
     select * from {{ ref('fct_post_token_shift') }}
     where grp is not null
+
+),
+
+posts as (
+
+    -- every post at its post type and under 'all' (the seed's groups: any type)
+    {{ all_levels(typed('run_posts'), ['post_type']) }}
 
 ),
 
@@ -16,6 +23,7 @@ estimates as (
         run_id,
         pair,
         grp,
+        post_type,
         '{{ name }}' as metric,
         count(*) as n_posts,
         sum({{ num }}) / nullif(sum({{ den }}), 0) as estimate,
@@ -32,6 +40,7 @@ resampled as (
         run_id,
         pair,
         grp,
+        post_type,
         metric,
         any_value(seed) as seed,
         count(*) as n_resamples,
@@ -47,11 +56,12 @@ final as (
 
     select
         -- keys
-        estimates.pair || '|' || estimates.grp || '|' || estimates.metric
-            as group_metric_key,
+        estimates.run_id || '|' || estimates.grp || '|' || estimates.post_type || '|'
+            || estimates.metric as group_metric_key,
         estimates.run_id,
         estimates.pair,
         estimates.grp,
+        estimates.post_type,
         estimates.metric,
 
         -- the group's pooled value and its percentile bootstrap interval
@@ -68,6 +78,7 @@ final as (
         on estimates.run_id = resampled.run_id
         and estimates.pair = resampled.pair
         and estimates.grp = resampled.grp
+        and estimates.post_type = resampled.post_type
         and estimates.metric = resampled.metric
 
 )

@@ -1,7 +1,10 @@
 {#- The seed's question: do the two prompt groups differ in how much SFT moved
     them? Group `a` minus group `b` (default 'high' - 'low') of every measure of
-    fct_group_behaviour_intervals, with a percentile interval from the groups'
-    independent bootstrap resamples paired by resample number. -#}
+    fct_group_behaviour_intervals, within one post type (answers against answers,
+    questions against questions) or over every type ('all': the seed's groups,
+    where the groups can differ by type as much as by reception), with a
+    percentile interval from the groups' independent bootstrap resamples paired by
+    resample number. -#}
 {%- set group_a = var('difference_group_a', 'high') -%}
 {%- set group_b = var('difference_group_b', 'low') -%}
 
@@ -24,6 +27,7 @@ differences as (
     select
         a.run_id,
         a.pair,
+        a.post_type,
         a.metric,
         any_value(a.seed) as seed,
         count(*) as n_resamples,
@@ -36,6 +40,7 @@ differences as (
         on a.run_id = b.run_id
         and a.pair = b.pair
         and a.metric = b.metric
+        and a.post_type = b.post_type
         and a.b = b.b
     where a.grp = '{{ group_a }}' and b.grp = '{{ group_b }}'
     group by all
@@ -46,9 +51,10 @@ final as (
 
     select
         -- keys
-        ga.pair || '|' || ga.metric as pair_metric_key,
+        ga.run_id || '|' || ga.post_type || '|' || ga.metric as difference_key,
         ga.run_id,
         ga.pair,
+        ga.post_type,
         ga.metric,
 
         -- the two groups
@@ -74,10 +80,12 @@ final as (
         on ga.run_id = gb.run_id
         and ga.pair = gb.pair
         and ga.metric = gb.metric
+        and ga.post_type = gb.post_type
     inner join differences
         on ga.run_id = differences.run_id
         and ga.pair = differences.pair
         and ga.metric = differences.metric
+        and ga.post_type = differences.post_type
     where ga.grp = '{{ group_a }}' and gb.grp = '{{ group_b }}'
 
 )

@@ -2,7 +2,8 @@ with
 
 post_perplexity as (
 
-    select * from {{ ref('fct_post_perplexity') }}
+    -- every post at its post type and under 'all' (the seed's groups: any type)
+    {{ all_levels(typed(ref('fct_post_perplexity')), ['post_type']) }}
 
 ),
 
@@ -12,8 +13,10 @@ per_group as (
         run_id,
         pair,
         grp,
+        post_type,
         role,
         count(*) as n_posts,
+        count(*) filter (where in_training) as n_in_training,
         sum(n_tokens) as n_tokens,
         sum(n_bytes) as n_bytes,
         avg(perplexity) as mean_perplexity,
@@ -32,14 +35,19 @@ final as (
 
     select
         -- keys
-        pair || '|' || coalesce(grp, '') || '|' || role as group_model_key,
+        run_id || '|' || coalesce(grp, '') || '|' || post_type || '|' || role
+            as group_model_key,
         run_id,
         pair,
         grp,
+        post_type,
         role,
 
         -- sizes
         n_posts,
+        -- posts of threads the pair was trained on (in-sample; 0 where none or
+        -- where the pair's training data is not known: see fct_post_perplexity)
+        n_in_training,
         n_tokens,
         n_bytes,
 

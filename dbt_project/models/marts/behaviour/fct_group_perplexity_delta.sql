@@ -2,7 +2,8 @@ with
 
 post_delta as (
 
-    select * from {{ ref('fct_post_perplexity_delta') }}
+    -- every post at its post type and under 'all' (the seed's groups: any type)
+    {{ all_levels(typed(ref('fct_post_perplexity_delta')), ['post_type']) }}
 
 ),
 
@@ -12,6 +13,7 @@ per_group as (
         run_id,
         pair,
         grp,
+        post_type,
         count(*) as n_posts,
         avg(perplexity_base) as mean_perplexity_base,
         avg(perplexity_sft) as mean_perplexity_sft,
@@ -33,10 +35,11 @@ final as (
 
     select
         -- keys
-        pair || '|' || coalesce(grp, '') as group_key,
+        run_id || '|' || coalesce(grp, '') || '|' || post_type as group_key,
         run_id,
         pair,
         grp,
+        post_type,
         n_posts,
 
         -- per-model means

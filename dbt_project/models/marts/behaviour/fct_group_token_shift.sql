@@ -35,7 +35,7 @@ final as (
 
     select
         -- keys
-        pair || '|' || coalesce(grp, '') || '|' || position_bucket
+        run_id || '|' || coalesce(grp, '') || '|' || position_bucket
             as group_bucket_key,
         run_id,
         pair,

@@ -29,6 +29,12 @@ loads as (
 
 ),
 
+training as (
+
+    select * from {{ ref('int_post_training') }} where {{ run_filter(runs) }}
+
+),
+
 per_post as (
 
     select
@@ -48,7 +54,7 @@ final as (
 
     select
         -- keys
-        per_post.pair || '|' || per_post.post_id || '|' || per_post.role
+        per_post.run_id || '|' || per_post.post_id || '|' || per_post.role
             as post_model_key,
         per_post.run_id,
         per_post.pair,
@@ -59,6 +65,8 @@ final as (
         -- the post
         posts.site,
         posts.grp,
+        posts.post_type,
+        training.in_training,
         posts.n_tokens,
         per_post.n_scored,
         posts.n_bytes,
@@ -77,6 +85,9 @@ final as (
         on per_post.run_id = posts.run_id
         and per_post.pair = posts.pair
         and per_post.post_id = posts.post_id
+    left join training
+        on training.run_id = per_post.run_id
+        and training.post_id = per_post.post_id
     left join loads on loads.run_id = per_post.run_id
 
 )

@@ -22,7 +22,7 @@ final as (
 
     select
         -- keys
-        base.pair || '|' || base.post_id as post_key,
+        base.run_id || '|' || base.post_id as post_key,
         base.run_id,
         base.pair,
         base.post_id,
@@ -30,6 +30,8 @@ final as (
         -- the post
         base.site,
         base.grp,
+        base.post_type,
+        base.in_training,
         base.n_tokens,
         base.n_bytes,
 

@@ -23,6 +23,12 @@ loads as (
 
 ),
 
+training as (
+
+    select * from {{ ref('int_post_training') }} where {{ run_filter(runs) }}
+
+),
+
 per_post as (
 
     select
@@ -54,7 +60,7 @@ final as (
 
     select
         -- keys
-        posts.pair || '|' || posts.post_id as post_key,
+        posts.run_id || '|' || posts.post_id as post_key,
         posts.run_id,
         posts.pair,
         posts.post_id,
@@ -63,6 +69,8 @@ final as (
         -- the post
         posts.site,
         posts.grp,
+        posts.post_type,
+        training.in_training,
         posts.n_tokens,
         bits.n_scored,
         posts.n_bytes,
@@ -103,6 +111,9 @@ final as (
         on bits.run_id = posts.run_id
         and bits.pair = posts.pair
         and bits.post_id = posts.post_id
+    left join training
+        on training.run_id = posts.run_id
+        and training.post_id = posts.post_id
     left join loads on loads.run_id = posts.run_id
 
 )

@@ -11,9 +11,16 @@ drift as (
 
 ),
 
-posts as (
+run_posts as (
 
     select * from {{ ref('stg_compute__post_texts') }} where {{ run_filter(runs) }}
+
+),
+
+posts as (
+
+    -- every post at its post type and under 'all' (the seed's groups: any type)
+    {{ all_levels(typed('run_posts'), ['post_type']) }}
 
 ),
 
@@ -27,11 +34,12 @@ final as (
 
     select
         -- keys
-        drift.pair || '|' || coalesce(posts.grp, '') || '|' || drift.layer
-            as group_layer_key,
+        drift.run_id || '|' || coalesce(posts.grp, '') || '|' || posts.post_type || '|'
+            || drift.layer as group_layer_key,
         drift.run_id,
         drift.pair,
         posts.grp,
+        posts.post_type,
         drift.layer,
         any_value(loads.run_finished_at) as run_finished_at,
 
@@ -56,7 +64,7 @@ final as (
         and drift.pair = posts.pair
         and drift.post_id = posts.post_id
     left join loads on loads.run_id = drift.run_id
-    group by drift.run_id, drift.pair, posts.grp, drift.layer
+    group by drift.run_id, drift.pair, posts.grp, posts.post_type, drift.layer
 
 )
 

@@ -21,7 +21,7 @@ final as (
 
     select
         -- keys
-        pair || '|' || layer as layer_key,
+        run_id || '|' || layer as layer_key,
         run_id,
         pair,
         layer,

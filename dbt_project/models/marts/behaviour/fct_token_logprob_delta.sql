@@ -70,7 +70,7 @@ final as (
 
     select
         -- keys
-        cumulated.pair || '|' || cumulated.post_id || '|' || cumulated.position
+        cumulated.run_id || '|' || cumulated.post_id || '|' || cumulated.position
             as token_key,
         cumulated.run_id,
         cumulated.pair,

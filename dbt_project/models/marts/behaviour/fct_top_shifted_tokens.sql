@@ -66,7 +66,7 @@ final as (
 
     select
         -- keys
-        pair || '|' || coalesce(grp, '') || '|' || direction || '|' || token_id
+        run_id || '|' || coalesce(grp, '') || '|' || direction || '|' || token_id
             as group_token_key,
         run_id,
         pair,

@@ -1,7 +1,9 @@
 -- One row per (run, matrix, k, epsilon): intruder dimensions (Shuttleworth et al.
 -- 2024) among W_sft's top-k left singular vectors, k = 10 (the paper's) and k = K
 -- (all computed), for epsilon 0.1 ... 0.9; the null is the count expected of k
--- Haar-random directions, estimated from the matrix's K random draws.
+-- directions drawn uniformly within the space W_base spans (null_dim, its rank),
+-- estimated from the matrix's K random draws. Where k >= null_dim, W_sft's top k
+-- cannot all be new to that space and the null says nothing: null_informative false.
 {{ config(materialized='incremental', incremental_strategy='delete+insert',
           unique_key='run_id', on_schema_change='fail',
           pre_hook="{{ delete_replaced_runs('directions', 'stg_compute__intruders') }}") }}
@@ -17,6 +19,7 @@ intruders as (
 per_matrix as (
 
     select run_id, pair, tensor, layer, module, max(j) as n_vectors,
+        max(null_dim) as null_dim,
     from intruders
     group by all
 
@@ -72,6 +75,8 @@ select
     c.epsilon,
     c.n_intruders,
     c.null_expected,
+    m.null_dim,
+    c.k < m.null_dim as null_informative,
     c.min_max_cos,
 from counted as c
 inner join per_matrix as m using (run_id, tensor)

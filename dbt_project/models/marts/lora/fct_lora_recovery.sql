@@ -1,8 +1,11 @@
 {#-
-    One row per (pair, module choice, LoRA rank r, group; 'all' = every post): how
-    much of the SFT-minus-base behaviour the model W_base + rank-r truncation of dW
-    recovers (python -m compute.lora_recovery), next to the share of ||dW||_F^2 the
-    truncation keeps (the energy curve of the same matrices).
+    One row per (recovery run, module choice, LoRA rank r, 1-D tensors, group, post
+    type; 'all' = every group / type): how much of the SFT-minus-base behaviour the
+    model W_base + rank-r truncation of dW recovers (python -m compute.lora_recovery),
+    with the base's 1-D tensors ('matrices at rank r', vectors = 'base') or the
+    SFT's ('plus norms', vectors = 'sft'), next to the share of ||dW||_F^2 the
+    truncation keeps (the energy curve of the same matrices). The reference lp_0 is
+    the base exactly as loaded: rank 0 with the base's 1-D tensors.
 
     Per post i: d_i = sum over tokens of (lp_r - lp_0), D_i = sum of (lp_sft - lp_0)
     (lp_0: the base, rank 0). delta_share = sum d_i / sum D_i, a ratio estimator
@@ -30,50 +33,53 @@ ranks as (
 base_rows as (
 
     select
-        pair,
-        modules,
+        run_id,
         post_id,
         sum_logprob as sum_logprob_base,
         sum_logprob_sft,
         sum_kl_sft_rank as sum_kl_sft_base,
     from posts
-    where lora_rank = 0
+    where lora_rank = 0 and vectors = 'base'
 
 ),
 
 paired as (
 
     select
+        p.run_id,
         p.pair,
         p.modules,
         p.lora_rank,
+        p.vectors,
         p.post_id,
         coalesce(p.grp, '(none)') as grp,
+        coalesce(p.post_type, '(unknown)') as post_type,
         p.n_tokens,
         p.sum_logprob - b.sum_logprob_base as d,
         b.sum_logprob_sft - b.sum_logprob_base as big_d,
         p.sum_kl_sft_rank as k,
         b.sum_kl_sft_base as big_k,
     from posts as p
-    inner join base_rows as b using (pair, modules, post_id)
+    inner join base_rows as b using (run_id, post_id)
 
 ),
 
 both_levels as (
 
-    select * from paired
-    union all
-    select * replace ('all' as grp) from paired
+    {{ all_levels('paired', ['grp', 'post_type']) }}
 
 ),
 
 ratios as (
 
     select
+        run_id,
         pair,
         modules,
         lora_rank,
+        vectors,
         grp,
+        post_type,
         count(*) as n_posts,
         sum(n_tokens) as n_tokens,
         sum(d) as sum_delta_rank,
@@ -92,14 +98,15 @@ ratios as (
 residuals as (
 
     select
-        r.pair,
-        r.modules,
+        r.run_id,
         r.lora_rank,
+        r.vectors,
         r.grp,
+        r.post_type,
         sum((b.d - r.delta_share * b.big_d) ^ 2) as ss_delta,
         sum((b.k - r.kl_ratio * b.big_k) ^ 2) as ss_kl,
     from ratios as r
-    inner join both_levels as b using (pair, modules, lora_rank, grp)
+    inner join both_levels as b using (run_id, lora_rank, vectors, grp, post_type)
     group by all
 
 ),
@@ -108,13 +115,18 @@ final as (
 
     select
         -- keys
-        r.pair || '|' || r.modules || '|' || r.lora_rank || '|' || r.grp
-            as recovery_key,
+        r.run_id || '|' || r.lora_rank || '|' || r.vectors || '|' || r.grp || '|'
+            || r.post_type as recovery_key,
+        r.run_id,
         r.pair,
         r.modules,
         r.lora_rank,
         k.is_full,
+        r.vectors,
+        case when r.vectors = 'sft' then 'plus norms' else 'matrices at rank r' end
+            as step,
         r.grp,
+        r.post_type,
         r.n_posts,
         r.n_tokens,
 
@@ -127,6 +139,15 @@ final as (
         r.sum_delta_rank,
         r.sum_delta_sft,
         r.delta_share,
+        -- a share above 1: the model moves the log-probs of these posts further in
+        -- the SFT's direction than the SFT itself (the parts of dW do not add up
+        -- linearly in log-prob; the rest of dW pulls back)
+        case
+            when r.delta_share > 1 then 'above 1: this model moves the log-probs '
+                || 'further than the SFT does (the rest of dW pulls them back)'
+            when r.delta_share < 0 then 'below 0: this model moves the log-probs '
+                || 'against the SFT''s change'
+        end as delta_share_note,
         {{ t_critical_95('r.n_posts - 1') }} as t_critical,
         r.delta_share - {{ t_critical_95('r.n_posts - 1') }}
             * sqrt(s.ss_delta / (r.n_posts * (r.n_posts - 1))) / abs(r.mean_delta_sft)
@@ -147,12 +168,12 @@ final as (
             as ci95_high_kl_share,
 
         -- the run
-        k.run_id,
-        k.vectors,
+        k.behaviour_run_id,
+        k.window_tokens,
 
     from ratios as r
-    inner join residuals as s using (pair, modules, lora_rank, grp)
-    inner join ranks as k using (pair, modules, lora_rank)
+    inner join residuals as s using (run_id, lora_rank, vectors, grp, post_type)
+    inner join ranks as k using (run_id, lora_rank, vectors)
 
 )
 

@@ -1,5 +1,8 @@
--- Every question and answer of the prompt site, with its score group, its length and
--- the exact text a language model scores. `prompts` samples from here.
+-- Every question and answer of the prompt site, with its score group, its length,
+-- whether a loaded pair was trained on its thread (raw.training_threads)
+-- and the exact text a language model scores. `prompts` samples from here: long
+-- posts, leaving out trained-on threads (var prompt_exclude_training, default true:
+-- the demo scores held-out posts; a site no pair trained on loses nothing).
 --
 -- The site: var prompt_site when that site is loaded; otherwise the demo site
 -- (var prompt_demo_site, default physics.demo) when that is loaded, so `make demo`
@@ -10,6 +13,12 @@ with
 posts as (
 
     select * from {{ ref('stg_stackexchange__posts') }}
+
+),
+
+training_threads as (
+
+    select distinct site, thread_id from {{ ref('stg_compute__training_threads') }}
 
 ),
 
@@ -43,6 +52,9 @@ questions_and_answers as (
         posts.body_text,
         posts.tags,
         posts.creation_date,
+        -- the thread: a question's own id, an answer's question
+        coalesce(posts.parent_id, posts.post_id) as thread_id,
+        training_threads.thread_id is not null as in_demo_training,
 
         -- a question is scored as its title, a blank line, its body; an answer as
         -- its body alone (its question's title is not prepended)
@@ -54,6 +66,9 @@ questions_and_answers as (
 
     from posts
     inner join chosen_site on posts.site = chosen_site.site
+    left join training_threads
+        on training_threads.site = posts.site
+        and training_threads.thread_id = coalesce(posts.parent_id, posts.post_id)
     where posts.post_type in ('question', 'answer')
         and posts.body_text is not null
 
@@ -66,6 +81,9 @@ grouped as (
         cast(length(body_text) as integer) as body_chars,
         cast(length(text) as integer) as n_chars,
         length(body_text) >= {{ var('prompt_min_chars') }} as is_long,
+        length(body_text) >= {{ var('prompt_min_chars') }}
+            {%- if var('prompt_exclude_training') %} and not in_demo_training{% endif %}
+            as is_eligible,
         case
             when score <= {{ var('prompt_low_max_score') }} then 'low'
             when score >= {{ var('prompt_high_min_score') }} then 'high'
@@ -82,9 +100,9 @@ ranked as (
     select
         *,
         case
-            when grp is not null and is_long then
+            when grp is not null and is_eligible then
                 row_number() over (
-                    partition by grp, is_long
+                    partition by grp, is_eligible
                     order by sample_key, post_id
                 )
         end as sample_rank,
@@ -105,6 +123,9 @@ select
     n_chars,
     body_chars,
     is_long,
+    thread_id,
+    in_demo_training,
+    is_eligible,
     sample_rank,
     sample_rank is not null
         and sample_rank <= {{ var('prompt_per_group') }} as is_selected,

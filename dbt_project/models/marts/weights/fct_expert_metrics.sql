@@ -20,7 +20,7 @@ pairs as (
 final as (
 
     select
-        m.pair || '|' || m.layer || '|' || m.module || '|' || m.expert as expert_key,
+        m.run_id || '|' || m.layer || '|' || m.module || '|' || m.expert as expert_key,
         m.run_id,
         m.pair,
         m.layer,

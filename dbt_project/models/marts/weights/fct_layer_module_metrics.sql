@@ -69,7 +69,7 @@ cells as (
 final as (
 
     select
-        c.pair || '|' || c.layer || '|' || c.module as cell_key,
+        c.run_id || '|' || c.layer || '|' || c.module as cell_key,
         c.run_id,
         c.pair,
         c.layer,

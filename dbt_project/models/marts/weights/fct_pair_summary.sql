@@ -20,7 +20,8 @@ cells as (
 final as (
 
     select
-        pair || '|' || module as summary_key,
+        run_id || '|' || module as summary_key,
+        run_id,
         pair,
         module,
         any_value(size_billions) as size_billions,
@@ -43,7 +44,7 @@ final as (
         end as suggested_lora_rank,
 
     from cells
-    group by pair, module
+    group by run_id, pair, module
 
 )
 

@@ -23,6 +23,7 @@ renamed as (
         -- measurements
         share,
         random_share,
+        span_dim::integer as span_dim,
 
     from source
 

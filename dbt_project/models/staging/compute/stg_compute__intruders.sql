@@ -23,6 +23,7 @@ renamed as (
         singular_value,
         max_cos,
         null_max_cos,
+        null_dim::integer as null_dim,
 
     from source
 

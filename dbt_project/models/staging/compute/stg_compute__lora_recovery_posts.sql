@@ -10,16 +10,21 @@ renamed as (
 
     select
         -- keys
-        pair || '|' || modules || '|' || rank || '|' || post_id as recovery_post_key,
+        run_id || '|' || pair || '|' || modules || '|' || rank || '|'
+            || coalesce(vectors, 'sft') || '|' || post_id as recovery_post_key,
         run_id,
         pair,
         modules,
         rank::integer as lora_rank,
+        -- the model's 1-D tensors: 'base' (matrices at rank r) | 'sft' (plus norms);
+        -- rows of release 8 and before took the SFT's
+        coalesce(vectors, 'sft') as vectors,
         post_id::bigint as post_id,
 
         -- where the post comes from
         site,
         grp,
+        post_type,
 
         -- sums over the post's tokens (nats)
         n_tokens::integer as n_tokens,

@@ -10,7 +10,8 @@ renamed as (
 
     select
         -- keys
-        pair || '|' || modules || '|' || rank as recovery_rank_key,
+        run_id || '|' || pair || '|' || modules || '|' || rank || '|' || vectors
+            as recovery_rank_key,
         run_id,
         pair,
         modules,
@@ -21,6 +22,9 @@ renamed as (
         base_model,
         sft_model,
         vectors,
+        n_vectors::integer as n_vectors,
+        behaviour_run_id,
+        window_tokens::integer as window_tokens,
 
         -- what the truncation keeps
         n_matrices::integer as n_matrices,

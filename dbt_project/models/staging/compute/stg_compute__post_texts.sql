@@ -17,6 +17,7 @@ renamed as (
         -- where the post comes from
         site,
         grp,
+        post_type,
 
         -- sizes
         n_tokens::integer as n_tokens,
