@@ -36,9 +36,14 @@ def _cache(fn):
 
 @_cache
 def choices(src: Src, pair: str) -> pd.DataFrame:
-    """(modules, grp) measured for the pair."""
-    return query(f"select distinct modules, grp from {TABLE} where pair = ? "
-                 "and post_type = 'all' order by modules, grp", [pair], path=src[0])
+    """(modules, grp, vectors) measured for the pair."""
+    return query(f"select distinct modules, grp, vectors from {TABLE} where pair = ? "
+                 "and post_type = 'all' order by modules, grp, vectors", [pair],
+                 path=src[0])
+
+
+VECTORS_LABEL = {"sft": "plus norms (SFT's 1-D tensors)",
+                 "base": "matrices alone (base's 1-D tensors)"}
 
 
 @_cache

@@ -65,14 +65,18 @@ if ui.need(src, lora.TABLE, run=lora.FILL, what="No rank-recovery run yet"):
     if opts.empty:
         st.info(f"No rank-recovery run of pair {pair}: `{lora.FILL.splitlines()[0]}`")
     else:
-        c1, c2 = st.columns(2)
+        c1, c2, c3 = st.columns(3)
         modules = c1.selectbox("matrices truncated", sorted(opts["modules"].unique()),
                                key="lora_modules")
-        grps = sorted(opts.loc[opts["modules"] == modules, "grp"].unique(),
-                      key=lambda g: (g != "all", g))
+        opts = opts[opts["modules"] == modules]
+        grps = sorted(opts["grp"].unique(), key=lambda g: (g != "all", g))
         grp = c2.selectbox("posts", grps, key="lora_grp",
                            format_func=lambda g: charts.GROUP_LABEL.get(g, g))
-        rec = ui.load(lora.recovery, src, pair, modules, grp)
+        vectors = c3.selectbox("1-D tensors", sorted(opts["vectors"].unique(),
+                                                     key=lambda v: v != "sft"),
+                               key="lora_vectors",
+                               format_func=lambda v: lora.VECTORS_LABEL.get(v, v))
+        rec = ui.load(lora.recovery, src, pair, modules, grp, vectors)
         st.markdown(lora.headline(rec))
         ui.chart(lora.recovery_chart, rec)
 

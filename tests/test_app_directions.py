@@ -56,11 +56,15 @@ def test_epsilon_chart_tells_observed_from_random():
 def test_token_table_decodes_the_byte_level_vocabulary():
     df = pd.DataFrame({
         "kind": "direction", "direction": 1, "singular_value": 0.99,
-        "pole": ["promoted", "promoted", "demoted"], "rank": [1, 2, 1],
+        "pole": ["+u", "+u", "-u"], "rank": [1, 2, 1],
         "token_id": [5, 6, 7], "token": ["Ġthe", None, "Ċ"]})
     (row,) = d.token_table(df).to_dict("records")
-    assert row["promoted"] == "'\u2423the' #6"
-    assert row["demoted"] == "'\\n'"
+    assert row["+u"] == "'\u2423the' #6"
+    assert row["-u"] == "'\\n'"
+    assert row["dW promotes"] == "not measured"  # no activations: poles stay neutral
+    df["effect"] = ["demoted", "demoted", "promoted"]  # the sign from the inputs
+    (row,) = d.token_table(df).to_dict("records")
+    assert row["dW promotes"] == "-u"
 
 
 @pytest.mark.slow

@@ -108,7 +108,8 @@ def rows(db, sql: str) -> list[dict]:
 
 def test_paired_delta_intervals_medians_and_shares(warehouse):
     got = {r["pair"]: r for r in rows(warehouse, "select * from "
-                                      "marts.fct_group_perplexity_delta")}
+                                      "marts.fct_group_perplexity_delta "
+                                      "where post_type = 'all'")}
     assert sorted(got) == sorted(f"n{n}" for n in GROUP_SIZES)
     for g, n in enumerate(GROUP_SIZES):
         base, sft = posts(n, seed=g)
@@ -136,7 +137,7 @@ def test_paired_delta_intervals_medians_and_shares(warehouse):
 def test_per_model_intervals(warehouse):
     got = rows(warehouse, "select pair, role, n_posts, mean_perplexity, "
                "median_perplexity, ci95_low_perplexity, ci95_high_perplexity "
-               "from marts.fct_group_perplexity")
+               "from marts.fct_group_perplexity where post_type = 'all'")
     assert len(got) == 2 * len(GROUP_SIZES)
     for r in got:
         n = r["n_posts"]

@@ -3,8 +3,8 @@
 The older release is emulated from the fault suite's warehouse (a site and pair
 'small'), built by this release's dbt, then taken back to the layout the release
 before wrote: raw schema version 11 (raw.token_logprobs and token_shift without
-`nonfinite`, version 11 recorded) and its per-run marts without `run_finished_at`, as
-the release before the incremental marts built them (the column they added, commit
+`nonfinite`, no post types nor step 13's columns, version 11 recorded) and its
+per-run marts without `run_finished_at`, as the release before the incremental marts built them (the column they added, commit
 c73873a). `dbt build` alone fails on them, naming --full-refresh; before,
 `ingest.upgrade` said nothing about the marts (its "nothing to do" or "applied ..."
 read as done), and nothing ran the refresh."""
@@ -19,6 +19,14 @@ import pytest
 from ingest.marts_check import incremental_models
 from ingest.upgrade import main as upgrade_main
 from tests.conftest import run_dbt
+
+
+# what raw-schema step 13 adds (ingest/warehouse.py MIGRATIONS)
+STEP_13_COLUMNS = (("post_texts", "post_type"), ("lora_recovery_posts", "vectors"),
+                   ("lora_recovery_posts", "post_type"), ("lora_recovery_ranks", "n_vectors"),
+                   ("lora_recovery_ranks", "behaviour_run_id"),
+                   ("lora_recovery_ranks", "window_tokens"),
+                   ("direction_overlap", "span_dim"), ("intruders", "null_dim"))
 
 
 def _marts(db) -> dict[str, int]:
@@ -40,6 +48,9 @@ def older_release(base_warehouse, tmp_path_factory):
     work = tmp_path_factory.mktemp("older")
     built = work / "built.duckdb"
     shutil.copyfile(base_warehouse[0], built)
+    con = duckdb.connect(str(built))  # the older release knew no post types
+    con.execute("update raw.post_texts set post_type = null")
+    con.close()
     run_dbt(built, "build")
     want = _marts(built)
     old = work / "old.duckdb"
@@ -54,9 +65,13 @@ def older_release(base_warehouse, tmp_path_factory):
             dropped.append(f"{schema}.{name}")
     for table in ("token_logprobs", "token_shift"):
         con.execute(f"alter table raw.{table} drop column nonfinite")
-    # a warehouse created at version 12 records only that: created at 11 instead
+    for table, column in STEP_13_COLUMNS:
+        con.execute(f"alter table raw.{table} drop column {column}")
+    for table in ("direction_signs", "training_threads"):
+        con.execute(f"drop table raw.{table}")
+    # a warehouse created at version 13 records only that: created at 11 instead
     assert con.execute("select list(version) from raw.schema_version").fetchone()[0] \
-        == [12]
+        == [13]
     con.execute("update raw.schema_version set version = 11")
     con.close()
     return old, want, dropped
@@ -74,8 +89,9 @@ def test_upgrade_names_the_stale_marts_and_refresh_builds_green(older_release,
     before = _marts(db)
     assert upgrade_main(["--db", str(db), "--check"]) == 0
     out = capsys.readouterr().out
-    assert "raw schema version 11, this release writes 12" in out, out
+    assert "raw schema version 11, this release writes 13" in out, out
     assert "would apply 12: raw.token_logprobs, token_shift: nonfinite" in out
+    assert "would apply 13: post types of scored posts" in out
     assert "  marts.fct_matrix_metrics (lacks run_finished_at)" in out, out
     assert _marts(db) == before
 

@@ -87,6 +87,7 @@ final as (
         and per_post.post_id = posts.post_id
     left join training
         on training.run_id = per_post.run_id
+        and training.pair = per_post.pair
         and training.post_id = per_post.post_id
     left join loads on loads.run_id = per_post.run_id
 

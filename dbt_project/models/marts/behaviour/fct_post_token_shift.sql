@@ -113,6 +113,7 @@ final as (
         and bits.post_id = posts.post_id
     left join training
         on training.run_id = posts.run_id
+        and training.pair = posts.pair
         and training.post_id = posts.post_id
     left join loads on loads.run_id = posts.run_id
 
