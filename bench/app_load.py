@@ -90,7 +90,7 @@ def build_warehouse(work: Path, env: dict) -> tuple[Path, dict]:
          str(pair / "sft"), "--name", PAIR, "--out", str(work / "runs"),
          "--skip-behaviour", "--no-progress"],
         dbt_cmd(),
-        [sys.executable, "-m", "ingest.snapshot"],
+        [sys.executable, "-m", "ingest.publish"],
     ]
     setup = {}
     for cmd in steps:
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.db:
             shutil.copyfile(a.db, db)
-            rc, _, tail = run([sys.executable, "-m", "ingest.snapshot"], env)
+            rc, _, tail = run([sys.executable, "-m", "ingest.publish"], env)
             if rc:
                 raise SystemExit(tail)
             run_dir, setup = a.runs, {}

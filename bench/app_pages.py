@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
     try:
         shutil.copyfile(a.db, db)
-        rc, _, tail = run([sys.executable, "-m", "ingest.snapshot"], env)
+        rc, _, tail = run([sys.executable, "-m", "ingest.publish"], env)
         if rc:
             raise SystemExit(f"publishing the copy's snapshot failed:\n{tail}")
         per_page = {}

@@ -1,7 +1,7 @@
 """Readers apart from writers: the published, read-only snapshot of the warehouse.
 
-    python -m ingest.snapshot            # publish data/warehouse.duckdb now
-    python -m ingest.snapshot --db PATH
+    python -m ingest.publish            # publish data/warehouse.duckdb now
+    python -m ingest.publish --db PATH
 
 DuckDB lets one process write a file, and none while another process has it open,
 even read-only. So writers (the loaders, `dbt run` / `dbt build`) keep the warehouse
@@ -28,7 +28,7 @@ is doing at that moment. A warehouse changed since its last snapshot by somethin
 does not publish (a `duckdb` shell writing it, a `dbt build` with a failed model) is
 still read as its last snapshot; `notice` says so (the app shows it on every page, and
 `ingest.warehouse.connect(read_only=True)`, so `compute.run.summary`, prints it), with the
-command that publishes it: `python -m ingest.snapshot`; while a writer holds the
+command that publishes it: `python -m ingest.publish`; while a writer holds the
 file and has changed it, that it is being written (and by which process). "Changed"
 is read from the file's content, not from times: a WAL with content (committed, not
 checkpointed) or a database header other than the snapshot's (DuckDB writes a new
@@ -171,7 +171,7 @@ def notice(path: str | os.PathLike) -> Notice | None:
     """None when readers of `path` read all of it (its current snapshot holds every
     committed change, or there is no snapshot and they read the file itself); else
     what to tell them: it is being written, or it changed after its last snapshot and
-    `python -m ingest.snapshot` publishes it."""
+    `python -m ingest.publish` publishes it."""
     path = Path(path)
     for _ in range(5):
         snap = current(path) if enabled() and path.exists() else None
@@ -184,7 +184,7 @@ def notice(path: str | os.PathLike) -> Notice | None:
         if current(path) != snap:  # a writer published meanwhile: look again
             continue
         when = _published_at(snap)
-        publish_cmd = f"python -m ingest.snapshot --db {path}"
+        publish_cmd = f"python -m ingest.publish --db {path}"
         if pid is not None:
             by = describe_pid(pid) if pid else "another process"
             return Notice(
@@ -273,7 +273,7 @@ def publish_or_warn(con, path: str | os.PathLike) -> Path | None:
     except Exception as exc:
         print(f"warning: {path} was written, but publishing its read-only snapshot "
               f"failed ({type(exc).__name__}: {exc}); readers see the previous one "
-              "until the next write or `python -m ingest.snapshot`.", file=sys.stderr)
+              "until the next write or `python -m ingest.publish`.", file=sys.stderr)
         return None
 
 
@@ -298,7 +298,9 @@ def _prune(top: Path, name: str) -> None:
                 shutil.rmtree(stray, ignore_errors=True)
 
 
-if __name__ == "__main__":  # the command needs the writer's lock: ingest.warehouse
-    from ingest.warehouse import publish_main
+if __name__ == "__main__":  # the command's old name: it lives above the writer now
+    import runpy
 
-    sys.exit(publish_main())
+    print("note: `python -m ingest.snapshot` is now `python -m ingest.publish`",
+          file=sys.stderr)
+    runpy.run_module("ingest.publish", run_name="__main__", alter_sys=True)

@@ -16,7 +16,6 @@ older warehouse in the writer's transaction; a read-only `connect` refuses one, 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.metadata
 import os
@@ -756,24 +755,3 @@ def replace_pair_rows(
     return con.execute(
         f"select count(*) from raw.{table} where pair = ?", [pair]
     ).fetchone()[0]
-
-
-def publish_main(argv: list[str] | None = None) -> int:
-    """python -m ingest.snapshot: publish a snapshot of the warehouse now."""
-    ap = argparse.ArgumentParser(prog="python -m ingest.snapshot",
-                                 description=snapshot.__doc__.splitlines()[0])
-    ap.add_argument("--db", type=Path, help="warehouse (default $SFTSCOPE_DB or "
-                    "data/warehouse.duckdb)")
-    a = ap.parse_args(argv)
-    path = db_path(a.db)
-    if not path.exists():
-        print(f"error: warehouse {path} does not exist", file=sys.stderr)
-        return 2
-    try:
-        with connect(path) as con:
-            snap = snapshot.publish(con, path)
-    except WarehouseBusy as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    print(f"published {snap}" if snap else "SFTSCOPE_SNAPSHOTS=0: nothing published")
-    return 0

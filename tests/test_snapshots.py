@@ -2,7 +2,7 @@
 snapshot, so a writer never waits for it and it never waits for a writer, and a page
 sees one committed state: the one before a build or the one after, never a mix. Once
 there is a snapshot, readers never read the file itself; a change nothing published
-is shown as the last snapshot and a notice naming `python -m ingest.snapshot`."""
+is shown as the last snapshot and a notice naming `python -m ingest.publish`."""
 
 from __future__ import annotations
 
@@ -138,16 +138,21 @@ def test_a_writer_holding_the_file_does_not_block_readers(wh, monkeypatch, capsy
     note = db.notice()
     assert note is not None and not note.writing
     assert "changed after its last snapshot" in note.text
-    assert f"python -m ingest.snapshot --db {wh}" in note.text
+    assert f"python -m ingest.publish --db {wh}" in note.text
     with warehouse.connect(wh, read_only=True) as con:  # compute.run.summary's way in
         assert con.execute("select max(k) from marts.b").fetchone() == (1,)
     assert f"warning: {note.text}" in capsys.readouterr().err
     # Publishing it by hand: readers see the change, and nothing more is said.
-    out = subprocess.run([sys.executable, "-m", "ingest.snapshot", "--db", str(wh)],
+    out = subprocess.run([sys.executable, "-m", "ingest.publish", "--db", str(wh)],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "published" in out.stdout, out.stderr
     assert db.query("select max(k) as k from marts.b", path=wh)["k"][0] == 9
     assert db.notice() is None
+    # the command's old name still publishes, and says where it moved
+    out = subprocess.run([sys.executable, "-m", "ingest.snapshot", "--db", str(wh)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "published" in out.stdout, out.stderr
+    assert "now `python -m ingest.publish`" in out.stderr
 
 
 def test_a_change_checkpointed_without_publishing_is_noticed(wh):
@@ -178,7 +183,7 @@ def test_the_app_says_the_warehouse_changed_after_its_snapshot(wh, monkeypatch):
     at.run()
     assert not at.exception
     assert any("changed after its last snapshot" in w.value
-               and "python -m ingest.snapshot" in w.value for w in at.warning)
+               and "python -m ingest.publish" in w.value for w in at.warning)
 
 
 def test_publishing_keeps_the_writers_lock(wh):
