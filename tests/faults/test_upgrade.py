@@ -20,7 +20,6 @@ from ingest.marts_check import incremental_models
 from ingest.upgrade import main as upgrade_main
 from tests.conftest import run_dbt
 
-
 # what raw-schema step 13 adds (ingest/warehouse.py MIGRATIONS)
 STEP_13_COLUMNS = (("post_texts", "post_type"), ("lora_recovery_posts", "vectors"),
                    ("lora_recovery_posts", "post_type"), ("lora_recovery_ranks", "n_vectors"),
