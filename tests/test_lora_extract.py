@@ -366,6 +366,80 @@ def test_bad_inputs_are_named(pairs, tmp_path):
     assert not out.exists()
 
 
+def nan_copy(folder: Path, out: Path, tensor: str) -> Path:
+    """A copy of the fp32 checkpoint in `folder` with one NaN in `tensor`."""
+    shutil.copytree(folder, out)
+    tensors = load_file(str(out / "model.safetensors"))
+    tensors[tensor].reshape(-1)[1] = np.nan
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+@pytest.mark.parametrize("tensor", ["model.layers.1.post_attention_layernorm.weight",
+                                    "model.layers.0.mlp.up_proj.weight"])
+def test_recovery_refuses_nan_weights(pairs, recovery, tmp_path, tensor):
+    """An SFT with a NaN in a 1-D tensor (checked before anything is read) or in a
+    matrix (checked before its SVD): compute.lora_recovery exits 2 with one line
+    naming the tensor and the side, and writes no results (before the check it
+    gave NaN sums)."""
+    sft = nan_copy(pairs["exact"], tmp_path / "nan-sft", tensor)
+    runs = tmp_path / "runs"  # the exact pair's behaviour run, its SFT now this copy
+    shutil.copytree(pairs["root"] / "runs" / "exact", runs / "nan",
+                    ignore=shutil.ignore_patterns("lora_recovery"))
+    manifest = json.loads((runs / "nan" / "run.json").read_text())
+    manifest |= {"sft_model": str(sft), "sft_revision": resolve(str(sft)).revision}
+    (runs / "nan" / "run.json").write_text(json.dumps(manifest))
+    proc = run_py("-m", "compute.lora_recovery", "--base", str(pairs["base"]),
+                  "--sft", str(sft), "--name", "nan", "--ranks", "1,2", "--prompts",
+                  str(pairs["prompts"]), "--out", str(runs), "--no-load",
+                  "--no-progress", check=False)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: tensor {tensor}: 1 NaN/Inf "
+                                               "value(s) of"), proc.stderr
+    assert f"in the SFT ({sft})" in err[0]
+    assert not (runs / "nan" / "lora_recovery").exists()
+    proc = run_py("-m", "compute.extract_lora", "--base", str(pairs["base"]), "--sft",
+                  str(sft), "--rank", "2", "--out", str(tmp_path / "a"), "--no-load",
+                  "--no-progress", check=False)
+    if tensor.endswith("up_proj.weight"):  # extraction's matrices: the same check
+        assert proc.returncode == 2 and f"error: tensor {tensor}: 1 NaN" in proc.stderr
+        assert not (tmp_path / "a").exists()
+
+
+def test_patched_base_is_the_loaded_base_again(pairs, demo_run):
+    """DeltaScorer patches one base model in place: after a step with every
+    tensor's dW (the SFT) and one with the 1-D tensors only, the empty delta leaves
+    it bitwise the base as freshly loaded, and its scores equal a fresh scorer's
+    (the SFT's hidden states, kept from the first call, too)."""
+    import torch
+
+    from compute.behaviour.merge_score import BehaviourSetting, DeltaScorer, full_deltas
+    from compute.plan.pair import pair_plan
+
+    setting = BehaviourSetting.from_run(demo_run, pairs["root"] / "demo-prompts.parquet")
+    scorer = DeltaScorer(setting)
+    assert scorer.sft_cache == {}  # four posts fit the cache
+    first = scorer.score(full_deltas(setting))
+    assert len(scorer.sft_cache) > 0
+    scorer.score(full_deltas(setting, pair_plan(setting.base, setting.sft).vectors))
+    again = scorer.score({})
+    fresh = scorer.model({}).state_dict()
+    for name, value in scorer.base_model.state_dict().items():
+        assert torch.equal(value, fresh[name]), name
+    plain = DeltaScorer(setting)
+    plain.sft_cache = None  # the SFT run at every call, as before the cache
+    for role, got, want in (("sft", first, plain.score(full_deltas(setting))),
+                            ("base", again, plain.score({}))):
+        for p in setting.posts:
+            for key in ("base", "sft"):
+                assert np.array_equal(got[p.post_id].logprob[key],
+                                      want[p.post_id].logprob[key]), (role, key)
+            assert np.array_equal(got[p.post_id].shift["kl_sft_base"],
+                                  want[p.post_id].shift["kl_sft_base"]), role
+            assert np.array_equal(got[p.post_id].drift, want[p.post_id].drift), role
+
+
 @pytest.mark.slow
 def test_python_ranks_agree_with_int_spectrum_stats(pairs, tmp_path):
     """compute.linalg.ranks mirrors int_spectrum_stats (the definition): the signal,

@@ -16,6 +16,13 @@ run (compute.run) recorded in its run.json: the same posts (the ones the run sco
 their token counts checked), the prefix token, the window and its carried context,
 the dtype, the batch size and order, the LM-head chunk, the attention kernel. So the
 empty delta gives the behaviour run's base log-probs and every tensor's dW its SFT's.
+
+A DeltaScorer loads each model once: the base is patched in place from one call to
+the next (the tensors a call leaves alone are put back to the base's as loaded), and
+the SFT's hidden states of every micro-batch are computed at the first call and kept
+where they fit SFT_CACHE_BYTES (the demo pair's 80 posts: 158 MiB), so a call costs
+one model's forward passes; the results are a fresh load's, bit for bit (tested).
+`DeltaScorer.model(deltas)` still builds a separate, freshly loaded model.
 """
 
 from __future__ import annotations
@@ -141,9 +148,16 @@ def full_deltas(setting: BehaviourSetting, names: list[str] | None = None
     return {n: (lambda n=n: delta(setting.base, setting.sft, n)) for n in names}
 
 
+SFT_CACHE_BYTES = 1 << 30
+"""The most memory the SFT's hidden states of every micro-batch may take to be kept
+across DeltaScorer.score calls (above it the SFT is run again at every call)."""
+
+
 class DeltaScorer:
-    """The SFT model loaded once; each call builds base + deltas and scores it next
-    to the SFT on the setting's posts, windows, prefix and batches."""
+    """The SFT model loaded once, its hidden states computed once (where they fit
+    SFT_CACHE_BYTES); each call patches the one base model in place to base + deltas
+    and scores it next to the SFT on the setting's posts, windows, prefix and batches.
+    """
 
     @staticmethod
     def prefix_of(setting: BehaviourSetting) -> int:
@@ -175,6 +189,26 @@ class DeltaScorer:
         self.prefix = self.prefix_of(setting)
         self.sft_model = load_model(self.sft_dir, self.device, self.dtype, setting.attn,
                                     base=self.base_dir)
+        self.sft_cache = {} if self.sft_cache_bytes() <= SFT_CACHE_BYTES else None
+        self.base_model = None  # loaded at the first score, then patched in place
+        self.patched: set[str] = set()  # its tensors that are not the base's now
+
+    def sft_cache_bytes(self) -> int:
+        """What the SFT's hidden states of every micro-batch take (all layers, the
+        padded windows in the setting's batches)."""
+        from compute.behaviour.scoring import segments
+
+        s, config = self.setting, self.sft_model.config
+        per_token = (config.num_hidden_layers + 1) * config.hidden_size * (
+            torch_size(self.dtype))
+        total = 0
+        for i in range(0, len(s.posts), s.batch_size):
+            segs = segments(s.posts[i:i + s.batch_size], self.prefix, s.window,
+                            s.context)
+            lengths = sorted((len(g.ids) for g in segs), reverse=True)
+            total += sum(len(lengths[j:j + s.batch_size]) * lengths[j]
+                         for j in range(0, len(lengths), s.batch_size))
+        return total * per_token
 
     def model(self, deltas: Mapping[str, Delta]):
         """A freshly loaded base with W_base + delta put into each named tensor."""
@@ -183,10 +217,30 @@ class DeltaScorer:
         model = load_model(self.base_dir, self.device, self.dtype, self.setting.attn)
         return apply_deltas(model, self.setting.base, deltas)
 
+    def patch(self, deltas: Mapping[str, Delta]):
+        """The scorer's one base model (loaded once) made base + deltas in place: the
+        tensors the previous patch changed and these deltas leave alone are put back
+        to the base's as loaded, then W_base + delta into each named tensor."""
+        from compute.behaviour.scoring import load_model
+
+        if self.base_model is None:
+            self.base_model = load_model(self.base_dir, self.device, self.dtype,
+                                         self.setting.attn)
+        restore = {n: np.float64(0.0) for n in self.patched - set(deltas)}
+        self.patched = set()  # until the tensors are written (an error: reload)
+        try:
+            apply_deltas(self.base_model, self.setting.base, restore | dict(deltas))
+        except BaseException:
+            self.base_model = None
+            raise
+        self.patched = set(deltas)
+        return self.base_model
+
     def score(self, deltas: Mapping[str, Delta], progress: bool = False,
-              desc: str = "scoring") -> dict[int, object]:
+              desc: str = "scoring", drift: bool = True) -> dict[int, object]:
         """post_id -> scoring.PostResult of base + deltas ("base" role)
-        next to the SFT ("sft" role), batch by batch in the run's order."""
+        next to the SFT ("sft" role), batch by batch in the run's order.
+        `drift` False: no residual drift (its sums left zero), the rest unchanged."""
         import torch
         from tqdm import tqdm
 
@@ -195,9 +249,10 @@ class DeltaScorer:
         s = self.setting
         out: dict[int, object] = {}
         with torch.inference_mode():
-            model = self.model(deltas)
+            model = self.patch(deltas)
             scorer = Scorer(model, self.sft_model, self.device, self.prefix, s.window,
-                            s.context, s.batch_size, s.chunk_rows)
+                            s.context, s.batch_size, s.chunk_rows, self.sft_cache,
+                            drift)
             for i in tqdm(range(0, len(s.posts), s.batch_size), desc=desc,
                           unit="batch", disable=not progress, dynamic_ncols=True):
                 batch = s.posts[i:i + s.batch_size]
@@ -216,6 +271,13 @@ def apply_deltas(model, base: Checkpoint, deltas: Mapping[str, Delta]):
             value = d() if callable(d) else d
             put(model, name, to_float64(*base.read_array(name)) + value)
     return model
+
+
+def torch_size(dtype) -> int:
+    """Bytes per element of a torch dtype."""
+    import torch
+
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def put(model, name: str, value: np.ndarray) -> None:

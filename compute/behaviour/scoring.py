@@ -481,6 +481,11 @@ class Scorer:
     context: int
     micro_batch: int
     chunk_rows: int | None = None  # LM-head positions per chunk (None: by vocab)
+    # the SFT's hidden states per micro-batch, kept across calls when a dict is given
+    # (compute.behaviour.merge_score: the SFT is scored once, however many models
+    # are compared with it); keyed by the micro-batch's posts and windows
+    sft_cache: dict | None = None
+    drift: bool = True  # False: no drift sums (PostResult.drift stays zero)
     n_layers: int = field(init=False)
 
     def __post_init__(self):
@@ -493,7 +498,9 @@ class Scorer:
         segs = segments(posts, self.prefix, self.window, self.context)
         segs.sort(key=lambda s: -len(s.ids))
         for i in range(0, len(segs), self.micro_batch):
-            self.score_micro(segs[i:i + self.micro_batch], res)
+            micro = segs[i:i + self.micro_batch]
+            key = tuple((posts[s.post].post_id, s.start, len(s.ids)) for s in micro)
+            self.score_micro(micro, res, key)
         for p, r in zip(posts, res, strict=True):
             assert r.n_drift == p.n_tokens, (p.post_id, r.n_drift, p.n_tokens)
             flagged = r.nonfinite["base"] | r.nonfinite["sft"]
@@ -504,8 +511,10 @@ class Scorer:
                 f"post {p.post_id}: no shift"
         return res
 
-    def score_micro(self, segs: list[Segment], res: list[PostResult]) -> None:
-        """Score one micro-batch of windows into `res` (log-probs, shift, drift)."""
+    def score_micro(self, segs: list[Segment], res: list[PostResult],
+                    key: tuple | None = None) -> None:
+        """Score one micro-batch of windows into `res` (log-probs, shift, drift);
+        `key` names it in sft_cache."""
         b, t = len(segs), max(len(s.ids) for s in segs)
         ids = torch.full((b, t), self.prefix, dtype=torch.long)  # right padding
         mask = torch.zeros((b, t), dtype=torch.long)
@@ -521,9 +530,13 @@ class Scorer:
         # token j's own hidden state counts for drift when s[start + j] is scored here
         own = torch.roll(scored, 1, dims=1).to(self.device)  # (B, T)
         hidden_base = forward(self.base, ids, mask).hidden
-        hidden_sft = forward(self.sft, ids, mask).hidden
-        sums = drift_sums(hidden_base, hidden_sft, own)  # (B, L + 1, 4)
-        counts = drift_counts(hidden_base, hidden_sft, own)  # (B, L + 1)
+        hidden_sft = self.sft_hidden(ids, mask, key)
+        if self.drift:
+            sums = drift_sums(hidden_base, hidden_sft, own)  # (B, L + 1, 4)
+            counts = drift_counts(hidden_base, hidden_sft, own)  # (B, L + 1)
+        else:
+            sums, counts = np.zeros((b, self.n_layers + 1, 4)), np.zeros(
+                (b, self.n_layers + 1), dtype=np.int64)
         h = hidden_base[-1].shape[-1]
         stats = token_stats(self.base, self.sft, hidden_base[-1].reshape(-1, h)[flat],
                             hidden_sft[-1].reshape(-1, h)[flat], targets,
@@ -548,6 +561,18 @@ class Scorer:
             r.drift_n += counts[k]
             r.n_drift += len(cols)
         assert at == len(flat), (at, len(flat))
+
+    def sft_hidden(self, ids: torch.Tensor, mask: torch.Tensor,
+                   key: tuple | None) -> tuple[torch.Tensor, ...]:
+        """The SFT's hidden states of a micro-batch: from sft_cache where it holds
+        `key`, else a forward pass (kept there when a cache is given)."""
+        cache = self.sft_cache
+        if cache is not None and key is not None and key in cache:
+            return cache[key]
+        hidden = forward(self.sft, ids, mask).hidden
+        if cache is not None and key is not None:
+            cache[key] = hidden
+        return hidden
 
 
 def drift_sums(hb: tuple[torch.Tensor, ...], hs: tuple[torch.Tensor, ...],

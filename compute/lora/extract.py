@@ -324,6 +324,33 @@ def adapter_config(base: Checkpoint, ranks: dict[str, int],
     }
 
 
+def finite_delta(base: Checkpoint, sft: Checkpoint, name: str) -> np.ndarray:
+    """dW of `name` (compute.io.adapters.delta), refused where it holds a NaN or an
+    Inf (ExtractError naming the tensor and the side whose weights are not finite)."""
+    dw = delta(base, sft, name)
+    if not np.isfinite(dw).all():
+        raise ExtractError(nonfinite_message(base, sft, name))
+    return dw
+
+
+def nonfinite_message(base: Checkpoint, sft: Checkpoint, name: str) -> str:
+    """One line naming tensor `name` and the side (base, SFT) with NaN/Inf weights."""
+    for side, ck in (("base", base), ("SFT", sft)):
+        w = to_float64(*ck.read_array(name))
+        bad = int(np.count_nonzero(~np.isfinite(w)))
+        if bad:
+            return (f"tensor {name}: {bad} NaN/Inf value(s) of {w.size} in the "
+                    f"{side} ({ck.ref}); its weights must be finite")
+    return f"tensor {name}: W_sft - W_base is not finite (overflow in fp64)"
+
+
+def check_finite(base: Checkpoint, sft: Checkpoint, names: list[str]) -> None:
+    """Refuse the first of `names` whose weights (either side's) hold a NaN or an
+    Inf (ExtractError naming the tensor and the side)."""
+    for name in names:
+        finite_delta(base, sft, name)
+
+
 def iter_triplets(base: Checkpoint, sft: Checkpoint, tgts: list[Target], keep,
                   device: str = "cpu", progress: bool = True, desc: str = "svd"
                   ) -> Iterator[tuple[Target, Triplets]]:
@@ -340,7 +367,7 @@ def iter_triplets(base: Checkpoint, sft: Checkpoint, tgts: list[Target], keep,
     from compute.linalg.spectra import spectra_workers, worker_threads
 
     def one(t: Target) -> tuple[Target, Triplets]:
-        return t, svd(delta(base, sft, t.tensor), keep(t), device)
+        return t, svd(finite_delta(base, sft, t.tensor), keep(t), device)
 
     workers = spectra_workers(device, len(tgts))
     todo = iter(tgts)

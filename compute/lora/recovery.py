@@ -12,7 +12,9 @@ each matrix (its best rank-r approximation of dW, from the fp64 SVD:
 compute.lora.extract) with every 1-D tensor the base's, so that r = 0 is the base
 exactly as loaded and r = full "matrices" has the SFT's matrices only; and "plus
 norms", the same with the SFT's 1-D tensors (norms, biases), whose full is the SFT
-itself (`--vectors base|sft` scores one step). The adapter extract_lora writes at
+itself (`--vectors base|sft` scores one step; where no 1-D tensor moved the two
+steps are one model, scored once: "plus norms" copies its rows). The adapter
+extract_lora writes at
 rank r is the "matrices at rank r" model. A matrix with min(rows, cols) <= r takes
 all its triplets. What is truncated: the module types of --modules (default all
 matrices); the other matrices keep the base's weights.
@@ -27,7 +29,9 @@ them into the share of the SFT-minus-base log-prob delta that the model recovers
 KL(p_sft || p_base) removed, and the smallest r below full reaching 90% / 99%
 (marts.fct_lora_recovery*). Output, resumable per model: OUT/<pair>/lora_recovery/
 <modules>/posts/r<rank>[-full]-<base|sft>.parquet and ranks.parquet, then loaded into
-raw.lora_recovery_posts and raw.lora_recovery_ranks.
+raw.lora_recovery_posts and raw.lora_recovery_ranks; timings.json beside them holds
+each step's wall and CPU seconds (bench/lora_recovery.py reads it). Weights with a
+NaN or an Inf are refused before anything is written, naming the tensor.
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ from compute.io.checkpoints import CheckpointError
 from compute.lora.extract import (
     ExtractError,
     Target,
+    check_finite,
     delta,
+    finite_delta,
     iter_triplets,
     open_pair,
     pair_args,
@@ -167,7 +173,7 @@ def whole_size(base, sft, whole: list[Target]) -> tuple[float, int]:
     them whole (--embed-full) adds at every r but 0."""
     sq, params = 0.0, 0
     for t in whole:
-        dw = delta(base, sft, t.tensor)
+        dw = finite_delta(base, sft, t.tensor)
         sq += float(np.einsum("ij,ij->", dw, dw))
         params += t.shape[0] * t.shape[1]
     return sq, params
@@ -252,68 +258,136 @@ def recovery_run_id(cfg: Config, setting) -> str:
 
 
 def run(cfg: Config) -> Path:
-    """Score every step; write the Parquet files; return the folder."""
+    """Score every step; write the Parquet files (and timings.json: each step's wall
+    and CPU seconds); return the folder."""
     import pyarrow as pa
 
     from compute.behaviour.merge_score import DeltaScorer
-    from compute.io.files import write_parquet
+    from compute.io.files import atomic_write_bytes, write_parquet
     from compute.plan.pair import pair_plan
     from ingest.lora import recovery_schemas
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
+    base, sft = open_pair(cfg.base, cfg.sft)
+    tgts, whole = split_whole(targets(base, sft, cfg.modules), cfg.embed_full)
+    plan = pair_plan(base, sft)
+    # every tensor's weights finite: these first, the truncated ones in their SVDs
+    svd_names = {t.tensor for t in [*tgts, *whole]}
+    check_finite(base, sft, [n for n in [*plan.matrices, *plan.vectors]
+                             if n not in svd_names])
     setting = open_setting(cfg)
     base, sft = setting.base, setting.sft
-    tgts, whole = split_whole(targets(base, sft, cfg.modules), cfg.embed_full)
-    vector_names = pair_plan(base, sft).vectors
-    run_dir = cfg.run_dir
-    run_id = recovery_run_id(cfg, setting)
-
     n_full = max(t.n_short for t in tgts)
     todo = steps(cfg, n_full)
     factors = Factors(base, sft, tgts, max((r for r, _ in todo if r), default=0),
                       cfg.progress, setting.device)  # fp64 SVDs on the scoring device
     whole_sq, whole_params = whole_size(base, sft, whole)
-    total_sq = sum(factors.total.values()) + whole_sq
-    scorer = DeltaScorer(setting)
+    run_id = recovery_run_id(cfg, setting)  # after every refusal: nothing written
+    job = Job(cfg, setting, run_id, tgts, whole, plan.vectors, factors,
+              sum(factors.total.values()) + whole_sq, whole_sq, whole_params,
+              n_full, DeltaScorer(setting),
+              any(np.any(delta(base, sft, n)) for n in plan.vectors))
+    timings = {"setup": {"seconds": round(time.perf_counter() - t0, 3),
+                         "cpu_seconds": round(time.process_time() - c0, 3)},
+               "steps": []}
     rank_rows = []
     for r, vectors in todo:
-        rank = n_full if r is None else r
-        path = run_dir / "posts" / (f"r{rank:06d}" + ("-full" if r is None else "")
-                                    + f"-{vectors}.parquet")
-        t1 = time.perf_counter()
-        kept = [min(rank, t.n_short) for t in tgts]
-        retained = total_sq if r is None else whole_sq * (r > 0) + sum(
-            float(np.sum(factors.s_sq[t.tensor][:k])) for t, k in zip(tgts, kept,
-                                                                      strict=True))
-        if not path.exists():
-            label = (FULL if r is None else str(r)) + (
-                " plus norms" if vectors == "sft" else "")
-            results = scorer.score(
-                step_deltas(base, sft, tgts, factors, r, vectors, vector_names, whole),
-                cfg.progress, f"rank {label} vs sft")
-            rows = post_rows(setting.posts, results, run_id, cfg.pair,
-                             cfg.modules_key, rank, vectors)
-            write_parquet(pa.Table.from_pylist(
-                rows, schema=recovery_schemas()["lora_recovery_posts"]), path)
-        rank_rows.append({
-            "run_id": run_id, "pair": cfg.pair, "base_model": base.ref,
-            "sft_model": sft.ref, "modules": cfg.modules_key, "rank": rank,
-            "is_full": r is None, "n_matrices": len(tgts) + len(whole),
-            "n_params": whole_params * (r != 0) + sum(
-                k * sum(t.shape) for t, k in zip(tgts, kept, strict=True)),
-            "retained_sq": retained, "frobenius_sq": total_sq, "vectors": vectors,
-            "n_vectors": len(vector_names) if vectors == "sft" else 0,
-            "behaviour_run_id": setting.run_id, "window_tokens": setting.window,
-            "device": setting.device, "dtype": setting.dtype,
-            "seconds": round(time.perf_counter() - t1, 3)})
+        t1, c1 = time.perf_counter(), time.process_time()
+        row, scored = job.step(r, vectors)
+        row["seconds"] = round(time.perf_counter() - t1, 3)
+        rank_rows.append(row)
+        timings["steps"].append({"rank": row["rank"], "is_full": r is None,
+                                 "vectors": vectors, "scored": scored,
+                                 "seconds": row["seconds"], "cpu_seconds": round(
+                                     time.process_time() - c1, 3)})
     write_parquet(pa.Table.from_pylist(
         rank_rows, schema=recovery_schemas()["lora_recovery_ranks"]),
-        run_dir / "ranks.parquet")
+        cfg.run_dir / "ranks.parquet")
+    timings |= {"seconds": round(time.perf_counter() - t0, 3),
+                "cpu_seconds": round(time.process_time() - c0, 3)}
+    atomic_write_bytes(cfg.run_dir / "timings.json",
+                       json.dumps(timings, indent=1).encode())
     print(f"lora recovery {cfg.pair} ({cfg.modules_key}): "
           f"{len(todo)} models on {len(setting.posts)} posts of behaviour run "
           f"{setting.run_id} (window {setting.window}) in "
-          f"{time.perf_counter() - t0:.1f} s; results in {run_dir}")
-    return run_dir
+          f"{time.perf_counter() - t0:.1f} s; results in {cfg.run_dir}")
+    return cfg.run_dir
+
+
+@dataclasses.dataclass
+class Job:
+    """One recovery run's fixed parts: its steps are scored by `step`."""
+
+    cfg: Config
+    setting: object  # compute.behaviour.merge_score.BehaviourSetting
+    run_id: str
+    tgts: list[Target]
+    whole: list[Target]
+    vector_names: list[str]
+    factors: Factors
+    total_sq: float
+    whole_sq: float
+    whole_params: int
+    n_full: int
+    scorer: object  # compute.behaviour.merge_score.DeltaScorer
+    vectors_moved: bool  # some 1-D tensor differs: 'plus norms' is another model
+
+    def path(self, rank: int, full: bool, vectors: str) -> Path:
+        """The posts' file of a step."""
+        return self.cfg.run_dir / "posts" / (f"r{rank:06d}" + ("-full" if full else "")
+                                             + f"-{vectors}.parquet")
+
+    def score_rows(self, r: int | None, rank: int, vectors: str) -> list[dict]:
+        """The step's raw.lora_recovery_posts rows: the posts scored with its model,
+        or, for 'plus norms' where no 1-D tensor moved (the same model as 'matrices
+        at rank r'), the rows of that step's file."""
+        import pyarrow.parquet as pq
+
+        cfg, setting = self.cfg, self.setting
+        same = self.path(rank, r is None, "base")
+        if vectors == "sft" and not self.vectors_moved and same.exists():
+            return [row | {"vectors": vectors} for row in pq.read_table(same).to_pylist()]
+        label = (FULL if r is None else str(r)) + (
+            " plus norms" if vectors == "sft" else "")
+        results = self.scorer.score(
+            step_deltas(setting.base, setting.sft, self.tgts, self.factors, r,
+                        vectors, self.vector_names, self.whole),
+            cfg.progress, f"rank {label} vs sft", drift=False)
+        return post_rows(setting.posts, results, self.run_id, cfg.pair,
+                         cfg.modules_key, rank, vectors)
+
+    def step(self, r: int | None, vectors: str) -> tuple[dict, bool]:
+        """(the step's raw.lora_recovery_ranks row, whether it was scored now): its
+        posts' file written unless an earlier run of this run id left it."""
+        import pyarrow as pa
+
+        from compute.io.files import write_parquet
+        from ingest.lora import recovery_schemas
+
+        cfg, setting, tgts = self.cfg, self.setting, self.tgts
+        base, sft = setting.base, setting.sft
+        rank = self.n_full if r is None else r
+        path = self.path(rank, r is None, vectors)
+        kept = [min(rank, t.n_short) for t in tgts]
+        retained = self.total_sq if r is None else self.whole_sq * (r > 0) + sum(
+            float(np.sum(self.factors.s_sq[t.tensor][:k]))
+            for t, k in zip(tgts, kept, strict=True))
+        scored = not path.exists()
+        if scored:
+            write_parquet(pa.Table.from_pylist(
+                self.score_rows(r, rank, vectors),
+                schema=recovery_schemas()["lora_recovery_posts"]), path)
+        return {
+            "run_id": self.run_id, "pair": cfg.pair, "base_model": base.ref,
+            "sft_model": sft.ref, "modules": cfg.modules_key, "rank": rank,
+            "is_full": r is None, "n_matrices": len(tgts) + len(self.whole),
+            "n_params": self.whole_params * (r != 0) + sum(
+                k * sum(t.shape) for t, k in zip(tgts, kept, strict=True)),
+            "retained_sq": retained, "frobenius_sq": self.total_sq,
+            "vectors": vectors,
+            "n_vectors": len(self.vector_names) if vectors == "sft" else 0,
+            "behaviour_run_id": setting.run_id, "window_tokens": setting.window,
+            "device": setting.device, "dtype": setting.dtype}, scored
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
