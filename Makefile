@@ -36,6 +36,7 @@ demo: venv
 	$(PY) -m compute.run --pair demo
 	$(PY) -m compute.lora_recovery --pair demo --ranks $(DEMO_LORA_RANKS)
 	$(PY) -m compute.run --base models/demo/base --sft models/demo-seed29/sft --name demo-seed29
+	$(PY) -m compute.seed_floor --pair demo --other demo-seed29
 	$(PY) -m compute.run --base models/demo/sft --sft models/demo-seed29/sft --name demo-seeds --vectors 0
 	cd dbt_project && $(DBT) build --quiet
 	$(PY) -m compute.summary

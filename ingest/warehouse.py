@@ -441,6 +441,21 @@ COMPUTE_TABLES: dict[str, str] = {
         share DOUBLE NOT NULL,            -- ||P_k Q_k^T||_F^2 / k: 1 = the same
         random_share DOUBLE               -- k / dim: two random k-subspaces
     """,
+    "seed_direction_overlap": """
+        run_id VARCHAR NOT NULL,          -- the run of (base, SFT A)
+        other_run_id VARCHAR NOT NULL,    -- the run of (base, SFT B): another seed
+        pair VARCHAR NOT NULL,
+        other_pair VARCHAR NOT NULL,
+        tensor VARCHAR NOT NULL,
+        layer INTEGER,
+        module VARCHAR NOT NULL,
+        side VARCHAR NOT NULL,            -- 'left' | 'right'
+        k INTEGER NOT NULL,               -- the top-k subspaces of dW_A and dW_B
+        share DOUBLE NOT NULL,            -- ||P_k^T Q_k||_F^2 / k: 1 = the same
+        dim INTEGER NOT NULL,             -- the side's dimension
+        span_dim INTEGER,                 -- the dimension W_base spans on that side
+        cosines DOUBLE[]                  -- the principal angles' cosines, largest first
+    """,
 }
 
 
@@ -450,7 +465,7 @@ COMPUTE_TABLES: dict[str, str] = {
 # applied, the highest is current). Version 1 is the first release's layout, which had
 # no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 """The raw layout this release writes: the last step of MIGRATIONS."""
 
 UPGRADE_COMMAND = "python -m ingest.upgrade"
@@ -550,6 +565,10 @@ MIGRATIONS: tuple[Migration, ...] = (
                + COMPUTE_TABLES["direction_signs"] + ")",
                "create table if not exists raw.training_threads ("
                + COMPUTE_TABLES["training_threads"] + ")")),
+    Migration(14, "raw.seed_direction_overlap: the seed floor of the directions, the "
+              "overlap of two fine-tunes' top dW subspaces",
+              ("create table if not exists raw.seed_direction_overlap ("
+               + COMPUTE_TABLES["seed_direction_overlap"] + ")",)),
 )
 """The ordered steps from version 1 to SCHEMA_VERSION.
 
