@@ -5,9 +5,34 @@
 {%- set runs = incremental_runs('behaviour', 'stg_compute__token_shift', is_incremental()) -%}
 with
 
-tokens as (
+shift as (
 
     select * from {{ ref('fct_token_shift') }} where {{ run_filter(runs) }}
+
+),
+
+posts as (
+
+    select * from {{ ref('stg_compute__post_texts') }} where {{ run_filter(runs) }}
+
+),
+
+typed_tokens as (
+
+    select
+        shift.*,
+        coalesce(posts.post_type, '(unknown)') as post_type,
+    from shift
+    left join posts
+        on posts.run_id = shift.run_id
+        and posts.post_id = shift.post_id
+
+),
+
+tokens as (
+
+    -- every token at its post's type and under 'all' (the seed's groups: any type)
+    {{ all_levels('typed_tokens', ['post_type']) }}
 
 ),
 
@@ -18,6 +43,7 @@ per_bucket as (
         run_finished_at,
         pair,
         grp,
+        post_type,
         coalesce(position_bucket, 'all') as position_bucket,
         min(position) as first_position,
         count(distinct post_id) as n_posts,
@@ -25,8 +51,8 @@ per_bucket as (
 
     from tokens
     group by grouping sets (
-        (run_id, run_finished_at, pair, grp, position_bucket),
-        (run_id, run_finished_at, pair, grp)
+        (run_id, run_finished_at, pair, grp, post_type, position_bucket),
+        (run_id, run_finished_at, pair, grp, post_type)
     )
 
 ),
@@ -35,11 +61,12 @@ final as (
 
     select
         -- keys
-        run_id || '|' || coalesce(grp, '') || '|' || position_bucket
-            as group_bucket_key,
+        run_id || '|' || coalesce(grp, '') || '|' || post_type || '|'
+            || position_bucket as group_bucket_key,
         run_id,
         pair,
         grp,
+        post_type,
         run_finished_at,
         position_bucket,
         first_position,

@@ -2,9 +2,34 @@
 
 with
 
-tokens as (
+shift as (
 
     select * from {{ ref('fct_token_shift') }}
+
+),
+
+posts as (
+
+    select * from {{ ref('stg_compute__post_texts') }}
+
+),
+
+typed_tokens as (
+
+    select
+        shift.*,
+        coalesce(posts.post_type, '(unknown)') as post_type,
+    from shift
+    left join posts
+        on posts.run_id = shift.run_id
+        and posts.post_id = shift.post_id
+
+),
+
+tokens as (
+
+    -- every token at its post's type and under 'all' (the seed's groups: any type)
+    {{ all_levels('typed_tokens', ['post_type']) }}
 
 ),
 
@@ -12,14 +37,14 @@ tokens as (
 -- demoted: the base's top-1 where SFT ranks it below 3rd
 shifted as (
 
-    select run_id, pair, grp, 'promoted' as direction, top_id_sft as token_id,
+    select run_id, pair, grp, post_type, 'promoted' as direction, top_id_sft as token_id,
         top_text_sft as token_text, kl_sft_base, post_id
     from tokens
     where rank_sft_top_in_base > 3
 
     union all
 
-    select run_id, pair, grp, 'demoted', top_id_base, top_text_base, kl_sft_base,
+    select run_id, pair, grp, post_type, 'demoted', top_id_base, top_text_base, kl_sft_base,
         post_id
     from tokens
     where rank_base_top_in_sft > 3
@@ -32,6 +57,7 @@ per_token as (
         run_id,
         pair,
         grp,
+        post_type,
         direction,
         token_id,
         any_value(token_text) as token_text,
@@ -50,15 +76,15 @@ ranked as (
         *,
         n_shifted / sum(n_shifted) over w as share_of_shifted,
         kl_mass / nullif(sum(kl_mass) over w, 0) as share_of_kl_mass,
-        row_number() over (partition by run_id, pair, grp, direction
+        row_number() over (partition by run_id, pair, grp, post_type, direction
                            order by n_shifted desc, kl_mass desc, token_id)
             as rank_by_count,
-        row_number() over (partition by run_id, pair, grp, direction
+        row_number() over (partition by run_id, pair, grp, post_type, direction
                            order by kl_mass desc, n_shifted desc, token_id)
             as rank_by_kl_mass,
 
     from per_token
-    window w as (partition by run_id, pair, grp, direction)
+    window w as (partition by run_id, pair, grp, post_type, direction)
 
 ),
 
@@ -66,11 +92,12 @@ final as (
 
     select
         -- keys
-        run_id || '|' || coalesce(grp, '') || '|' || direction || '|' || token_id
-            as group_token_key,
+        run_id || '|' || coalesce(grp, '') || '|' || post_type || '|' || direction
+            || '|' || token_id as group_token_key,
         run_id,
         pair,
         grp,
+        post_type,
         direction,
         token_id,
         token_text,
