@@ -132,7 +132,8 @@ def test_post_and_group_measures_against_pandas(built):
         assert (g["estimate"] <= g["ci95_high"]).all()
         assert set(g["n_resamples"]) == {1000} and set(g["n_posts"]) == {POSTS}
 
-    buckets = frame(db, "select * from marts.fct_group_token_shift")
+    buckets = frame(db, "select * from marts.fct_group_token_shift "
+                    "where post_type = 'all'")
     tok = raw["token_shift"].merge(raw["post_texts"][["pair", "post_id", "grp"]])
     tok["bucket"] = np.where(tok.position < 16, "0-15", "16-63")
     shares = (tok.rank_sft_top_in_base > 3).groupby([tok.pair, tok.grp, tok.bucket])
@@ -200,7 +201,8 @@ def test_groups_by_post_type_against_sql_by_hand(built):
 def test_top_shifted_tokens_against_pandas(built):
     db, raw, _ = built
     tok = raw["token_shift"].merge(raw["post_texts"][["pair", "post_id", "grp"]])
-    got = frame(db, "select * from marts.fct_top_shifted_tokens")
+    got = frame(db, "select * from marts.fct_top_shifted_tokens "
+                "where post_type = 'all'")
     promoted = tok[tok.rank_sft_top_in_base > 3].groupby(["pair", "grp", "top_id_sft"])
     want = pd.DataFrame({"n": promoted.size(), "kl": promoted.kl_sft_base.sum()})
     g = got[got.direction == "promoted"].set_index(["pair", "grp", "token_id"])
@@ -215,6 +217,66 @@ def test_top_shifted_tokens_against_pandas(built):
         zip(top.pair, top.grp, top.top_id_sft, strict=True))
     demoted = tok[tok.rank_base_top_in_sft > 3]
     assert got[got.direction == "demoted"]["n_shifted"].sum() == len(demoted)
+
+
+def test_token_shift_by_post_type_against_sql_by_hand(built):
+    """fct_group_token_shift's (group, post type) cells over all positions and the
+    'all' type against SQL written here on the raw tables (shift classes: SFT's
+    top-1 ranked > 3 by the base is shifted; token-weighted KL); and
+    fct_top_shifted_tokens within answers against pandas on the answers' tokens."""
+    import duckdb
+
+    db, raw, _ = built
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        hand = con.execute("""
+            with tok as (
+                select p.pair, p.grp, p.post_type, s.post_id, s.kl_sft_base,
+                       s.rank_sft_top_in_base > 3 as shifted
+                from raw.token_shift s join raw.post_texts p using (run_id, post_id)
+            )
+            select pair, grp, post_type, count(distinct post_id) as n_posts,
+                   count(*) as n_tokens, avg(shifted::int) as share_shifted,
+                   avg(kl_sft_base) as mean_kl
+            from tok group by all
+            union all
+            select pair, grp, 'all', count(distinct post_id), count(*),
+                   avg(shifted::int), avg(kl_sft_base)
+            from tok group by all
+            order by all""").df()
+        got = con.execute("""
+            select pair, grp, post_type, n_posts, n_tokens, share_shifted,
+                   mean_kl_sft_base as mean_kl
+            from marts.fct_group_token_shift where position_bucket = 'all'
+            order by all""").df()
+        keys = con.execute("select count(*), count(distinct group_bucket_key) "
+                           "from marts.fct_group_token_shift").fetchone()
+    finally:
+        con.close()
+    assert keys[0] == keys[1]
+    assert len(got) == len(hand) == REPLICATES * 2 * 3
+    assert set(got.post_type) == {"answer", "question", "all"}
+    assert (got[["pair", "grp", "post_type"]].to_numpy()
+            == hand[["pair", "grp", "post_type"]].to_numpy()).all()
+    assert (got.n_posts.to_numpy() == hand.n_posts.to_numpy()).all()
+    assert (got.n_tokens.to_numpy() == hand.n_tokens.to_numpy()).all()
+    np.testing.assert_allclose(got.share_shifted, hand.share_shifted, rtol=1e-12)
+    np.testing.assert_allclose(got.mean_kl, hand.mean_kl, rtol=1e-12)
+
+    posts = raw["post_texts"][["pair", "post_id", "grp", "post_type"]]
+    tok = raw["token_shift"].merge(posts)
+    answers = tok[(tok.post_type == "answer") & (tok.rank_sft_top_in_base > 3)]
+    want = answers.groupby(["pair", "grp", "top_id_sft"]).agg(
+        n=("kl_sft_base", "size"), kl=("kl_sft_base", "sum"))
+    top = frame(db, "select * from marts.fct_top_shifted_tokens where post_type = "
+                "'answer' and direction = 'promoted'").set_index(
+        ["pair", "grp", "token_id"])
+    assert len(top) == len(want)
+    top = top.loc[want.index]
+    assert (top["n_shifted"] == want["n"]).all()
+    np.testing.assert_allclose(top["kl_mass"], want["kl"], rtol=1e-12)
+    shares = top.groupby(level=["pair", "grp"])["share_of_shifted"].sum()
+    np.testing.assert_allclose(shares, 1.0, rtol=1e-12)
 
 
 def test_intervals_cover_the_known_difference(built):
