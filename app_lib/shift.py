@@ -89,12 +89,13 @@ def differences(src: Src, pair: str, post_type: str = "all") -> pd.DataFrame:
 
 
 @_cache
-def classes(src: Src, pair: str) -> pd.DataFrame:
+def classes(src: Src, pair: str, post_type: str = "all") -> pd.DataFrame:
+    """Shift classes per group and position bucket, of one post type ('all': any)."""
     return query(f"""
         select grp, position_bucket, first_position, n_posts, n_tokens,
                share_unshifted, share_marginal, share_shifted, mean_kl_sft_base
-        from {TABLE} where pair = ? order by grp, first_position
-    """, [pair], path=src[0])
+        from {TABLE} where pair = ? and post_type = ? order by grp, first_position
+    """, [pair, post_type], path=src[0])
 
 
 @_cache
@@ -110,24 +111,27 @@ def generated(src: Src, pair: str) -> pd.DataFrame:
 
 @_cache
 def top_tokens(src: Src, pair: str, grp: str, direction: str, by: str,
-               limit: int = 20) -> pd.DataFrame:
+               limit: int = 20, post_type: str = "all") -> pd.DataFrame:
+    """The group's most shifted tokens within one post type ('all': any)."""
     order = "rank_by_kl_mass" if by == "kl_mass" else "rank_by_count"
     return query(f"""
         select token_id, token_text, n_shifted, n_posts, share_of_shifted, kl_mass,
                share_of_kl_mass, mean_kl_sft_base
         from marts.fct_top_shifted_tokens
-        where pair = ? and grp = ? and direction = ? and {order} <= ?
+        where pair = ? and grp = ? and post_type = ? and direction = ? and {order} <= ?
         order by {order}
-    """, [pair, grp, direction, limit], path=src[0])
+    """, [pair, grp, post_type, direction, limit], path=src[0])
 
 
 @_cache
-def posts(src: Src, pair: str) -> pd.DataFrame:
+def posts(src: Src, pair: str, post_type: str = "all") -> pd.DataFrame:
+    """The pair's posts of one type ('all': every post), largest mean KL first."""
     return query("""
         select post_id, grp, n_tokens, mean_kl_sft_base, share_shifted
-        from marts.fct_post_token_shift where pair = ?
+        from marts.fct_post_token_shift
+        where pair = ? and (? = 'all' or coalesce(post_type, '(unknown)') = ?)
         order by mean_kl_sft_base desc, post_id
-    """, [pair], path=src[0])
+    """, [pair, post_type, post_type], path=src[0])
 
 
 @_cache

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app_lib import charts, shift, ui
+from app_lib import charts, floor, shift, ui
 from app_lib import queries as q
 from app_lib import takeaways as tk
 
@@ -29,6 +29,14 @@ post_type = st.radio("posts compared", types, horizontal=True, key="shift_post_t
 groups = ui.load(shift.group_intervals, src, pair, post_type)
 diffs = ui.load(shift.differences, src, pair, post_type)
 ui.takeaway(tk.token_shift(groups, diffs))
+seed = ui.load(floor.behaviour, src, pair, post_type)
+if len(seed):
+    ui.takeaway(tk.seed_floor_kl(seed))
+    with st.expander("the seed floor: KL to a second fine-tune with another seed"):
+        st.dataframe(floor.kl_table(seed), hide_index=True, width="stretch")
+        st.caption("KL(p_B || p_SFT), B the same base fine-tuned again by the same "
+                   "recipe with another seed, next to KL(p_SFT || p_base), "
+                   "token-weighted over the posts both runs scored.")
 
 st.subheader("Do the two post groups differ in how much SFT moved them?")
 metric = st.selectbox("measure", list(shift.MEASURES), key="shift_metric",
@@ -44,7 +52,8 @@ with st.expander("every measure: groups and their difference"):
                "resampled together), seeded.")
 
 st.subheader("Shift classes by token position")
-cls = ui.load(shift.classes, src, pair)
+st.caption(f"Posts compared: {shift.POST_TYPES.get(post_type, post_type)}.")
+cls = ui.load(shift.classes, src, pair, post_type)
 st.altair_chart(shift.classes_chart(cls), width="content")
 
 st.subheader("On the SFT's own answers (URIAL's protocol)")
@@ -69,14 +78,14 @@ direction = c2.radio("direction", ["promoted", "demoted"], horizontal=True,
                           "demoted: the base's top-1 where SFT ranks it below 3rd")
 by = c3.radio("ranked by", ["count", "kl_mass"], horizontal=True, key="shift_by",
               format_func=lambda b: "KL mass" if b == "kl_mass" else b)
-top = ui.load(shift.top_tokens, src, pair, grp, direction, by)
+top = ui.load(shift.top_tokens, src, pair, grp, direction, by, 20, post_type)
 if top.empty:
     st.info("No shifted tokens in this group and direction.")
 else:
     ui.chart(shift.top_tokens_chart, top, by)
 
 st.subheader("One post, coloured by per-token KL")
-posts = ui.load(shift.posts, src, pair)
+posts = ui.load(shift.posts, src, pair, post_type)
 labels = {int(r.post_id): f"{r.post_id} [{r.grp}] mean KL {r.mean_kl_sft_base:.3g}, "
           f"{r.share_shifted:.0%} shifted" for r in posts.itertuples()}
 post_id = st.selectbox("post (largest mean KL first)", list(labels),
