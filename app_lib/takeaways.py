@@ -190,6 +190,94 @@ def spectrum(delta: pd.Series | None, energy: pd.DataFrame) -> list[str]:
     return out
 
 
+# --- the seed floor ------------------------------------------------------------------
+# (app_lib.floor: a second fine-tune B of the same base, same recipe, another seed)
+
+def seed_floor_weights(floors: pd.DataFrame) -> list[str]:
+    """Per pair with a floor: how far SFT moved the weights (median relative change
+    over the matrices, overall and in the module type it moved most) next to how far
+    a second seed's fine-tune lands from it. floors: app_lib.floor.modules rows."""
+    out = []
+    for pair, f in floors.groupby("pair", sort=False):
+        every = f[f["module"] == "all"]
+        mods = f[f["module"] != "all"].dropna(subset=["median_relative_change_a"])
+        if every.empty:
+            continue
+        a = every.iloc[0]
+        text = (f"**{pair}**: SFT moved its matrices by "
+                f"{a.median_relative_change_a:.0%} of their norm (median); a second "
+                f"fine-tune with another seed ({a.other_pair}) differs from it by "
+                f"{a.median_relative_change_between:.0%} (||W_B - W_A||_F / "
+                f"||W_A||_F, the seed floor)")
+        if len(mods):
+            m = mods.loc[mods["median_relative_change_a"].idxmax()]
+            text += (f"; SFT moved {m.module} {m.median_relative_change_a:.0%} of its "
+                     f"norm, a second seed differs from it by "
+                     f"{m.median_relative_change_between:.0%}")
+        if pd.notna(a.corr_relative_change):
+            text += (f"; the two fine-tunes' changes correlate at "
+                     f"{a.corr_relative_change:.2f} over the {int(a.n_matrices)} "
+                     "matrices")
+        out.append(text + ".")
+    return out
+
+
+def seed_floor_layers(lines: pd.DataFrame) -> list[str]:
+    """The Layers page's floor lines: their median against depth, said once."""
+    if lines.empty:
+        return []
+    parts = [f"{p.removesuffix(': seed floor')} "
+             f"{g['relative_frobenius_change'].median():.0%}"
+             for p, g in lines.groupby("pair", sort=False)]
+    return [f"Seed floor (a second fine-tune with another seed against this one, "
+            f"||W_B - W_A||_F / ||W_A||_F, median over layers): {_join(parts)}; the "
+            "lines named ': seed floor' show it per layer."]
+
+
+def seed_floor_kl(rows: pd.DataFrame) -> list[str]:
+    """KL(p_A || p_base) per token next to KL(p_B || p_A), the floor, per group of
+    one post type. rows: app_lib.floor.behaviour rows."""
+    rows = rows.dropna(subset=["mean_kl_a_base", "mean_kl_b_a"])
+    if rows.empty:
+        return []
+    parts = []
+    for r in rows.itertuples():
+        name = _group(r.grp) if r.grp != "all" else "all"
+        kind = "" if r.post_type == "all" else f" {r.post_type}s"
+        parts.append(f"{name}{kind}: {_num(r.mean_kl_a_base)} vs seed "
+                     f"{_num(r.mean_kl_b_a)} ({r.floor_ratio:.0%}, {int(r.n_posts)} "
+                     "posts)")
+    return [f"Seed floor: KL(p_SFT || p_base) per token next to KL(p_B || p_SFT), B "
+            f"a second fine-tune with another seed ({rows['between_pair'].iloc[0]}): "
+            + "; ".join(parts) + ". The fine-tune's change stands out where the first "
+            "is well above the second."]
+
+
+def seed_floor_directions(cells: pd.DataFrame, side: str) -> list[str]:
+    """The overlap of dW_A's and dW_B's top-k subspaces over the matrices against
+    its chance level. cells: app_lib.floor.directions rows."""
+    c = cells.dropna(subset=["share"])
+    if c.empty:
+        return []
+    k = int(c["k"].max())
+    flat = c[~c["chance_informative"].astype(bool)]
+    text = (f"Seed floor: a second fine-tune with another seed "
+            f"({c['other_pair'].iloc[0]}) moves the base along much the same top-{k} "
+            f"{side} directions" if c["share"].median()
+            > CHANCE_BAND * c["chance_share"].median() else
+            f"Seed floor: a second fine-tune with another seed "
+            f"({c['other_pair'].iloc[0]}) moves the base along other top-{k} {side} "
+            "directions")
+    text += (f": the overlap of dW_A's and dW_B's top-{k} subspaces is "
+             f"{_num(c['share'].median(), 2)} (median over {len(c)} matrices, "
+             f"{_num(c['share'].min(), 2)} to {_num(c['share'].max(), 2)}) against "
+             f"chance {_num(c['chance_share'].median(), 2)}")
+    if len(flat):
+        text += (f"; in {len(flat)} matrices k reaches the dimension W_base spans, "
+                 "where chance says nothing")
+    return [text + "."]
+
+
 # --- directions ----------------------------------------------------------------------
 
 def overlap(cells: pd.DataFrame, r: int, side: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app_lib import charts, ui
+from app_lib import charts, floor, ui
 from app_lib import directions as d
 from app_lib import takeaways as tk
 
@@ -39,6 +39,20 @@ else:
         ui.chart(charts.heatmap, cells, "share")
     st.caption("Enrichment 1 (white) is chance: a random r-dimensional subspace "
                "holds r / dim of ||dW||^2 on average; green above, purple below.")
+
+seed = ui.load(floor.directions, src, pair, side)
+if len(seed):
+    st.subheader("Against a second fine-tune: the seed floor of the directions")
+    ui.takeaway(tk.seed_floor_directions(seed, side))
+    ui.chart(charts.heatmap, seed[seed["layer"].notna()], "share")
+    st.caption("Each cell: the overlap ||P_k^T Q_k||_F^2 / k of the top-k singular "
+               "subspaces of dW_A (this pair's SFT - base) and dW_B (a second "
+               "fine-tune of the same base, same recipe, another seed; 1 = the same "
+               "subspace); two random k-dimensional subspaces of the space W_base "
+               "spans share k / span_dim on average (the chance level, per matrix "
+               "in the table).")
+    with st.expander("per matrix: overlap, chance, widest principal angle"):
+        st.dataframe(seed, hide_index=True, width="stretch")
 
 st.subheader("Intruder dimensions")
 c1, c2 = st.columns(2)

@@ -1,8 +1,9 @@
 """Layers: a measure against depth, one line per pair, so sizes compare."""
 
+import pandas as pd
 import streamlit as st
 
-from app_lib import charts, ui
+from app_lib import charts, floor, ui
 from app_lib import queries as q
 from app_lib import takeaways as tk
 
@@ -40,9 +41,18 @@ if data.empty:
     st.info("Choose at least one pair.")
     st.stop()
 ui.takeaway(tk.depth_trend(data, metric))
-st.altair_chart(charts.layers_chart(data, metric, log=log).interactive(
-    bind_y=False), width="stretch")
-st.caption(f"{module}: {charts.metric_title(metric)}.")
+floors = ui.load(floor.layers, src)
+seed = (floor.layer_lines(data, floors[floors["pair"].isin(shown)],
+                          None if module == MEDIAN else module)
+        if metric == "relative_frobenius_change" else data.iloc[0:0])
+ui.takeaway(tk.seed_floor_layers(seed))
+st.altair_chart(charts.layers_chart(pd.concat([data, seed]) if len(seed) else data,
+                                    metric, log=log).interactive(bind_y=False),
+                width="stretch")
+st.caption(f"{module}: {charts.metric_title(metric)}."
+           + (" '<pair>: seed floor' is ||W_B - W_A||_F / ||W_A||_F for a second "
+              "fine-tune B of the same base (same recipe, another seed): the change "
+              "a fine-tune's randomness alone makes." if len(seed) else ""))
 
 st.subheader("Power-law alpha of the ESD (WeightWatcher)")
 st.caption("alpha of p(lambda) ~ lambda^-alpha fitted to the eigenvalues of W^T W "

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app_lib import charts, ui
+from app_lib import charts, floor, ui
 from app_lib import queries as q
 from app_lib import takeaways as tk
 
@@ -20,6 +20,8 @@ if ui.need(src, "marts.dim_pairs", run=q.FILL_ALL + "\n# or\n" + q.FILL_WEIGHTS,
     said = []
     if ui.load(q.row_count, src, "marts.fct_layer_module_metrics"):
         said += tk.weights(ui.load(q.layer_module, src))
+    floors = ui.load(floor.modules, src)
+    said += tk.seed_floor_weights(floors)
     if ui.load(q.row_count, src, "raw.token_logprobs"):
         scored = ui.load(q.behaviour_pairs, src)[-1]
         said += tk.perplexity(ui.load(q.group_perplexity_delta, src, scored),
@@ -57,11 +59,20 @@ if ui.need(src, "marts.dim_pairs", run=q.FILL_ALL + "\n# or\n" + q.FILL_WEIGHTS,
         summary = summary.sort_values(
             ["size_billions", "pair", "module"],
             key=lambda c: c.map(rank).fillna(99) if c.name == "module" else c)
+        if len(floors):  # the seed floor beside the change, where the pair has one
+            summary = summary.merge(
+                floors[["pair", "module", "median_relative_change_between"]],
+                on=["pair", "module"], how="left")
+            st.caption("Seed floor: the same median of ||W_B - W_A||_F / ||W_A||_F "
+                       "for a second fine-tune B of the same base (same recipe, "
+                       "another seed), where the pair has one.")
         st.dataframe(
             summary.drop(columns=["size_billions"]), hide_index=True, width="stretch",
             column_config={
                 "median_relative_frobenius_change": st.column_config.NumberColumn(
                     "||dW||_F / ||W||_F", format="%.4f"),
+                "median_relative_change_between": st.column_config.NumberColumn(
+                    "seed floor ||W_B - W_A||_F / ||W_A||_F", format="%.4f"),
                 "median_relative_spectral_change": st.column_config.NumberColumn(
                     "||dW||_2 / ||W||_2", format="%.4f"),
                 "median_delta_stable_rank": st.column_config.NumberColumn(

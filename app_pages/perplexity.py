@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from app_lib import charts, lora, shift, ui
+from app_lib import charts, floor, lora, shift, ui
 from app_lib import queries as q
 from app_lib import takeaways as tk
 
@@ -54,6 +54,17 @@ if "delta_perplexity" in deltas:
     right.dataframe(deltas.groupby("grp")[["delta_perplexity",
                                            "delta_bits_per_byte"]].median(),
                     width="stretch")
+
+seed = ui.load(floor.behaviour, src, pair)
+if len(seed):
+    st.subheader("Against a second fine-tune: the seed floor")
+    st.caption("The same base fine-tuned again by the same recipe with another seed "
+               "(B): how far its next-token distributions are from this SFT's, "
+               "KL(p_B || p_SFT), next to how far this SFT's are from the base's, "
+               "per group and post type ('all': every one), token-weighted over the "
+               "posts both runs scored (nats per token).")
+    ui.takeaway(tk.seed_floor_kl(seed[(seed["post_type"] == "all")]))
+    st.dataframe(floor.kl_table(seed), hide_index=True, width="stretch")
 
 st.subheader("Is SFT a LoRA? Behaviour recovered per rank")
 st.caption("W_base + the best rank-r approximation of every dW, scored like the two "

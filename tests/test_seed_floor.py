@@ -1,6 +1,7 @@
 """The seed floor: the demo base, its shipped SFT A (seed 19) and the second fine-tune
 B (models/demo-seed29, seed 29), scored by compute.run as the pairs (base, A),
-(base, B) and (A, B); marts/seeds against NumPy on the checkpoints' own weights and a
+(base, B) and (A, B), and compute.seed_floor on the first two runs' dW vectors;
+marts/seeds against NumPy on the checkpoints' own weights (an SVD of each dW) and a
 plain transformers forward pass of A and B."""
 
 from __future__ import annotations
@@ -50,13 +51,17 @@ def floor(tmp_path_factory):
                   "post_type": ["question", "answer", "answer"], "text": TEXTS}
                  ).to_parquet(prompts)
     db = work / "w.duckdb"
-    for name, (base, sft) in PAIRS.items():
+    for name, (base, sft) in PAIRS.items():  # vectors as compute.run's default
+        vectors = ["--vectors", "0"] if name == "demo-seeds" else []
         run_py("-m", "compute.run", "--base", str(base), "--sft", str(sft), "--name",
-               name, "--prompts", str(prompts), "--window", "128", "--vectors", "0",
+               name, "--prompts", str(prompts), "--window", "128", *vectors,
                "--no-progress", "--device", "cpu", "--out", str(work / "runs"),
                db=db)
+    run_py("-m", "compute.seed_floor", "--pair", "demo", "--other", "demo-seed29",
+           "--out", str(work / "runs"), db=db)
     run_dbt(db, "build", "--quiet", "--select", "dim_pairs", "+fct_seed_floor_matrices",
-            "+fct_seed_floor_summary", "+fct_seed_floor_behaviour")
+            "+fct_seed_floor_summary", "+fct_seed_floor_behaviour",
+            "+fct_seed_floor_directions")
     return db
 
 
@@ -129,3 +134,131 @@ def test_behaviour_floor_against_a_forward_pass(floor):
         assert got[key][0] == n
         assert got[key][1] == pytest.approx(ab, rel=1e-4)
         assert got[key][2] == pytest.approx(a0, rel=1e-4)
+
+
+def top_vectors(dw: np.ndarray, side: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(singular values, the top-k singular vectors as rows) of `dw` on `side`."""
+    u, s, vt = np.linalg.svd(dw, full_matrices=False)
+    return s, (u[:, :k].T if side == "left" else vt[:k])
+
+
+def test_direction_floor_against_numpy(floor):
+    """Per matrix and side, an SVD of dW_A = W_A - W_base and of dW_B by NumPy:
+    share(k) = ||U_A[:, :k]^T U_B[:, :k]||_F^2 / k, the principal angles' cosines
+    (the singular values of that product), span_dim = rank of W_base, chance k /
+    span_dim; checked where the k-th singular value of both is separated from the
+    (k+1)-th (else the top-k subspace itself is not defined)."""
+    base, a, b = weights(DEMO / "base"), weights(DEMO / "sft"), weights(SEED / "sft")
+    got = {(t, side, k): (share, chance, span, cos) for t, side, k, share, chance,
+           span, cos in query(floor, "select tensor, side, k, share, chance_share, "
+                              "span_dim, cosines from marts.fct_seed_floor_directions")}
+    ks = {k for (_, _, k) in got}
+    assert ks == set(range(1, 33))  # compute.run's 32 vectors on the demo's CPU run
+    assert {t for (t, _, _) in got} == set(base)
+    checked = 0
+    for (tensor, side, k), (share, chance, span, cos) in got.items():
+        if k not in (1, 4, 8, 16):
+            continue
+        sa, pa = top_vectors(a[tensor] - base[tensor], side, k)
+        sb, pb = top_vectors(b[tensor] - base[tensor], side, k)
+        if min(1 - sa[k] / sa[k - 1], 1 - sb[k] / sb[k - 1]) < 1e-3:
+            continue
+        cross = pa @ pb.T
+        assert share == pytest.approx(float((cross ** 2).sum()) / k, abs=2e-5)
+        assert cos == pytest.approx(np.linalg.svd(cross, compute_uv=False), abs=2e-4)
+        rank = np.linalg.matrix_rank(base[tensor])
+        assert span == rank
+        assert chance == pytest.approx(k / rank)
+        checked += 1
+    assert checked >= 100
+
+
+def test_direction_floor_reload_replaces(floor, tmp_path):
+    """Loading the same floor file again leaves the same rows, not twice as many;
+    a file of something else is refused, naming it, and changes nothing."""
+    count = "select count(*) from raw.seed_direction_overlap"
+    before = query(floor, count)[0][0]
+    file = floor.parent / "runs" / "demo" / "seed_floor" / "demo-seed29.parquet"
+    run_py("-m", "ingest.seed_floor", str(file), db=floor)
+    assert query(floor, count)[0][0] == before > 0
+    bad = tmp_path / "other.parquet"
+    pd.DataFrame({"x": [1]}).to_parquet(bad)
+    proc = run_py("-m", "ingest.seed_floor", str(bad), db=floor, check=False)
+    assert proc.returncode == 2 and str(bad) in proc.stderr
+    assert "lacks run_id" in proc.stderr
+    assert query(floor, count)[0][0] == before
+
+
+@pytest.fixture(scope="module")
+def floor_app(floor, tmp_path_factory):
+    """The floor's warehouse with every mart built (the pages read them)."""
+    import shutil
+
+    db = tmp_path_factory.mktemp("floor_app") / "w.duckdb"
+    shutil.copyfile(floor, db)
+    run_dbt(db, "run", "--quiet")
+    return db
+
+
+def _pct(x: float) -> str:
+    return f"{x:.0%}"
+
+
+def test_app_shows_the_floor_beside_the_change(floor_app, monkeypatch):
+    """Overview, Layers, Perplexity, Token shift and Directions of pair 'demo' show
+    the seed floor from the marts: the takeaways quote the A-to-B values and the
+    tables and charts hold them."""
+    import json
+
+    import pyarrow as pa
+
+    from tests.test_app import open_page, said
+
+    (a, ab, corr), = query(floor_app, "select median_relative_change_a, "
+                           "median_relative_change_between, corr_relative_change "
+                           "from marts.fct_seed_floor_summary where module = 'all'")
+    at = open_page("overview", floor_app, monkeypatch)
+    assert (f"SFT moved its matrices by {_pct(a)} of their norm (median); a second "
+            f"fine-tune with another seed (demo-seed29) differs from it by "
+            f"{_pct(ab)}") in said(at), said(at)
+    assert f"correlate at {corr:.2f}" in said(at)
+
+    at = open_page("layers", floor_app, monkeypatch)
+    at.selectbox(key="layers_metric").select("relative_frobenius_change").run()
+    at.selectbox(key="layers_module").select("q_proj").run()
+    assert not at.exception
+    el = at.get("vega_lite_chart")[0].proto
+    drawn = {(r["pair"], r["layer"]): r["relative_frobenius_change"]
+             for d in el.datasets
+             for r in pa.ipc.open_stream(d.data.data).read_all().to_pylist()}
+    stored = dict(query(floor_app, "select layer, relative_change_between from "
+                        "marts.fct_seed_floor_matrices where module = 'q_proj'"))
+    assert {layer: v for (p, layer), v in drawn.items()
+            if p == "demo: seed floor"} == pytest.approx(stored)
+    assert "Seed floor (a second fine-tune" in said(at)
+
+    rows = query(floor_app, "select grp, post_type, mean_kl_a_base, mean_kl_b_a from "
+                 "marts.fct_seed_floor_behaviour where pair = 'demo'")
+    at = open_page("perplexity", floor_app, monkeypatch)
+    table = next(df.value for df in at.dataframe
+                 if "seed floor KL(p_B || p_SFT)" in df.value.columns)
+    assert len(table) == len(rows)
+    got = {(r["posts"], r["post type"]): r["seed floor KL(p_B || p_SFT)"]
+           for _, r in table.iterrows()}
+    assert got == pytest.approx({(g, t): ba for g, t, _, ba in rows})
+    all_row = next(r for r in rows if r[:2] == ("all", "all"))
+    assert f"all: {all_row[2]:.3g} vs seed {all_row[3]:.3g}" in said(at)
+
+    at = open_page("token_shift", floor_app, monkeypatch)
+    compared = at.radio(key="shift_post_type").value
+    want = [r for r in rows if r[1] == compared]
+    assert want and all(f"{r[2]:.3g} vs seed {r[3]:.3g}" in said(at) for r in want)
+
+    at = open_page("directions", floor_app, monkeypatch)
+    shares = [s for s, in query(floor_app, "select share from "
+                                "marts.fct_seed_floor_directions where pair = 'demo' "
+                                "and side = 'left' and k = 8")]
+    assert f"top-8 subspaces is {float(np.median(shares)):.2g} (median over " \
+        f"{len(shares)} matrices" in said(at), said(at)
+    assert any("share" in json.dumps(json.loads(c.proto.spec))
+               for c in at.get("vega_lite_chart"))
