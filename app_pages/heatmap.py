@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app_lib import charts, ui
+from app_lib import charts, floor, ui
 from app_lib import queries as q
 from app_lib import takeaways as tk
 
@@ -32,7 +32,19 @@ if cells.empty:
     st.info(f"Pair {pair} has no block matrices in marts.fct_layer_module_metrics.")
     st.stop()
 ui.takeaway(tk.heatmap(cells, metric))
+floors = ui.load(floor.modules, src, pair)
+if metric == "relative_frobenius_change" and len(floors):
+    ui.takeaway(tk.seed_floor_weights(floors))
 ui.chart(charts.heatmap, cells, metric, log=log)
+if metric == "relative_frobenius_change" and len(floors):
+    seed = ui.load(floor.layers, src)
+    with st.expander("The seed floor per cell: ||W_B - W_A||_F / ||W_A||_F"):
+        st.dataframe(seed[seed["pair"] == pair].pivot_table(
+            index="layer", columns="module", values="relative_change_between"),
+            width="stretch")
+        st.caption("B: the same base fine-tuned again by the same recipe with "
+                   "another seed; a cell's change stands out where it is well "
+                   "above this.")
 if metric in charts.RANK_METRICS:
     st.caption("Colour: the rank as a share of the matrix's full rank min(m, n) "
                "(k/v projections are narrower than q); the cells print the rank.")

@@ -223,6 +223,13 @@ def test_app_shows_the_floor_beside_the_change(floor_app, monkeypatch):
             f"{_pct(ab)}") in said(at), said(at)
     assert f"correlate at {corr:.2f}" in said(at)
 
+    at = open_page("heatmap", floor_app, monkeypatch)
+    assert f"differs from it by {_pct(ab)}" in said(at)
+    grid = next(df.value for df in at.dataframe if "q_proj" in df.value.columns)
+    stored = dict(query(floor_app, "select layer, relative_change_between from "
+                        "marts.fct_seed_floor_matrices where module = 'q_proj'"))
+    assert grid["q_proj"].to_dict() == pytest.approx(stored)
+
     at = open_page("layers", floor_app, monkeypatch)
     at.selectbox(key="layers_metric").select("relative_frobenius_change").run()
     at.selectbox(key="layers_module").select("q_proj").run()
