@@ -8,12 +8,13 @@ import json
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from app_lib import shift
-from tests.conftest import ROOT
+from tests.conftest import ROOT, query
 
 GROUPS = pd.DataFrame({
     "grp": ["high", "low"], "metric": ["share_shifted"] * 2, "estimate": [0.08, 0.05],
@@ -92,6 +93,20 @@ def test_token_shift_page(demo_warehouse, monkeypatch):
     assert "kl" in at.get("html")[0].proto.body.lower()
     types = at.radio(key="shift_post_type")
     assert types.value == "answer" and len(types.options) == 3  # like with like
+    # the page's post list and top tokens are the answers' (the typed marts)
+    answers = {p for (p,) in query(demo_warehouse, "select post_id from "
+                                   "marts.fct_post_token_shift where post_type = "
+                                   "'answer'")}
+    listed = {int(o.split()[0]) for o in at.selectbox(key="shift_post").options}
+    assert listed == answers
+    grp = at.selectbox(key="shift_grp").value
+    top = {t for (t,) in query(demo_warehouse, "select token_id from "
+                               "marts.fct_top_shifted_tokens where post_type = "
+                               "'answer' and grp = ? and direction = 'promoted' "
+                               "and rank_by_count <= 20", [grp])}
+    drawn = {r["token_id"] for d in at.get("vega_lite_chart")[-1].proto.datasets
+             for r in pa.ipc.open_stream(d.data.data).read_all().to_pylist()}
+    assert top and drawn == top
     types.set_value("all").run()
     at.selectbox(key="shift_metric").select("mean_kl_sft_base").run()
     at.radio(key="shift_direction").set_value("demoted").run()

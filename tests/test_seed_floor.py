@@ -136,41 +136,40 @@ def test_behaviour_floor_against_a_forward_pass(floor):
         assert got[key][2] == pytest.approx(a0, rel=1e-4)
 
 
-def top_vectors(dw: np.ndarray, side: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(singular values, the top-k singular vectors as rows) of `dw` on `side`."""
-    u, s, vt = np.linalg.svd(dw, full_matrices=False)
-    return s, (u[:, :k].T if side == "left" else vt[:k])
-
-
 def test_direction_floor_against_numpy(floor):
     """Per matrix and side, an SVD of dW_A = W_A - W_base and of dW_B by NumPy:
     share(k) = ||U_A[:, :k]^T U_B[:, :k]||_F^2 / k, the principal angles' cosines
     (the singular values of that product), span_dim = rank of W_base, chance k /
     span_dim; checked where the k-th singular value of both is separated from the
-    (k+1)-th (else the top-k subspace itself is not defined)."""
+    (k+1)-th (else the top-k subspace itself is not defined). The demo's median over
+    the matrices at k = 8 on the left side was 0.81 against chance 8 / 128."""
     base, a, b = weights(DEMO / "base"), weights(DEMO / "sft"), weights(SEED / "sft")
     got = {(t, side, k): (share, chance, span, cos) for t, side, k, share, chance,
            span, cos in query(floor, "select tensor, side, k, share, chance_share, "
                               "span_dim, cosines from marts.fct_seed_floor_directions")}
-    ks = {k for (_, _, k) in got}
-    assert ks == set(range(1, 33))  # compute.run's 32 vectors on the demo's CPU run
+    assert {k for (_, _, k) in got} == set(range(1, 33))  # compute.run's 32 vectors
     assert {t for (t, _, _) in got} == set(base)
     checked = 0
-    for (tensor, side, k), (share, chance, span, cos) in got.items():
-        if k not in (1, 4, 8, 16):
-            continue
-        sa, pa = top_vectors(a[tensor] - base[tensor], side, k)
-        sb, pb = top_vectors(b[tensor] - base[tensor], side, k)
-        if min(1 - sa[k] / sa[k - 1], 1 - sb[k] / sb[k - 1]) < 1e-3:
-            continue
-        cross = pa @ pb.T
-        assert share == pytest.approx(float((cross ** 2).sum()) / k, abs=2e-5)
-        assert cos == pytest.approx(np.linalg.svd(cross, compute_uv=False), abs=2e-4)
+    for tensor in base:
+        (ua, sa, vta), (ub, sb, vtb) = (
+            np.linalg.svd(w[tensor] - base[tensor], full_matrices=False)
+            for w in (a, b))
         rank = np.linalg.matrix_rank(base[tensor])
-        assert span == rank
-        assert chance == pytest.approx(k / rank)
-        checked += 1
-    assert checked >= 100
+        for side, pa, pb in (("left", ua.T, ub.T), ("right", vta, vtb)):
+            for k in (1, 4, 8, 16):
+                share, chance, span, cos = got[(tensor, side, k)]
+                assert span == rank and chance == pytest.approx(k / rank)
+                if min(1 - sa[k] / sa[k - 1], 1 - sb[k] / sb[k - 1]) < 1e-3:
+                    continue
+                cross = pa[:k] @ pb[:k].T
+                assert share == pytest.approx(float((cross ** 2).sum()) / k,
+                                              abs=2e-5)
+                assert cos == pytest.approx(np.linalg.svd(cross, compute_uv=False),
+                                            abs=2e-4)
+                checked += 1
+    assert checked >= 200
+    left8 = [v[0] for key, v in got.items() if key[1:] == ("left", 8)]
+    assert float(np.median(left8)) > 5 * 8 / 128  # far above chance on the demo
 
 
 def test_direction_floor_reload_replaces(floor, tmp_path):
