@@ -230,3 +230,37 @@ def test_over_training_onsets_by_hand():
     assert tk.over_training(onsets.iloc[:0]) == ["No onsets for this series yet."]
     # one module type only: no first/last sentence
     assert len(tk.over_training(onsets.iloc[[1, 2]])) == 1
+
+
+def test_seed_floor_sentences_by_hand():
+    """The floor beside the change: A's median relative change 0.23 over every matrix
+    and q_proj's 0.30 (the most), A-to-B 0.10 and 0.12, correlation 0.91 over 8
+    matrices; KL(A || base) 0.12 vs KL(B || A) 0.03 (25%); top-8 overlaps 0.8, 0.9
+    and 0.7 (median 0.8) against chance 8 / 128 = 0.0625; nothing without floors."""
+    floors = pd.DataFrame({
+        "pair": "demo", "other_pair": "demo-seed29", "module": ["all", "q_proj", "k_proj"],
+        "n_matrices": [8, 4, 4], "median_relative_change_a": [0.23, 0.30, 0.15],
+        "median_relative_change_between": [0.10, 0.12, 0.08],
+        "corr_relative_change": [0.91, 0.5, 0.4]})
+    (text,) = tk.seed_floor_weights(floors)
+    assert text == ("**demo**: SFT moved its matrices by 23% of their norm (median); a "
+                    "second fine-tune with another seed (demo-seed29) differs from it "
+                    "by 10% (||W_B - W_A||_F / ||W_A||_F, the seed floor); SFT moved "
+                    "q_proj 30% of its norm, a second seed differs from it by 12%; the "
+                    "two fine-tunes' changes correlate at 0.91 over the 8 matrices.")
+    assert tk.seed_floor_weights(floors.iloc[0:0]) == []
+    kl = pd.DataFrame({"grp": ["all"], "post_type": ["answer"], "n_posts": [40],
+                       "mean_kl_a_base": [0.12], "mean_kl_b_a": [0.03],
+                       "floor_ratio": [0.25], "between_pair": ["demo-seeds"]})
+    (text,) = tk.seed_floor_kl(kl)
+    assert "(demo-seeds): all answers: 0.12 vs seed 0.03 (25%, 40 posts)" in text
+    dirs = pd.DataFrame({"other_pair": "demo-seed29", "k": 8, "share": [0.8, 0.9, 0.7],
+                         "chance_share": 0.0625, "chance_informative": True})
+    (text,) = tk.seed_floor_directions(dirs, "left")
+    assert text.startswith("Seed floor: a second fine-tune with another seed "
+                           "(demo-seed29) moves the base along much the same top-8 "
+                           "left directions")
+    assert "is 0.8 (median over 3 matrices, 0.7 to 0.9) against chance 0.062" in text
+    low = dirs.assign(share=[0.06, 0.07, 0.05])
+    assert "along other top-8 left directions" in tk.seed_floor_directions(low,
+                                                                          "left")[0]
