@@ -203,6 +203,22 @@ def _pct(x: float) -> str:
     return f"{x:.0%}"
 
 
+def open_demo(page: str, warehouse, monkeypatch):
+    """A page of the app on pair 'demo' (the sidebar's pick, kept across pages)."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    st.cache_data.clear()
+    monkeypatch.setenv("SFTSCOPE_DB", str(warehouse))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.session_state["chosen_pair"] = "demo"
+    at.run()
+    if page != "overview":
+        at.switch_page(f"app_pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
 def test_app_shows_the_floor_beside_the_change(floor_app, monkeypatch):
     """Overview, Layers, Perplexity, Token shift and Directions of pair 'demo' show
     the seed floor from the marts: the takeaways quote the A-to-B values and the
@@ -211,25 +227,25 @@ def test_app_shows_the_floor_beside_the_change(floor_app, monkeypatch):
 
     import pyarrow as pa
 
-    from tests.test_app import open_page, said
+    from tests.test_app import said
 
     (a, ab, corr), = query(floor_app, "select median_relative_change_a, "
                            "median_relative_change_between, corr_relative_change "
                            "from marts.fct_seed_floor_summary where module = 'all'")
-    at = open_page("overview", floor_app, monkeypatch)
+    at = open_demo("overview", floor_app, monkeypatch)
     assert (f"SFT moved its matrices by {_pct(a)} of their norm (median); a second "
             f"fine-tune with another seed (demo-seed29) differs from it by "
             f"{_pct(ab)}") in said(at), said(at)
     assert f"correlate at {corr:.2f}" in said(at)
 
-    at = open_page("heatmap", floor_app, monkeypatch)
+    at = open_demo("heatmap", floor_app, monkeypatch)
     assert f"differs from it by {_pct(ab)}" in said(at)
     grid = next(df.value for df in at.dataframe if "q_proj" in df.value.columns)
     stored = dict(query(floor_app, "select layer, relative_change_between from "
                         "marts.fct_seed_floor_matrices where module = 'q_proj'"))
     assert grid["q_proj"].to_dict() == pytest.approx(stored)
 
-    at = open_page("layers", floor_app, monkeypatch)
+    at = open_demo("layers", floor_app, monkeypatch)
     at.selectbox(key="layers_metric").select("relative_frobenius_change").run()
     at.selectbox(key="layers_module").select("q_proj").run()
     assert not at.exception
@@ -245,7 +261,7 @@ def test_app_shows_the_floor_beside_the_change(floor_app, monkeypatch):
 
     rows = query(floor_app, "select grp, post_type, mean_kl_a_base, mean_kl_b_a from "
                  "marts.fct_seed_floor_behaviour where pair = 'demo'")
-    at = open_page("perplexity", floor_app, monkeypatch)
+    at = open_demo("perplexity", floor_app, monkeypatch)
     table = next(df.value for df in at.dataframe
                  if "seed floor KL(p_B || p_SFT)" in df.value.columns)
     assert len(table) == len(rows)
@@ -255,12 +271,12 @@ def test_app_shows_the_floor_beside_the_change(floor_app, monkeypatch):
     all_row = next(r for r in rows if r[:2] == ("all", "all"))
     assert f"all: {all_row[2]:.3g} vs seed {all_row[3]:.3g}" in said(at)
 
-    at = open_page("token_shift", floor_app, monkeypatch)
+    at = open_demo("token_shift", floor_app, monkeypatch)
     compared = at.radio(key="shift_post_type").value
     want = [r for r in rows if r[1] == compared]
     assert want and all(f"{r[2]:.3g} vs seed {r[3]:.3g}" in said(at) for r in want)
 
-    at = open_page("directions", floor_app, monkeypatch)
+    at = open_demo("directions", floor_app, monkeypatch)
     shares = [s for s, in query(floor_app, "select share from "
                                 "marts.fct_seed_floor_directions where pair = 'demo' "
                                 "and side = 'left' and k = 8")]
