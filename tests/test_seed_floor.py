@@ -186,6 +186,17 @@ def test_direction_floor_reload_replaces(floor, tmp_path):
     assert proc.returncode == 2 and str(bad) in proc.stderr
     assert "lacks run_id" in proc.stderr
     assert query(floor, count)[0][0] == before
+    # a run without vectors (the A-vs-B run: --vectors 0) or none at all: named
+    runs = floor.parent / "runs"
+    for pair, other, says in (("demo-seeds", "demo", "demo-seeds/run.json: no "
+                               "finished singular vectors"),
+                              ("demo", "nope", "nope/run.json: no such file")):
+        proc = run_py("-m", "compute.seed_floor", "--pair", pair, "--other", other,
+                      "--out", str(runs), db=floor, check=False)
+        assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert not (runs / "demo-seeds" / "seed_floor").exists()
+    assert not (runs / "demo" / "seed_floor" / "nope.parquet").exists()
+    assert query(floor, count)[0][0] == before
 
 
 @pytest.fixture(scope="module")
