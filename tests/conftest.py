@@ -99,8 +99,9 @@ def build_demo_pair(out: Path) -> None:
 
 def build_demo_warehouse(work: Path, pair: Path) -> None:
     """A warehouse built as `make demo` builds it (sample site, prompts, spectra,
-    behaviour, the shipped demo pair's training log, dbt build), on the planted pair
-    `pair` (named 'planted'), as `work/warehouse.duckdb`."""
+    behaviour, the shipped demo pair's training log, the shipped series
+    models/demo-steps, dbt build), on the planted pair `pair` (named 'planted'), as
+    `work/warehouse.duckdb`."""
     db = work / "warehouse.duckdb"
     have_site = (ROOT / "ingest" / "demo_site.py").exists()
     if have_site:
@@ -115,6 +116,11 @@ def build_demo_warehouse(work: Path, pair: Path) -> None:
     run_py("-m", "compute.run", "--base", str(pair / "base"), "--sft",
            str(pair / "sft"), "--name", "planted", "--out", str(work / "runs"),
            "--no-progress", *([] if have_site else ["--skip-behaviour"]), db=db)
+    # the demo's fine-tune over training, as make demo runs it (spectra only)
+    demo = ROOT / "models"
+    run_py("-m", "compute.run", "--base", str(demo / "demo" / "base"), "--trajectory",
+           str(demo / "demo-steps" / "steps.toml"), "--name", "demo-steps", "--out",
+           str(work / "runs"), "--skip-behaviour", "--no-progress", db=db)
     run_dbt(db, "build", "--quiet", "--vars", DEMO_VARS)
 
 
