@@ -146,13 +146,15 @@ def training_curve(src: Src) -> pd.DataFrame:
 
 @_cache
 def pair_summary(src: Src) -> pd.DataFrame:
-    """marts.fct_pair_summary: medians over layers per pair and module type."""
-    return query("""
+    """marts.fct_pair_summary: medians over layers per pair and module type (the
+    pairs of their own)."""
+    return query(f"""
         select pair, module, size_billions, n_layers, n_matrices, suggested_lora_rank,
                median_relative_frobenius_change, median_relative_spectral_change,
                median_delta_stable_rank, median_delta_signal_rank,
                median_relative_signal_rank
-        from marts.fct_pair_summary order by size_billions, pair, module
+        from marts.fct_pair_summary where pair not in ({SERIES_RUNS})
+        order by size_billions, pair, module
     """, path=src[0])
 
 
