@@ -1,7 +1,7 @@
 """The demo's fine-tune over training, as `make demo` runs it: the shipped series
 models/demo-steps (checkpoints of models/demo's own SFT run, ending at models/demo/sft)
-is what its train.json says, and on the demo warehouse (tests/conftest.py builds it as
-make demo does) the "Over training" page draws it, its onsets are NumPy's on the
+is what its train.json says, and on the demo warehouse with make demo's series line
+run (tests/conftest.py reads it from the Makefile) the "Over training" page draws it, its onsets are NumPy's on the
 checkpoints, and no other page's pair picker offers the series' runs."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def weights(folder: Path) -> dict[str, np.ndarray]:
             for k, v in load_file(str(Path(folder) / "model.safetensors")).items()}
 
 
-def test_demo_series_onsets_against_numpy(demo_warehouse):
+def test_demo_series_onsets_against_numpy(demo_series_warehouse):
     """fct_trajectory_onset of the demo series: per (module type, layer) the final
     relative change sqrt(sum ||dW||^2) / sqrt(sum ||W_base||^2) and the first steps
     reaching 50% / 90% of it, from the checkpoints' bf16 values with NumPy."""
@@ -69,7 +69,7 @@ def test_demo_series_onsets_against_numpy(demo_warehouse):
         sq = [float(np.sum((c[name] - w) ** 2)) for c in ckpts]
         old = num.get((module, layer), [0.0] * len(steps))
         num[(module, layer)] = [a + b for a, b in zip(old, sq, strict=True)]
-    rows = query(demo_warehouse, "select module, layer, final_relative_change, "
+    rows = query(demo_series_warehouse, "select module, layer, final_relative_change, "
                  "onset_50_step, onset_90_step from marts.fct_trajectory_onset "
                  "where trajectory = ?", [SERIES])
     assert len(rows) == len(num)
@@ -81,7 +81,7 @@ def test_demo_series_onsets_against_numpy(demo_warehouse):
         assert [o50, o90] == want, (module, layer)
 
 
-def test_over_training_page_on_the_demo_warehouse(demo_warehouse, monkeypatch):
+def test_over_training_page_on_the_demo_series_warehouse(demo_series_warehouse, monkeypatch):
     """The page lists the demo series and draws relative change against step, one
     line per module type of the demo model, with the loss of the same steps."""
     import streamlit as st
@@ -89,7 +89,7 @@ def test_over_training_page_on_the_demo_warehouse(demo_warehouse, monkeypatch):
     from tests.test_app import charts_of, open_page
 
     st.cache_data.clear()
-    at = open_page("over_training", demo_warehouse, monkeypatch)
+    at = open_page("over_training", demo_series_warehouse, monkeypatch)
     assert not at.exception, [e.value for e in at.exception]
     assert SERIES in at.sidebar.selectbox(key="trajectory_name").options
     at.sidebar.selectbox(key="trajectory_name").set_value(SERIES).run()
@@ -99,22 +99,22 @@ def test_over_training_page_on_the_demo_warehouse(demo_warehouse, monkeypatch):
     lines = spec["layer"][0]
     assert lines["encoding"]["y"]["field"] == "relative_change"
     modules = set(lines["encoding"]["color"]["sort"])
-    want = {m for m, in query(demo_warehouse, "select distinct module from "
+    want = {m for m, in query(demo_series_warehouse, "select distinct module from "
                               "marts.fct_trajectory_weights where trajectory = ?",
                               [SERIES])}
     assert modules == want and len(modules) >= 7
     assert spec["layer"][1]["encoding"]["y"]["field"] == "train_loss"
     n_steps = len(parse_series(str(STEPS_DIR / "steps.toml")))
     assert len(at.dataframe[0].value) == len(query(
-        demo_warehouse, "select * from marts.fct_trajectory_onset where trajectory = ?",
+        demo_series_warehouse, "select * from marts.fct_trajectory_onset where trajectory = ?",
         [SERIES]))
-    assert query(demo_warehouse, "select count(*) from marts.fct_trajectory_behaviour "
+    assert query(demo_series_warehouse, "select count(*) from marts.fct_trajectory_behaviour "
                  "where trajectory = ?", [SERIES])[0][0] == n_steps
     st.cache_data.clear()
 
 
 @pytest.mark.parametrize("page", ["spectra", "heatmap", "directions"])
-def test_pair_pickers_leave_the_series_runs_out(demo_warehouse, monkeypatch, page):
+def test_pair_pickers_leave_the_series_runs_out(demo_series_warehouse, monkeypatch, page):
     """The warehouse holds the series' step and difference pairs beside the demo's
     own pair; the weight pages' pair pickers offer only the pair of its own."""
     import streamlit as st
@@ -122,12 +122,12 @@ def test_pair_pickers_leave_the_series_runs_out(demo_warehouse, monkeypatch, pag
     from tests.test_app import open_page
 
     st.cache_data.clear()
-    series_pairs = {p for p, in query(demo_warehouse, "select pair from "
+    series_pairs = {p for p, in query(demo_series_warehouse, "select pair from "
                                       "marts.dim_pairs where trajectory = ?", [SERIES])}
     assert len(series_pairs) == 2 * len(parse_series(str(STEPS_DIR / "steps.toml"))) - 1
-    own = {p for p, in query(demo_warehouse, "select pair from marts.dim_pairs "
+    own = {p for p, in query(demo_series_warehouse, "select pair from marts.dim_pairs "
                              "where trajectory is null")}
-    at = open_page(page, demo_warehouse, monkeypatch)
+    at = open_page(page, demo_series_warehouse, monkeypatch)
     offered = {o for box in at.sidebar.selectbox if box.label == "pair"
                for o in box.options}
     assert offered and offered <= own, offered
