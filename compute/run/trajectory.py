@@ -15,8 +15,8 @@ it; `num_input_tokens_seen` is logged when the Trainer counts tokens), else from
 TOML.
 
 Every step is an ordinary pair run (compute.run's own `main`, with the options given
-here: `--skip-behaviour`, `--vectors K`, `--device`, `--shard I/N`, `--ray` ...)
-named `N-step<step>` under OUT/N/steps/; besides it, for every step after the first, a
+here: `--skip-behaviour`, `--vectors K`, `--device` ...) named `N-step<step>` under
+OUT/N/steps/, marked in its run record as a run of the series (`--series-run`); besides it, for every step after the first, a
 spectra-only run of the consecutive pair (checkpoint t-1 as the base, t as the SFT),
 named `N-diff<step>`: its dW is W_t - W_{t-1} = dW_t - dW_{t-1}, so the step-to-step
 norms and (noise-aware signal) ranks are measured by the same arithmetic as dW itself,
@@ -27,6 +27,14 @@ done is skipped, so a killed series resumes at its first unfinished step, and in
 it at its first unfinished tensor. Once all are done, the overlap of consecutive top-k
 dW subspaces is computed from the steps' singular vectors (compute.run --vectors) to
 OUT/N/trajectory/overlap.parquet, and the series is loaded (ingest.trajectory).
+
+    python -m compute.run ... --trajectory ... --shard 2/8 --no-load   # a part, anywhere
+    python -m compute.run ... --trajectory ... --ray --shards 4         # on Ray
+
+`--shard I/N` deals the series' runs (cut into parts of their tensors and posts when
+there are fewer runs than shards) to the shards as compute.plan.shards deals tensors
+(shard_runs); `--ray` runs every run's N shards as tasks at once (run_on_ray). Then
+the command without them finishes the steps and loads, computing nothing again.
 """
 
 from __future__ import annotations
