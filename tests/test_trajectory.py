@@ -432,15 +432,21 @@ def test_shards_split_the_steps_and_load_the_rows_of_one_run(planted, loaded,
     assert len(want["spectra"]) > 0 and len(want["trajectory_overlap"]) > 0
 
 
+# tables of fp32 forward passes: a post scored in another batch (a shard's share of
+# the posts, other padding) differs in fp32's last bits (1.8e-8 relative seen)
+FORWARD_PASS = {"token_logprobs", "residual_drift", "token_shift"}
+
+
 def assert_same_rows(got: list, want: list, table: str) -> None:
-    """The same rows: keys and counts exactly, floats to 1e-9 relative (a post
-    scored in another batch of a shard's share may differ in the last bits)."""
+    """The same rows: keys and counts exactly, floats to 1e-9 relative (fp64
+    arithmetic), those of forward passes to 1e-5 (fp32, FORWARD_PASS)."""
+    rel = 1e-5 if table in FORWARD_PASS else 1e-9
     assert len(got) == len(want), table
     for a, b in zip(got, want, strict=True):
         assert len(a) == len(b), table
         for x, y in zip(a, b, strict=True):
             if isinstance(y, float) and isinstance(x, float):
-                assert x == pytest.approx(y, rel=1e-9, abs=1e-12, nan_ok=True), table
+                assert x == pytest.approx(y, rel=rel, abs=1e-12, nan_ok=True), table
             else:
                 assert x == y, (table, a, b)
 
