@@ -188,7 +188,8 @@ def demo_series_argv() -> list[str]:
 
 def build_demo_series_warehouse(work: Path, demo: Path) -> None:
     """The demo warehouse (`demo`) with make demo's series of the shipped demo SFT's
-    checkpoints (models/demo-steps) run, loaded and built, as `work/warehouse.duckdb`."""
+    checkpoints (models/demo-steps) run, loaded and built, as
+    `work/warehouse.duckdb`."""
     db = work / "warehouse.duckdb"
     shutil.copyfile(demo / "warehouse.duckdb", db)
     run_py("-m", "compute.run", *demo_series_argv(), "--out", str(work / "runs"),

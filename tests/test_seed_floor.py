@@ -55,8 +55,9 @@ def floor(tmp_path_factory):
                name, "--prompts", str(prompts), "--window", "128", "--vectors", "0",
                "--no-progress", "--device", "cpu", "--out", str(work / "runs"),
                db=db)
-    run_dbt(db, "build", "--quiet", "--select", "+dim_pairs", "+fct_seed_floor_matrices",
-            "+fct_seed_floor_summary", "+fct_seed_floor_behaviour")
+    run_dbt(db, "build", "--quiet", "--select", "+dim_pairs",
+            "+fct_seed_floor_matrices", "+fct_seed_floor_summary",
+            "+fct_seed_floor_behaviour")
     return db
 
 

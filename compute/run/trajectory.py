@@ -16,8 +16,9 @@ TOML.
 
 Every step is an ordinary pair run (compute.run's own `main`, with the options given
 here: `--skip-behaviour`, `--vectors K`, `--device` ...) named `N-step<step>` under
-OUT/N/steps/, marked in its run record as a run of the series (`--series-run`); besides it, for every step after the first, a
-spectra-only run of the consecutive pair (checkpoint t-1 as the base, t as the SFT),
+OUT/N/steps/, its run record marked as a run of the series (`--series-run`); besides
+it, for every step after the first, a spectra-only run of the consecutive pair
+(checkpoint t-1 as the base, t as the SFT),
 named `N-diff<step>`: its dW is W_t - W_{t-1} = dW_t - dW_{t-1}, so the step-to-step
 norms and (noise-aware signal) ranks are measured by the same arithmetic as dW itself,
 rounding noise of both checkpoints included (they are not derivable from the two
@@ -28,8 +29,8 @@ it at its first unfinished tensor. Once all are done, the overlap of consecutive
 dW subspaces is computed from the steps' singular vectors (compute.run --vectors) to
 OUT/N/trajectory/overlap.parquet, and the series is loaded (ingest.trajectory).
 
-    python -m compute.run ... --trajectory ... --shard 2/8 --no-load   # a part, anywhere
-    python -m compute.run ... --trajectory ... --ray --shards 4         # on Ray
+    python -m compute.run ... --trajectory ... --shard 2/8 --no-load  # one part
+    python -m compute.run ... --trajectory ... --ray --shards 4        # on Ray
 
 `--shard I/N` deals the series' runs (cut into parts of their tensors and posts when
 there are fewer runs than shards) to the shards as compute.plan.shards deals tensors
@@ -398,7 +399,8 @@ def run_shard(series: Series, pair_main: Callable[[list[str]], int]) -> int:
         step = series.steps[i]
         print(f"step {step.step}, {'difference' if diff else 'vs the base'}, part "
               f"{part}/{parts}: {step.label}", flush=True)
-        code = pair_main([*step_argv(series, i, diff=diff), "--shard", f"{part}/{parts}"])
+        code = pair_main([*step_argv(series, i, diff=diff),
+                          "--shard", f"{part}/{parts}"])
         if code:
             print(f"error: step {step.step} ({step.label}), part {part}/{parts}, "
                   f"stopped with exit status {code}; run this shard again to resume",
@@ -413,8 +415,8 @@ def run_on_ray(series: Series, pair_main: Callable[[list[str]], int]) -> int:
     The plain pass after it finishes, loads and marks the steps."""
     from compute.run import cluster
 
-    named = [(step_pair(series.name, series.steps[i].step), step_argv(series, i, diff=d))
-             for i, d in series_runs(series)]
+    named = [(step_pair(series.name, series.steps[i].step),
+              step_argv(series, i, diff=d)) for i, d in series_runs(series)]
     try:
         cluster.run_tasks(cluster.jobs(named, series.shards), run=pair_main,
                           address=series.ray or None,
