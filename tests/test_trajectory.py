@@ -439,19 +439,20 @@ FORWARD_PASS = {"token_logprobs", "residual_drift", "token_shift"}
 
 def assert_same_rows(got: list, want: list, table: str) -> None:
     """The same rows: keys and counts exactly, floats to 1e-9 relative (fp64
-    arithmetic), those of forward passes to 1e-5 (fp32, FORWARD_PASS)."""
-    rel = 1e-5 if table in FORWARD_PASS else 1e-9
+    arithmetic), those of forward passes to 1e-5 relative or 1e-6 absolute (fp32,
+    FORWARD_PASS: a shift of 6.8e-5 moved by 2.7e-9 in another batch)."""
+    rel, tol = (1e-5, 1e-6) if table in FORWARD_PASS else (1e-9, 1e-12)
     assert len(got) == len(want), table
     for a, b in zip(got, want, strict=True):
         assert len(a) == len(b), table
         for x, y in zip(a, b, strict=True):
             if isinstance(y, float) and isinstance(x, float):
-                assert x == pytest.approx(y, rel=rel, abs=1e-12, nan_ok=True), table
+                assert x == pytest.approx(y, rel=rel, abs=tol, nan_ok=True), table
             else:
                 assert x == y, (table, a, b)
 
 
-def test_series_runs_are_kept_out_of_the_pair_lists(loaded, monkeypatch):
+def test_series_runs_are_kept_out_of_the_pair_lists(loaded, monkeypatch, tmp_path):
     """marts.dim_pairs marks the series' 4 step and 3 difference runs (series, role,
     step); the app's pair lists (dim_pairs, behaviour, directions, layers) leave them
     out, though they are scored and loaded, while the Over training page lists the
@@ -460,7 +461,10 @@ def test_series_runs_are_kept_out_of_the_pair_lists(loaded, monkeypatch):
     from app_lib import queries as q
     from app_lib import trajectory as tr
 
-    db = loaded["db"]
+    db = tmp_path / "w.duckdb"  # the series with the marts the pair lists read
+    shutil.copyfile(loaded["db"], db)
+    run_dbt(db, "build", "--quiet", "-s", "+fct_direction_overlap",
+            "+fct_layer_module_metrics", "+fct_pair_summary")
     rows = query(db, "select pair, trajectory, trajectory_role, trajectory_step "
                  "from marts.dim_pairs order by pair")
     want = sorted([(T.step_pair("tt", s), "tt", "step", s) for s in STEPS]
