@@ -38,6 +38,7 @@ demo: venv
 	$(PY) -m compute.run --base models/demo/base --sft models/demo-seed29/sft --name demo-seed29
 	$(PY) -m compute.seed_floor --pair demo --other demo-seed29
 	$(PY) -m compute.run --base models/demo/sft --sft models/demo-seed29/sft --name demo-seeds --vectors 0
+	$(PY) -m compute.run --base models/demo/base --trajectory models/demo-steps/steps.toml --name demo-steps --skip-behaviour
 	cd dbt_project && $(DBT) build --quiet
 	$(PY) -m compute.summary
 	@echo
@@ -45,13 +46,13 @@ demo: venv
 	@echo "Open the app:   make app      (or: $(VENV)/bin/streamlit run app.py)"
 	@echo "Ad-hoc SQL:     $(PY) -c \"import duckdb; print(duckdb.connect('$(DB).snapshots/current/$(notdir $(DB))', read_only=True).sql('from marts.fct_pair_summary'))\""
 
-# The demo's fine-tuning as a series (docs/trajectory.md): a quick retraining (not the
-# shipped pair) that saves the SFT every 7 steps, each checkpoint a pair run vs the
-# base and the steps against each other, then the marts of the "Over training" page.
+# make demo runs the shipped series models/demo-steps (the demo SFT's checkpoints,
+# spectra only). This one, after make demo: a quick retraining (not the shipped pair)
+# that saves the SFT every 7 steps, its series with behaviour, then the marts.
 demo-trajectory: venv
-	$(PY) -m compute.train_demo --quick --save-every 7 --out data/models/demo-steps --no-progress
-	$(PY) -m compute.run --base data/models/demo-steps/base --trajectory data/models/demo-steps/checkpoints --name demo-steps
-	$(PY) -m ingest.training_log data/models/demo-steps --pair demo-steps
+	$(PY) -m compute.train_demo --quick --save-every 7 --out data/models/demo-quick-steps --no-progress
+	$(PY) -m compute.run --base data/models/demo-quick-steps/base --trajectory data/models/demo-quick-steps/checkpoints --name demo-quick-steps
+	$(PY) -m ingest.training_log data/models/demo-quick-steps --pair demo-quick-steps
 	cd dbt_project && $(DBT) build --quiet
 
 dbt: venv

@@ -18,7 +18,7 @@ import streamlit as st
 
 from app_lib.charts import show_token
 from app_lib.db import query
-from app_lib.queries import TTL_S, Src
+from app_lib.queries import SERIES_RUNS, TTL_S, Src
 
 FILL = ("python -m compute.run --pair demo   # --vectors K, on by default\n"
         "cd dbt_project && dbt build")
@@ -31,8 +31,9 @@ def _cache(fn):
 
 @_cache
 def pairs(src: Src) -> pd.DataFrame:
-    return query("select distinct pair from marts.fct_direction_overlap order by pair",
-                 path=src[0])
+    """Pairs with direction overlaps, but a series' runs (the Over training page's)."""
+    return query("select distinct pair from marts.fct_direction_overlap where pair "
+                 f"not in ({SERIES_RUNS}) order by pair", path=src[0])
 
 
 @_cache

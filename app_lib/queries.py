@@ -120,9 +120,21 @@ def columns(src: Src) -> pd.DataFrame:
 
 @_cache
 def pairs(src: Src) -> pd.DataFrame:
-    """marts.dim_pairs, smallest pair first."""
-    return query("select * from marts.dim_pairs order by size_billions, pair",
-                 path=src[0])
+    """marts.dim_pairs, smallest pair first: the pairs of their own (a series' step
+    and difference runs are on the Over training page, not in the pair pickers)."""
+    return query("select * from marts.dim_pairs where trajectory is null "
+                 "order by size_billions, pair", path=src[0])
+
+
+# the pairs that are runs of a series (compute.run --trajectory), from raw tables, for
+# lists read before dbt has built marts.dim_pairs: the run record's mark, and the
+# series' own record once loaded
+SERIES_RUNS = """
+    select pair from raw.compute_runs
+    where options ->> '$.trajectory.series' is not null
+    union select pair from raw.trajectory_steps
+    union select diff_pair from raw.trajectory_steps where diff_pair is not null
+"""
 
 
 @_cache
@@ -134,13 +146,15 @@ def training_curve(src: Src) -> pd.DataFrame:
 
 @_cache
 def pair_summary(src: Src) -> pd.DataFrame:
-    """marts.fct_pair_summary: medians over layers per pair and module type."""
-    return query("""
+    """marts.fct_pair_summary: medians over layers per pair and module type (the
+    pairs of their own)."""
+    return query(f"""
         select pair, module, size_billions, n_layers, n_matrices, suggested_lora_rank,
                median_relative_frobenius_change, median_relative_spectral_change,
                median_delta_stable_rank, median_delta_signal_rank,
                median_relative_signal_rank
-        from marts.fct_pair_summary order by size_billions, pair, module
+        from marts.fct_pair_summary where pair not in ({SERIES_RUNS})
+        order by size_billions, pair, module
     """, path=src[0])
 
 
@@ -152,6 +166,7 @@ def layer_module(src: Src, pair: str | None = None) -> pd.DataFrame:
     where, params = ("where pair = ?", [pair]) if pair else ("", [])
     return query(f"""
         select * from marts.fct_layer_module_metrics {where}
+        {"and" if where else "where"} pair not in ({SERIES_RUNS})
         order by size_billions, pair, layer, module
     """, params, path=src[0])
 
@@ -183,6 +198,7 @@ def layer_medians(src: Src) -> pd.DataFrame:
                any_value(depth) as depth, 'median over module types' as module,
                {measures}
         from marts.fct_layer_module_metrics
+        where pair not in ({SERIES_RUNS})
         group by pair, layer order by size_billions, pair, layer
     """, path=src[0])
 
@@ -435,8 +451,8 @@ def drift_difference(src: Src, pair: str) -> pd.DataFrame:
 def behaviour_pairs(src: Src) -> list[str]:
     """Pairs with scored posts (raw.token_logprobs: loaded, whether or not dbt has
     built their marts yet)."""
-    return query("select distinct pair from raw.token_logprobs order by pair",
-                 path=src[0])["pair"].tolist()
+    return query("select distinct pair from raw.token_logprobs where pair not in "
+                 f"({SERIES_RUNS}) order by pair", path=src[0])["pair"].tolist()
 
 
 # --- posts -----------------------------------------------------------------------

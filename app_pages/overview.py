@@ -22,10 +22,11 @@ if ui.need(src, "marts.dim_pairs", run=q.FILL_ALL + "\n# or\n" + q.FILL_WEIGHTS,
         said += tk.weights(ui.load(q.layer_module, src))
     floors = ui.load(floor.modules, src)
     said += tk.seed_floor_weights(floors)
-    if ui.load(q.row_count, src, "raw.token_logprobs"):
-        scored = ui.load(q.behaviour_pairs, src)[-1]
-        said += tk.perplexity(ui.load(q.group_perplexity_delta, src, scored),
-                              pair=scored)
+    scored = (ui.load(q.behaviour_pairs, src)
+              if ui.load(q.row_count, src, "raw.token_logprobs") else [])
+    if scored:  # a series' runs (the Over training page's) are not among them
+        said += tk.perplexity(ui.load(q.group_perplexity_delta, src, scored[-1]),
+                              pair=scored[-1])
     ui.takeaway(said)
     c1, c2, c3 = st.columns(3)
     c1.metric("pairs", len(pairs))

@@ -100,7 +100,8 @@ def build_demo_pair(out: Path) -> None:
 def build_demo_warehouse(work: Path, pair: Path) -> None:
     """A warehouse built as `make demo` builds it (sample site, prompts, spectra,
     behaviour, the shipped demo pair's training log, dbt build), on the planted pair
-    `pair` (named 'planted'), as `work/warehouse.duckdb`."""
+    `pair` (named 'planted'), as `work/warehouse.duckdb`; demo_series_warehouse adds
+    make demo's series."""
     db = work / "warehouse.duckdb"
     have_site = (ROOT / "ingest" / "demo_site.py").exists()
     if have_site:
@@ -173,6 +174,42 @@ def pytest_collection_modifyitems(config, items) -> None:
                and getattr(item, "module", None) is not None}
     items.sort(key=lambda item: getattr(item, "module", None) is not None
                and item.module.__name__ in readers)
+
+
+def demo_series_argv() -> list[str]:
+    """make demo's `compute.run --trajectory` line, read from the Makefile (so the
+    tests run what make demo runs), its models/ paths made absolute."""
+    lines = [line for line in (ROOT / "Makefile").read_text().splitlines()
+             if "-m compute.run" in line and "--trajectory models/" in line]
+    assert len(lines) == 1, "make demo runs one shipped series"
+    args = lines[0].split("-m compute.run", 1)[1].split()
+    return [str(ROOT / a) if a.startswith("models/") else a for a in args]
+
+
+def build_demo_series_warehouse(work: Path, demo: Path) -> None:
+    """The demo warehouse (`demo`) with make demo's series of the shipped demo SFT's
+    checkpoints (models/demo-steps) run, loaded and built, as
+    `work/warehouse.duckdb`."""
+    db = work / "warehouse.duckdb"
+    shutil.copyfile(demo / "warehouse.duckdb", db)
+    run_py("-m", "compute.run", *demo_series_argv(), "--out", str(work / "runs"),
+           "--no-progress", db=db)
+    run_dbt(db, "build", "--quiet", "--vars", DEMO_VARS)
+
+
+@pytest.fixture(scope="session")
+def demo_series_warehouse(tmp_path_factory, demo_warehouse) -> Path:
+    """The demo warehouse with make demo's trajectory (`demo-steps`; see
+    build_demo_series_warehouse), once per test run; each process gets a copy."""
+    shared = shared_dir(tmp_path_factory)
+    built = built_once(shared / "demo_series_warehouse", lambda w: (
+        build_demo_series_warehouse(w, shared / "demo_warehouse")))
+    mine = tmp_path_factory.mktemp("demo_series_warehouse")
+    shutil.copyfile(built / "warehouse.duckdb", mine / "warehouse.duckdb")
+    if (built / "warehouse.duckdb.snapshots").exists():
+        shutil.copytree(built / "warehouse.duckdb.snapshots",
+                        mine / "warehouse.duckdb.snapshots", symlinks=True)
+    return mine / "warehouse.duckdb"
 
 
 @pytest.fixture(scope="session")

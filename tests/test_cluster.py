@@ -100,3 +100,44 @@ def test_the_command_runs_its_shards_on_ray_then_loads_once(local_ray, tmp_path)
                          "where pair = 'c'").fetchall()[0]
     n_matrices = 2 * 7 + 2  # 7 per block, embed_tokens, lm_head
     assert loaded == (3 * n_matrices, 1, 3 * n_matrices)  # base, sft, delta each
+
+
+@pytest.mark.slow  # a local Ray cluster starts in 10-20 s
+def test_a_trajectory_on_ray_loads_the_rows_of_the_plain_run(local_ray, tmp_path,
+                                                             monkeypatch):
+    """compute.run --trajectory --ray --shards 2: every step's and difference's
+    shards as tasks at once (4 steps, 3 differences: 14 tasks) compute every tensor;
+    the plain pass after them computes nothing again, finishes and loads; the
+    warehouse holds exactly the raw rows of the same series run without Ray."""
+    import json
+
+    from compute.fixtures.trajectory import STEPS, build_trajectory, read_truth
+    from compute.run import trajectory as T
+    from tests.test_trajectory import raw_rows
+
+    series = tmp_path / "series"
+    build_trajectory(series)
+    before: dict = {}  # the spectra files as the Ray tasks left them
+    plain_pass = T.run_steps
+
+    def spy(s, manifest, pair_main):
+        if s.ray is not None:
+            before.update({p: p.stat().st_mtime_ns
+                           for p in s.out.rglob("spectra/0*")})
+        return plain_pass(s, manifest, pair_main)
+
+    monkeypatch.setattr(T, "run_steps", spy)
+    dbs = {}
+    for how, extra in (("plain", []), ("ray", ["--ray", "--shards", "2"])):
+        dbs[how] = tmp_path / f"{how}.duckdb"
+        argv = ["--base", str(series / "base"), "--trajectory", str(series), "--name",
+                "tr", "--out", str(tmp_path / how), "--skip-behaviour", "--db",
+                str(dbs[how]), "--no-progress", *extra]
+        assert main(argv) == 0, how
+    assert len(before) == (2 * len(STEPS) - 1) * len(read_truth(series).ranks)
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # none recomputed
+    manifest = json.loads((tmp_path / "ray" / "tr" / "trajectory.json").read_text())
+    assert [s["step"] for s in manifest["series"] if s["done"]] == list(STEPS)
+    got, want = raw_rows(dbs["ray"]), raw_rows(dbs["plain"])
+    assert got == want
+    assert len(want["spectra"]) > 0 and len(want["trajectory_steps"]) == len(STEPS)

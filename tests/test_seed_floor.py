@@ -59,7 +59,7 @@ def floor(tmp_path_factory):
                db=db)
     run_py("-m", "compute.seed_floor", "--pair", "demo", "--other", "demo-seed29",
            "--out", str(work / "runs"), db=db)
-    run_dbt(db, "build", "--quiet", "--select", "dim_pairs", "+fct_seed_floor_matrices",
+    run_dbt(db, "build", "--quiet", "--select", "+dim_pairs", "+fct_seed_floor_matrices",
             "+fct_seed_floor_summary", "+fct_seed_floor_behaviour",
             "+fct_seed_floor_directions")
     return db

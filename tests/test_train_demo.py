@@ -91,6 +91,48 @@ def test_sft_checkpoints_every_n_steps_as_a_trainer_writes_them(tiny_run):
     assert at["loss"] == pytest.approx(float(rows[3]["train_loss"]), rel=1e-5)
 
 
+def test_own_seed_rerun_with_checkpoints_is_the_series_of_the_pair(tiny_run, tmp_path):
+    """compute.train_seed with the pair's own seed and --save-every: the re-run's
+    checkpoints are the first training's checkpoints byte for byte (so shipped
+    checkpoints made later are that fine-tune's), steps.toml ends at the pair's own
+    sft/, and no copy of it is written; a pair whose sft/ the re-run does not
+    reproduce is refused with nothing written."""
+    from compute.fixtures.train_seed import SeedConfig, train_seed
+    from compute.run.trajectory import parse_series
+
+    out = tmp_path / "steps"
+    train_seed(SeedConfig(tiny_run, TINY.seed, out, False, save_every=3))
+    def names(folder: Path) -> list[str]:
+        return sorted((p.name for p in folder.iterdir()),
+                      key=lambda f: int(f.split("-")[1]))
+
+    kept = names(out / "checkpoints")
+    assert len(kept) >= 2 and kept == names(tiny_run / "checkpoints")[:-1]
+    for name in kept:
+        for f in ("model.safetensors", "trainer_state.json"):
+            assert (out / "checkpoints" / name / f).read_bytes() == (
+                tiny_run / "checkpoints" / name / f).read_bytes(), (name, f)
+    assert not (out / "sft").exists()
+    steps = parse_series(str(out / "steps.toml"))
+    assert Path(steps[-1].model).resolve() == (tiny_run / "sft").resolve()
+    rows = [r for r in log_rows(tiny_run) if r["role"] == "sft"]
+    assert steps[-1].step == int(rows[-1]["step"])
+    assert steps[-1].tokens_seen == int(rows[-1]["tokens_seen"])
+    assert [s.tokens_seen for s in steps] == sorted(s.tokens_seen for s in steps)
+    summary = json.loads((out / "train.json").read_text())
+    assert "checkpoints/" + kept[0] + "/model.safetensors" in summary["sha256"]
+
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    (other / "sft" / "model.safetensors").write_bytes(
+        (other / "base" / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="did not reproduce"):
+        train_seed(SeedConfig(other, TINY.seed, tmp_path / "no", False, save_every=3))
+    assert not (tmp_path / "no").exists()
+
+
 def test_shipped_files_are_the_recorded_ones():
     """Every file the script wrote, byte for byte (train.json records its sha256)."""
     assert set(SUMMARY["sha256"]) >= {f"{r}/{f}" for r in ("base", "sft") for f in (

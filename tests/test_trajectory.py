@@ -352,9 +352,9 @@ T_MEASURES = ("relative_change", "signal_rank", "n_intruders", "step_change",
 
 
 def test_shards_of_every_step_then_one_run_finishes_the_series(planted, tmp_path):
-    """--shard I/N goes to every step's runs (each a part of the step's tensors); no
-    step counts as done until the run without --shard, which computes nothing again
-    (every tensor's file is there) and writes the overlaps."""
+    """--shard I/N deals the series' runs to the shards (2 shards, 7 runs: each run
+    whole in one shard); no step counts as done until the run without --shard, which
+    computes nothing again (every tensor's file is there) and writes the overlaps."""
     from compute.run.cli import main
 
     argv = ["--base", str(planted / "base"), "--trajectory", str(planted), "--name",
@@ -372,3 +372,122 @@ def test_shards_of_every_step_then_one_run_finishes_the_series(planted, tmp_path
     assert all(s["done"] for s in manifest["series"]) and manifest["finished_at"]
     assert {p: p.stat().st_mtime_ns for p in files} == files  # none recomputed
     assert (tmp_path / "sh" / "trajectory" / "overlap.parquet").exists()
+
+
+# columns that differ between two runs of the same work: ids, clocks, hosts
+VOLATILE = ("run_id", "seconds", "started_at", "finished_at", "loaded_at", "host",
+            "hostname", "created_at", "recorded_at", "spectra_run_id",
+            "behaviour_run_id", "recovery_run_id", "source_file", "path", "options",
+            "code_version", "wall_seconds", "cpu_seconds", "out", "run_dir")
+
+
+def raw_rows(db: Path) -> dict[str, list]:
+    """Every raw table's rows but its volatile columns, sorted (the load's result as
+    a user would diff two warehouses)."""
+    import duckdb
+
+    out = {}
+    with duckdb.connect(str(db), read_only=True) as con:
+        tables = [t for (t,) in con.sql(
+            "select table_name from information_schema.tables where table_schema = "
+            "'raw' and table_name <> 'schema_version'").fetchall()]
+        for t in tables:
+            cols = [c for (c,) in con.execute(
+                "select column_name from information_schema.columns where "
+                "table_schema = 'raw' and table_name = ? order by ordinal_position",
+                [t]).fetchall() if c not in VOLATILE and not c.endswith("_at")]
+            out[t] = sorted(con.sql(f"select {', '.join(cols)} from raw.{t}")
+                            .fetchall(), key=repr)
+    return out
+
+
+@pytest.mark.parametrize("n_shards", [3, 11])
+def test_shards_split_the_steps_and_load_the_rows_of_one_run(planted, loaded,
+                                                            tmp_path, n_shards):
+    """--shard I/N deals the series' runs (7 here: 4 steps, 3 differences) to the
+    shards, each run whole (3 shards) or cut into ceil(N / 7) parts of its tensors
+    and posts (11 shards); the run without --shard then computes nothing again and
+    loads exactly the raw rows of the unsharded run (the `loaded` fixture)."""
+    db, out = tmp_path / "w.duckdb", tmp_path / "runs"
+    args = [a if a != str(loaded["out"]) else str(out) for a in loaded["args"]]
+    dealt = []
+    for i in range(n_shards):
+        proc = run_py(*args, "--shard", f"{i}/{n_shards}", db=db)
+        assert "of the 7 runs' parts" in proc.stdout
+        dealt.append(proc.stdout.count(", part "))
+        manifest = json.loads((out / "tt" / "trajectory.json").read_text())
+        assert not any(s["done"] for s in manifest["series"])
+    parts = -(-n_shards // 7)
+    assert sum(dealt) == 7 * parts  # every run's every part in exactly one shard
+    assert max(dealt) - min(dealt) <= 1  # balanced: the runs cost the same
+    assert not db.exists() or not query(db, "select count(*) from raw.spectra")[0][0]
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("spectra/0*")}
+    finish = run_py(*args, db=db)
+    assert "trajectory tt: 4 steps" in finish.stdout
+    assert {p: p.stat().st_mtime_ns for p in files} == files  # none recomputed
+    got, want = raw_rows(db), raw_rows(loaded["db"])
+    assert got.keys() == want.keys()
+    for table in want:
+        assert_same_rows(got[table], want[table], table)
+    assert len(want["spectra"]) > 0 and len(want["trajectory_overlap"]) > 0
+
+
+# tables of fp32 forward passes: a post scored in another batch (a shard's share of
+# the posts, other padding) differs in fp32's last bits (1.8e-8 relative seen)
+FORWARD_PASS = {"token_logprobs", "residual_drift", "token_shift"}
+
+
+def assert_same_rows(got: list, want: list, table: str) -> None:
+    """The same rows: keys and counts exactly, floats to 1e-9 relative (fp64
+    arithmetic), those of forward passes to 1e-5 relative or 1e-6 absolute (fp32,
+    FORWARD_PASS: a shift of 6.8e-5 moved by 2.7e-9 in another batch)."""
+    rel, tol = (1e-5, 1e-6) if table in FORWARD_PASS else (1e-9, 1e-12)
+    assert len(got) == len(want), table
+    for a, b in zip(got, want, strict=True):
+        assert len(a) == len(b), table
+        for x, y in zip(a, b, strict=True):
+            if isinstance(y, float) and isinstance(x, float):
+                assert x == pytest.approx(y, rel=rel, abs=tol, nan_ok=True), table
+            else:
+                assert x == y, (table, a, b)
+
+
+def test_series_runs_are_kept_out_of_the_pair_lists(loaded, monkeypatch, tmp_path):
+    """marts.dim_pairs marks the series' 4 step and 3 difference runs (series, role,
+    step); the app's pair lists (dim_pairs, behaviour, directions, layers) leave them
+    out, though they are scored and loaded, while the Over training page lists the
+    series."""
+    from app_lib import directions as d
+    from app_lib import queries as q
+    from app_lib import trajectory as tr
+
+    db = tmp_path / "w.duckdb"  # the series with the marts the pair lists read
+    shutil.copyfile(loaded["db"], db)
+    run_dbt(db, "build", "--quiet", "-s", "+fct_direction_overlap",
+            "+fct_layer_module_metrics", "+fct_pair_summary")
+    rows = query(db, "select pair, trajectory, trajectory_role, trajectory_step "
+                 "from marts.dim_pairs order by pair")
+    want = sorted([(T.step_pair("tt", s), "tt", "step", s) for s in STEPS]
+                  + [(T.diff_pair("tt", s), "tt", "difference", s) for s in STEPS[1:]])
+    assert rows == want
+    # the run record marks them too (before the series' own record is loaded)
+    marked = query(db, "select distinct pair, options ->> '$.trajectory.role' from "
+                   "raw.compute_runs where kind = 'spectra'")
+    assert sorted(marked) == [(p, role) for p, _, role, _ in want]
+    assert query(db, "select count(distinct pair) from raw.token_logprobs")[0][0] == 4
+    src = (str(db), 0)
+    assert q.pairs(src).empty and q.behaviour_pairs(src) == []
+    assert d.pairs(src).empty
+    assert q.layer_module(src).empty and q.layer_medians(src).empty
+    assert len(query(db, "select * from marts.fct_layer_module_metrics")) > 0
+    assert q.pair_summary(src).empty
+    assert tr.series(src)["trajectory"].tolist() == ["tt"]
+    # the overview counts pairs of their own: none here, and no scored pair to sum up
+    import streamlit as st
+
+    from tests.test_app import open_page
+
+    st.cache_data.clear()
+    at = open_page("overview", db, monkeypatch)
+    assert at.metric[0].label == "pairs" and at.metric[0].value == "0"
+    st.cache_data.clear()

@@ -136,6 +136,7 @@ class Config:
     pairs: list | None = None  # --pairs (compute.pairs.pairs_file.Entry); pair: the first
     remote: str | None = None  # --out as an object-store URI (out: its staging folder)
     attn: str | None = None  # forced attention implementation (default: per class)
+    series_run: str | None = None  # "SERIES:step|difference": a --trajectory's run
 
     @property
     def run_dir(self) -> Path:
@@ -292,9 +293,20 @@ def _scale_options(ap: argparse.ArgumentParser) -> None:
                     help="instead of --sft: a fine-tune's checkpoints (checkpoint-N "
                     "folders, a glob, a TOML list, hub ids @revision), each step a "
                     "pair run against --base, with --name (compute.run.trajectory)")
+    ap.add_argument("--series-run", metavar="SERIES:ROLE", help=argparse.SUPPRESS)
     ap.add_argument("--dry-run", action="store_true",
                     help="print the plan (tensors and estimated cost per shard, peak "
                     "device memory) from the headers; compute and write nothing")
+
+
+def series_run(cfg: Config) -> dict | None:
+    """The run record's `trajectory` option: the series and role ('step' or
+    'difference') of a run compute.run.trajectory started (--series-run), else None;
+    marts.dim_pairs reads it to keep a series' runs out of the pair pickers."""
+    if not cfg.series_run:
+        return None
+    series, _, role = cfg.series_run.rpartition(":")
+    return {"series": series, "role": role}
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -338,7 +350,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   progress=a.progress, check=a.check, scan=a.scan,
                   vectors=a.vectors, full_basis_max=a.full_basis_max, shard=shard,
                   shards=shard[1] if shard else a.shards, dry_run=a.dry_run,
-                  ray=a.ray, pairs=pairs, remote=remote, attn=a.attn)
+                  ray=a.ray, pairs=pairs, remote=remote, attn=a.attn,
+                  series_run=a.series_run)
 
 
 def shards_refused(base: str, sft: str, n: int) -> str | None:
@@ -838,7 +851,7 @@ class SpectraHalf:
                         "vocabulary": plan.vocab.options() if plan.vocab else None,
                         "nonfinite_tensors": bad_list, "numpy": np.__version__,
                         "torch": torch.__version__ if torch else None,
-                        "workers": workers},
+                        "workers": workers, "trajectory": series_run(cfg)},
             "inventory": inventory(cfg.run_dir, "spectra",
                                    store.known if store is not None else None)}
         if self.want_dirs and all(have(self.dfiles.path(cfg.run_dir, "vectors", i))

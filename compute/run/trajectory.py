@@ -15,9 +15,10 @@ it; `num_input_tokens_seen` is logged when the Trainer counts tokens), else from
 TOML.
 
 Every step is an ordinary pair run (compute.run's own `main`, with the options given
-here: `--skip-behaviour`, `--vectors K`, `--device`, `--shard I/N`, `--ray` ...)
-named `N-step<step>` under OUT/N/steps/; besides it, for every step after the first, a
-spectra-only run of the consecutive pair (checkpoint t-1 as the base, t as the SFT),
+here: `--skip-behaviour`, `--vectors K`, `--device` ...) named `N-step<step>` under
+OUT/N/steps/, its run record marked as a run of the series (`--series-run`); besides
+it, for every step after the first, a spectra-only run of the consecutive pair
+(checkpoint t-1 as the base, t as the SFT),
 named `N-diff<step>`: its dW is W_t - W_{t-1} = dW_t - dW_{t-1}, so the step-to-step
 norms and (noise-aware signal) ranks are measured by the same arithmetic as dW itself,
 rounding noise of both checkpoints included (they are not derivable from the two
@@ -27,6 +28,14 @@ done is skipped, so a killed series resumes at its first unfinished step, and in
 it at its first unfinished tensor. Once all are done, the overlap of consecutive top-k
 dW subspaces is computed from the steps' singular vectors (compute.run --vectors) to
 OUT/N/trajectory/overlap.parquet, and the series is loaded (ingest.trajectory).
+
+    python -m compute.run ... --trajectory ... --shard 2/8 --no-load  # one part
+    python -m compute.run ... --trajectory ... --ray --shards 4        # on Ray
+
+`--shard I/N` deals the series' runs (cut into parts of their tensors and posts when
+there are fewer runs than shards) to the shards as compute.plan.shards deals tensors
+(shard_runs); `--ray` runs every run's N shards as tasks at once (run_on_ray). Then
+the command without them finishes the steps and loads, computing nothing again.
 """
 
 from __future__ import annotations
@@ -200,7 +209,13 @@ class Series:
     db: Path | None = None
     dry_run: bool = False
     shards: int = 1
-    sharded: bool = False  # --shard I/N: this process computes one part of each step
+    shard: tuple[int, int] | None = None  # --shard I/N: this process's part of the runs
+    ray: str | None = None  # --ray [ADDRESS]: every run's shards as Ray tasks
+
+    @property
+    def sharded(self) -> bool:
+        """Whether this process computes one part of the series (--shard I/N)."""
+        return self.shard is not None
 
     @property
     def steps_dir(self) -> Path:
@@ -241,17 +256,29 @@ def parse_trajectory_args(argv: list[str]) -> Series:
         steps = parse_series(a.trajectory)
     except TrajectoryError as exc:
         ap.error(str(exc))
-    sharded = any(r == "--shard" or r.startswith("--shard=") for r in rest)
+    split = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    split.add_argument("--shard")
+    split.add_argument("--ray", nargs="?", const="")
+    own, rest = split.parse_known_args(rest)
+    shard = None
+    if own.shard is not None:
+        from compute.plan.shards import parse_shard
+
+        try:
+            shard = parse_shard(own.shard)
+        except ValueError as exc:
+            ap.error(str(exc))
+        if own.ray is not None:
+            ap.error("--ray runs every shard: give --shards N, not --shard")
     pair_args = [*rest, "--db", str(a.db)] if a.db else list(rest)
-    if a.shards != 1:
-        pair_args += ["--shards", str(a.shards)]
     return Series(a.name, a.base, steps, Path(a.out) / a.name, pair_args,
-                  a.revision_base, a.load, a.db, a.dry_run, a.shards, sharded)
+                  a.revision_base, a.load, a.db, a.dry_run, a.shards, shard, own.ray)
 
 
 def step_argv(series: Series, i: int, *, diff: bool) -> list[str]:
     """compute.run's command line for step i (0-based), or for its consecutive
-    difference (checkpoint i-1 as the base, spectra only, no vectors)."""
+    difference (checkpoint i-1 as the base, spectra only, no vectors); the series'
+    --shard and --ray are not in it (shard_runs and run_on_ray add their own)."""
     step = series.steps[i]
     if diff:
         prev = series.steps[i - 1]
@@ -263,7 +290,8 @@ def step_argv(series: Series, i: int, *, diff: bool) -> list[str]:
                                           if series.revision_base else [])
         name = step_pair(series.name, step.step)
     argv = [*base, "--sft", step.model, "--name", name, "--out", str(series.steps_dir),
-            *series.pair_args]
+            *series.pair_args, "--series-run",
+            f"{series.name}:{'difference' if diff else 'step'}"]
     if step.revision:
         argv += ["--revision-sft", step.revision]
     if diff:
@@ -276,16 +304,9 @@ def step_argv(series: Series, i: int, *, diff: bool) -> list[str]:
 def open_series_manifest(series: Series) -> dict:
     """OUT/<name>/trajectory.json: kept when the base and the options are the same
     (its finished steps are then skipped), else started afresh."""
-    args, skip = [], False  # the options but --shard's part: shards share the steps
-    for a in series.pair_args:
-        if skip or a.startswith("--shard="):
-            skip = False
-            continue
-        skip = a == "--shard"
-        if not skip:
-            args.append(a)
-    want = {"name": series.name, "base_model": series.base,
-            "base_revision": series.revision_base, "pair_args": args}
+    want = {"name": series.name, "base_model": series.base,  # shards share steps:
+            "base_revision": series.revision_base,  # pair_args has no --shard, --ray
+            "pair_args": series.pair_args}
     path = series.manifest_path
     if path.exists():
         try:
@@ -336,9 +357,74 @@ def run_steps(series: Series, manifest: dict, pair_main: Callable[[list[str]], i
                       f"status {code}; the steps before it are kept: run the same "
                       "command again to resume", file=sys.stderr)
                 return code
-        if not series.sharded:  # a shard's step is done when every shard's is
-            done[str(step.step)] = now()
+        done[str(step.step)] = now()
         save_series_manifest(series, manifest)
+    return 0
+
+
+def series_runs(series: Series) -> list[tuple[int, bool]]:
+    """Every pair run of the series in order: (step index, whether the consecutive
+    difference); 2 n - 1 of them."""
+    return [(i, diff) for i in range(len(series.steps))
+            for diff in ((False, True) if i else (False,))]
+
+
+def shard_runs(series: Series, costs: list[float]) -> list[tuple[int, bool, int, int]]:
+    """This shard's part of the series (--shard I/N): units (step index, difference,
+    part, parts), each the pair run's own `--shard part/parts`. The runs are cut into
+    parts = ceil(N / runs) (1 while there are at least as many runs as shards) of
+    cost costs[step] / parts and the units dealt as compute.plan.shards.split deals
+    tensors (largest first to the least loaded shard), so the N shards cover every
+    tensor of every run exactly once, each computing the same split alone."""
+    from compute.plan.shards import split
+
+    index, n = series.shard
+    runs = series_runs(series)
+    parts = -(-n // len(runs))
+    units = [(i, diff, j, parts) for i, diff in runs for j in range(parts)]
+    dealt = split([costs[i] / parts for i, *_ in units], n)[index]
+    return [units[u] for u in dealt]
+
+
+def run_shard(series: Series, pair_main: Callable[[list[str]], int]) -> int:
+    """The units shard_runs gives this shard, each a pair run with its `--shard`;
+    nothing is loaded or marked done (the run without --shard does that)."""
+    costs = step_costs(series)
+    if costs is None:
+        return 2
+    mine = shard_runs(series, costs)
+    print(f"shard {series.shard[0]}/{series.shard[1]} of {series.name}: {len(mine)} "
+          f"of the {len(series_runs(series))} runs' parts", flush=True)
+    for i, diff, part, parts in mine:
+        step = series.steps[i]
+        print(f"step {step.step}, {'difference' if diff else 'vs the base'}, part "
+              f"{part}/{parts}: {step.label}", flush=True)
+        code = pair_main([*step_argv(series, i, diff=diff),
+                          "--shard", f"{part}/{parts}"])
+        if code:
+            print(f"error: step {step.step} ({step.label}), part {part}/{parts}, "
+                  f"stopped with exit status {code}; run this shard again to resume",
+                  file=sys.stderr)
+            return code
+    return 0
+
+
+def run_on_ray(series: Series, pair_main: Callable[[list[str]], int]) -> int:
+    """--ray: every run of the series x --shards N as Ray tasks at once (steps and
+    differences in parallel, compute.run.cluster); 1 when a task failed every retry.
+    The plain pass after it finishes, loads and marks the steps."""
+    from compute.run import cluster
+
+    named = [(step_pair(series.name, series.steps[i].step),
+              step_argv(series, i, diff=d)) for i, d in series_runs(series)]
+    try:
+        cluster.run_tasks(cluster.jobs(named, series.shards), run=pair_main,
+                          address=series.ray or None,
+                          progress="--no-progress" not in series.pair_args)
+    except RuntimeError as exc:
+        print(f"error: {exc}; the parts done are kept: run the same command again "
+              "to resume", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -418,25 +504,42 @@ def write_overlap(series: Series) -> int:
     return len(rows)
 
 
-def print_dry_run(series: Series) -> int:
-    """The series' cost from the headers: every step's plan (compute.plan.shards),
-    the differences' (the same tensors), the total; 2 on an unusable checkpoint."""
+def step_plans(series: Series) -> list | None:
+    """Every step's pair plan (compute.plan.pair) from the headers (a hub id's by
+    range requests); None, with the error printed, on an unusable checkpoint."""
     from compute.io.adapters import resolve_sft
     from compute.io.checkpoints import CheckpointError, hub_headers, resolve
     from compute.plan.pair import pair_plan
-    from compute.plan.shards import dry_run
 
     try:
         base = (hub_headers(series.base, series.revision_base)
                 or resolve(series.base, series.revision_base))
-        infos = []
-        for s in series.steps:
-            sft = hub_headers(s.model, s.revision) or resolve_sft(s.model, base,
-                                                                  s.revision)
-            infos.append(dry_run(pair_plan(base, sft), series.shards))
+        return [pair_plan(base, hub_headers(s.model, s.revision)
+                          or resolve_sft(s.model, base, s.revision))
+                for s in series.steps]
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def step_costs(series: Series) -> list[float] | None:
+    """Every step's spectra cost, k^2 (m + n) summed over its matrices
+    (compute.plan.shards.tensor_costs); a difference costs its step's."""
+    from compute.plan.shards import tensor_costs
+
+    plans = step_plans(series)
+    return None if plans is None else [sum(tensor_costs(p)) for p in plans]
+
+
+def print_dry_run(series: Series) -> int:
+    """The series' cost from the headers: every step's plan (compute.plan.shards),
+    the differences' (the same tensors), the total; 2 on an unusable checkpoint."""
+    from compute.plan.shards import dry_run
+
+    plans = step_plans(series)
+    if plans is None:
         return 2
+    infos = [dry_run(plan, series.shards) for plan in plans]
     n = len(series.steps)
     print(f"dry run of trajectory {series.name}: {n} steps vs {series.base}, each a "
           f"pair run (spectra, vectors and behaviour as configured), and {n - 1} "
@@ -473,13 +576,18 @@ def run_trajectory(argv: list[str], pair_main: Callable[[list[str]], int]) -> in
         return print_dry_run(series)
     manifest = open_series_manifest(series)
     save_series_manifest(series, manifest)
+    if series.sharded:
+        code = run_shard(series, pair_main)
+        if not code:
+            print(f"shard {series.shard[0]}/{series.shard[1]} of {series.name} is "
+                  "done; when every shard is, run the same command without --shard "
+                  "to finish the series (nothing is computed again)")
+        return code
+    if series.ray is not None and (code := run_on_ray(series, pair_main)):
+        return code
     code = run_steps(series, manifest, pair_main)
     if code:
         return code
-    if series.sharded:
-        print(f"this shard of every step of {series.name} is done; when every "
-              "shard is, run the same command without --shard to finish the series")
-        return 0
     n = write_overlap(series)
     manifest["finished_at"] = now()
     save_series_manifest(series, manifest)

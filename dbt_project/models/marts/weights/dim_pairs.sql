@@ -73,16 +73,36 @@ pairs as (
         max(case when kind = 'spectra'
             then options ->> '$.vocabulary.tied_head_compared_with' end)
             as tied_head_compared_with,
+        -- a run of a series (compute.run --trajectory marks its runs)
+        max(options ->> '$.trajectory.series') as run_trajectory,
+        max(options ->> '$.trajectory.role') as run_trajectory_role,
 
     from runs
     group by pair
 
 ),
 
+-- the series' own record of its runs (raw.trajectory_steps, once it is loaded)
+series_runs as (
+
+    select pair, trajectory, step, 'step' as trajectory_role
+    from {{ ref('stg_compute__trajectory_steps') }}
+    union all
+    select diff_pair, trajectory, step, 'difference'
+    from {{ ref('stg_compute__trajectory_steps') }}
+    where diff_pair is not null
+
+),
+
 final as (
 
     select
-        p.*,
+        p.* exclude (run_trajectory, run_trajectory_role),
+        -- the series the pair is a run of (NULL: a pair of its own); the pair
+        -- pickers list only pairs of their own, the Over training page the series
+        coalesce(t.trajectory, p.run_trajectory) as trajectory,
+        coalesce(t.trajectory_role, p.run_trajectory_role) as trajectory_role,
+        t.step as trajectory_step,
         d.base_storage_dtypes,
         d.sft_storage_dtypes,
         s.n_matrices,
@@ -96,6 +116,7 @@ final as (
     from pairs as p
     left join sizes as s using (pair)
     left join dtypes as d using (pair)
+    left join series_runs as t using (pair)
 
 )
 
