@@ -46,8 +46,6 @@ def shuffled_singular_values(w: np.ndarray, seed: int) -> tuple[np.ndarray, int]
     descending; the number of shuffles). Each shuffle permutes a fresh row-major
     copy of W (as torch's nn.Linear holds it, (out, in)), as WeightWatcher's
     `random_eigenvalues` does."""
-    import torch
-
     from compute.linalg.spectra import gram_singular_values
 
     w = np.asarray(w)

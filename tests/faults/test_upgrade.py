@@ -3,7 +3,8 @@
 The older release is emulated from the fault suite's warehouse (a site and pair
 'small'), built by this release's dbt, then taken back to the layout the release
 before wrote: raw schema version 11 (raw.token_logprobs and token_shift without
-`nonfinite`, no post types nor step 13's columns, version 11 recorded) and its
+`nonfinite`, no post types nor step 13's columns, no raw.random_spectra (step
+16), version 11 recorded) and its
 per-run marts without `run_finished_at`, as the release before the incremental marts built them (the column they added, commit
 c73873a). `dbt build` alone fails on them, naming --full-refresh; before,
 `ingest.upgrade` said nothing about the marts (its "nothing to do" or "applied ..."
@@ -19,7 +20,6 @@ import pytest
 from ingest.marts_check import incremental_models
 from ingest.upgrade import main as upgrade_main
 from tests.conftest import run_dbt
-
 
 # what raw-schema step 13 adds (ingest/warehouse.py MIGRATIONS)
 STEP_13_COLUMNS = (("post_texts", "post_type"), ("lora_recovery_posts", "vectors"),
@@ -67,11 +67,11 @@ def older_release(base_warehouse, tmp_path_factory):
         con.execute(f"alter table raw.{table} drop column nonfinite")
     for table, column in STEP_13_COLUMNS:
         con.execute(f"alter table raw.{table} drop column {column}")
-    for table in ("direction_signs", "training_threads"):
+    for table in ("direction_signs", "training_threads", "random_spectra"):
         con.execute(f"drop table raw.{table}")
-    # a warehouse created at version 13 records only that: created at 11 instead
+    # a warehouse created at version 16 records only that: created at 11 instead
     assert con.execute("select list(version) from raw.schema_version").fetchone()[0] \
-        == [13]
+        == [16]
     con.execute("update raw.schema_version set version = 11")
     con.close()
     return old, want, dropped
@@ -89,9 +89,10 @@ def test_upgrade_names_the_stale_marts_and_refresh_builds_green(older_release,
     before = _marts(db)
     assert upgrade_main(["--db", str(db), "--check"]) == 0
     out = capsys.readouterr().out
-    assert "raw schema version 11, this release writes 13" in out, out
+    assert "raw schema version 11, this release writes 16" in out, out
     assert "would apply 12: raw.token_logprobs, token_shift: nonfinite" in out
     assert "would apply 13: post types of scored posts" in out
+    assert "would apply 16: raw.random_spectra: WeightWatcher's correlation" in out
     assert "  marts.fct_matrix_metrics (lacks run_finished_at)" in out, out
     assert _marts(db) == before
 
