@@ -289,7 +289,7 @@ def _check_options(ap: argparse.ArgumentParser) -> None:
                     help="WeightWatcher's correlation traps: the singular values of "
                     "W_base and W_sft with their entries shuffled, and the MP bulk "
                     "they should fill (to OUT/<pair>/spectra/traps, "
-                    "raw.random_spectra; docs/esd.md; about 2/3 more spectra time)")
+                    "raw.random_spectra; docs/esd.md; 0.25-0.8x more spectra time)")
     ap.add_argument("--trap-seed", type=int, default=0, metavar="S",
                     help="seed of the shuffles (NumPy RandomState; default 0)")
 
