@@ -184,3 +184,15 @@ def test_run_with_traps_loads_and_marts_hold_them(tmp_path):
     marts = query(db, """select layer, module, sft_n_traps
                          from marts.fct_layer_module_traps order by all""")
     assert marts == by_hand and len(marts) > 0
+
+
+@pytest.mark.parametrize("extra", [["--shard", "0/2"], ["--skip-spectra"]])
+def test_traps_refused_where_it_cannot_run(extra, capsys):
+    """--traps needs whole matrices and the spectra half: a usage error (exit 2)
+    naming the clash, before anything is read."""
+    from compute.run.cli import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--base", "a", "--sft", "b", "--name", "x", "--traps", *extra])
+    assert exc.value.code == 2
+    assert "--traps" in capsys.readouterr().err

@@ -200,6 +200,8 @@ def _checked(ap: argparse.ArgumentParser, a: argparse.Namespace
         ap.error("--scan goes with --check")
     if a.traps and (a.shard or a.ray is not None):
         ap.error("--traps shuffles whole matrices: not with --shard or --ray")
+    if a.traps and not a.spectra:
+        ap.error("--traps is part of the spectra half: not with --skip-spectra")
     return shard, pairs
 
 
