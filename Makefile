@@ -33,7 +33,7 @@ demo: venv
 	$(PY) -m ingest.stackexchange data/demo-site --site physics.demo
 	$(PY) -m ingest.training_log models/demo --pair demo
 	cd dbt_project && $(DBT) build --quiet --select +prompts
-	$(PY) -m compute.run --pair demo
+	$(PY) -m compute.run --pair demo --traps
 	$(PY) -m compute.lora_recovery --pair demo --ranks $(DEMO_LORA_RANKS)
 	$(PY) -m compute.run --base models/demo/base --sft models/demo-seed29/sft --name demo-seed29
 	$(PY) -m compute.seed_floor --pair demo --other demo-seed29

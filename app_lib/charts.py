@@ -365,6 +365,30 @@ def esd_alpha_chart(df: pd.DataFrame, roles: tuple[str, ...] = ESD_ROLES
     return alt.layer(band, lines).properties(height=360)
 
 
+def traps_chart(df: pd.DataFrame) -> alt.Chart:
+    """WeightWatcher's correlation traps against depth: W_base's and W_sft's counts
+    side by side per layer (bars offset by role). 0 everywhere is the expected
+    value: the shuffled W of a matrix without large entries is a pure MP bulk.
+
+    df: layer, depth, base_n_traps, sft_n_traps, n_matrices (traps_layers)."""
+    long = df.melt(id_vars=["layer", "depth", "n_matrices"],
+                   value_vars=["base_n_traps", "sft_n_traps"], var_name="role",
+                   value_name="traps")
+    long["role"] = long["role"].str.removesuffix("_n_traps")
+    long["matrix"] = long["role"].map(ROLE_LABEL)
+    return alt.Chart(long).mark_bar().encode(
+        x=alt.X("layer:O", title="layer"),
+        xOffset=alt.XOffset("matrix:N"),
+        y=alt.Y("traps:Q", title="correlation traps (randomised eigenvalues above "
+                "the MP edge)", scale=alt.Scale(domainMin=0)),
+        color=alt.Color("matrix:N", title=None, scale=_role_scale(["base", "sft"]),
+                        legend=alt.Legend(orient="top")),
+        tooltip=[alt.Tooltip("matrix:N"), alt.Tooltip("layer:Q", format="d"),
+                 alt.Tooltip("traps:Q", format="d"),
+                 alt.Tooltip("n_matrices:Q", title="matrices", format="d")],
+    ).properties(height=280)
+
+
 def esd_tail_chart(values: pd.DataFrame, fits: pd.DataFrame) -> alt.Chart:
     """The ESD's tail on log-log axes: the share of eigenvalues lambda = s^2 at or
     above each one (i / n for the i-th largest), per role, with the fitted power

@@ -218,6 +218,19 @@ def esd_layers(src: Src, pair: str, module: str | None = None) -> pd.DataFrame:
 
 
 @_cache
+def traps_layers(src: Src, pair: str, module: str | None = None) -> pd.DataFrame:
+    """marts.fct_layer_module_traps of one pair: WeightWatcher's correlation traps
+    of W_base and W_sft per layer, one module type's or summed over types."""
+    return query("""
+        select layer, any_value(depth) as depth, sum(base_n_traps) as base_n_traps,
+               sum(sft_n_traps) as sft_n_traps, sum(n_matrices) as n_matrices
+        from marts.fct_layer_module_traps
+        where pair = ? and (? is null or module = ?)
+        group by layer order by layer
+    """, [pair, module, module], path=src[0])
+
+
+@_cache
 def matrix_esd(src: Src, pair: str, tensor: str) -> pd.DataFrame:
     """marts.fct_matrix_esd rows (base, sft, delta) of one tensor."""
     return query("""

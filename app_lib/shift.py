@@ -208,6 +208,40 @@ def classes_chart(df: pd.DataFrame) -> alt.Chart:
     ).properties(width=220, height=260)
 
 
+GENERATED = "SFT's own answers (generated)"
+PUBLISHED = {"Llama-2-7b-chat": 0.078, "Mistral-7B-Instruct": 0.052}  # URIAL, Table 1
+
+
+def generated_classes(df: pd.DataFrame) -> pd.DataFrame:
+    """marts.fct_generated_token_shift rows (`generated`) in the frame
+    `classes_chart` draws: one group, GENERATED, its buckets and shares."""
+    out = df.rename(columns={f"{c}_share": f"share_{c}" for c in CLASSES})
+    out = out.assign(grp=GENERATED, first_position=out["position_bucket"].map(
+        lambda b: BUCKETS.index(b) if b in BUCKETS else len(BUCKETS)))
+    return out[["grp", "position_bucket", "first_position", "n_tokens",
+                *(f"share_{c}" for c in CLASSES)]]
+
+
+def generated_headline(df: pd.DataFrame) -> str:
+    """The shifted share of the generated tokens with its interval over answers,
+    the null (an SFT equal to its base: 0% shifted) and URIAL's published
+    ratios, from the 'all' row of `generated`."""
+    row = df[df["position_bucket"] == "all"]
+    if row.empty:
+        return "No generated tokens for this pair."
+    r = row.iloc[0]
+    interval = ("one answer: no interval" if pd.isna(r["shifted_share_lo95"]) else
+                f"95% t interval over answers {r['shifted_share_lo95']:.1%} to "
+                f"{r['shifted_share_hi95']:.1%}")
+    published = ", ".join(f"{v:.1%} {k}" for k, v in PUBLISHED.items())
+    return (f"**{r['shifted_share']:.1%} shifted**, {r['marginal_share']:.1%} "
+            f"marginal, {r['unshifted_share']:.1%} unshifted of "
+            f"{int(r['n_tokens']):,} generated tokens in {int(r['n_answers'])} "
+            f"answers ({interval}). Null: an SFT equal to its base shifts 0% (its "
+            f"greedy token is the base's top-1). URIAL reports {published}; the "
+            "teacher-forced shares above are a different quantity.")
+
+
 def top_tokens_chart(df: pd.DataFrame, by: str) -> alt.Chart:
     """Horizontal bars of the top tokens by count or by KL mass, every bar labelled
     (the token as `show_token` writes it; two tokens that read alike keep their

@@ -59,8 +59,31 @@ st.caption("alpha of p(lambda) ~ lambda^-alpha fitted to the eigenvalues of W^T 
            "(maximum likelihood, xmin by the KS distance), for W_base, W_sft and dW "
            "of one pair; WeightWatcher reads 2-6 (band) as well trained. "
            "docs/esd.md.")
+esd_pair = st.selectbox("pair", all_pairs.tolist(), key="layers_esd_pair",
+                        help="the pair of the alpha and correlation-trap charts")
 if ui.need(src, "marts.fct_layer_module_esd", run=q.FILL_WEIGHTS,
            what="No ESD measures yet"):
-    esd_pair = st.selectbox("pair", all_pairs.tolist(), key="layers_esd_pair")
     esd = ui.load(q.esd_layers, src, esd_pair, None if module == MEDIAN else module)
     st.altair_chart(charts.esd_alpha_chart(esd), width="stretch")
+
+st.subheader("Correlation traps (WeightWatcher's randomised ESD)")
+st.caption("W's entries shuffled (seeded) destroy every correlation; the shuffled "
+           "W should be a Marchenko-Pastur bulk. Eigenvalues still above its edge "
+           "(plus the Tracy-Widom margin) are traps: large entries that no shuffle "
+           "removes. 0 is the null, what a W without outsized entries gives. "
+           "`compute.run --traps`; docs/esd.md.")
+if ui.need(src, "marts.fct_layer_module_traps", what="No correlation traps yet",
+           run=f"python -m compute.run --pair {esd_pair} --skip-behaviour --traps"
+               "\ncd dbt_project && dbt build"):
+    traps = ui.load(q.traps_layers, src, esd_pair,
+                    None if module == MEDIAN else module)
+    if traps.empty:
+        st.info(f"No traps for {esd_pair}: `python -m compute.run --pair {esd_pair} "
+                "--traps`.")
+    else:
+        total = traps[["base_n_traps", "sft_n_traps"]].sum()
+        st.markdown(f"W_base: **{int(total['base_n_traps'])}** traps, W_sft: "
+                    f"**{int(total['sft_n_traps'])}** over "
+                    f"{int(traps['n_matrices'].sum())} matrices per side "
+                    f"({module}).")
+        st.altair_chart(charts.traps_chart(traps), width="stretch")

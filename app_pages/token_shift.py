@@ -60,9 +60,14 @@ st.subheader("On the SFT's own answers (URIAL's protocol)")
 st.caption("The classes above are teacher-forced on human posts. URIAL defines them "
            "on the fine-tuned model's own greedy answers, a different quantity "
            "(`python -m compute.urial`; docs/behaviour.md): kept apart here.")
-if ui.load(q.row_count, src, "marts.fct_generated_token_shift"):
-    st.dataframe(ui.load(shift.generated, src, pair), hide_index=True,
-                 width="stretch")
+gen = (ui.load(shift.generated, src, pair)
+       if ui.load(q.row_count, src, "marts.fct_generated_token_shift") else None)
+if gen is not None and not gen.empty:
+    st.markdown(shift.generated_headline(gen))
+    st.altair_chart(shift.classes_chart(shift.generated_classes(gen)),
+                    width="content")
+    with st.expander("generated: every bucket"):
+        st.dataframe(gen, hide_index=True, width="stretch")
 else:
     st.code(f"python -m compute.urial --pair {pair} --generate 50\n"
             "cd dbt_project && dbt build", language="bash")

@@ -23,7 +23,7 @@ import duckdb
 
 from ingest.runfolder import KIND_TABLES, RUN_FILES
 
-UNIT = {"spectra": "tensor", "direction_overlap": "tensor",
+UNIT = {"spectra": "tensor", "random_spectra": "tensor", "direction_overlap": "tensor",
         "direction_angles": "tensor", "intruders": "tensor"}  # one file per unit
 UNIT |= {t: "post_id" for t in KIND_TABLES["behaviour"]}
 

@@ -24,7 +24,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 # what compute.run writes under OUT/<pair>, relative paths (compute.run.cli,
 # compute.run.direction_files, compute.behaviour.scoring)
 RUN_FILES = re.compile(
-    r"(spectra/(\d{5}|vectors|added_tokens)\.parquet"
+    r"(spectra/(\d{5}|vectors|added_tokens|traps/\d{5})\.parquet"
     r"|spectra/pieces/\d{5}-\d+-of-\d+\.npz"
     r"|directions/(vectors|overlap|angles|intruders|rows)/\d{5}\.parquet"
     r"|directions/(tokens|signs)\.parquet"
@@ -38,7 +38,8 @@ OWN = re.compile(r"\.lock(\.shard-\d+-of-\d+)?|\.manifest\.lock|run\.json"
 KIND_TABLES = {
     "spectra": {"spectra": "spectra/[0-9]*.parquet",
                 "vector_changes": "spectra/vectors.parquet",
-                "added_tokens": "spectra/added_tokens.parquet"},
+                "added_tokens": "spectra/added_tokens.parquet",
+                "random_spectra": "spectra/traps/*.parquet"},
     "directions": {"direction_overlap": "directions/overlap/*.parquet",
                    "direction_angles": "directions/angles/*.parquet",
                    "intruders": "directions/intruders/*.parquet",

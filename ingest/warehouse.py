@@ -456,6 +456,31 @@ COMPUTE_TABLES: dict[str, str] = {
         span_dim INTEGER,                 -- the dimension W_base spans on that side
         cosines DOUBLE[]                  -- the principal angles' cosines, largest first
     """,
+    "random_spectra": """
+        run_id VARCHAR NOT NULL,
+        pair VARCHAR NOT NULL,
+        tensor VARCHAR NOT NULL,
+        layer INTEGER,
+        module VARCHAR NOT NULL,
+        expert INTEGER,
+        part VARCHAR,
+        role VARCHAR NOT NULL,            -- 'base' | 'sft' (W with entries shuffled)
+        n_rows INTEGER NOT NULL,
+        n_cols INTEGER NOT NULL,
+        seed BIGINT NOT NULL,             -- NumPy RandomState seed of the shuffles
+        n_replicas INTEGER NOT NULL,      -- shuffles pooled (5 below 100 evals)
+        random_singular_values DOUBLE[] NOT NULL,  -- every shuffle's, in turn
+        rand_lambda_max DOUBLE,           -- largest randomised eigenvalue s^2
+        rand_mp_sigma DOUBLE,             -- MP fit of the randomised ESD
+        rand_bulk_max DOUBLE,             -- its bulk edge, units of lambda
+        rand_bulk_min DOUBLE,
+        n_traps BIGINT,                   -- eigenvalues above edge + TW margin
+        rand_mp_softrank DOUBLE,
+        rand_distance DOUBLE,             -- Jensen-Shannon: ESD vs first shuffle's
+        ww_softrank DOUBLE,               -- first shuffle's lambda_max / W's
+        ww_maxdist DOUBLE,                -- W's lambda_max - first shuffle's
+        seconds DOUBLE
+    """,
 }
 
 
@@ -465,7 +490,7 @@ COMPUTE_TABLES: dict[str, str] = {
 # applied, the highest is current). Version 1 is the first release's layout, which had
 # no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 """The raw layout this release writes: the last step of MIGRATIONS."""
 
 UPGRADE_COMMAND = "python -m ingest.upgrade"
@@ -569,6 +594,11 @@ MIGRATIONS: tuple[Migration, ...] = (
               "overlap of two fine-tunes' top dW subspaces",
               ("create table if not exists raw.seed_direction_overlap ("
                + COMPUTE_TABLES["seed_direction_overlap"] + ")",)),
+    Migration(15, "raw.random_spectra: WeightWatcher's correlation traps, the "
+              "spectra of W_base and W_sft with their entries shuffled "
+              "(compute.run --traps)",
+              ("create table if not exists raw.random_spectra ("
+               + COMPUTE_TABLES["random_spectra"] + ")",)),
 )
 """The ordered steps from version 1 to SCHEMA_VERSION.
 

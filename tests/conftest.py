@@ -115,7 +115,8 @@ def build_demo_warehouse(work: Path, pair: Path) -> None:
         run_dbt(db, "build", "--quiet", "--select", "+prompts", "--vars", DEMO_VARS)
     run_py("-m", "compute.run", "--base", str(pair / "base"), "--sft",
            str(pair / "sft"), "--name", "planted", "--out", str(work / "runs"),
-           "--no-progress", *([] if have_site else ["--skip-behaviour"]), db=db)
+           "--no-progress", "--traps",
+           *([] if have_site else ["--skip-behaviour"]), db=db)
     run_dbt(db, "build", "--quiet", "--vars", DEMO_VARS)
 
 

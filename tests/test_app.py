@@ -200,12 +200,12 @@ def test_heatmap(demo_warehouse, monkeypatch):
 def test_layers(demo_warehouse, monkeypatch):
     at = open_page("layers", demo_warehouse, monkeypatch)
     assert "Spearman rho" in said(at) or "too few to test a trend" in said(at)
-    spec, esd = charts_of(at)
+    spec, esd, _ = charts_of(at)
     assert spec["encoding"]["x"]["field"] == "depth"
     at.selectbox(key="layers_module").select("q_proj").run()
     at.selectbox(key="layers_metric").select("relative_signal_rank").run()
     assert not at.exception
-    spec, esd = charts_of(at)
+    spec, esd, traps = charts_of(at)
     assert spec["encoding"]["y"]["field"] == "relative_signal_rank"
     # the ESD's alpha of the q_proj cells, as fct_layer_module_esd holds them
     lines = esd["layer"][1]
@@ -218,6 +218,16 @@ def test_layers(demo_warehouse, monkeypatch):
         where module = 'q_proj'""") for role, a in zip(("base", "sft", "delta"),
                                                     (b, s, d), strict=True)}
     assert drawn == pytest.approx(stored)
+    # the correlation traps of the q_proj cells (the fixture runs --traps)
+    (el,) = [e for e in at.get("vega_lite_chart")[2].proto.datasets
+             if e.name == traps["data"]["name"]]
+    drawn = {(r["layer"], r["role"]): r["traps"]
+             for r in pa.ipc.open_stream(el.data.data).read_all().to_pylist()}
+    stored = {(layer, role): n for layer, b, s in query(demo_warehouse, """
+        select layer, base_n_traps, sft_n_traps from marts.fct_layer_module_traps
+        where module = 'q_proj'""") for role, n in (("base", b), ("sft", s))}
+    assert drawn == stored and len(stored) >= 4
+    assert any("traps, W_sft:" in m.value for m in at.markdown)
     at.multiselect(key="layers_pairs").set_value([]).run()
     assert "at least one pair" in infos(at)
 

@@ -150,3 +150,64 @@ def test_top_tokens_chart_labels_every_bar():
         assert f"datum.value == '{i:03d}' ? {json.dumps(shift.show_token(text))}" \
             in y["axis"]["labelExpr"]
     assert spec["height"] == {"step": 20}
+
+
+@pytest.mark.slow
+def test_token_shift_page_with_generated_rows(demo_warehouse, tmp_path, monkeypatch):
+    """URIAL's generated rows (three answers, loaded through ingest.generated into a
+    copy of the demo warehouse, which holds teacher-forced shift too): the page's
+    generated section states the shifted share with its 95% t interval over answers
+    and the null (an SFT equal to its base shifts 0%), and draws the classes in a
+    chart of their own; the numbers are pandas' over the rows, SciPy's interval;
+    the teacher-forced chart keeps its own groups, without the generated one."""
+    import shutil
+
+    import numpy as np
+    from scipy import stats
+
+    from compute.behaviour import urial
+    from ingest.generated import load
+    from tests.conftest import run_dbt
+
+    db = tmp_path / "warehouse.duckdb"
+    shutil.copyfile(demo_warehouse, db)
+    pair = duckdb.connect(str(db), read_only=True).execute(
+        "select max(pair) from marts.fct_group_token_shift").fetchone()[0]
+    rng = np.random.default_rng(8)
+    answers = [urial.Answer(post_id, [0], list(range(n)), {
+        "rank_sft_top_in_base": rng.choice([1, 1, 1, 2, 3, 7, 90], size=n),
+        **{k: rng.random(n) for k in ("logprob_base", "logprob_sft", "kl_sft_base",
+                                      "kl_base_sft", "entropy_base", "entropy_sft")}})
+        for post_id, n in ((11, 25), (12, 9), (13, 40))]
+    table = urial.rows(answers, "g1", pair)
+    assert load(urial.write(table, tmp_path / "runs" / pair), db) == {
+        "generated_token_shift": 74}
+    run_dbt(db, "build", "--quiet", "--select", "+fct_generated_token_shift")
+    df = table.to_pandas()
+    per = df.groupby("post_id")["shift_class"].apply(lambda c: (c == "shifted").mean())
+    lo, hi = stats.t.interval(0.95, len(per) - 1, loc=per.mean(), scale=stats.sem(per))
+
+    st.cache_data.clear()
+    monkeypatch.setenv("SFTSCOPE_DB", str(db))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("app_pages/token_shift.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    (said,) = [m.value for m in at.markdown if "generated tokens in" in m.value]
+    assert f"**{(df['rank_in_base'] > 3).mean():.1%} shifted**" in said
+    assert "74 generated tokens in 3 answers" in said
+    assert f"95% t interval over answers {lo:.1%} to {hi:.1%}" in said
+    assert "Null: an SFT equal to its base shifts 0%" in said
+    charts = []  # the rows each class chart draws
+    for el in at.get("vega_lite_chart"):
+        for ds in el.proto.datasets:
+            rows = pa.ipc.open_stream(ds.data.data).read_all().to_pylist()
+            if rows and {"class", "share", "grp"} <= set(rows[0]):
+                charts.append(rows)
+    generated = [c for c in charts if {r["grp"] for r in c} == {shift.GENERATED}]
+    forced = [c for c in charts if shift.GENERATED not in {r["grp"] for r in c}]
+    assert len(generated) == 1 and len(forced) == 1
+    got = {(r["position_bucket"], r["class"]): r["share"] for r in generated[0]}
+    for cls in ("unshifted", "marginal", "shifted"):
+        assert got[("all", cls)] == pytest.approx((df["shift_class"] == cls).mean())
+        early = df[df["position"] < 16]
+        assert got[("0-15", cls)] == pytest.approx((early["shift_class"] == cls).mean())

@@ -796,3 +796,86 @@ def test_recovery_with_full_rank_embeddings(pairs, recovery):
     assert ranks.loc[0, "n_params"] == 0
     assert ranks.loc[1, "frobenius_sq"] == pytest.approx(
         plain_ranks.loc[1, "frobenius_sq"], rel=1e-9)
+
+
+# mergekit's adapter_config.json (mergekit/scripts/extract_lora.py, make_config_dict,
+# arcee-ai/mergekit a6e4028): every key it writes, and the value its loader needs
+MERGEKIT_CONFIG = {"base_model_name_or_path": None, "peft_type": "LORA",
+                   "use_rslora": False, "target_modules": None,
+                   "modules_to_save": None, "task_type": "CAUSAL_LM", "r": None,
+                   "lora_alpha": None, "rank_pattern": None, "alpha_pattern": None,
+                   "lora_dropout": 0.0, "fan_in_fan_out": False,
+                   "inference_mode": True}
+
+
+def mergekit_key(key: str, modules_to_save: list[str]) -> bool:
+    """A tensor name of mergekit's layout (extract_lora.py, LoRAModuleSaveTask and
+    plan_module_to_save): base_model.model.<module>.lora_A.weight / lora_B.weight,
+    an embedding's lora_embedding_A / lora_embedding_B (no .weight), and a module
+    stored whole as base_model.model.<tensor>."""
+    import re
+
+    if not key.startswith("base_model.model."):
+        return False
+    if re.search(r"\.(lora_[AB]\.weight|lora_embedding_[AB])$", key):
+        return True
+    return key.endswith(".weight") and key.rsplit(".", 2)[-2] in modules_to_save
+
+
+@pytest.mark.parametrize("embed", ["full", "lora"])
+def test_adapter_loads_as_mergekit_loads_it(pairs, tmp_path, embed):
+    """mergekit merges an adapter ("base+lora") in ModelReference.merged
+    (mergekit/common.py, arcee-ai/mergekit a6e4028): the base by its config's
+    architectures[0] auto class, PeftModel.from_pretrained(model, lora,
+    is_trainable=False), merge_and_unload(), save_pretrained(safe_serialization).
+    That sequence, without mergekit, on extract_lora's folder, with --embed full
+    (mergekit's default: embeddings as modules_to_save) and --embed lora
+    (--embed-lora): the config has every key mergekit writes, with its values;
+    every tensor name is of mergekit's layout; the merged checkpoint's tensors are
+    W_base + B A for the factored matrices (A^T B^T for an embedding), W_sft for
+    those stored whole and W_base for the rest, to fp32 rounding."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file as load_torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = tmp_path / embed
+    ex.run(ex.parse_args(["--base", str(pairs["base"]), "--sft", str(pairs["sft"]),
+                          "--rank", "3", "--embed", embed, "--out", str(out),
+                          "--no-load", "--no-progress"]))
+    config = json.loads((out / "adapter_config.json").read_text())
+    for key, value in MERGEKIT_CONFIG.items():
+        assert key in config and (value is None or config[key] == value), key
+    assert config["alpha_pattern"] == config["rank_pattern"]
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    whole = config["modules_to_save"] or []
+    assert whole == (["embed_tokens", "lm_head"] if embed == "full" else [])
+    assert all(mergekit_key(k, whole) for k in saved), sorted(saved)
+
+    arch = AutoConfig.from_pretrained(str(pairs["base"])).architectures[0]
+    assert arch.endswith("ForCausalLM")  # mergekit's get_auto_cls: the causal LM
+    model = AutoModelForCausalLM.from_pretrained(str(pairs["base"]),
+                                                 dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(out), is_trainable=False)
+    model.merge_and_unload().save_pretrained(tmp_path / "merged",
+                                             safe_serialization=True)
+    merged = load_torch(str(tmp_path / "merged" / "model.safetensors"))
+    base_ck, sft_ck = resolve(str(pairs["base"])), resolve(str(pairs["sft"]))
+    changed = 0
+    for name, got in merged.items():
+        w = to_float64(*base_ck.read_array(name))
+        before = w
+        module = name.removesuffix(".weight")
+        key = f"base_model.model.{module}"
+        if f"{key}.lora_A.weight" in saved:
+            w = w + saved[f"{key}.lora_B.weight"].astype(np.float64) \
+                @ saved[f"{key}.lora_A.weight"].astype(np.float64)
+        elif f"{key}.lora_embedding_A" in saved:
+            w = w + (saved[f"{key}.lora_embedding_B"].astype(np.float64)
+                     @ saved[f"{key}.lora_embedding_A"].astype(np.float64)).T
+        elif module.rsplit(".", 1)[-1] in whole:
+            w = to_float64(*sft_ck.read_array(name))
+        scale = max(1.0, float(np.abs(w).max()))
+        assert np.abs(got.double().numpy() - w).max() < 1e-5 * scale, name
+        changed += w is not before and bool(np.abs(w - before).max() > 1e-4)
+    assert changed >= len(saved) // 2 - 2  # the merge did move the matrices

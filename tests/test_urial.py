@@ -142,3 +142,26 @@ def test_load_and_mart_against_pandas(tmp_path):
     per = df.groupby("post_id")["shift_class"].apply(lambda c: (c == "shifted").mean())
     lo, hi = stats.t.interval(0.95, len(per) - 1, loc=per.mean(), scale=stats.sem(per))
     assert (got["lo"], got["hi"]) == pytest.approx((lo, hi), rel=1e-6)
+
+
+def test_batched_generation_equals_one_at_a_time(models):
+    """Five questions of different lengths answered in one left-padded `generate`
+    (and in batches of 2, one batch ragged) give the same tokens as each question
+    answered alone, the plain greedy loop's; the scored rows are then identical."""
+    base, sft, tok = models
+    stops = urial.stop_ids(tok)
+    questions = [*QUESTIONS, "Why?", "What is the boiling point of water at the top "
+                 "of a high mountain, and why is it lower there?", "Is glass a liquid?"]
+    prompts = [urial.chat_ids(tok, q) for q in questions]
+    assert len({len(p) for p in prompts}) == len(prompts)  # padding really differs
+    cpu = torch.device("cpu")
+    alone = [urial.generate(sft, p, 20, stops, cpu) for p in prompts]
+    assert [by_hand(base, sft, p, 20, stops)[0] for p in prompts[:2]] == alone[:2]
+    assert urial.generate_batch(sft, prompts, 20, stops, cpu) == alone
+    posts = list(enumerate(questions))
+    one = urial.run_urial(base, sft, tok, posts, 20, cpu, progress=False)
+    two = urial.run_urial(base, sft, tok, posts, 20, cpu, progress=False,
+                          batch_size=2)
+    assert [a.answer for a in one] == [a.answer for a in two] == [
+        a for a in alone if a]
+    assert urial.rows(one, "r", "demo").equals(urial.rows(two, "r", "demo"))

@@ -2,11 +2,13 @@
 
     python -m compute.urial --pair demo --generate 20 --max-new-tokens 64
     python -m compute.urial --base A --sft B --name N --prompts p.parquet --generate 50
+    python -m compute.urial --pair demo --generate 64 --batch-size 16
 
 For each of the first N prompts (question posts first), the SFT model answers the
 post's text as the user turn of its chat template (the tokenizer's `chat_template`;
 without one, ChatML when the vocabulary has `<|im_start|>` / `<|im_end|>`, the demo
-pair's format), greedily, up to `--max-new-tokens` tokens or its end-of-turn token.
+pair's format), greedily, up to `--max-new-tokens` tokens or its end-of-turn token,
+`--batch-size` prompts per `generate` (left-padded, the padding masked).
 Both models then read the same sequence (prompt + answer), and at each generated
 token t the base's rank eta_t of the SFT's chosen token gives URIAL's classes:
 unshifted (eta = 1), marginal (2-3), shifted (> 3); with KL both ways and both
@@ -98,6 +100,30 @@ def generate(sft, prompt: list[int], max_new: int, stops: list[int],
 
 
 @torch.inference_mode()
+def generate_batch(sft, prompts: list[list[int]], max_new: int, stops: list[int],
+                   device: torch.device) -> list[list[int]]:
+    """The SFT's greedy answers to several prompts in one `generate`: the prompts
+    left-padded to the longest, the padding masked out (attention_mask 0), each
+    answer cut after its first end-of-turn token. The same tokens as `generate` on
+    each prompt alone (tests/test_urial.py), up to float ties of the argmax."""
+    if len(prompts) == 1:
+        return [generate(sft, prompts[0], max_new, stops, device)]
+    pad = stops[0] if stops else 0
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
+                        device=device)
+    out = sft.generate(ids, attention_mask=mask, do_sample=False,
+                       max_new_tokens=max_new, eos_token_id=stops or None,
+                       pad_token_id=pad, num_beams=1)
+    answers = []
+    for row in out[:, width:].tolist():
+        cut = next((j + 1 for j, t in enumerate(row) if t in stops), len(row))
+        answers.append([int(t) for t in row[:cut]])
+    return answers
+
+
+@torch.inference_mode()
 def score_answer(base, sft, prompt: list[int], answer: list[int],
                  device: torch.device) -> dict[str, np.ndarray]:
     """Per generated token: both log-probs, KL both ways, entropies, and the base's
@@ -141,20 +167,27 @@ def rows(answers: list[Answer], run_id: str, pair: str) -> pa.Table:
 
 
 def run_urial(base, sft, tok, posts: list[tuple[int, str]], max_new: int,
-              device: torch.device, progress: bool = True) -> list[Answer]:
-    """Generate and score each (post_id, question) in turn."""
+              device: torch.device, progress: bool = True,
+              batch_size: int = 1) -> list[Answer]:
+    """Generate (batch_size prompts per `generate`, left-padded) and score each
+    (post_id, question); answers in the order of `posts`, empty ones left out."""
     from tqdm import tqdm
 
     stops = stop_ids(tok)
     out = []
-    for post_id, question in tqdm(posts, desc="urial", unit="answer",
-                                  disable=not progress, dynamic_ncols=True):
-        prompt = chat_ids(tok, question)
-        answer = generate(sft, prompt, max_new, stops, device)
-        if not answer:
-            continue
-        out.append(Answer(post_id, prompt, answer,
-                          score_answer(base, sft, prompt, answer, device)))
+    with tqdm(total=len(posts), desc="urial", unit="answer", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for i in range(0, len(posts), max(batch_size, 1)):
+            chunk = posts[i:i + max(batch_size, 1)]
+            prompts = [chat_ids(tok, question) for _, question in chunk]
+            answers = generate_batch(sft, prompts, max_new, stops, device)
+            for (post_id, _), prompt, answer in zip(chunk, prompts, answers,
+                                                    strict=True):
+                if answer:
+                    out.append(Answer(post_id, prompt, answer,
+                                      score_answer(base, sft, prompt, answer,
+                                                   device)))
+            bar.update(len(chunk))
     return out
 
 

@@ -199,15 +199,18 @@ def _mp_residual(sigma, grid, dens, q) -> float:
     return float(np.sum(resid * resid))
 
 
-def mp_fit(evals: np.ndarray, q: float) -> dict[str, float | None]:
+def mp_fit(evals: np.ndarray, q: float, m: int | None = None
+           ) -> dict[str, float | None]:
     """Marchenko-Pastur fit of eigenvalues `evals` (ascending, not all zero) of a
     matrix with aspect ratio q = long / short side: sigma, the bulk edges and the
     number of spikes above the upper edge plus its Tracy-Widom margin, on the
-    eigenvalues rescaled to mean 1; the edges in the units of `evals`."""
+    eigenvalues rescaled to mean 1; the edges in the units of `evals`. `m`: the
+    short side in the margin, when `evals` pools several matrices' (the shuffles
+    of compute.linalg.traps); default len(evals)."""
     from scipy import optimize
 
-    m = len(evals)
-    mean = float(evals.sum()) / m
+    mean = float(evals.sum()) / len(evals)
+    m = m or len(evals)
     scaled = evals / mean
     lam_max = float(scaled[-1])
     to_fit = np.sqrt(scaled) if q == 1 else scaled

@@ -740,15 +740,19 @@ def tensor_spectra(
     return rows
 
 
-def gram_singular_values(a: torch.Tensor) -> tuple[np.ndarray, float]:
-    """(descending singular values, sum of squares) of a 2-D float tensor."""
-    import torch
-
+def gram_singular_values(a: torch.Tensor | np.ndarray) -> tuple[np.ndarray, float]:
+    """(descending singular values, sum of squares) of a 2-D float tensor, or of a
+    NumPy float array (then without importing torch)."""
     m, n = a.shape
     tall = m >= n
     k, long = (n, m) if tall else (m, n)
     blocks = _blocks(long, k)
-    if a.device.type == "cpu":
+    if isinstance(a, np.ndarray):
+        ops = _NUMPY
+        a = a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
+    elif a.device.type == "cpu":
+        import torch
+
         ops = _NUMPY
         a = (a if a.dtype in (torch.float32, torch.float64) else a.double()).numpy()
     else:

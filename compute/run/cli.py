@@ -76,6 +76,18 @@ def schemas() -> dict:
             ("n_nonfinite", pa.int64()), ("method", pa.string()),
             ("device", pa.string()), ("seconds", pa.float64()),
         ]),
+        "traps": pa.schema([
+            ("run_id", pa.string()), ("pair", pa.string()), ("tensor", pa.string()),
+            ("layer", pa.int32()), ("module", pa.string()), ("expert", pa.int32()),
+            ("part", pa.string()), ("role", pa.string()), ("n_rows", pa.int32()),
+            ("n_cols", pa.int32()), ("seed", pa.int64()), ("n_replicas", pa.int32()),
+            ("random_singular_values", pa.list_(pa.float64())),
+            ("rand_lambda_max", pa.float64()), ("rand_mp_sigma", pa.float64()),
+            ("rand_bulk_max", pa.float64()), ("rand_bulk_min", pa.float64()),
+            ("n_traps", pa.int64()), ("rand_mp_softrank", pa.float64()),
+            ("rand_distance", pa.float64()), ("ww_softrank", pa.float64()),
+            ("ww_maxdist", pa.float64()), ("seconds", pa.float64()),
+        ]),
         "added_tokens": pa.schema([
             ("run_id", pa.string()), ("pair", pa.string()), ("tensor", pa.string()),
             ("token_id", pa.int64()), ("token", pa.string()), ("norm", pa.float64()),
@@ -137,6 +149,8 @@ class Config:
     remote: str | None = None  # --out as an object-store URI (out: its staging folder)
     attn: str | None = None  # forced attention implementation (default: per class)
     series_run: str | None = None  # "SERIES:step|difference": a --trajectory's run
+    traps: bool = False  # WeightWatcher's correlation traps (compute.linalg.traps)
+    trap_seed: int = 0  # the shuffles' seed (RandomState)
 
     @property
     def run_dir(self) -> Path:
@@ -185,6 +199,10 @@ def _checked(ap: argparse.ArgumentParser, a: argparse.Namespace
         ap.error("--vectors must be >= 0")
     if a.scan and not a.check:
         ap.error("--scan goes with --check")
+    if a.traps and (a.shard or a.ray is not None):
+        ap.error("--traps shuffles whole matrices: not with --shard or --ray")
+    if a.traps and not a.spectra:
+        ap.error("--traps is part of the spectra half: not with --skip-spectra")
     return shard, pairs
 
 
@@ -270,6 +288,13 @@ def _check_options(ap: argparse.ArgumentParser) -> None:
                     help="on a CPU, all of W_base's singular vectors (intruders) only "
                     f"for matrices with min(rows, cols) <= N (default {FULL_BASIS_MAX}"
                     "; a GPU does every matrix)")
+    ap.add_argument("--traps", action="store_true",
+                    help="WeightWatcher's correlation traps: the singular values of "
+                    "W_base and W_sft with their entries shuffled, and the MP bulk "
+                    "they should fill (to OUT/<pair>/spectra/traps, "
+                    "raw.random_spectra; docs/esd.md; 0.25-0.8x more spectra time)")
+    ap.add_argument("--trap-seed", type=int, default=0, metavar="S",
+                    help="seed of the shuffles (NumPy RandomState; default 0)")
 
 
 def _scale_options(ap: argparse.ArgumentParser) -> None:
@@ -351,7 +376,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   vectors=a.vectors, full_basis_max=a.full_basis_max, shard=shard,
                   shards=shard[1] if shard else a.shards, dry_run=a.dry_run,
                   ray=a.ray, pairs=pairs, remote=remote, attn=a.attn,
-                  series_run=a.series_run)
+                  series_run=a.series_run, traps=a.traps, trap_seed=a.trap_seed)
 
 
 def shards_refused(base: str, sft: str, n: int) -> str | None:
@@ -510,6 +535,11 @@ def spectra_file(run_dir: Path, index: int) -> Path:
     return run_dir / "spectra" / f"{index:05d}.parquet"
 
 
+def traps_file(run_dir: Path, index: int) -> Path:
+    """The correlation traps of tensor `index` (--traps): spectra/traps/NNNNN.parquet."""
+    return run_dir / "spectra" / "traps" / f"{index:05d}.parquet"
+
+
 def auto_vectors(plan: Plan, device: str) -> int:
     """--vectors' default: DEFAULT_VECTORS on a GPU; on a CPU only where cheap, for
     models whose matrices are all at most AUTO_VECTORS_CPU_SIDE on their short side
@@ -601,7 +631,8 @@ class SpectraHalf:
         """Tensor i's spectra file (and its vectors, where asked for) is there."""
         run_dir = self.cfg.run_dir
         return self.have(spectra_file(run_dir, i)) and not (
-            self.want_dirs and not self.have(self.dfiles.path(run_dir, "vectors", i)))
+            self.want_dirs and not self.have(self.dfiles.path(run_dir, "vectors", i))
+        ) and not (self.cfg.traps and not self.have(traps_file(run_dir, i)))
 
     def todo(self) -> list[int]:
         """The tensors left to do (this shard's), largest first, so that the
@@ -747,12 +778,16 @@ class SpectraHalf:
             storage_s = self.spectra.storage_name(ws.dtype)
         # an adapter: dW = its factors' product (None: W_sft is read), no rounding
         factors = self.sft.lowrank(name) if self.adapter else None
-        out, warnings = [], []
+        out, warnings, traps = [], [], []
         tables: dict[str, list[dict]] = {}
         for view in self.plan.views[name]:
             rows, found = self.view_spectra(view.take(wb), view.take(ws), storage,
                                             storage_s, view,
                                             view_factors(view, factors))
+            if self.cfg.traps:
+                traps += self.trap_rows(view, (view.take(wb), storage),
+                                        (view.take(ws), storage_s),
+                                        view_factors(view, factors), rows)
             if self.adapter and self.sft.exact(name):
                 rows[2]["noise_sigma"] = 0.0  # W_sft = W_base (+ BA): never rounded
             common = self.common_of(name, view, storage)
@@ -765,8 +800,36 @@ class SpectraHalf:
         del wb, ws
         if self.want_dirs:  # first: the spectra file marks tensor i done (resume)
             self.dfiles.write_tensor(self.cfg.run_dir, i, tables)
+        if self.cfg.traps:
+            write_rows(traps, "traps", traps_file(self.cfg.run_dir, i))
         write_rows(out, "spectra", spectra_file(self.cfg.run_dir, i))
         return warnings
+
+    def trap_rows(self, view, base, sft, lowrank, rows: list[dict]) -> list[dict]:
+        """The correlation traps of W_base and W_sft of one matrix (`base`, `sft`:
+        (the view's array or tensor, storage)), as (out, in) fp64 arrays; `rows`:
+        its spectra rows (base, sft, delta), whose singular values they compare."""
+        import numpy as np
+
+        from compute.linalg.traps import trap_row
+
+        def fp64(w, storage):
+            if not isinstance(w, np.ndarray):  # torch's path
+                return w.double().cpu().numpy()
+            return self.spectra.to_float64(w, storage)
+
+        wb = fp64(*base)
+        ws = wb + lowrank[0] @ lowrank[1] if lowrank is not None else fp64(*sft)
+        out = []
+        for role, w, row in (("base", wb, rows[0]), ("sft", ws, rows[1])):
+            w = w.T if view.transposed else w
+            out.append({"run_id": self.run_id, "pair": self.pair,
+                        "tensor": view.tensor, "layer": view.layer,
+                        "module": view.module, "expert": view.expert,
+                        "part": view.part, "role": role, "n_rows": w.shape[0],
+                        "n_cols": w.shape[1]}
+                       | trap_row(w, row["singular_values"], self.cfg.trap_seed))
+        return out
 
     def view_spectra(self, vb, vs, storage: str, storage_s: str, view,
                      lowrank) -> tuple[list[dict], object]:
@@ -820,7 +883,8 @@ class SpectraHalf:
         """Upload the files of tensor i to the store (if any), its marker last."""
         if self.store is not None:
             run_dir, dfiles = self.cfg.run_dir, self.dfiles
-            self.store.push([spectra_file(run_dir, i), *(
+            self.store.push([*([traps_file(run_dir, i)] if self.cfg.traps else []),
+                             spectra_file(run_dir, i), *(
                 dfiles.path(run_dir, t, i) for t in (*dfiles.TABLES, "vectors"))])
 
     def finish(self, bad: dict[int, list[str]], workers: int) -> None:

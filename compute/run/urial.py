@@ -3,6 +3,7 @@ the prompts' questions in its chat template, the base scores its tokens.
 
     python -m compute.urial --pair demo --generate 20 --max-new-tokens 64
     python -m compute.urial --base A --sft B --name N --prompts p.parquet --generate 5
+    python -m compute.urial --pair demo --generate 64 --batch-size 16
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--generate", type=int, required=True, metavar="N",
                     help="answer the first N prompts (question posts first)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=8, metavar="B",
+                    help="prompts per generate call, left-padded (default 8; the "
+                    "answers are those of one prompt at a time)")
     ap.add_argument("--prompts", type=Path, help="Parquet of prompts (default: the "
                     "warehouse's marts.prompts)")
     ap.add_argument("--db", type=Path, help="warehouse (default $SFTSCOPE_DB or "
@@ -47,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-load", dest="load", action="store_false",
                     help="write the file only, not raw.generated_token_shift")
     a = ap.parse_args(argv)
-    if a.generate < 1 or a.max_new_tokens < 1:
-        ap.error("--generate and --max-new-tokens must be >= 1")
+    if a.generate < 1 or a.max_new_tokens < 1 or a.batch_size < 1:
+        ap.error("--generate, --max-new-tokens and --batch-size must be >= 1")
     if not a.pair and not (a.base and a.sft):
         ap.error("give --pair, or --base and --sft")
     from compute.run.cli import parse_args as run_args
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         base = load_model(base_dir, device, dtype, "sdpa")
         sft = load_model(sft_dir, device, dtype, "sdpa", base=base_dir)
         answers = urial.run_urial(base, sft, tok, questions(prompts, a.generate),
-                                  a.max_new_tokens, device, a.progress)
+                                  a.max_new_tokens, device, a.progress,
+                                  a.batch_size)
     except (urial.UrialError, OSError) as exc:
         print(f"error: {exc}\nNothing was written.", file=sys.stderr)
         return 2

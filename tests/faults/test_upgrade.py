@@ -3,8 +3,8 @@
 The older release is emulated from the fault suite's warehouse (a site and pair
 'small'), built by this release's dbt, then taken back to the layout the release
 before wrote: raw schema version 11 (raw.token_logprobs and token_shift without
-`nonfinite`, no post types nor step 13's columns nor step 14's seed-floor table,
-version 11 recorded) and its
+`nonfinite`, no post types nor step 13's columns, no step 14's seed-floor table nor
+step 15's raw.random_spectra, version 11 recorded) and its
 per-run marts without `run_finished_at`, as the release before the incremental marts built them (the column they added, commit
 c73873a). `dbt build` alone fails on them, naming --full-refresh; before,
 `ingest.upgrade` said nothing about the marts (its "nothing to do" or "applied ..."
@@ -67,11 +67,12 @@ def older_release(base_warehouse, tmp_path_factory):
         con.execute(f"alter table raw.{table} drop column nonfinite")
     for table, column in STEP_13_COLUMNS:
         con.execute(f"alter table raw.{table} drop column {column}")
-    for table in ("direction_signs", "training_threads", "seed_direction_overlap"):
+    for table in ("direction_signs", "training_threads", "seed_direction_overlap",
+                  "random_spectra"):
         con.execute(f"drop table raw.{table}")
-    # a warehouse created at version 14 records only that: created at 11 instead
+    # a warehouse created at version 15 records only that: created at 11 instead
     assert con.execute("select list(version) from raw.schema_version").fetchone()[0] \
-        == [14]
+        == [15]
     con.execute("update raw.schema_version set version = 11")
     con.close()
     return old, want, dropped
@@ -89,10 +90,11 @@ def test_upgrade_names_the_stale_marts_and_refresh_builds_green(older_release,
     before = _marts(db)
     assert upgrade_main(["--db", str(db), "--check"]) == 0
     out = capsys.readouterr().out
-    assert "raw schema version 11, this release writes 14" in out, out
+    assert "raw schema version 11, this release writes 15" in out, out
     assert "would apply 12: raw.token_logprobs, token_shift: nonfinite" in out
     assert "would apply 13: post types of scored posts" in out
     assert "would apply 14: raw.seed_direction_overlap: the seed floor" in out
+    assert "would apply 15: raw.random_spectra: WeightWatcher's correlation" in out
     assert "  marts.fct_matrix_metrics (lacks run_finished_at)" in out, out
     assert _marts(db) == before
 
