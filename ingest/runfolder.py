@@ -22,14 +22,16 @@ from pathlib import Path
 NAME_MAX = 100
 NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 # what compute.run writes under OUT/<pair>, relative paths (compute.run.cli,
-# compute.run.direction_files, compute.behaviour.scoring)
+# compute.run.direction_files, compute.behaviour.scoring; compute.patch: patch/)
 RUN_FILES = re.compile(
     r"(spectra/(\d{5}|vectors|added_tokens|traps/\d{5})\.parquet"
     r"|spectra/pieces/\d{5}-\d+-of-\d+\.npz"
     r"|directions/(vectors|overlap|angles|intruders|rows)/\d{5}\.parquet"
     r"|directions/(tokens|signs)\.parquet"
     r"|behaviour/(token_logprobs|token_shift|residual_drift|post_texts)/"
-    r"(s\d+-\d+-)?-?\d+-[0-9a-f]{12}\.parquet)")
+    r"(s\d+-\d+-)?-?\d+-[0-9a-f]{12}\.parquet"
+    r"|patch/(layer|module|layer_module|tensor)/(models|posts)/"
+    r"(base|\d{5}-(add|revert)(-r\d{6})?)\.parquet)")
 OWN = re.compile(r"\.lock(\.shard-\d+-of-\d+)?|\.manifest\.lock|run\.json"
                  r"|(.*/)?\.[^/]+\.tmp\d+(\.npz)?|kinds/[a-z]+\.json")
 
@@ -48,6 +50,8 @@ KIND_TABLES = {
     "behaviour": {t: f"behaviour/{t}/*.parquet"
                   for t in ("token_logprobs", "token_shift", "post_texts",
                             "residual_drift")},
+    "patch": {"patch_models": "patch/*/models/*.parquet",
+              "patch_posts": "patch/*/posts/*.parquet"},
 }
 
 

@@ -415,6 +415,50 @@ COMPUTE_TABLES: dict[str, str] = {
         vectors VARCHAR,                  -- the model's 1-D tensors: 'base' | 'sft'
         post_type VARCHAR                 -- 'question' | 'answer' (NULL: not known)
     """,
+    "patch_models": """
+        run_id VARCHAR NOT NULL,          -- the behaviour run whose setting is scored
+        pair VARCHAR NOT NULL,
+        patch_by VARCHAR NOT NULL,        -- 'layer' | 'module' | 'layer_module' | 'tensor'
+        patch_group VARCHAR NOT NULL,     -- '3.q_proj', 'embeddings', '1-D', '(base)'
+        group_index INTEGER,              -- NULL: the base as loaded (the reference)
+        layer INTEGER,
+        module VARCHAR,
+        mode VARCHAR NOT NULL,            -- 'base' | 'add' (W_base + dW_G) |
+                                          -- 'revert' (W_sft - dW_G)
+        rank INTEGER,                     -- add's top-r part of dW_G (NULL: whole)
+        is_full BOOLEAN NOT NULL,
+        n_tensors INTEGER NOT NULL,
+        n_params BIGINT NOT NULL,
+        frobenius_sq DOUBLE NOT NULL,     -- ||dW_G||_F^2
+        retained_sq DOUBLE NOT NULL,      -- the part added (top-r: sum of s_i^2)
+        n_posts INTEGER NOT NULL,
+        device VARCHAR,
+        dtype VARCHAR,
+        window_tokens INTEGER,
+        merge_seconds DOUBLE,             -- building the model (load and merge)
+        seconds DOUBLE                    -- the whole model: merge and scoring
+    """,
+    "patch_posts": """
+        run_id VARCHAR NOT NULL,
+        pair VARCHAR NOT NULL,
+        patch_by VARCHAR NOT NULL,
+        patch_group VARCHAR NOT NULL,
+        group_index INTEGER,
+        layer INTEGER,
+        module VARCHAR,
+        mode VARCHAR NOT NULL,
+        rank INTEGER,
+        is_full BOOLEAN NOT NULL,
+        post_id BIGINT NOT NULL,
+        site VARCHAR,
+        grp VARCHAR,
+        post_type VARCHAR,
+        n_tokens INTEGER NOT NULL,
+        sum_logprob DOUBLE NOT NULL,      -- the patched model, sum over the tokens
+        sum_logprob_sft DOUBLE NOT NULL,  -- the SFT's, same tokens
+        sum_kl_sft_model DOUBLE NOT NULL, -- sum of KL(p_sft || p_model), nats
+        sum_kl_model_sft DOUBLE NOT NULL  -- sum of KL(p_model || p_sft)
+    """,
     "trajectory_steps": """
         trajectory VARCHAR NOT NULL,      -- the series' name (--name)
         step BIGINT NOT NULL,             -- the checkpoint's training step
@@ -490,7 +534,7 @@ COMPUTE_TABLES: dict[str, str] = {
 # applied, the highest is current). Version 1 is the first release's layout, which had
 # no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 """The raw layout this release writes: the last step of MIGRATIONS."""
 
 UPGRADE_COMMAND = "python -m ingest.upgrade"
@@ -599,6 +643,10 @@ MIGRATIONS: tuple[Migration, ...] = (
               "(compute.run --traps)",
               ("create table if not exists raw.random_spectra ("
                + COMPUTE_TABLES["random_spectra"] + ")",)),
+    Migration(16, "raw.patch_models, patch_posts: weight patching, the behaviour of "
+              "base + dW_G and SFT - dW_G for groups G of tensors",
+              tuple(f"create table if not exists raw.{t} ({COMPUTE_TABLES[t]})"
+                    for t in ("patch_models", "patch_posts"))),
 )
 """The ordered steps from version 1 to SCHEMA_VERSION.
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -192,6 +193,7 @@ class DeltaScorer:
         self.sft_cache = {} if self.sft_cache_bytes() <= SFT_CACHE_BYTES else None
         self.base_model = None  # loaded at the first score, then patched in place
         self.patched: set[str] = set()  # its tensors that are not the base's now
+        self.merge_seconds = 0.0  # the last score's merge (load and patch), seconds
 
     def sft_cache_bytes(self) -> int:
         """What the SFT's hidden states of every micro-batch take (all layers, the
@@ -249,7 +251,9 @@ class DeltaScorer:
         s = self.setting
         out: dict[int, object] = {}
         with torch.inference_mode():
+            t0 = time.perf_counter()
             model = self.patch(deltas)
+            self.merge_seconds = time.perf_counter() - t0
             scorer = Scorer(model, self.sft_model, self.device, self.prefix, s.window,
                             s.context, s.batch_size, s.chunk_rows, self.sft_cache,
                             drift)

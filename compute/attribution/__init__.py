@@ -1,0 +1,1 @@
+"""Weight patching: which weight changes carry the behaviour (compute.attribution.patch)."""
