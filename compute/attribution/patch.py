@@ -202,7 +202,7 @@ def group_sizes(setting, group: Group | None) -> tuple[float, int]:
     sq = 0.0
     for n in group.tensors:
         dw = delta(setting.base, setting.sft, n)
-        sq += float(np.einsum("...,...->", dw, dw))
+        sq += float(np.vdot(dw, dw))
     return sq, group.n_params
 
 

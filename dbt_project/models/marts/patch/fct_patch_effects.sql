@@ -1,0 +1,192 @@
+{#-
+    One row per (patch run, grouping, group, model, prompt group, post type; 'all' =
+    every group / type): how much of the SFT's behaviour a weight-patching model
+    has (python -m compute.patch; docs/patch.md). Models: 'add' = W_base + dW_G
+    (only G fine-tuned; with patch_rank r only the top-r singular part of dW_G) and
+    'revert' = W_sft - dW_G (everything but G), each against the base as loaded.
+
+    Per post i (sums over its tokens): k_i = KL(p_sft || p_model), K_i =
+    KL(p_sft || p_base), d_i = lp_model - lp_base, D_i = lp_sft - lp_base.
+    kl_share = 1 - sum k_i / sum K_i, the share of the base's KL from the SFT that
+    the model removes (1: the SFT's predictions, 0: the base's); delta_share =
+    sum d_i / sum D_i, the share of the SFT-minus-base log-prob delta. Both are
+    ratio estimators over posts with 95% t intervals from the linearised variance
+    se = sqrt(sum (x_i - R y_i)^2 / (n (n - 1))) / mean(y_i) (Cochran 1977, 6.9), as
+    marts.fct_lora_recovery. carried_share is what G carries by this model: the
+    add's kl_share, or 1 - the revert's (the behaviour lost without G).
+-#}
+
+with
+
+posts as (
+
+    select * from {{ ref('stg_compute__patch_posts') }}
+
+),
+
+models as (
+
+    select * from {{ ref('stg_compute__patch_models') }}
+
+),
+
+base_rows as (
+
+    select
+        run_id,
+        patch_by,
+        post_id,
+        sum_logprob as sum_logprob_base,
+        sum_logprob_sft,
+        sum_kl_sft_model as sum_kl_sft_base,
+    from posts
+    where mode = 'base'
+
+),
+
+paired as (
+
+    select
+        p.run_id,
+        p.pair,
+        p.patch_by,
+        p.patch_group,
+        p.group_index,
+        p.layer,
+        p.module,
+        p.mode,
+        p.patch_rank,
+        p.is_full,
+        p.post_id,
+        coalesce(p.grp, '(none)') as grp,
+        coalesce(p.post_type, '(unknown)') as post_type,
+        p.n_tokens,
+        p.sum_logprob - b.sum_logprob_base as d,
+        b.sum_logprob_sft - b.sum_logprob_base as big_d,
+        p.sum_kl_sft_model as k,
+        b.sum_kl_sft_base as big_k,
+    from posts as p
+    inner join base_rows as b using (run_id, patch_by, post_id)
+    where p.mode <> 'base'
+
+),
+
+both_levels as (
+
+    {{ all_levels('paired', ['grp', 'post_type']) }}
+
+),
+
+ratios as (
+
+    select
+        run_id, pair, patch_by, patch_group, group_index, layer, module, mode,
+        patch_rank, is_full, grp, post_type,
+        count(*) as n_posts,
+        sum(n_tokens) as n_tokens,
+        sum(k) as sum_kl_sft_model,
+        sum(big_k) as sum_kl_sft_base,
+        case when sum(big_k) > 0 then sum(k) / sum(big_k) end as kl_ratio,
+        avg(big_k) as mean_kl_sft_base,
+        sum(d) as sum_delta_model,
+        sum(big_d) as sum_delta_sft,
+        case when sum(big_d) <> 0 then sum(d) / sum(big_d) end as delta_share,
+        avg(big_d) as mean_delta_sft,
+    from both_levels
+    group by all
+
+),
+
+intervals as (
+
+    select
+        r.run_id, r.patch_by, r.patch_group, r.mode, r.patch_rank, r.grp,
+        r.post_type,
+        sqrt(sum((b.k - r.kl_ratio * b.big_k) ^ 2) / (r.n_posts * (r.n_posts - 1)))
+            / nullif(r.mean_kl_sft_base, 0) as se_kl,
+        sqrt(sum((b.d - r.delta_share * b.big_d) ^ 2) / (r.n_posts * (r.n_posts - 1)))
+            / nullif(abs(r.mean_delta_sft), 0) as se_delta,
+        {{ t_critical_95('r.n_posts - 1') }} as t95,
+    from ratios as r
+    inner join both_levels as b
+        on b.run_id = r.run_id and b.patch_by = r.patch_by
+        and b.patch_group = r.patch_group and b.mode = r.mode
+        and b.patch_rank is not distinct from r.patch_rank
+        and b.grp = r.grp and b.post_type = r.post_type
+    where r.n_posts > 1
+    group by all
+
+),
+
+final as (
+
+    select
+        -- keys
+        r.run_id || '|' || r.patch_by || '|' || r.patch_group || '|' || r.mode || '|'
+            || coalesce(r.patch_rank::varchar, 'full') || '|' || r.grp || '|'
+            || r.post_type as patch_effect_key,
+        r.run_id,
+        r.pair,
+        r.patch_by,
+        r.patch_group,
+        r.group_index,
+        r.layer,
+        r.module,
+        r.mode,
+        r.patch_rank,
+        r.is_full,
+        r.grp,
+        r.post_type,
+        r.n_posts,
+        r.n_tokens,
+
+        -- the weights the model changes
+        m.n_tensors,
+        m.n_params,
+        m.frobenius_sq,
+        m.retained_sq,
+        m.retained_sq / nullif(m.frobenius_sq, 0) as energy_share,
+
+        -- KL(p_sft || p_base) removed
+        r.sum_kl_sft_model,
+        r.sum_kl_sft_base,
+        1 - r.kl_ratio as kl_share,
+        1 - r.kl_ratio - i.t95 * i.se_kl as ci95_low_kl_share,
+        1 - r.kl_ratio + i.t95 * i.se_kl as ci95_high_kl_share,
+
+        -- the SFT-minus-base log-prob delta
+        r.sum_delta_model,
+        r.sum_delta_sft,
+        r.delta_share,
+        r.delta_share - i.t95 * i.se_delta as ci95_low_delta_share,
+        r.delta_share + i.t95 * i.se_delta as ci95_high_delta_share,
+
+        -- what G carries by this model: add's share, 1 - revert's
+        case when r.mode = 'add' then 1 - r.kl_ratio else r.kl_ratio end
+            as carried_share,
+        case when r.mode = 'add' then 1 - r.kl_ratio - i.t95 * i.se_kl
+            else r.kl_ratio - i.t95 * i.se_kl end as ci95_low_carried_share,
+        case when r.mode = 'add' then 1 - r.kl_ratio + i.t95 * i.se_kl
+            else r.kl_ratio + i.t95 * i.se_kl end as ci95_high_carried_share,
+
+        -- how it was scored
+        m.device,
+        m.dtype,
+        m.window_tokens,
+        m.seconds,
+        m.merge_seconds,
+
+    from ratios as r
+    left join intervals as i
+        on i.run_id = r.run_id and i.patch_by = r.patch_by
+        and i.patch_group = r.patch_group and i.mode = r.mode
+        and i.patch_rank is not distinct from r.patch_rank
+        and i.grp = r.grp and i.post_type = r.post_type
+    left join models as m
+        on m.run_id = r.run_id and m.patch_by = r.patch_by
+        and m.patch_group = r.patch_group and m.mode = r.mode
+        and m.patch_rank is not distinct from r.patch_rank
+
+)
+
+select * from final
