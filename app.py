@@ -34,6 +34,8 @@ nav = st.navigation({
                 url_path="drift"),
         st.Page("app_pages/posts.py", title="Posts", icon=":material/article:",
                 url_path="posts"),
+        st.Page("app_pages/attribution.py", title="Attribution",
+                icon=":material/join_inner:", url_path="attribution"),
     ],
     "Tools": [st.Page("app_pages/sql.py", title="SQL console", icon=":material/terminal:",
                       url_path="sql")],

@@ -483,3 +483,50 @@ def over_training(onsets: pd.DataFrame) -> list[str]:
                    f"{int(by_module.iloc[0])}, median of its cells), "
                    f"{by_module.index[-1]} last (step {int(by_module.iloc[-1])}).")
     return out
+
+
+# --- attribution ---------------------------------------------------------------------
+
+def attribution(rank: pd.DataFrame, vs: pd.DataFrame) -> list[str]:
+    """Which weight changes carry the behaviour: the groups whose add removes most
+    of KL(p_sft || p_base) (95% intervals over posts), whether the groups add up
+    (sum of the add shares vs 1), and whether the largest weight changes are the ones
+    that matter (Spearman's rho over groups, its interval, the null rho = 0).
+    rank: fct_patch_ranking rows of one pair, grouping, all posts; vs:
+    fct_patch_vs_weights rows of the same."""
+    if rank.empty:
+        return []
+    top = rank.sort_values("add_share", ascending=False).head(3)
+    parts = [f"{r.patch_group} {r.add_share:.0%} "
+             f"({_interval(r.ci95_low_add_share, r.ci95_high_add_share)})"
+             if pd.notna(r.ci95_low_add_share) else f"{r.patch_group} {r.add_share:.0%}"
+             for r in top.itertuples()]
+    n = len(rank)
+    out = [f"Of {n} groups, the changes that carry the behaviour alone are "
+           f"{_join(parts)} of KL(p_sft || p_base) removed by adding only that "
+           "group's dW to the base."]
+    total = float(rank["add_share"].sum())
+    out.append(f"The groups' add shares sum to {total:.0%}: "
+               + ("about 1, their effects add up." if abs(total - 1) < 0.1 else
+                  "above 1, they overlap in what they do." if total > 1 else
+                  "below 1, they need each other (the whole does more than the "
+                  "parts)."))
+    row = vs[(vs["weight_measure"] == "relative_frobenius_change")
+             & (vs["behaviour_share"] == "add")] if not vs.empty else vs
+    if not row.empty and pd.notna(row.iloc[0]["spearman_rho"]):
+        r = row.iloc[0]
+        if pd.notna(r["ci95_low_rho"]):
+            verdict = ("the largest weight changes are the ones that matter"
+                       if r["ci95_low_rho"] > 0 else
+                       "the largest weight changes are not the ones that matter"
+                       if r["ci95_high_rho"] < 0 else
+                       "no evidence either way that the largest changes matter most")
+            out.append(f"Relative Frobenius change vs add share over "
+                       f"{int(r['n_groups'])} groups: Spearman rho "
+                       f"{_signed(r['spearman_rho'], 2)} "
+                       f"({_interval(r['ci95_low_rho'], r['ci95_high_rho'], True)}; "
+                       f"null 0): {verdict}.")
+        else:
+            out.append(f"Too few groups ({int(r['n_groups'])}) for an interval on "
+                       "the rank correlation with the weight change.")
+    return out

@@ -23,7 +23,7 @@ PACKAGES = ("compute", "ingest", "app_lib")
 # those before it. compute/*.py beside them are the `python -m compute.X` entry
 # modules, the top; ingest/ is the floor under all of compute.
 LAYERS = ("arch", "linalg", "io", "fixtures", "plan", "behaviour", "pairs", "run",
-          "lora")
+          "lora", "attribution")
 ENTRY = len(LAYERS)  # compute/*.py
 
 
