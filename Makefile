@@ -11,7 +11,7 @@ export SFTSCOPE_DB ?= $(abspath $(DB))
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: all demo demo-trajectory test test-families test-fast test-pure-python ext mutate app bench bench-gpu lint browser-deps cluster-deps clean dbt
+.PHONY: all demo demo-patch demo-trajectory test test-families test-fast test-pure-python ext mutate app bench bench-gpu lint browser-deps cluster-deps clean dbt
 all: demo
 
 $(VENV)/.installed: pyproject.toml ingest/_sefast.c compute/linalg/_kernels.c
@@ -54,6 +54,13 @@ demo-trajectory: venv
 	$(PY) -m compute.run --base data/models/demo-quick-steps/base --trajectory data/models/demo-quick-steps/checkpoints --name demo-quick-steps
 	$(PY) -m ingest.training_log data/models/demo-quick-steps --pair demo-quick-steps
 	cd dbt_project && $(DBT) build --quiet
+
+# Weight patching on the demo pair (docs/patch.md), after make demo: which layers
+# carry the fine-tuning (--by layer: 13 models, each about one behaviour run; not in
+# make demo, whose behaviour run it repeats per model), then the Attribution page's marts.
+demo-patch: venv
+	$(PY) -m compute.patch --pair demo --by layer
+	cd dbt_project && $(DBT) build --quiet --select +fct_patch_vs_weights +fct_patch_ranking
 
 dbt: venv
 	cd dbt_project && $(DBT) build
