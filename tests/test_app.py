@@ -24,7 +24,7 @@ from tests.conftest import query, run_dbt, run_py, shared_dir
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 PAGES = ["overview", "heatmap", "layers", "spectra", "directions", "perplexity",
-         "token_shift", "drift", "posts", "sql", "over_training"]
+         "token_shift", "drift", "posts", "sql", "over_training", "attribution"]
 
 
 @pytest.fixture(autouse=True)

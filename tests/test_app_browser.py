@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_dbt
+from tests.patch_rows import insert_patch_rows
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "test-output"
 CHROMIUM = os.environ.get("SFTSCOPE_CHROMIUM", "/usr/bin/chromium")
@@ -70,7 +73,7 @@ INSPECT = """(chart) => {
 
 # Every page of app.py, by URL path; the desktop and the laptop width.
 PAGES = ["", "heatmap", "layers", "spectra", "directions", "perplexity", "token-shift",
-         "drift", "posts", "sql"]
+         "drift", "posts", "attribution", "sql"]
 WIDTHS = {"desktop": 1440, "laptop": 1024}
 
 
@@ -89,6 +92,10 @@ def served_app(demo_warehouse, tmp_path_factory):
     work = tmp_path_factory.mktemp("browser")
     db = work / "warehouse.duckdb"
     shutil.copy(demo_warehouse, db)
+    # the Attribution page's rows (made up: tests/patch_rows.py), its marts built
+    insert_patch_rows(db, "planted", 6)
+    run_dbt(db, "build", "--quiet", "--select", "stg_compute__patch_models+",
+            "stg_compute__patch_posts+", "int_patch_group_weights+")
     port = free_port()
     env = dict(os.environ, SFTSCOPE_DB=str(db), PYTHONPATH=str(ROOT))
     log = (work / "streamlit.log").open("w")
@@ -212,6 +219,11 @@ def test_pages_draw_what_they_should(every_page):
     spectra = every_page["desktop", "spectra"]["charts"]  # spectra, energy, ESD tail
     assert len(spectra) == 3 and all(c["marks"] >= 3 for c in spectra), spectra
     assert every_page["desktop", "overview"]["charts"]  # the training curves
+    # attribution: both layer x module heatmaps (6 x 7 cells and their texts), the
+    # top groups and the rank curves
+    attribution = every_page["desktop", "attribution"]["charts"]
+    assert len(attribution) == 4, attribution
+    assert all(c["marks"] >= 42 for c in attribution[:2]), attribution
 
 
 def test_running_indicator_and_stop_show(browser, served_app):

@@ -264,3 +264,29 @@ def test_seed_floor_sentences_by_hand():
     low = dirs.assign(share=[0.06, 0.07, 0.05])
     assert "along other top-8 left directions" in tk.seed_floor_directions(low,
                                                                           "left")[0]
+
+
+def test_attribution_top_groups_sum_and_correlation():
+    """Add shares 0.5, 0.2, 0.1 (sum 0.8: 'below 1'); the top group named with its
+    interval; rho 0.8 over 12 groups with a Fisher-z interval 0.40 to 0.94 (above 0:
+    the largest changes matter), then one holding 0, then too few groups."""
+    rank = pd.DataFrame({"patch_group": ["1.q_proj", "0.down_proj", "embeddings"],
+                         "add_share": [0.5, 0.2, 0.1],
+                         "ci95_low_add_share": [0.4, 0.2, 0.0],
+                         "ci95_high_add_share": [0.6, 0.4, 0.2]})
+    z, se = np.arctanh(0.8), np.sqrt(1.06 / 9)
+    lo, hi = np.tanh(z - 1.96 * se), np.tanh(z + 1.96 * se)
+    vs = pd.DataFrame({"weight_measure": ["relative_frobenius_change"],
+                       "behaviour_share": ["add"], "n_groups": [12],
+                       "spearman_rho": [0.8], "ci95_low_rho": [lo],
+                       "ci95_high_rho": [hi]})
+    text = " ".join(tk.attribution(rank, vs))
+    assert "Of 3 groups" in text and "1.q_proj 50% (95% interval 0.4 to 0.6)" in text
+    assert "sum to 80%: below 1" in text
+    assert f"rho +0.8 (95% interval {lo:+.3g} to {hi:+.3g}; null 0)" in text
+    assert "the largest weight changes are the ones that matter" in text
+    vs.loc[0, ["ci95_low_rho", "ci95_high_rho"]] = [-0.1, 0.9]
+    assert "no evidence either way" in " ".join(tk.attribution(rank, vs))
+    vs.loc[0, ["n_groups", "ci95_low_rho", "ci95_high_rho"]] = [3, None, None]
+    assert "Too few groups (3)" in " ".join(tk.attribution(rank, vs))
+    assert tk.attribution(rank.iloc[:0], vs) == []
