@@ -44,7 +44,13 @@ from pathlib import Path
 
 import numpy as np
 
-from compute.attribution.groups import BY, Group, patch_groups, shard_groups
+from compute.attribution.groups import (
+    BY,
+    VECTOR_GROUP,
+    Group,
+    patch_groups,
+    shard_groups,
+)
 from compute.io.checkpoints import CheckpointError
 from compute.lora.extract import ExtractError, delta, pair_args, resolve_pair_args, svd
 from compute.lora.recovery import FULL, parse_ranks
@@ -292,6 +298,15 @@ def score_model(cfg: Config, setting, scorer, run_id: str, model: Model,
                   cfg.patch_dir / "models" / f"{model.name}.parquet")
 
 
+def complete(folder: Path) -> bool:
+    """Whether every model its patch.json asks for has its marker: the base, add and
+    revert of each group, and the rank steps of every group but the 1-D one."""
+    want = json.loads((folder / "patch.json").read_text())
+    n = 1 + sum(2 + (0 if g == VECTOR_GROUP else len(want["ranks"]))
+                for g in want["groups"])
+    return len(list((folder / "models").glob("*.parquet"))) == n
+
+
 def run(cfg: Config) -> Path:
     """Score every model of this shard's groups not scored yet; mark the kind
     finished when the `by` is complete; return OUT/<pair>."""
@@ -318,10 +333,11 @@ def run(cfg: Config) -> Path:
     everything = models_of(groups, list(range(len(groups))), cfg.ranks, True)
     left = [m for m in everything
             if not (cfg.patch_dir / "models" / f"{m.name}.parquet").exists()]
-    done_bys = [b for b in BY if (cfg.run_dir / KIND / b / "patch.json").exists()]
-    _record_kind(cfg, finished=not left, extra={cfg.by: {
+    bys = {b: complete(cfg.run_dir / KIND / b) for b in BY
+           if (cfg.run_dir / KIND / b / "patch.json").exists()}
+    _record_kind(cfg, finished=all(bys.values()), extra={cfg.by: {
         "groups": len(groups), "models": len(everything), "ranks": cfg.ranks,
-        "complete": not left}, "by": done_bys})
+        "complete": not left}, "by": sorted(bys)})
     print(f"patch {cfg.pair} by {cfg.by}: {len(todo)} model(s) scored "
           f"({len(everything) - len(left)} of {len(everything)} done; {len(groups)} "
           f"groups) on {len(setting.posts)} posts of behaviour run {setting.run_id} "
