@@ -102,11 +102,8 @@ intervals as (
     select
         r.run_id, r.patch_by, r.patch_group, r.mode, r.patch_rank, r.grp,
         r.post_type,
-        sqrt(sum((b.k - r.kl_ratio * b.big_k) ^ 2) / (r.n_posts * (r.n_posts - 1)))
-            / nullif(r.mean_kl_sft_base, 0) as se_kl,
-        sqrt(sum((b.d - r.delta_share * b.big_d) ^ 2) / (r.n_posts * (r.n_posts - 1)))
-            / nullif(abs(r.mean_delta_sft), 0) as se_delta,
-        {{ t_critical_95('r.n_posts - 1') }} as t95,
+        sum((b.k - r.kl_ratio * b.big_k) ^ 2) as ss_kl,
+        sum((b.d - r.delta_share * b.big_d) ^ 2) as ss_delta,
     from ratios as r
     inner join both_levels as b
         on b.run_id = r.run_id and b.patch_by = r.patch_by
@@ -115,6 +112,25 @@ intervals as (
         and b.grp = r.grp and b.post_type = r.post_type
     where r.n_posts > 1
     group by all
+
+),
+
+errors as (
+
+    select
+        i.run_id, i.patch_by, i.patch_group, i.mode, i.patch_rank, i.grp,
+        i.post_type,
+        sqrt(i.ss_kl / (r.n_posts * (r.n_posts - 1)))
+            / nullif(r.mean_kl_sft_base, 0) as se_kl,
+        sqrt(i.ss_delta / (r.n_posts * (r.n_posts - 1)))
+            / nullif(abs(r.mean_delta_sft), 0) as se_delta,
+        {{ t_critical_95('r.n_posts - 1') }} as t95,
+    from intervals as i
+    inner join ratios as r
+        on r.run_id = i.run_id and r.patch_by = i.patch_by
+        and r.patch_group = i.patch_group and r.mode = i.mode
+        and r.patch_rank is not distinct from i.patch_rank
+        and r.grp = i.grp and r.post_type = i.post_type
 
 ),
 
@@ -177,7 +193,7 @@ final as (
         m.merge_seconds,
 
     from ratios as r
-    left join intervals as i
+    left join errors as i
         on i.run_id = r.run_id and i.patch_by = r.patch_by
         and i.patch_group = r.patch_group and i.mode = r.mode
         and i.patch_rank is not distinct from r.patch_rank

@@ -75,13 +75,23 @@ interaction as (
 
     select
         r.run_id, r.patch_by, r.patch_group, r.grp, r.post_type,
-        1 - r.q as interaction,
-        {{ t_critical_95('r.n - 1') }} * sqrt(sum((b.k - r.q * b.big_k) ^ 2)
-            / (r.n * (r.n - 1))) / nullif(r.mean_big_k, 0) as half_width,
+        sum((b.k - r.q * b.big_k) ^ 2) as ss,
     from ratio as r
     inner join both_levels as b using (run_id, patch_by, patch_group, grp, post_type)
     where r.n > 1
     group by all
+
+),
+
+interaction_width as (
+
+    select
+        i.run_id, i.patch_by, i.patch_group, i.grp, i.post_type,
+        1 - r.q as interaction,
+        {{ t_critical_95('r.n - 1') }} * sqrt(i.ss / (r.n * (r.n - 1)))
+            / nullif(r.mean_big_k, 0) as half_width,
+    from interaction as i
+    inner join ratio as r using (run_id, patch_by, patch_group, grp, post_type)
 
 ),
 
@@ -109,7 +119,7 @@ joined as (
         on r.run_id = a.run_id and r.patch_by = a.patch_by
         and r.patch_group = a.patch_group and r.grp = a.grp
         and r.post_type = a.post_type and r.mode = 'revert'
-    left join interaction as i
+    left join interaction_width as i
         on i.run_id = a.run_id and i.patch_by = a.patch_by
         and i.patch_group = a.patch_group and i.grp = a.grp
         and i.post_type = a.post_type
