@@ -349,6 +349,17 @@ def test_load_and_marts_against_pandas(pairs, two, tmp_path):
         "'relative_frobenius_change' and behaviour_share = 'add' and grp = 'all' "
         "and post_type = 'all' and patch_by = 'layer_module'")
     assert n == len(gs) and m_rho == pytest.approx(rho, abs=1e-9)
-    z, se = np.arctanh(rho), np.sqrt(1.06 / (n - 3))
-    assert (lo, hi) == pytest.approx((np.tanh(z - 1.96 * se), np.tanh(z + 1.96 * se)),
-                                     abs=1e-4)
+    if abs(m_rho) >= 1:  # the two changed groups lead both orders: no Fisher z
+        assert (lo, hi) == (None, None)
+    else:
+        z, se = np.arctanh(rho), np.sqrt(1.06 / (n - 3))
+        assert (lo, hi) == pytest.approx(
+            (np.tanh(z - 1.96 * se), np.tanh(z + 1.96 * se)), abs=1e-4)
+    # the interval where rho is inside (-1, 1): signal rank vs the revert share
+    sr = query(db, "select spearman_rho, ci95_low_rho, ci95_high_rho, n_groups from "
+               "marts.fct_patch_vs_weights where grp = 'all' and post_type = 'all' "
+               "and abs(spearman_rho) < 1 and n_groups > 3")
+    for m_rho, lo, hi, n in sr:
+        z, se = np.arctanh(m_rho), np.sqrt(1.06 / (n - 3))
+        assert (lo, hi) == pytest.approx(
+            (np.tanh(z - 1.959963984540054 * se), np.tanh(z + 1.959963984540054 * se)))
