@@ -113,6 +113,7 @@ bench: venv
 	$(PY) bench/incremental.py --json data/bench/incremental.json
 	$(PY) bench/esd.py --json data/bench/esd.json
 	$(PY) bench/lora_recovery.py --json data/bench/lora-recovery.json
+	$(PY) bench/patch.py --json data/bench/patch.json
 
 # the GPU target: a 7B-shaped pair on one CUDA device (needs ~35 GB of disk)
 bench-gpu: venv
