@@ -218,9 +218,13 @@ def open_setting(cfg: Config):
     from compute.lora.recovery import Config as RecoveryConfig
     from compute.lora.recovery import open_setting as recovery_setting
 
-    return recovery_setting(RecoveryConfig(
-        cfg.pair, cfg.base, cfg.sft, [], prompts=cfg.prompts, db=cfg.db, out=cfg.out,
-        device=cfg.device))
+    try:
+        return recovery_setting(RecoveryConfig(
+            cfg.pair, cfg.base, cfg.sft, [], prompts=cfg.prompts, db=cfg.db,
+            out=cfg.out, device=cfg.device))
+    except ExtractError as exc:  # its advice names recovery; patching reuses it too
+        raise ExtractError(str(exc).replace("recovery reuses", "patching reuses")
+                           ) from exc
 
 
 def patch_identity(cfg: Config, setting, groups: list[Group]) -> dict:
