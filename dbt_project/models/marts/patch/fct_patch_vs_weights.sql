@@ -5,7 +5,8 @@
     with the weight measure: not the 1-D group) between dW_G's relative Frobenius
     change, signal rank or intruder count (intermediate.int_patch_group_weights)
     and the add share or the revert share (marts.fct_patch_ranking). Ties take
-    their average rank; rho is Pearson's correlation of the ranks.
+    their average rank; rho is Pearson's correlation of the ranks (NULL when one
+    side is the same for every group).
 
     The null is rho = 0 (no monotone relation between weight change and behaviour).
     The 95% interval is Fisher's z with the standard error sqrt(1.06 / (n - 3)) of
@@ -68,7 +69,9 @@ rho as (
     select
         run_id, pair, patch_by, grp, post_type, weight_measure, behaviour_share,
         count(*) as n_groups,
-        corr(rank_x, rank_y) as spearman_rho,
+        -- one side constant over the groups (every group 0 intruders): no rho
+        case when var_pop(rank_x) > 0 and var_pop(rank_y) > 0
+            then corr(rank_x, rank_y) end as spearman_rho,
         arg_max(patch_group, x) as largest_change_group,
         arg_max(patch_group, y) as largest_share_group,
     from ranked
