@@ -107,7 +107,9 @@ def grid(data: pd.DataFrame, field: str, title: str, fmt: str) -> alt.Chart:
     y = alt.Y("layer:O", title="layer")
     base = alt.Chart(data).encode(x=x, y=y)
     rect = base.mark_rect().encode(
-        color=alt.Color(f"{field}:Q", title=title, scale=alt.Scale(zero=True)),
+        color=alt.Color(f"{field}:Q", title=None, scale=alt.Scale(zero=True),
+                        legend=alt.Legend(orient="bottom", format=fmt,
+                                          gradientLength=160)),
         tooltip=["patch_group", alt.Tooltip(f"{field}:Q", format=fmt),
                  alt.Tooltip("add_share:Q", format=".1%"),
                  alt.Tooltip("revert_share:Q", format=".1%")])
