@@ -162,18 +162,21 @@ class TopParts:
 
 
 def deltas_of(model: Model, group: Group | None, setting, parts: TopParts | None
-              ) -> tuple[dict, str]:
-    """(deltas, start) for compute.behaviour.merge_score: add dW_G to the base,
-    subtract it from the SFT, or add its top-r parts to the base."""
-    base, sft = setting.base, setting.sft
+              ) -> dict:
+    """The model's deltas on the base (compute.behaviour.merge_score): dW_G (add),
+    dW of every tensor but G's (revert: W_sft - dW_G, G the base's), or the top-r
+    parts of dW_G."""
+    from compute.behaviour.merge_score import full_deltas
+
     if model.mode == "base":
-        return {}, "base"
+        return {}
     names = group.tensors
     if model.mode == "revert":
-        return {n: (lambda n=n: -delta(base, sft, n)) for n in names}, "sft"
+        every = full_deltas(setting)
+        return {n: d for n, d in every.items() if n not in set(names)}
     if model.rank is None:
-        return {n: (lambda n=n: delta(base, sft, n)) for n in names}, "base"
-    return {n: (lambda n=n: parts.part(n, model.rank)) for n in names}, "base"
+        return full_deltas(setting, list(names))
+    return {n: (lambda n=n: parts.part(n, model.rank)) for n in names}
 
 
 def key_columns(run_id: str, cfg: Config, model: Model, group: Group | None) -> dict:
@@ -280,10 +283,10 @@ def score_model(cfg: Config, setting, scorer, run_id: str, model: Model,
     from compute.io.files import write_parquet
 
     t0 = time.perf_counter()
-    deltas, start = deltas_of(model, group, setting, parts)
+    deltas = deltas_of(model, group, setting, parts)
     label = "base" if group is None else f"{group.key} {model.mode}" + (
         f" r{model.rank}" if model.rank is not None else "")
-    results = scorer.score(deltas, cfg.progress, label, start=start)
+    results = scorer.score(deltas, cfg.progress, label, drift=False)
     keys = key_columns(run_id, cfg, model, group)
     write_parquet(pa.Table.from_pylist(post_rows(setting.posts, results, keys),
                                        schema=schemas()["patch_posts"]),
