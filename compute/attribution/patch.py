@@ -13,9 +13,10 @@ posts, window, prefix, dtype, batches, attention; compute.behaviour.merge_score,
 one merge-and-score path LoRA recovery uses too), next to the SFT: **add** =
 W_base + dW_G (only G fine-tuned) and **revert** = W_sft - dW_G (all but G), and with
 --ranks r the add of only the top-r singular part of each matrix of dW_G ('full' is
-the add itself). The base as loaded is scored once (the reference). A model is
-merged in memory from the safetensors files (one tensor's delta at a time): the SFT
-and the patched model in memory, plus one matrix.
+the add itself). The base as loaded is scored once (the reference). A model is the
+scorer's base patched in place from the safetensors files (one tensor's delta at a
+time; the revert as the base plus every other tensor's dW): the SFT and the patched
+model in memory, plus one matrix.
 
 Per post and model it keeps sums over the post's tokens of the model's and the SFT's
 log-probs and of KL(p_sft || p_model) and KL(p_model || p_sft); the marts
