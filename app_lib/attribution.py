@@ -162,11 +162,11 @@ def rank_chart(curves: pd.DataFrame) -> alt.LayerChart:
     x = alt.X("r:O", sort=[*order, "full"], title="rank r of each matrix's dW_G part",
               axis=alt.Axis(labelAngle=0))
     base = alt.Chart(data).encode(x=x, color=alt.Color("patch_group:N", title="group"))
+    title = "KL removed (95% interval)"
     lines = base.mark_line(point=True).encode(
-        y=alt.Y("kl_share:Q", title="share of KL(p_sft || p_base) removed",
-                axis=alt.Axis(format="%")),
+        y=alt.Y("kl_share:Q", title=title, axis=alt.Axis(format="%")),
         tooltip=["patch_group", "r", alt.Tooltip("kl_share:Q", format=".1%"),
                  alt.Tooltip("energy_share:Q", format=".1%")])
-    bars = base.mark_errorbar().encode(y="ci95_low_kl_share:Q",
+    bars = base.mark_errorbar().encode(y=alt.Y("ci95_low_kl_share:Q", title=title),
                                        y2="ci95_high_kl_share:Q")
     return alt.layer(bars, lines).properties(height=300)
