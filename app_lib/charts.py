@@ -379,8 +379,8 @@ def traps_chart(df: pd.DataFrame) -> alt.Chart:
     return alt.Chart(long).mark_bar().encode(
         x=alt.X("layer:O", title="layer"),
         xOffset=alt.XOffset("matrix:N"),
-        y=alt.Y("traps:Q", title="correlation traps (randomised eigenvalues above "
-                "the MP edge)", scale=alt.Scale(domainMin=0)),
+        y=alt.Y("traps:Q", title="correlation traps", scale=alt.Scale(domainMin=0),
+                axis=alt.Axis(tickMinStep=1, format="d")),
         color=alt.Color("matrix:N", title=None, scale=_role_scale(["base", "sft"]),
                         legend=alt.Legend(orient="top")),
         tooltip=[alt.Tooltip("matrix:N"), alt.Tooltip("layer:Q", format="d"),
