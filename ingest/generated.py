@@ -12,11 +12,10 @@ Exit status: 0 loaded; 2 the file is unusable (named); 3 the warehouse is busy.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from ingest.warehouse import db_path, load_reported, writer_transaction
+from ingest.warehouse import load_file_reported, loader_main, writer_transaction
 
 
 class GeneratedLoadError(ValueError):
@@ -46,21 +45,14 @@ def load(path: str | Path, db: str | Path | None = None) -> dict[str, int]:
 
 
 def load_or_explain(path: str | Path, db: str | Path | None = None) -> int:
-    """`load`, reported for a person: 0, 2 unusable input, 3 busy."""
-    again = f"python -m ingest.generated {path}" + (f" --db {db}" if db else "")
-    return load_reported(lambda: load(path, db), path, again, (GeneratedLoadError,),
-                         f"loaded into {db_path(db)}")
+    """`load`, reported for a person: 0, 2 unusable input, 3 busy, 130 interrupted."""
+    return load_file_reported("ingest.generated", load, (GeneratedLoadError,), path, db)
 
 
 def main(argv: list[str] | None = None) -> int:
     """python -m ingest.generated: load the generated mode's files; exit status."""
-    ap = argparse.ArgumentParser(prog="python -m ingest.generated",
-                                 description=__doc__.splitlines()[0])
-    ap.add_argument("path", type=Path, help="OUT/<pair>/urial/generated.parquet")
-    ap.add_argument("--db", type=Path, help="warehouse (default $SFTSCOPE_DB or "
-                    "data/warehouse.duckdb)")
-    a = ap.parse_args(argv)
-    return load_or_explain(a.path, a.db)
+    return loader_main(argv, "ingest.generated", __doc__.splitlines()[0],
+                       "OUT/<pair>/urial/generated.parquet", load_or_explain)
 
 
 if __name__ == "__main__":

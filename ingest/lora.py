@@ -17,16 +17,11 @@ warehouse is held by another process (nothing changed: run it again later).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from pathlib import Path
 
-from ingest.warehouse import (
-    db_path,
-    load_reported,
-    writer_transaction,
-)
+from ingest.warehouse import load_file_reported, loader_main, writer_transaction
 
 EXTRACTION_FILE = "lora_extraction.parquet"
 RANKS_FILE = "ranks.parquet"
@@ -118,21 +113,14 @@ def load(path: str | Path, db: str | Path | None = None) -> dict[str, int]:
 
 def load_or_explain(path: str | Path, db: str | Path | None = None) -> int:
     """`load`, reported for a person: 0, 2 unusable input, 3 busy, 130 interrupted."""
-    again = f"python -m ingest.lora {path}" + (f" --db {db}" if db else "")
-    return load_reported(lambda: load(path, db), path, again, (LoraLoadError,),
-                         f"loaded into {db_path(db)}")
+    return load_file_reported("ingest.lora", load, (LoraLoadError,), path, db)
 
 
 def main(argv: list[str] | None = None) -> int:
     """python -m ingest.lora PATH: load an extraction or a recovery run."""
-    ap = argparse.ArgumentParser(prog="python -m ingest.lora",
-                                 description=__doc__.splitlines()[0])
-    ap.add_argument("path", type=Path, help="an adapter folder from compute."
-                    "extract_lora, or OUT/<pair>/lora_recovery/<modules>")
-    ap.add_argument("--db", type=Path, help="warehouse (default $SFTSCOPE_DB or "
-                    "data/warehouse.duckdb)")
-    a = ap.parse_args(argv)
-    return load_or_explain(a.path, a.db)
+    return loader_main(argv, "ingest.lora", __doc__.splitlines()[0],
+                       "an adapter folder from compute.extract_lora, or "
+                       "OUT/<pair>/lora_recovery/<modules>", load_or_explain)
 
 
 if __name__ == "__main__":

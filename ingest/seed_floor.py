@@ -14,12 +14,11 @@ warehouse is held by another process (nothing changed: run it again later).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from pathlib import Path
 
-from ingest.warehouse import db_path, load_reported, writer_transaction
+from ingest.warehouse import load_file_reported, loader_main, writer_transaction
 
 KEYS = ("run_id", "other_run_id")
 
@@ -74,21 +73,13 @@ def load(path: str | Path, db: str | Path | None = None) -> dict[str, int]:
 
 def load_or_explain(path: str | Path, db: str | Path | None = None) -> int:
     """`load`, reported for a person: 0, 2 unusable input, 3 busy, 130 interrupted."""
-    again = f"python -m ingest.seed_floor {path}" + (f" --db {db}" if db else "")
-    return load_reported(lambda: load(path, db), path, again, (SeedFloorLoadError,),
-                         f"loaded into {db_path(db)}")
+    return load_file_reported("ingest.seed_floor", load, (SeedFloorLoadError,), path, db)
 
 
 def main(argv: list[str] | None = None) -> int:
     """python -m ingest.seed_floor FILE: load a seed floor of the directions."""
-    ap = argparse.ArgumentParser(prog="python -m ingest.seed_floor",
-                                 description=__doc__.splitlines()[0])
-    ap.add_argument("path", type=Path, help="OUT/<pair>/seed_floor/<other>.parquet "
-                    "from compute.seed_floor")
-    ap.add_argument("--db", type=Path, help="warehouse (default $SFTSCOPE_DB or "
-                    "data/warehouse.duckdb)")
-    a = ap.parse_args(argv)
-    return load_or_explain(a.path, a.db)
+    return loader_main(argv, "ingest.seed_floor", __doc__.splitlines()[0],
+                       "OUT/<pair>/seed_floor/<other>.parquet from compute.seed_floor", load_or_explain)
 
 
 if __name__ == "__main__":

@@ -842,6 +842,28 @@ def load_reported(load, source, again: str, input_errors: tuple, done: str) -> i
     return 0
 
 
+def load_file_reported(module: str, load, input_errors: tuple, path, db) -> int:
+    """`load_reported` for a loader of one file or folder, `load(path, db)`: the
+    command that loads it again is `python -m <module> PATH [--db DB]`."""
+    again = f"python -m {module} {path}" + (f" --db {db}" if db else "")
+    return load_reported(lambda: load(path, db), path, again, input_errors,
+                         f"loaded into {db_path(db)}")
+
+
+def loader_main(argv: list[str] | None, module: str, description: str,
+                path_help: str, load_or_explain) -> int:
+    """The command line of a loader of one path: `python -m <module> PATH [--db DB]`,
+    its exit status that of `load_or_explain(path, db)`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    ap.add_argument("path", type=Path, help=path_help)
+    ap.add_argument("--db", type=Path, help="warehouse (default $SFTSCOPE_DB or "
+                    "data/warehouse.duckdb)")
+    a = ap.parse_args(argv)
+    return load_or_explain(a.path, a.db)
+
+
 def replace_pair_rows(
     con: duckdb.DuckDBPyConnection, table: str, pair: str, select_sql: str,
     params: list | None = None,
