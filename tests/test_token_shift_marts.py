@@ -340,7 +340,10 @@ def test_bootstrap_reproducible_with_its_seed(built):
     other = frame(db, DIFFERENCES)
     assert set(other["seed"]) == {11} and set(other["n_resamples"]) == {500}
     assert set(first["seed"]) == {6197}
-    np.testing.assert_array_equal(other["difference"], first["difference"])
+    # the point estimate does not depend on the seed (to the last bits of a sum that
+    # DuckDB's parallel aggregation may add in another order)
+    np.testing.assert_allclose(other["difference"], first["difference"], rtol=1e-12,
+                               atol=1e-15)
     assert (other["ci95_low"] != first["ci95_low"]).mean() > 0.9
     np.testing.assert_allclose(other["ci95_low"], first["ci95_low"],
                                atol=0.5 * first["se_bootstrap"].max())
