@@ -76,6 +76,39 @@ def rank_curves(src: Src, pair: str, by: str, groups: tuple[str, ...]) -> pd.Dat
 
 
 @_cache
+def moves(src: Src, pair: str, by: str) -> pd.DataFrame:
+    """Each group's add and revert (dW_G whole), all posts: the share of KL to the
+    SFT removed and how far the model moved from the base (moved_share)."""
+    return query("""
+        select patch_group, mode, kl_share, moved_share, ci95_low_moved_share,
+               ci95_high_moved_share
+        from marts.fct_patch_effects
+        where pair = ? and patch_by = ? and is_full and grp = 'all'
+            and post_type = 'all' and moved_share is not null
+        order by mode, patch_group""", [pair, by], path=src[0])
+
+
+def moved_chart(df: pd.DataFrame) -> alt.LayerChart:
+    """Toward the SFT (kl_share, x) against away from the base (moved_share, y) per
+    group's model; on the diagonal a change moves the base only toward the SFT."""
+    top = float(max(1.0, df["kl_share"].max(), df["ci95_high_moved_share"].max()))
+    diag = alt.Chart(pd.DataFrame({"x": [0.0, top], "y": [0.0, top]})).mark_line(
+        strokeDash=[4, 4], color="gray").encode(x="x:Q", y="y:Q")
+    base = alt.Chart(df).encode(
+        x=alt.X("kl_share:Q", title="KL to the SFT removed (toward the SFT)",
+                axis=alt.Axis(format="%")),
+        color=alt.Color("mode:N", title=None))
+    points = base.mark_point(filled=True).encode(
+        y=alt.Y("moved_share:Q", axis=alt.Axis(format="%"),
+                title="moved from the base (KL, SFT's move = 100%)"),
+        tooltip=["patch_group", "mode", alt.Tooltip("kl_share:Q", format=".1%"),
+                 alt.Tooltip("moved_share:Q", format=".1%")])
+    bars = base.mark_errorbar().encode(y="ci95_low_moved_share:Q",
+                                       y2="ci95_high_moved_share:Q")
+    return alt.layer(diag, bars, points).properties(height=300)
+
+
+@_cache
 def vs_weights(src: Src, pair: str, by: str) -> pd.DataFrame:
     """Spearman's rho between dW_G's size and the shares, all posts."""
     return query("""

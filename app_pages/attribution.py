@@ -46,6 +46,14 @@ if curves["patch_rank"].notna().any():
     st.markdown("**Rank curves**: the add of only the top-r singular part of each "
                 "matrix of the group's dW.")
     ui.chart(at.rank_chart, curves)
+moved = ui.load(at.moves, src, pair, by)
+if not moved.empty:
+    st.markdown("**Toward the SFT, or elsewhere?** How far each model moved the "
+                "base's predictions (KL from the base, in units of the SFT's own move, "
+                "95% intervals) against the KL to the SFT it removed. On the dashed "
+                "diagonal the change moves the base only toward the SFT; above it, "
+                "the change also moves it elsewhere.")
+    ui.chart(at.moved_chart, moved)
 if not vs.empty:
     st.markdown("**Do the largest weight changes matter most?** Spearman's rank "
                 "correlation over the groups (null: 0), 95% Fisher-z intervals.")

@@ -457,7 +457,10 @@ COMPUTE_TABLES: dict[str, str] = {
         sum_logprob DOUBLE NOT NULL,      -- the patched model, sum over the tokens
         sum_logprob_sft DOUBLE NOT NULL,  -- the SFT's, same tokens
         sum_kl_sft_model DOUBLE NOT NULL, -- sum of KL(p_sft || p_model), nats
-        sum_kl_model_sft DOUBLE NOT NULL  -- sum of KL(p_model || p_sft)
+        sum_kl_model_sft DOUBLE NOT NULL, -- sum of KL(p_model || p_sft)
+        sum_kl_base_model DOUBLE,         -- sum of KL(p_base || p_model), the base
+                                          -- as loaded (NULL: before raw step 17)
+        sum_kl_model_base DOUBLE          -- sum of KL(p_model || p_base)
     """,
     "trajectory_steps": """
         trajectory VARCHAR NOT NULL,      -- the series' name (--name)
@@ -534,7 +537,7 @@ COMPUTE_TABLES: dict[str, str] = {
 # applied, the highest is current). Version 1 is the first release's layout, which had
 # no such table: a warehouse with raw tables but no raw.schema_version is version 1.
 
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 17
 """The raw layout this release writes: the last step of MIGRATIONS."""
 
 UPGRADE_COMMAND = "python -m ingest.upgrade"
@@ -647,6 +650,10 @@ MIGRATIONS: tuple[Migration, ...] = (
               "base + dW_G and SFT - dW_G for groups G of tensors",
               tuple(f"create table if not exists raw.{t} ({COMPUTE_TABLES[t]})"
                     for t in ("patch_models", "patch_posts"))),
+    Migration(17, "raw.patch_posts: KL to and from the base as loaded per patched "
+              "model (sum_kl_base_model, sum_kl_model_base)",
+              tuple(f"alter table raw.patch_posts add column if not exists {c} DOUBLE"
+                    for c in ("sum_kl_base_model", "sum_kl_model_base"))),
 )
 """The ordered steps from version 1 to SCHEMA_VERSION.
 

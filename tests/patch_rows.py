@@ -43,7 +43,7 @@ def insert_patch_rows(db: Path, pair: str, n_layers: int) -> int:
                 rows.append((run_id, pair, "layer_module", key, index, layer, module,
                              mode, rank, rank is None, post_id, site, grp, ptype,
                              n_tok, -3.0 * n_tok + share * big_k, -2.5 * n_tok, k,
-                             0.9 * k))
+                             0.9 * k, 1.2 * share * big_k, 1.1 * share * big_k))
 
         add(None, "(base)", None, None, "base", None, 0.0)
         for index, (key, layer, module) in enumerate(groups):

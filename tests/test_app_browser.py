@@ -220,9 +220,9 @@ def test_pages_draw_what_they_should(every_page):
     assert len(spectra) == 3 and all(c["marks"] >= 3 for c in spectra), spectra
     assert every_page["desktop", "overview"]["charts"]  # the training curves
     # attribution: both layer x module heatmaps (6 x 7 cells and their texts), the
-    # top groups and the rank curves
+    # top groups, the rank curves and toward-the-SFT vs moved from the base
     attribution = every_page["desktop", "attribution"]["charts"]
-    assert len(attribution) == 4, attribution
+    assert len(attribution) == 5, attribution
     assert all(c["marks"] >= 42 for c in attribution[:2]), attribution
 
 

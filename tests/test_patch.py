@@ -129,10 +129,22 @@ def test_single_group_add_is_the_sft_revert_the_base_others_nothing(pairs, one):
     np.testing.assert_allclose(rev.sum_kl_sft_model, base.sum_kl_sft_model,
                                rtol=1e-5)
     assert base.sum_kl_sft_model.min() > 1e-3  # the planted change is visible
+    # KL to the base as loaded: the add is the SFT, so KL(p_base || p_add) is the
+    # base's KL(p_base || p_sft) and KL(p_add || p_base) its KL(p_sft || p_base);
+    # the revert and the base itself are the base (0)
+    np.testing.assert_allclose(add.sum_kl_base_model, base.sum_kl_model_sft,
+                               rtol=1e-4)
+    np.testing.assert_allclose(add.sum_kl_model_base, base.sum_kl_sft_model,
+                               rtol=1e-4)
+    assert rev.sum_kl_base_model.abs().max() < 1e-5
+    assert base[["sum_kl_base_model", "sum_kl_model_base"]].abs().max().max() < 1e-6
     for g in groups - {"1.down_proj", "(base)"}:
         np.testing.assert_allclose(sums(one, g, "add").sum_logprob, base.sum_logprob,
                                    atol=1e-4, err_msg=g)
+        assert sums(one, g, "add").sum_kl_base_model.abs().max() < 1e-5, g
         assert sums(one, g, "revert").sum_kl_sft_model.abs().max() < 1e-5, g
+        np.testing.assert_allclose(sums(one, g, "revert").sum_kl_base_model,
+                                   base.sum_kl_model_sft, rtol=1e-4, err_msg=g)
 
 
 def test_rank_at_the_matrix_rank_equals_add(one):
@@ -148,8 +160,9 @@ def test_rank_at_the_matrix_rank_equals_add(one):
 
 def hand_forward(pairs, name: str, groups: dict[str, list[str]]) -> dict:
     """Per model (base, sft, add/revert of each group) and post: sums of the
-    log-probs and of KL(p_sft || p_model), from transformers forward passes of
-    models merged here (base or SFT weights copied into the named parameters)."""
+    log-probs, of KL(p_sft || p_model) and of KL(p_base || p_model) and KL(p_model
+    || p_base), from transformers forward passes of models merged here (base or SFT
+    weights copied into the named parameters)."""
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -180,6 +193,7 @@ def hand_forward(pairs, name: str, groups: dict[str, list[str]]) -> dict:
 
     targets = [torch.tensor(p.ids) for p in setting.posts]
     lp_sft = logprobs(model_with(w_sft))
+    lp_base = logprobs(model_with({}))
     models = {"base": {}, "sft": dict(w_sft)}
     for g, names in groups.items():
         models[f"{g}|add"] = {n: w_sft[n] for n in names}
@@ -192,7 +206,12 @@ def hand_forward(pairs, name: str, groups: dict[str, list[str]]) -> dict:
             "lp": [float(lp.gather(1, t[:, None]).sum()) for lp, t in
                    zip(lps, targets, strict=True)],
             "kl": [float((s.exp() * (s - lp)).sum()) for s, lp in
-                   zip(lp_sft, lps, strict=True)]}).set_index("post_id").sort_index()
+                   zip(lp_sft, lps, strict=True)],
+            "kl_base": [float((b.exp() * (b - lp)).sum()) for b, lp in
+                        zip(lp_base, lps, strict=True)],
+            "kl_to_base": [float((lp.exp() * (lp - b)).sum()) for b, lp in
+                           zip(lp_base, lps, strict=True)],
+            }).set_index("post_id").sort_index()
     return result
 
 
@@ -220,6 +239,11 @@ def test_two_groups_shares_and_interaction_against_hand_merged_models(pairs, two
             np.testing.assert_allclose(ours.sum_logprob, ref.lp, atol=2e-3)
             np.testing.assert_allclose(ours.sum_kl_sft_model, ref.kl, rtol=1e-3,
                                        atol=1e-5)
+            np.testing.assert_allclose(ours.sum_kl_base_model, ref.kl_base,
+                                       rtol=1e-3, atol=1e-5)
+            np.testing.assert_allclose(ours.sum_kl_model_base, ref.kl_to_base,
+                                       rtol=1e-3, atol=1e-5)
+            assert ours.sum_kl_base_model.min() > 1e-4, (g, mode)  # both move
             share = 1 - ours.sum_kl_sft_model.sum() / base.sum_kl_sft_model.sum()
             want = 1 - ref.kl.sum() / hand["base"].kl.sum()
             assert share == pytest.approx(want, abs=1e-3), (g, mode)
@@ -322,6 +346,18 @@ def test_load_and_marts_against_pandas(pairs, two, tmp_path):
         assert total == pytest.approx(sum(r[0] for r in rows.values()))
     top = [g for g, *_, rk, _, _ in got if rk == 1]
     assert top == [max(rows, key=lambda g: rows[g][0])]
+    # moved_share: KL(p_base || p_model) over KL(p_base || p_sft), its interval
+    big_m = base.sum_kl_model_sft.to_numpy()
+    moved = query(db, "select patch_group, mode, moved_share, ci95_high_moved_share "
+                  "- moved_share, kl_base_model_per_token from marts.fct_patch_effects "
+                  "where grp = 'all' and post_type = 'all' and patch_rank is null")
+    assert len(moved) == 2 * len(rows)
+    for g, mode, share, h, per_token in moved:
+        m = sums(two, g, mode)
+        q, hq = ratio_interval(m.sum_kl_base_model.to_numpy(), big_m)
+        assert (share, h) == pytest.approx((q, hq), abs=1e-9), (g, mode)
+        assert per_token == pytest.approx(m.sum_kl_base_model.sum()
+                                          / m.n_tokens.sum()), (g, mode)
     # Spearman over groups: relative Frobenius change from the files vs add share
     ck_b, ck_s = resolve(str(pairs["base"])), resolve(str(pairs["two"]))
     rel = {}

@@ -98,6 +98,47 @@ def test_token_stats_against_scipy(vb, vs, rows):
     assert (want["rank_sft_top_in_base"] > 1).any()
 
 
+@pytest.mark.parametrize("vr,rows,cap", [(11, None, None), (11, 3, None),
+                                         (11, 4, 5.0), (13, 2, None)])
+def test_reference_kls_against_scipy(vr, rows, cap):
+    """A third model (the Reference: a copied head, its own hidden states) against
+    the scored one: KL(p_ref || p_b) and KL(p_b || p_ref) per token equal SciPy's
+    rel_entr over the shared ids (renormalised), with and without a logit soft cap
+    and for a reference with 2 ids more; the other statistics are unchanged. The
+    head is copied: changing the model's afterwards changes nothing."""
+    from compute.behaviour.scoring import Reference
+
+    rng = np.random.default_rng(5)
+    h, n, v = 5, 7, 11
+    wb, ws = weights(rng, v, h, 1.5), weights(rng, v, h, 1.5)
+    wr = np.vstack([wb + weights(rng, v, h, 0.7), weights(rng, vr - v, h, 1.5)])
+    xb, xs, xr = (weights(rng, n, h, 1.0) for _ in range(3))
+    targets = rng.integers(0, v, n)
+    ref_model = Head(wr, cap)
+    ref = Reference.of(ref_model, {})
+    with torch.no_grad():
+        ref_model.lin.weight.zero_()
+    with torch.inference_mode():
+        got = token_stats(Head(wb), Head(ws), torch.from_numpy(xb).float(),
+                          torch.from_numpy(xs).float(), torch.from_numpy(targets),
+                          rows, (ref, torch.from_numpy(xr).float()))
+    got = {k: x.numpy() for k, x in got.items()}
+    logits = xr @ wr.T
+    if cap:
+        logits = np.tanh(logits / cap) * cap
+    lr = special.log_softmax(special.log_softmax(logits, axis=-1)[:, :v], axis=-1)
+    lb = special.log_softmax(xb @ wb.T, axis=-1)
+    np.testing.assert_allclose(got["kl_ref_base"],
+                               special.rel_entr(np.exp(lr), np.exp(lb)).sum(-1),
+                               rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(got["kl_base_ref"],
+                               special.rel_entr(np.exp(lb), np.exp(lr)).sum(-1),
+                               rtol=2e-5, atol=2e-6)
+    assert (got["kl_ref_base"] > 1e-3).all()
+    check({k: x for k, x in got.items() if k not in ("kl_ref_base", "kl_base_ref")},
+          reference(wb, ws, xb, xs, targets))
+
+
 @pytest.mark.parametrize("rows", [None, 2])
 def test_token_stats_flags_positions_whose_logits_are_not_finite(rows):
     """A base hidden state with an Inf entry at position 2 and a NaN at position 5

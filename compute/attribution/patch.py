@@ -19,7 +19,9 @@ time; the revert as the base plus every other tensor's dW): the SFT and the patc
 model in memory, plus one matrix.
 
 Per post and model it keeps sums over the post's tokens of the model's and the SFT's
-log-probs and of KL(p_sft || p_model) and KL(p_model || p_sft); the marts
+log-probs, of KL(p_sft || p_model) and KL(p_model || p_sft), and of KL(p_base ||
+p_model) and KL(p_model || p_base) (the base as loaded: its final hidden states kept
+from one pass, its LM head copied, compute.behaviour.scoring.Reference); the marts
 (marts.fct_patch_effects, fct_patch_ranking, fct_patch_vs_weights; docs/patch.md)
 turn them into shares of KL(p_sft || p_base) removed and of the log-prob delta.
 
@@ -123,7 +125,8 @@ def schemas() -> dict:
         "patch_posts": pa.schema([
             *key, ("post_id", big), ("site", s), ("grp", s), ("post_type", s),
             ("n_tokens", i), ("sum_logprob", d), ("sum_logprob_sft", d),
-            ("sum_kl_sft_model", d), ("sum_kl_model_sft", d)]),
+            ("sum_kl_sft_model", d), ("sum_kl_model_sft", d),
+            ("sum_kl_base_model", d), ("sum_kl_model_base", d)]),
     }
 
 
@@ -191,7 +194,7 @@ def key_columns(run_id: str, cfg: Config, model: Model, group: Group | None) -> 
 
 def post_rows(posts, results: dict, keys: dict) -> list[dict]:
     """One raw.patch_posts row per post: sums over its tokens of the model's and
-    the SFT's log-probs and of both KLs."""
+    the SFT's log-probs, of both KLs to the SFT and of both KLs to the base."""
     if set(results) != {p.post_id for p in posts}:
         raise ValueError(f"results for posts {sorted(results)[:5]}, rows asked for "
                          f"{sorted(p.post_id for p in posts)[:5]}")
@@ -201,7 +204,9 @@ def post_rows(posts, results: dict, keys: dict) -> list[dict]:
         "sum_logprob": float(np.sum(results[p.post_id].logprob["base"])),
         "sum_logprob_sft": float(np.sum(results[p.post_id].logprob["sft"])),
         "sum_kl_sft_model": float(np.sum(results[p.post_id].shift["kl_sft_base"])),
-        "sum_kl_model_sft": float(np.sum(results[p.post_id].shift["kl_base_sft"]))}
+        "sum_kl_model_sft": float(np.sum(results[p.post_id].shift["kl_base_sft"])),
+        "sum_kl_base_model": float(np.sum(results[p.post_id].ref["kl_ref_base"])),
+        "sum_kl_model_base": float(np.sum(results[p.post_id].ref["kl_base_ref"]))}
         for p in posts]
 
 
@@ -287,7 +292,7 @@ def score_model(cfg: Config, setting, scorer, run_id: str, model: Model,
     deltas = deltas_of(model, group, setting, parts)
     label = "base" if group is None else f"{group.key} {model.mode}" + (
         f" r{model.rank}" if model.rank is not None else "")
-    results = scorer.score(deltas, cfg.progress, label, drift=False)
+    results = scorer.score(deltas, cfg.progress, label, drift=False, reference=True)
     keys = key_columns(run_id, cfg, model, group)
     write_parquet(pa.Table.from_pylist(post_rows(setting.posts, results, keys),
                                        schema=schemas()["patch_posts"]),

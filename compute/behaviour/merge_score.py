@@ -22,6 +22,9 @@ the next (the tensors a call leaves alone are put back to the base's as loaded),
 the SFT's hidden states of every micro-batch are computed at the first call and kept
 where they fit SFT_CACHE_BYTES (the demo pair's 80 posts: 158 MiB), so a call costs
 one model's forward passes; the results are a fresh load's, bit for bit (tested).
+`score(..., reference=True)` also gives each token's KL to and from the base as
+loaded (weight patching's second reference): the base's final hidden states at the
+scored positions are computed once, at the first such call, and its LM head copied.
 `DeltaScorer.model(deltas)` still builds a separate, freshly loaded model.
 """
 
@@ -194,6 +197,7 @@ class DeltaScorer:
         self.base_model = None  # loaded at the first score, then patched in place
         self.patched: set[str] = set()  # its tensors that are not the base's now
         self.merge_seconds = 0.0  # the last score's merge (load and patch), seconds
+        self.ref = None  # scoring.Reference of the base as loaded, at the first need
 
     def sft_cache_bytes(self) -> int:
         """What the SFT's hidden states of every micro-batch take (all layers, the
@@ -238,25 +242,53 @@ class DeltaScorer:
         self.patched = set(deltas)
         return self.base_model
 
-    def score(self, deltas: Mapping[str, Delta], progress: bool = False,
-              desc: str = "scoring", drift: bool = True) -> dict[int, object]:
-        """post_id -> scoring.PostResult of base + deltas ("base" role)
-        next to the SFT ("sft" role), batch by batch in the run's order.
-        `drift` False: no residual drift (its sums left zero), the rest unchanged."""
-        import torch
-        from tqdm import tqdm
-
+    def scorer(self, model, drift: bool = True, reference=None):
+        """A scoring.Scorer of `model` next to the SFT in the setting's way."""
         from compute.behaviour.scoring import Scorer
 
         s = self.setting
+        return Scorer(model, self.sft_model, self.device, self.prefix, s.window,
+                      s.context, s.batch_size, s.chunk_rows, self.sft_cache, drift,
+                      reference)
+
+    def reference(self):
+        """The base as loaded as a scoring.Reference (its head copied, its final
+        hidden states at every scored position: posts x tokens x hidden size in
+        the scoring dtype), computed once with a pass of the base."""
+        import torch
+
+        from compute.behaviour.scoring import Reference
+
+        if self.ref is None:
+            s = self.setting
+            with torch.inference_mode():
+                model = self.patch({})
+                scorer = self.scorer(model, drift=False)
+                states = {}
+                for i in range(0, len(s.posts), s.batch_size):
+                    states |= scorer.final_states(s.posts[i:i + s.batch_size])
+                self.ref = Reference.of(model, states)
+        return self.ref
+
+    def score(self, deltas: Mapping[str, Delta], progress: bool = False,
+              desc: str = "scoring", drift: bool = True, reference: bool = False,
+              ) -> dict[int, object]:
+        """post_id -> scoring.PostResult of base + deltas ("base" role)
+        next to the SFT ("sft" role), batch by batch in the run's order.
+        `drift` False: no residual drift (its sums left zero), the rest unchanged.
+        `reference` True: also each token's KL to and from the base as loaded
+        (PostResult.ref; the base's states computed at the first such call)."""
+        import torch
+        from tqdm import tqdm
+
+        s = self.setting
         out: dict[int, object] = {}
+        ref = self.reference() if reference else None
         with torch.inference_mode():
             t0 = time.perf_counter()
             model = self.patch(deltas)
             self.merge_seconds = time.perf_counter() - t0
-            scorer = Scorer(model, self.sft_model, self.device, self.prefix, s.window,
-                            s.context, s.batch_size, s.chunk_rows, self.sft_cache,
-                            drift)
+            scorer = self.scorer(model, drift, ref)
             for i in tqdm(range(0, len(s.posts), s.batch_size), desc=desc,
                           unit="batch", disable=not progress, dynamic_ncols=True):
                 batch = s.posts[i:i + s.batch_size]

@@ -368,7 +368,9 @@ def default_chunk_rows(vocab: int) -> int:
 
 
 def token_stats(base, sft, xb: torch.Tensor, xs: torch.Tensor,
-                targets: torch.Tensor, rows: int | None = None) -> dict[str, torch.Tensor]:
+                targets: torch.Tensor, rows: int | None = None,
+                ref: tuple[Reference, torch.Tensor] | None = None,
+                ) -> dict[str, torch.Tensor]:
     """Per scored token, from both models' next-token distributions p_b, p_s:
     each model's log-prob of the target, KL(p_s || p_b), KL(p_b || p_s), both
     entropies (nats), each model's top-1 id and its rank under the other model
@@ -383,7 +385,11 @@ def token_stats(base, sft, xb: torch.Tensor, xs: torch.Tensor,
 
     A position where a model's logits are not all finite (NaN/Inf weights upstream)
     is flagged in nonfinite_base / nonfinite_sft: its log-prob is NaN, and where
-    either is flagged the comparison columns are NaN (floats) and -1 (ids, ranks)."""
+    either is flagged the comparison columns are NaN (floats) and -1 (ids, ranks).
+
+    `ref` (a Reference and its (N, H) final hidden states at the same positions):
+    also KL(p_ref || p_b) and KL(p_b || p_ref) per token (REF_FLOATS, over the ids
+    both vocabularies share; NaN where either's logits are not finite)."""
     n = targets.shape[0]
     vb = base.get_output_embeddings().weight.shape[0]
     vs = sft.get_output_embeddings().weight.shape[0]
@@ -395,6 +401,8 @@ def token_stats(base, sft, xb: torch.Tensor, xs: torch.Tensor,
     out |= {k: torch.empty(n, dtype=torch.int64, device=dev) for k in SHIFT_INTS}
     out |= {k: torch.empty(n, dtype=torch.bool, device=dev)
             for k in ("nonfinite_base", "nonfinite_sft")}
+    if ref is not None:
+        out |= {k: torch.empty(n, dtype=torch.float32, device=dev) for k in REF_FLOATS}
     for i in range(0, n, rows):
         sl = slice(i, i + rows)
         t = targets[sl, None]  # (r, 1)
@@ -406,6 +414,8 @@ def token_stats(base, sft, xb: torch.Tensor, xs: torch.Tensor,
         ls = torch.log_softmax(ls, -1)
         out["logprob_base"][sl] = lb.gather(1, t)[:, 0]
         out["logprob_sft"][sl] = ls.gather(1, t)[:, 0]
+        if ref is not None:
+            reference_kls(out, sl, lb, ref[0].log_probs(ref[1][sl]))
         if vb != v:
             lb = torch.log_softmax(lb[:, :v], -1)
         if vs != v:
@@ -427,9 +437,65 @@ def token_stats(base, sft, xb: torch.Tensor, xs: torch.Tensor,
     either = out["nonfinite_base"] | out["nonfinite_sft"]
     for k in SHIFT_FLOATS:
         out[k][either] = float("nan")
+    if ref is not None:
+        for k in REF_FLOATS:
+            out[k][out["nonfinite_base"]] = float("nan")
     for k in SHIFT_INTS:
         out[k][either] = -1
     return out
+
+
+REF_FLOATS = ("kl_ref_base", "kl_base_ref")
+"""Per-token KL(p_ref || p_base) and KL(p_base || p_ref), nats: the scored model
+("base" role) against a Reference (compute.attribution: a patched model against the
+base as loaded)."""
+
+
+@dataclass
+class Reference:
+    """A third model's next-token distributions at the scored positions, kept as
+    its LM head (a copy of the weights: the scored model may be patched in place
+    later) and its final hidden states per micro-batch (Scorer.final_states)."""
+
+    weight: torch.Tensor  # (V, H)
+    bias: torch.Tensor | None
+    cap: float | None  # final_logit_softcapping
+    states: dict  # micro-batch key -> (N, H) final hidden states, scored positions
+
+    @classmethod
+    def of(cls, model, states: dict) -> Reference:
+        """`model`'s head, copied, and `states` (from its Scorer.final_states)."""
+        head = model.get_output_embeddings()
+        bias = getattr(head, "bias", None)
+        return cls(head.weight.detach().clone(),
+                   None if bias is None else bias.detach().clone(),
+                   getattr(model.config, "final_logit_softcapping", None), states)
+
+    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows, V) fp32 log-probs of final hidden states x (rows, H), as
+        head_logits computes the model's."""
+        x = x.to(self.weight.device)
+        logits = torch.nn.functional.linear(x, self.weight, self.bias).float()
+        if self.cap:
+            logits = torch.tanh(logits / self.cap) * self.cap
+        return torch.log_softmax(logits, -1)
+
+
+def reference_kls(out: dict, sl: slice, lb: torch.Tensor, lr: torch.Tensor) -> None:
+    """KL(p_ref || p_b) and KL(p_b || p_ref) of one chunk into `out` (REF_FLOATS),
+    over the ids both vocabularies share; NaN rows where the reference's logits are
+    not finite."""
+    v = min(lb.shape[-1], lr.shape[-1])
+    if lb.shape[-1] != v:
+        lb = torch.log_softmax(lb[:, :v], -1)
+    bad = ~torch.isfinite(lr).all(-1)
+    if lr.shape[-1] != v:
+        lr = torch.log_softmax(lr[:, :v], -1)
+    diff = lr - lb
+    out["kl_ref_base"][sl] = (lr.exp() * diff).sum(-1).clamp_min(0)
+    out["kl_base_ref"][sl] = (lb.exp() * diff).sum(-1).neg_().clamp_min(0)
+    out["kl_ref_base"][sl][bad] = float("nan")
+    out["kl_base_ref"][sl][bad] = float("nan")
 
 
 def check_head(model, ids: list[int], device: torch.device) -> None:
@@ -459,6 +525,7 @@ class PostResult:
     nonfinite: dict[str, np.ndarray]  # role -> (n,) bool: logits not all finite
     drift_n: np.ndarray  # (L + 1,) tokens in the drift sums (finite hidden states)
     n_drift: int = 0
+    ref: dict[str, np.ndarray] = field(default_factory=dict)  # REF_FLOATS (n,) fp64
 
     @classmethod
     def empty(cls, n_tokens: int, n_layers: int) -> PostResult:
@@ -486,6 +553,8 @@ class Scorer:
     # are compared with it); keyed by the micro-batch's posts and windows
     sft_cache: dict | None = None
     drift: bool = True  # False: no drift sums (PostResult.drift stays zero)
+    # a third model to compare the base with (PostResult.ref: REF_FLOATS per token)
+    reference: Reference | None = None
     n_layers: int = field(init=False)
 
     def __post_init__(self):
@@ -495,11 +564,10 @@ class Scorer:
         """Both models' results on `posts` (their windows in micro-batches,
         longest first)."""
         res = [PostResult.empty(p.n_tokens, self.n_layers) for p in posts]
-        segs = segments(posts, self.prefix, self.window, self.context)
-        segs.sort(key=lambda s: -len(s.ids))
-        for i in range(0, len(segs), self.micro_batch):
-            micro = segs[i:i + self.micro_batch]
-            key = tuple((posts[s.post].post_id, s.start, len(s.ids)) for s in micro)
+        if self.reference is not None:
+            for p, r in zip(posts, res, strict=True):
+                r.ref = {c: np.full(p.n_tokens, np.nan) for c in REF_FLOATS}
+        for micro, key in self.micro_batches(posts):
             self.score_micro(micro, res, key)
         for p, r in zip(posts, res, strict=True):
             assert r.n_drift == p.n_tokens, (p.post_id, r.n_drift, p.n_tokens)
@@ -511,10 +579,31 @@ class Scorer:
                 f"post {p.post_id}: no shift"
         return res
 
-    def score_micro(self, segs: list[Segment], res: list[PostResult],
-                    key: tuple | None = None) -> None:
-        """Score one micro-batch of windows into `res` (log-probs, shift, drift);
-        `key` names it in sft_cache."""
+    def micro_batches(self, posts: list[Post]) -> Iterator[tuple[list[Segment], tuple]]:
+        """The windows of `posts` in micro-batches, longest first, each with its key
+        (its posts and windows: sft_cache's and Reference.states')."""
+        segs = segments(posts, self.prefix, self.window, self.context)
+        segs.sort(key=lambda s: -len(s.ids))
+        for i in range(0, len(segs), self.micro_batch):
+            micro = segs[i:i + self.micro_batch]
+            yield micro, tuple((posts[s.post].post_id, s.start, len(s.ids))
+                               for s in micro)
+
+    def final_states(self, posts: list[Post]) -> dict[tuple, torch.Tensor]:
+        """The base's final hidden states (N, H) at each micro-batch's scored
+        positions, by key: what a Reference keeps of the base as it is now."""
+        out = {}
+        for micro, key in self.micro_batches(posts):
+            ids, mask, _, flat, _, _ = self.inputs(micro)
+            last = forward(self.base, ids, mask).hidden[-1]
+            out[key] = last.reshape(-1, last.shape[-1])[flat].clone()
+        return out
+
+    def inputs(self, segs: list[Segment]) -> tuple[torch.Tensor, ...]:
+        """One micro-batch's tensors: ids and mask (B, T) on the device, right
+        padded; scored (B, T) on the CPU (input j predicts a target); flat (N,) the
+        row-major indices of the scored inputs and targets (N,) the ids they
+        predict; own (B, T) the tokens whose hidden states count for drift."""
         b, t = len(segs), max(len(s.ids) for s in segs)
         ids = torch.full((b, t), self.prefix, dtype=torch.long)  # right padding
         mask = torch.zeros((b, t), dtype=torch.long)
@@ -529,6 +618,15 @@ class Scorer:
         ids, mask = ids.to(self.device), mask.to(self.device)
         # token j's own hidden state counts for drift when s[start + j] is scored here
         own = torch.roll(scored, 1, dims=1).to(self.device)  # (B, T)
+        return ids, mask, scored, flat, targets, own
+
+    def score_micro(self, segs: list[Segment], res: list[PostResult],
+                    key: tuple | None = None) -> None:
+        """Score one micro-batch of windows into `res` (log-probs, shift, drift,
+        and with a reference its KLs); `key` names it in sft_cache and in the
+        reference's states."""
+        b = len(segs)
+        ids, mask, scored, flat, targets, own = self.inputs(segs)
         hidden_base = forward(self.base, ids, mask).hidden
         hidden_sft = self.sft_hidden(ids, mask, key)
         if self.drift:
@@ -538,9 +636,11 @@ class Scorer:
             sums, counts = np.zeros((b, self.n_layers + 1, 4)), np.zeros(
                 (b, self.n_layers + 1), dtype=np.int64)
         h = hidden_base[-1].shape[-1]
+        ref = None if self.reference is None else (
+            self.reference, self.reference.states[key])
         stats = token_stats(self.base, self.sft, hidden_base[-1].reshape(-1, h)[flat],
                             hidden_sft[-1].reshape(-1, h)[flat], targets,
-                            self.chunk_rows)
+                            self.chunk_rows, ref)
         del hidden_base, hidden_sft
         stats = {k: v.cpu().numpy() for k, v in stats.items()}  # (N,) each
         scored_np = scored.numpy()
@@ -557,6 +657,8 @@ class Scorer:
                 r.nonfinite[role][pos] = stats[f"nonfinite_{role}"][rows]
             for c in (*SHIFT_FLOATS, *SHIFT_INTS):
                 r.shift[c][pos] = stats[c][rows]
+            for c in r.ref:
+                r.ref[c][pos] = stats[c][rows]
             r.drift += sums[k]
             r.drift_n += counts[k]
             r.n_drift += len(cols)

@@ -70,9 +70,9 @@ def older_release(base_warehouse, tmp_path_factory):
     for table in ("direction_signs", "training_threads", "seed_direction_overlap",
                   "random_spectra", "patch_models", "patch_posts"):
         con.execute(f"drop table raw.{table}")
-    # a warehouse created at version 16 records only that: created at 11 instead
+    # a warehouse created at version 17 records only that: created at 11 instead
     assert con.execute("select list(version) from raw.schema_version").fetchone()[0] \
-        == [16]
+        == [17]
     con.execute("update raw.schema_version set version = 11")
     con.close()
     return old, want, dropped
@@ -90,12 +90,13 @@ def test_upgrade_names_the_stale_marts_and_refresh_builds_green(older_release,
     before = _marts(db)
     assert upgrade_main(["--db", str(db), "--check"]) == 0
     out = capsys.readouterr().out
-    assert "raw schema version 11, this release writes 16" in out, out
+    assert "raw schema version 11, this release writes 17" in out, out
     assert "would apply 12: raw.token_logprobs, token_shift: nonfinite" in out
     assert "would apply 13: post types of scored posts" in out
     assert "would apply 14: raw.seed_direction_overlap: the seed floor" in out
     assert "would apply 15: raw.random_spectra: WeightWatcher's correlation" in out
     assert "would apply 16: raw.patch_models, patch_posts: weight patching" in out
+    assert "would apply 17: raw.patch_posts: KL to and from the base" in out
     assert "  marts.fct_matrix_metrics (lacks run_finished_at)" in out, out
     assert _marts(db) == before
 

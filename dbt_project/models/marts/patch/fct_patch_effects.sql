@@ -14,6 +14,13 @@
     se = sqrt(sum (x_i - R y_i)^2 / (n (n - 1))) / mean(y_i) (Cochran 1977, 6.9), as
     marts.fct_lora_recovery. carried_share is what G carries by this model: the
     add's kl_share, or 1 - the revert's (the behaviour lost without G).
+
+    How far the model moved from the base as loaded, in units of the SFT's own move:
+    moved_share = sum KL(p_base || p_model)_i / sum KL(p_base || p_sft)_i (0: the
+    base's predictions; 1: as far from them as the SFT's), same interval. Beside
+    kl_share it tells a change that moves the base toward the SFT (moved_share about
+    kl_share) from one that moves it elsewhere (moved_share well above kl_share).
+    NULL for rows scored before raw step 17 (no KL to the base stored).
 -#}
 
 with
@@ -39,6 +46,7 @@ base_rows as (
         sum_logprob as sum_logprob_base,
         sum_logprob_sft,
         sum_kl_sft_model as sum_kl_sft_base,
+        sum_kl_model_sft as sum_kl_base_sft,
     from posts
     where mode = 'base'
 
@@ -65,6 +73,8 @@ paired as (
         b.sum_logprob_sft - b.sum_logprob_base as big_d,
         p.sum_kl_sft_model as k,
         b.sum_kl_sft_base as big_k,
+        p.sum_kl_base_model as m,
+        b.sum_kl_base_sft as big_m,
     from posts as p
     inner join base_rows as b using (run_id, patch_by, post_id)
     where p.mode <> 'base'
@@ -92,6 +102,10 @@ ratios as (
         sum(big_d) as sum_delta_sft,
         case when sum(big_d) <> 0 then sum(d) / sum(big_d) end as delta_share,
         avg(big_d) as mean_delta_sft,
+        sum(m) as sum_kl_base_model,
+        sum(big_m) as sum_kl_base_sft,
+        case when sum(big_m) > 0 then sum(m) / sum(big_m) end as moved_share,
+        avg(big_m) as mean_kl_base_sft,
     from both_levels
     group by all
 
@@ -104,6 +118,7 @@ intervals as (
         r.post_type,
         sum((b.k - r.kl_ratio * b.big_k) ^ 2) as ss_kl,
         sum((b.d - r.delta_share * b.big_d) ^ 2) as ss_delta,
+        sum((b.m - r.moved_share * b.big_m) ^ 2) as ss_moved,
     from ratios as r
     inner join both_levels as b
         on b.run_id = r.run_id and b.patch_by = r.patch_by
@@ -124,6 +139,8 @@ errors as (
             / nullif(r.mean_kl_sft_base, 0) as se_kl,
         sqrt(i.ss_delta / (r.n_posts * (r.n_posts - 1)))
             / nullif(abs(r.mean_delta_sft), 0) as se_delta,
+        sqrt(i.ss_moved / (r.n_posts * (r.n_posts - 1)))
+            / nullif(r.mean_kl_base_sft, 0) as se_moved,
         {{ t_critical_95('r.n_posts - 1') }} as t95,
     from intervals as i
     inner join ratios as r
@@ -176,6 +193,14 @@ final as (
         r.delta_share,
         r.delta_share - i.t95 * i.se_delta as ci95_low_delta_share,
         r.delta_share + i.t95 * i.se_delta as ci95_high_delta_share,
+
+        -- KL(p_base || p_model): how far from the base, in units of the SFT's move
+        r.sum_kl_base_model,
+        r.sum_kl_base_sft,
+        r.sum_kl_base_model / nullif(r.n_tokens, 0) as kl_base_model_per_token,
+        r.moved_share,
+        r.moved_share - i.t95 * i.se_moved as ci95_low_moved_share,
+        r.moved_share + i.t95 * i.se_moved as ci95_high_moved_share,
 
         -- what G carries by this model: add's share, 1 - revert's
         case when r.mode = 'add' then 1 - r.kl_ratio else r.kl_ratio end

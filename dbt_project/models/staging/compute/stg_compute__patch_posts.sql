@@ -35,6 +35,8 @@ renamed as (
         sum_logprob_sft,
         sum_kl_sft_model,
         sum_kl_model_sft,
+        sum_kl_base_model,
+        sum_kl_model_base,
 
     from source
 
