@@ -48,7 +48,8 @@ from ingest.runfolder import PairNameError, check_key
 
 STAGING = Path("data/staging")  # local working copies of object-store runs
 # uploaded last, in this order: what marks a part done comes after what it marks
-MARKERS = ("directions/vectors/", "spectra/[0-9]", "behaviour/post_texts/")
+MARKERS = ("directions/vectors/", "spectra/[0-9]", "behaviour/post_texts/",
+           "patch/[a-z_]+/models/")
 BULKY = ("directions/vectors/", "spectra/pieces/")  # not pulled unless needed
 # run.json's keys that make a run's identity (compute.run.open_manifest's)
 IDENTITY = ("pair", "base_model", "sft_model", "base_revision", "sft_revision",
@@ -74,6 +75,20 @@ def local_path(out: str | os.PathLike) -> Path:
 
         return Path(FileSystem.from_uri(text)[1])
     return Path(text)
+
+
+def results_root(out: str | os.PathLike) -> tuple[Path, str | None]:
+    """A command's `--out` as (the local folder it works in, the object-store URI
+    or None): a URI's folder is its staging folder, a path or file:// URI itself."""
+    if is_remote(out):
+        return staging_dir(str(out)), str(out)
+    return local_path(out), None
+
+
+def pair_results(remote: str | None, run_dir: Path) -> str:
+    """Where a pair's results end up: its folder (OUT/<pair>), or, with `remote`
+    (the --out URI), the pair's URI under it."""
+    return child(remote, run_dir.name) if remote else str(run_dir)
 
 
 def child(uri: str, name: str) -> str:
@@ -163,6 +178,18 @@ class Store:
             raise ResultsError(f"{child(self.uri, rel)}: not valid JSON ({exc})"
                                ) from None
 
+    def manifest(self) -> dict | None:
+        """run.json with the kinds/<kind>.json records beside it (with_records), as
+        the loader reads them; None when the store has no run.json."""
+        manifest = self.read_json("run.json")
+        if manifest is None:
+            return None
+        if not isinstance(manifest, dict):
+            raise ResultsError(f"{child(self.uri, 'run.json')}: not a JSON object")
+        keys = sorted(k for k in self.listing("kinds") if k.endswith(".json"))
+        return with_records(manifest, [(Path(k).stem, self.read_json(k))
+                                       for k in keys])
+
     def put_bytes(self, rel: str, data: bytes) -> None:
         """One object of `data`, whole or not at all: every byte is in memory before
         the stream opens, and the upload is completed (the stream closed) only after
@@ -229,6 +256,12 @@ class Store:
             if self.exists(rel):
                 self.fs.delete_file(self._key(rel))
             self.known.discard(rel)
+
+    def delete_under(self, sub: str, last: str) -> None:
+        """Remove every object under `sub`, the one named `last` (a key under `sub`)
+        after all the others: while it exists, the others may too."""
+        keys = sorted(self.listing(sub), key=lambda k: (k == last, k))
+        self.delete(self.local / k for k in keys)
 
     def delete_all(self) -> None:
         """Remove everything under the store's prefix."""

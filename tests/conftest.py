@@ -1,12 +1,16 @@
-"""Shared fixtures: tiny pairs and a warehouse built by the real pipeline."""
+"""Shared fixtures: tiny pairs and a warehouse built by the real pipeline; an S3 API
+(moto's server on localhost) for results under an object-store URI."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -233,3 +237,60 @@ def demo_warehouse(tmp_path_factory, demo_pair) -> Path:
         shutil.copytree(built / "warehouse.duckdb.snapshots",
                         mine / "warehouse.duckdb.snapshots", symlinks=True)
     return mine / "warehouse.duckdb"
+
+
+class S3:
+    """moto's S3 server on localhost and the URI options that reach it."""
+
+    def __init__(self, port: int):
+        import pyarrow.fs as pafs
+
+        self.query = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+        self.fs, _ = pafs.FileSystem.from_uri(
+            f"s3://bkt?{self.query}&allow_bucket_creation=true")
+
+    def root(self, prefix: str) -> str:
+        return f"s3://bkt/{prefix}?{self.query}"
+
+    def keys(self, prefix: str) -> dict[str, int]:
+        """key -> size of every object under bkt/prefix."""
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(
+            f"bkt/{prefix}", recursive=True, allow_not_found=True))
+        return {i.path: i.size for i in infos if i.type == pafs.FileType.File}
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server in a process of its own on localhost (a bucket 'bkt'; dummy
+    credentials), for one test module; tests using it are marked s3."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                               "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_EC2_METADATA_DISABLED": "true"}.items():
+            mp.setenv(key, value)
+        try:
+            for _ in range(300):  # the server starts in a second or two
+                with contextlib.suppress(OSError):
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    break
+                time.sleep(0.1)
+            store = S3(port)
+            store.fs.create_dir("bkt")
+            yield store
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def machine(monkeypatch, tmp_path, name: str) -> None:
+    """The next run works in a staging folder of its own, as on another machine."""
+    monkeypatch.setenv("SFTSCOPE_STAGING", str(tmp_path / "machines" / name))

@@ -12,16 +12,10 @@ split across two machines complete it.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import subprocess
-import sys
-import time
 
 import duckdb
 import numpy as np
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -29,6 +23,7 @@ from compute.fixtures.planted import PairSpec, build_pair
 from compute.run.cli import main
 from ingest import compute_load, results
 from ingest.compute_load import load_or_explain
+from tests.conftest import machine
 
 # a vocabulary large next to the blocks: at 3 shards embed_tokens and lm_head are
 # each split into 2 pieces of rows (compute.plan.shards.n_pieces)
@@ -37,61 +32,10 @@ TINY = PairSpec(hidden=32, intermediate=64, layers=2, heads=2, kv_heads=1, vocab
 VOLATILE = "run_id, seconds"
 
 
-class S3:
-    """moto's S3 server on localhost and the URI options that reach it."""
-
-    def __init__(self, port: int):
-        self.query = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-        self.fs, _ = pafs.FileSystem.from_uri(
-            f"s3://bkt?{self.query}&allow_bucket_creation=true")
-
-    def root(self, prefix: str) -> str:
-        return f"s3://bkt/{prefix}?{self.query}"
-
-    def keys(self, prefix: str) -> dict[str, int]:
-        """key -> size of every object under bkt/prefix."""
-        infos = self.fs.get_file_info(pafs.FileSelector(
-            f"bkt/{prefix}", recursive=True, allow_not_found=True))
-        return {i.path: i.size for i in infos if i.type == pafs.FileType.File}
-
-
-@pytest.fixture(scope="module")
-def s3():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                               "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {"AWS_ACCESS_KEY_ID": "testing",
-                           "AWS_SECRET_ACCESS_KEY": "testing",
-                           "AWS_EC2_METADATA_DISABLED": "true"}.items():
-            mp.setenv(key, value)
-        try:
-            for _ in range(300):  # the server starts in a second or two
-                with contextlib.suppress(OSError):
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    break
-                time.sleep(0.1)
-            store = S3(port)
-            store.fs.create_dir("bkt")
-            yield store
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-
-
 def run(pair, out, *extra, name: str = "p") -> int:
     return main(["--base", str(pair[0]), "--sft", str(pair[1]), "--name", name,
                  "--out", str(out), "--no-load", "--skip-behaviour", "--no-progress",
                  *extra])
-
-
-def machine(monkeypatch, tmp_path, name: str) -> None:
-    """The next run works in a staging folder of its own, as on another machine."""
-    monkeypatch.setenv("SFTSCOPE_STAGING", str(tmp_path / "machines" / name))
 
 
 def loaded(db, table: str, drop: str = VOLATILE) -> list[tuple]:

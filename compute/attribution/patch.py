@@ -32,6 +32,11 @@ the setting; a run in another setting (ranks, device, the behaviour run) clears 
 folder first, so a re-run replaces. When every group of a `by` is done, run.json's
 `patch` kind lists the files and `python -m ingest.compute_load OUT/<pair>` loads
 raw.patch_models and raw.patch_posts (this command does it unless --no-load).
+
+--out s3://bucket/runs (any URI ingest.results takes): the behaviour run is read from
+the store and the work done in compute.run's staging folder for that URI; each
+model's two files are uploaded whole, posts first; the store's markers count as done;
+patch.json and the kind's record (kinds/patch.json) live on the store (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from compute.attribution.groups import (
 from compute.io.checkpoints import CheckpointError
 from compute.lora.extract import ExtractError, delta, pair_args, resolve_pair_args, svd
 from compute.lora.recovery import FULL, parse_ranks
+from ingest.results import ResultsError
 
 KIND = "patch"
 
@@ -70,7 +76,7 @@ class Config:
     ranks: list[int] = dataclasses.field(default_factory=list)
     prompts: Path | None = None
     db: Path | None = None
-    out: Path = Path("data/runs")
+    out: Path = Path("data/runs")  # with `remote`: its staging folder
     device: str | None = None  # None: the behaviour run's
     shard: tuple[int, int] | None = None
     ray: bool = False
@@ -79,6 +85,7 @@ class Config:
     dry_run: bool = False
     load: bool = True
     progress: bool = True
+    remote: str | None = None  # --out as an object-store URI (ingest.results)
 
     @property
     def run_dir(self) -> Path:
@@ -89,6 +96,13 @@ class Config:
     def patch_dir(self) -> Path:
         """OUT/<pair>/patch/<by>."""
         return self.run_dir / KIND / self.by
+
+    @property
+    def results(self) -> str:
+        """Where the pair's results end up: OUT/<pair>, or its URI on a store."""
+        from ingest.results import pair_results
+
+        return pair_results(self.remote, self.run_dir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,12 +260,40 @@ def patch_identity(cfg: Config, setting, groups: list[Group]) -> dict:
             "groups": [g.key for g in groups]}
 
 
-def prepare_folder(cfg: Config, want: dict) -> None:
+def open_store(cfg: Config):
+    """--out a URI: the pair's folder on the store (ingest.results.Store), with its
+    behaviour run copied to the staging folder, where open_setting reads it:
+    run.json holding the store's kinds/*.json records (not the patch kind's: this
+    command keeps that on the store) and behaviour/post_texts. None for a folder."""
+    if cfg.remote is None:
+        return None
+    from compute.io.files import atomic_write_bytes
+    from compute.plan.shards import manifest_lock
+    from ingest.results import Store
+
+    store = Store(cfg.results, cfg.run_dir)
+    manifest = store.manifest()
+    if manifest is None:
+        raise ExtractError(f"{cfg.results}: no run.json; run python -m compute.run "
+                           f"on the pair with --out {cfg.remote} first (its "
+                           "behaviour half): patching reuses its setting")
+    manifest["kinds"].pop(KIND, None)
+    with manifest_lock(cfg.run_dir):
+        atomic_write_bytes(cfg.run_dir / "run.json",
+                           json.dumps(manifest, indent=2, default=str).encode())
+    store.pull(["behaviour/post_texts"])
+    return store
+
+
+def prepare_folder(cfg: Config, want: dict, store=None) -> None:
     """Keep cfg.patch_dir when its patch.json is `want` (resume), else clear it and
-    write `want` (under the pair's manifest lock: shards agree)."""
+    write `want` (under the pair's manifest lock: shards agree); the same for the
+    store's patch/<by>/ prefix (prepare_store)."""
     from compute.io.files import atomic_write_bytes
     from compute.plan.shards import manifest_lock
 
+    if store is not None:
+        prepare_store(store, cfg.by, want)
     path = cfg.patch_dir / "patch.json"
     with manifest_lock(cfg.run_dir):
         old = json.loads(path.read_text()) if path.exists() else None
@@ -260,25 +302,95 @@ def prepare_folder(cfg: Config, want: dict) -> None:
         shutil.rmtree(cfg.patch_dir, ignore_errors=True)
         cfg.patch_dir.mkdir(parents=True)
         atomic_write_bytes(path, json.dumps(want, indent=1).encode())
-        _record_kind(cfg, finished=False)
+        if store is None:
+            _record_kind(cfg, finished=False)
 
 
-def _record_kind(cfg: Config, finished: bool, extra: dict | None = None) -> None:
-    """run.json's `patch` kind: the files under OUT/<pair>/patch and their rows
-    (ingest.runfolder.inventory), finished when every `by` folder is complete."""
-    from compute.io.files import atomic_write_bytes, now
-    from compute.plan.shards import manifest_lock
+def prepare_store(store, by: str, want: dict) -> None:
+    """The store's patch/<by>/patch.json made `want` without a lock: shards of one
+    setting write the same bytes. Another setting's prefix is emptied first, its
+    patch.json last (a file under the prefix always has its patch.json beside it,
+    so a prefix without one is empty), and the kind's record kinds/patch.json goes
+    with it (the grouping is not complete any more)."""
+    sub = f"{KIND}/{by}"
+    old = store.read_json(f"{sub}/patch.json")
+    if old == want:
+        return
+    if old is not None:
+        store.delete_under(sub, last=f"{sub}/patch.json")
+    store.delete([store.local / "kinds" / f"{KIND}.json"])
+    store.put_bytes(f"{sub}/patch.json", json.dumps(want, indent=1).encode())
+
+
+def kind_record(run_dir: Path, wants: dict[str, dict], done: dict[str, set[str]],
+                started: str | None) -> dict:
+    """The patch kind's record (run.json's kind, or the store's kinds/patch.json):
+    per grouping (`wants`: its patch.json; `done`: the models with a marker) its
+    groups, models and ranks, finished when every grouping is complete, and the
+    files under run_dir/patch with their rows (ingest.runfolder.inventory)."""
+    from compute.io.files import now
     from ingest.runfolder import inventory
+
+    options = {b: {"groups": len(w["groups"]), "models": len(expected(w)),
+                   "ranks": w["ranks"], "complete": complete(w, done[b])}
+               for b, w in wants.items()}
+    finished = all(o["complete"] for o in options.values())
+    return {"started_at": started or now(), "finished_at": now() if finished else None,
+            "options": options | {"by": sorted(wants)},
+            "inventory": inventory(run_dir, KIND)}
+
+
+def local_state(run_dir: Path) -> tuple[dict, dict]:
+    """(patch.json, model names with a marker) of each grouping under
+    run_dir/patch."""
+    wants, done = {}, {}
+    for b in BY:
+        folder = run_dir / KIND / b
+        if (folder / "patch.json").exists():
+            wants[b] = json.loads((folder / "patch.json").read_text())
+            done[b] = {f.stem for f in (folder / "models").glob("*.parquet")}
+    return wants, done
+
+
+def _record_kind(cfg: Config, finished: bool) -> None:
+    """run.json's `patch` kind (kind_record), finished when every `by` folder is
+    complete (`finished` False: not finished whatever they hold)."""
+    from compute.io.files import atomic_write_bytes
+    from compute.plan.shards import manifest_lock
 
     with manifest_lock(cfg.run_dir):
         path = cfg.run_dir / "run.json"
         manifest = json.loads(path.read_text())
-        info = manifest["kinds"].get(KIND) or {"started_at": now(), "options": {}}
-        info["finished_at"] = now() if finished else None
-        info["options"] = (info.get("options") or {}) | (extra or {})
-        info["inventory"] = inventory(cfg.run_dir, KIND)
+        old = manifest["kinds"].get(KIND) or {}
+        info = kind_record(cfg.run_dir, *local_state(cfg.run_dir),
+                           old.get("started_at"))
+        if not finished:
+            info["finished_at"] = None
         manifest["kinds"][KIND] = info
         atomic_write_bytes(path, json.dumps(manifest, indent=1).encode())
+
+
+def publish_record(cfg: Config, store, started: str) -> bool:
+    """When every model of every grouping on the store has its marker there: the
+    store's patch/ mirrored here (a grouping of another setting here cleared
+    first), and kinds/patch.json (kind_record) written; whether it was."""
+    wants, done = {}, {}
+    for b in BY:
+        want = store.read_json(f"{KIND}/{b}/patch.json")
+        if want is not None:
+            wants[b] = want
+            done[b] = {Path(k).stem for k in store.listing(f"{KIND}/{b}/models")}
+    if not all(complete(w, done[b]) for b, w in wants.items()):
+        return False
+    here, _ = local_state(cfg.run_dir)
+    for b in BY:
+        if here.get(b) is not None and here[b] != wants.get(b):
+            shutil.rmtree(cfg.run_dir / KIND / b)
+    store.pull([KIND])
+    record = kind_record(cfg.run_dir, wants, done, started)
+    store.put_bytes(f"kinds/{KIND}.json",
+                    json.dumps(record, indent=2, default=str).encode())
+    return True
 
 
 def score_model(cfg: Config, setting, scorer, run_id: str, model: Model,
@@ -311,28 +423,61 @@ def score_model(cfg: Config, setting, scorer, run_id: str, model: Model,
                   cfg.patch_dir / "models" / f"{model.name}.parquet")
 
 
-def complete(folder: Path) -> bool:
-    """Whether every model its patch.json asks for has its marker: the base, add and
-    revert of each group, and the rank steps of every group but the 1-D one."""
-    want = json.loads((folder / "patch.json").read_text())
-    n = 1 + sum(2 + (0 if g == VECTOR_GROUP else len(want["ranks"]))
-                for g in want["groups"])
-    return len(list((folder / "models").glob("*.parquet"))) == n
+def expected(want: dict) -> set[str]:
+    """The models a patch.json asks for, by file stem: the base, add and revert of
+    each group, and the rank steps of every group but the 1-D one (models_of)."""
+    names = {"base"}
+    for i, g in enumerate(want["groups"]):
+        ranks = [] if g == VECTOR_GROUP else want["ranks"]
+        names |= {Model(i, m).name for m in ("add", "revert")}
+        names |= {Model(i, "add", r).name for r in ranks}
+    return names
+
+
+def complete(want: dict, done: set[str]) -> bool:
+    """Whether every model `want` (a patch.json) asks for is among `done`."""
+    return expected(want) <= done
+
+
+def scored(cfg: Config, store) -> set[str]:
+    """The models of cfg.by with a marker, here or on the store (wherever they were
+    made); a model finished here but not uploaded (a run killed between the two)
+    is uploaded now, its posts file first."""
+    names = {f.stem for f in (cfg.patch_dir / "models").glob("*.parquet")}
+    if store is not None:
+        sub = f"{KIND}/{cfg.by}"
+        names |= {Path(k).stem for k in store.listing(sub)
+                  if k.startswith(f"{sub}/models/")}
+        store.push_all(sub)
+    return names
+
+
+def upload(store, cfg: Config, model: Model) -> None:
+    """The model's two files, each one object written whole: posts, then the
+    marker (a marker on the store means its posts are there)."""
+    for sub in ("posts", "models"):
+        path = cfg.patch_dir / sub / f"{model.name}.parquet"
+        store.put_bytes(store.rel(path), path.read_bytes())
 
 
 def run(cfg: Config) -> Path:
     """Score every model of this shard's groups not scored yet; mark the kind
-    finished when the `by` is complete; return OUT/<pair>."""
+    finished when every `by` is complete; return OUT/<pair> (its staging folder
+    when --out is a URI)."""
     from compute.behaviour.merge_score import DeltaScorer
+    from compute.io.files import now
 
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), now()
+    store = open_store(cfg)
     setting = open_setting(cfg)
     groups = patch_groups(setting.base, setting.sft, cfg.by)
     mine = shard_groups(groups, cfg.shard)
-    prepare_folder(cfg, patch_identity(cfg, setting, groups))
+    want = patch_identity(cfg, setting, groups)
+    prepare_folder(cfg, want, store)
+    done = scored(cfg, store)
     todo = [m for m in models_of(groups, mine, cfg.ranks,
                                  cfg.shard is None or cfg.shard[0] == 0)
-            if not (cfg.patch_dir / "models" / f"{m.name}.parquet").exists()]
+            if m.name not in done]
     scorer = DeltaScorer(setting) if todo else None
     parts: dict[int, TopParts] = {}
     for m in todo:
@@ -343,20 +488,20 @@ def run(cfg: Config) -> Path:
                                       max(cfg.ranks), setting.device)
         score_model(cfg, setting, scorer, setting.run_id, m, group,
                     parts.get(m.index))
+        if store is not None:
+            upload(store, cfg, m)
     everything = models_of(groups, list(range(len(groups))), cfg.ranks, True)
-    left = [m for m in everything
-            if not (cfg.patch_dir / "models" / f"{m.name}.parquet").exists()]
-    bys = {b: complete(cfg.run_dir / KIND / b) for b in BY
-           if (cfg.run_dir / KIND / b / "patch.json").exists()}
-    _record_kind(cfg, finished=all(bys.values()), extra={cfg.by: {
-        "groups": len(groups), "models": len(everything), "ranks": cfg.ranks,
-        "complete": not left}, "by": sorted(bys)})
+    left = len(expected(want) - scored(cfg, store))  # listed again: other shards'
+    if store is None:
+        _record_kind(cfg, finished=True)
+    else:  # the shard that finds every model there writes the record
+        publish_record(cfg, store, started)
     print(f"patch {cfg.pair} by {cfg.by}: {len(todo)} model(s) scored "
-          f"({len(everything) - len(left)} of {len(everything)} done; {len(groups)} "
+          f"({len(everything) - left} of {len(everything)} done; {len(groups)} "
           f"groups) on {len(setting.posts)} posts of behaviour run {setting.run_id} "
-          f"in {time.perf_counter() - t0:.1f} s; results in {cfg.patch_dir}")
+          f"in {time.perf_counter() - t0:.1f} s; results in {cfg.results}")
     if left:
-        print(f"patch: {len(left)} model(s) of other shards are not done yet",
+        print(f"patch: {left} model(s) of other shards are not done yet",
               file=sys.stderr)
     return cfg.run_dir
 
@@ -372,7 +517,7 @@ def dry_run(cfg: Config) -> dict:
     n = cfg.shards if cfg.shard is None and cfg.ray else (cfg.shard or (0, 1))[1]
     per_shard = [len(models_of(groups, shard_groups(groups, (i, n)), cfg.ranks,
                                i == 0)) for i in range(n)]
-    seconds = behaviour_seconds(cfg.run_dir)
+    seconds = behaviour_seconds(cfg)
     info = {"pair": cfg.pair, "by": cfg.by, "groups": len(groups),
             "models": sum(per_shard), "models_per_shard": per_shard,
             "behaviour_run_seconds": seconds,
@@ -383,15 +528,22 @@ def dry_run(cfg: Config) -> dict:
     return info
 
 
-def behaviour_seconds(run_dir: Path) -> float | None:
-    """Wall seconds of the pair's behaviour run (run.json), None when unknown."""
+def behaviour_seconds(cfg: Config) -> float | None:
+    """Wall seconds of the pair's behaviour run (run.json; on a store its
+    kinds/behaviour.json), None when unknown."""
     import datetime as dt
 
     try:
-        kind = json.loads((run_dir / "run.json").read_text())["kinds"]["behaviour"]
+        if cfg.remote:
+            from ingest.results import Store
+
+            manifest = Store(cfg.results, cfg.run_dir).manifest()
+        else:
+            manifest = json.loads((cfg.run_dir / "run.json").read_text())
+        kind = manifest["kinds"]["behaviour"]
         a, b = (dt.datetime.fromisoformat(kind[k])
                 for k in ("started_at", "finished_at"))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, ResultsError):
         return None
     return (b - a).total_seconds()
 
@@ -438,12 +590,18 @@ def load(cfg: Config) -> int:
     """ingest.compute_load of the pair's patch kind, when it is finished."""
     from ingest.compute_load import load_or_explain
 
-    manifest = json.loads((cfg.run_dir / "run.json").read_text())
-    if not (manifest["kinds"].get(KIND) or {}).get("finished_at"):
+    if cfg.remote:
+        from ingest.results import Store
+
+        finished = Store(cfg.results, cfg.run_dir).exists(f"kinds/{KIND}.json")
+    else:
+        manifest = json.loads((cfg.run_dir / "run.json").read_text())
+        finished = (manifest["kinds"].get(KIND) or {}).get("finished_at")
+    if not finished:
         print(f"patch: not loaded, some groups are not done; when they are: "
-              f"python -m ingest.compute_load {cfg.run_dir}", file=sys.stderr)
+              f"python -m ingest.compute_load {cfg.results}", file=sys.stderr)
         return 0
-    return load_or_explain(cfg.run_dir, cfg.db, [KIND])
+    return load_or_explain(cfg.results, cfg.db, [KIND])
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -470,8 +628,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
                     help="print the groups, models per shard and the cost; no work")
     ap.add_argument("--prompts", type=Path, help="Parquet of prompts holding the "
                     "behaviour run's posts, instead of the warehouse's")
-    ap.add_argument("--out", type=Path, default=Path("data/runs"),
-                    help="compute.run's --out: the behaviour run is OUT/<pair>")
+    ap.add_argument("--out", default="data/runs",
+                    help="compute.run's --out: the behaviour run is OUT/<pair>; a "
+                    "folder or an object-store URI (s3://bucket/runs; docs/scale.md)")
     ap.add_argument("--db", type=Path, help="warehouse (default $SFTSCOPE_DB or "
                     "data/warehouse.duckdb)")
     ap.add_argument("--device", choices=["cpu", "cuda"], help="scoring device "
@@ -487,9 +646,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if a.shards < 1:
         ap.error("--shards: at least 1")
     pair, base, sft = resolve_pair_args(ap, a)
-    return Config(pair, base, sft, a.by, ranks, a.prompts, a.db, a.out, a.device,
+    from ingest.results import results_root
+
+    out, remote = results_root(a.out)
+    return Config(pair, base, sft, a.by, ranks, a.prompts, a.db, out, a.device,
                   shard, a.ray is not None, a.ray or None, a.shards, a.dry_run,
-                  a.load and shard is None, a.progress)
+                  a.load and shard is None, a.progress, remote)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -505,6 +667,13 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg)
     except (CheckpointError, ExtractError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ResultsError, OSError) as exc:  # the store refused, or is unreachable
+        if not (cfg.remote or isinstance(exc, ResultsError)):
+            raise
+        print(f"error: {exc}\nFinished models are kept in {cfg.patch_dir} (and "
+              f"under {cfg.results}); run the same command again to resume.",
+              file=sys.stderr)
         return 2
     return load(cfg) if cfg.load else 0
 

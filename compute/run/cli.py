@@ -160,9 +160,9 @@ class Config:
     @property
     def results(self) -> str:
         """Where the pair's results end up: the folder, or its URI on a store."""
-        from ingest.results import child
+        from ingest.results import pair_results
 
-        return child(self.remote, self.pair) if self.remote else str(self.run_dir)
+        return pair_results(self.remote, self.run_dir)
 
 
 def _checked(ap: argparse.ArgumentParser, a: argparse.Namespace
@@ -363,10 +363,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
         check_name(name, "--name" if a.name else "the pair name")
     except PairNameError as exc:
         ap.error(str(exc))
-    from ingest.results import is_remote, local_path, staging_dir
+    from ingest.results import results_root
 
-    remote = a.out if is_remote(a.out) else None
-    out = staging_dir(remote) if remote else local_path(a.out)
+    out, remote = results_root(a.out)
     return Config(pair=name, base=base, sft=sft, out=out, db=a.db, device=a.device,
                   method=a.method, revision_base=a.revision_base,
                   revision_sft=a.revision_sft, load=a.load, force=a.force,
