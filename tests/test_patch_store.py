@@ -87,10 +87,12 @@ def local_db(pair) -> str:
     return db
 
 
-def same_rows(uri: str, tmp_path, local_db) -> None:
-    """The bucket's pair loads (ingest.compute_load) the local run's rows."""
+def same_rows(uri: str | None, tmp_path, local_db) -> None:
+    """The bucket's pair loads (ingest.compute_load; `uri` None: loaded already)
+    the local run's rows."""
     db = tmp_path / "s3.duckdb"
-    assert load_or_explain(results.child(uri, "p"), db) == 0
+    if uri is not None:
+        assert load_or_explain(results.child(uri, "p"), db) == 0
     for table in VOLATILE:
         got, want = loaded(db, table), loaded(local_db, table)
         assert len(got) == len(want) > 0
@@ -98,17 +100,34 @@ def same_rows(uri: str, tmp_path, local_db) -> None:
     assert len(loaded(db, "patch_models")) == MODELS
 
 
-def test_shards_on_two_machines_load_the_rows_of_one_local_run(
+def test_ray_shards_on_two_machines_load_the_rows_of_one_local_run(
         s3, pair, local_db, tmp_path, monkeypatch):
-    """Shard 1 then shard 0, each on a machine of its own that never saw the
-    behaviour run: each reads it from the bucket; the record kinds/patch.json
-    appears only when the second finds every model there, and it lists them."""
+    """--ray --shards 2: the tasks (run here in turn, shard 1 first, each on a
+    machine of its own that never saw the behaviour run, in place of Ray's
+    workers) read the behaviour run from the bucket; the record kinds/patch.json
+    appears only when the second finds every model there, and lists them; the
+    driver then loads the bucket: the local run's rows."""
+    import os
+
+    from compute.run import cluster
+
     root = fresh_root(s3, pair, "shards")
-    for i in (1, 0):
-        machine(monkeypatch, tmp_path, f"m{i}")
-        assert patch.main(argv(pair, root, "--shard", f"{i}/2")) == 0
-        keys = s3.keys("shards/p")
-        assert ("bkt/shards/p/kinds/patch.json" in keys) == (i == 0)
+    ran = []
+
+    def in_turn(argvs, run, task, **_):
+        for k in (1, 0):
+            machine(monkeypatch, tmp_path, f"m{k}")
+            ran.append(task(argvs[k], os.getcwd(), run))
+            keys = s3.keys("shards/p")
+            assert ("bkt/shards/p/kinds/patch.json" in keys) == (k == 0)
+
+    monkeypatch.setattr(cluster, "run_tasks", in_turn)
+    machine(monkeypatch, tmp_path, "driver")
+    db = tmp_path / "s3.duckdb"
+    assert patch.main(argv(pair, root, "--ray", "--shards", "2", "--db", str(db))
+                      ) == 0
+    assert ran == ["1/2", "0/2"]
+    keys = s3.keys("shards/p")
     markers = [k for k in keys if "/patch/layer/models/" in k]
     posts = [k for k in keys if "/patch/layer/posts/" in k]
     assert len(markers) == len(posts) == MODELS
@@ -118,7 +137,7 @@ def test_shards_on_two_machines_load_the_rows_of_one_local_run(
     assert sorted(f"bkt/shards/p/{f}" for f in
                   record["inventory"]["files"]["patch_models"]) == sorted(markers)
     assert record["inventory"]["rows"]["patch_posts"] == MODELS * len(TEXTS)
-    same_rows(root, tmp_path, local_db)
+    same_rows(None, tmp_path, local_db)
 
 
 def test_a_killed_run_leaves_whole_objects_and_its_rerun_scores_the_rest(
@@ -169,6 +188,35 @@ def test_a_killed_run_leaves_whole_objects_and_its_rerun_scores_the_rest(
     for i in range(0, len(ours), 2):  # each model's posts object before its marker
         assert ours[i].replace("/posts/", "/models/") == ours[i + 1]
     assert "kinds/patch.json" in uploaded
+    same_rows(root, tmp_path, local_db)
+
+
+def test_an_upload_cut_off_is_made_up_by_the_rerun_on_that_machine(
+        s3, pair, local_db, tmp_path, monkeypatch):
+    """The connection dies before the second model's marker is uploaded (its posts
+    object is in the bucket, both files in the staging folder): the re-run on the
+    same machine uploads the marker from there and scores the other seven only."""
+    root = fresh_root(s3, pair, "cut")
+    put, calls = results.Store.put_bytes, []
+
+    def cut_off(self, rel, data):
+        if rel.endswith("models/00000-add.parquet"):
+            raise OSError("connection reset")
+        return put(self, rel, data)
+
+    machine(monkeypatch, tmp_path, "only")
+    monkeypatch.setattr(results.Store, "put_bytes", cut_off)
+    assert patch.main(argv(pair, root, "--no-load")) == 2  # named, results kept
+    keys = s3.keys("cut/p/patch/layer")
+    assert sorted(k.split("/layer/")[1] for k in keys) == [
+        "models/base.parquet", "patch.json", "posts/00000-add.parquet",
+        "posts/base.parquet"]
+    monkeypatch.setattr(results.Store, "put_bytes", put)
+    real = DeltaScorer.score
+    monkeypatch.setattr(DeltaScorer, "score",
+                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    assert patch.main(argv(pair, root, "--no-load")) == 0
+    assert len(calls) == MODELS - 2
     same_rows(root, tmp_path, local_db)
 
 
