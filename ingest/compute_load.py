@@ -31,6 +31,7 @@ from ingest.results import (
     BULKY,
     ResultsError,
     Store,
+    as_uri,
     child,
     is_remote,
     local_path,
@@ -91,15 +92,6 @@ def fetched(uri: str) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _as_uri(text: str, local: Path, uri: str) -> str:
-    """`text` with each path under `local` written as the object's URI under `uri`
-    (its query, the store's options, kept at the end)."""
-    import re
-
-    return re.sub(re.escape(str(local)) + r"(/[^\s:()]*)?",
-                  lambda m: child(uri, m.group(1)[1:]) if m.group(1) else uri, text)
-
-
 def load_run(run_dir: str | Path, db: str | Path | None = None,
              kinds: list[str] | None = None) -> dict[str, int]:
     """Replace the pair's rows of each finished kind; returns rows per raw table.
@@ -109,7 +101,7 @@ def load_run(run_dir: str | Path, db: str | Path | None = None,
             try:
                 return load_run(local, db, kinds)
             except LoadError as exc:  # name the URI, not the temporary copy
-                raise LoadError(_as_uri(str(exc), local, str(run_dir))) from exc
+                raise LoadError(as_uri(str(exc), local, str(run_dir))) from exc
     run_dir = local_path(run_dir)
     manifest = _manifest(run_dir)
     try:

@@ -97,6 +97,14 @@ def child(uri: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
 
 
+def as_uri(text: str, local: Path, uri: str) -> str:
+    """`text` with each path under `local` written as the object's URI under `uri`
+    (its query, the store's options, kept at the end): a message about a local
+    copy that names the store."""
+    return re.sub(re.escape(str(local)) + r"(/[^\s:()]*)?",
+                  lambda m: child(uri, m.group(1)[1:]) if m.group(1) else uri, text)
+
+
 def staging_dir(uri: str) -> Path:
     """The local staging folder of an object-store root: readable and unique."""
     parts = urlsplit(uri)

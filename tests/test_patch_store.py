@@ -249,3 +249,21 @@ def test_another_setting_clears_the_prefix_and_the_record(s3, pair, tmp_path,
     assert len(models) == MODELS + 3 and models["rank"].eq(1).sum() == 3
     assert not models.duplicated(["patch_group", "mode", "rank"]).any()
     assert len(loaded(db, "patch_posts")) == (MODELS + 3) * len(TEXTS)
+
+
+def test_refusals_name_the_bucket(s3, pair, tmp_path, monkeypatch, capsys):
+    """No run under the prefix, or a behaviour run that is not finished there:
+    exit 2, the message names the URI (not the staging folder), and nothing is
+    written under the prefix."""
+    machine(monkeypatch, tmp_path, "m")
+    assert patch.main(argv(pair, s3.root("empty"))) == 2
+    err = capsys.readouterr().err
+    assert "s3://bkt/empty/p" in err and "no run.json" in err and "staging" not in err
+    assert s3.keys("empty") == {}
+    root = fresh_root(s3, pair, "unfinished")
+    s3.fs.delete_file("bkt/unfinished/p/kinds/behaviour.json")
+    assert patch.main(argv(pair, root)) == 2
+    err = capsys.readouterr().err
+    assert "s3://bkt/unfinished/p/run.json?" in err and "not finished" in err, err
+    assert "--out s3://bkt/unfinished?" in err and "staging" not in err
+    assert not [k for k in s3.keys("unfinished/p") if "/patch/" in k]

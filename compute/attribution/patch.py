@@ -246,8 +246,12 @@ def open_setting(cfg: Config):
             cfg.pair, cfg.base, cfg.sft, [], prompts=cfg.prompts, db=cfg.db,
             out=cfg.out, device=cfg.device))
     except ExtractError as exc:  # its advice names recovery; patching reuses it too
-        raise ExtractError(str(exc).replace("recovery reuses", "patching reuses")
-                           ) from exc
+        text = str(exc).replace("recovery reuses", "patching reuses")
+        if cfg.remote:  # the store's names, not the staging folder's
+            from ingest.results import as_uri
+
+            text = as_uri(text, cfg.out, cfg.remote)
+        raise ExtractError(text) from exc
 
 
 def patch_identity(cfg: Config, setting, groups: list[Group]) -> dict:
