@@ -220,6 +220,7 @@ def test_an_upload_cut_off_is_made_up_by_the_rerun_on_that_machine(
     same_rows(root, tmp_path, local_db)
 
 
+@pytest.mark.slow  # three runs, 21 models (17 s on a busy box)
 def test_another_setting_clears_the_prefix_and_the_record(s3, pair, tmp_path,
                                                           monkeypatch):
     """A finished run, then --ranks 1 (another setting) as shard 1/2 on another
@@ -251,11 +252,20 @@ def test_another_setting_clears_the_prefix_and_the_record(s3, pair, tmp_path,
     assert len(loaded(db, "patch_posts")) == (MODELS + 3) * len(TEXTS)
 
 
-def test_refusals_name_the_bucket(s3, pair, tmp_path, monkeypatch, capsys):
-    """No run under the prefix, or a behaviour run that is not finished there:
-    exit 2, the message names the URI (not the staging folder), and nothing is
-    written under the prefix."""
+def test_dry_run_and_refusals_name_the_bucket(s3, pair, tmp_path, monkeypatch,
+                                              capsys):
+    """--dry-run reads the behaviour run's seconds from the bucket's record. No
+    run under the prefix, or a behaviour run that is not finished there: exit 2,
+    the message names the URI (not the staging folder), and nothing is written
+    under the prefix."""
     machine(monkeypatch, tmp_path, "m")
+    assert patch.main(argv(pair, pair["behaviour"], "--dry-run")) == 0
+    info = json.loads(capsys.readouterr().out)
+    with s3.fs.open_input_stream("bkt/behaviour/p/kinds/behaviour.json") as fh:
+        kind = json.loads(fh.read())
+    seconds = (pd.Timestamp(kind["finished_at"])
+               - pd.Timestamp(kind["started_at"])).total_seconds()
+    assert info["models"] == MODELS and info["behaviour_run_seconds"] == seconds
     assert patch.main(argv(pair, s3.root("empty"))) == 2
     err = capsys.readouterr().err
     assert "s3://bkt/empty/p" in err and "no run.json" in err and "staging" not in err
