@@ -277,3 +277,27 @@ def test_dry_run_and_refusals_name_the_bucket(s3, pair, tmp_path, monkeypatch,
     assert "s3://bkt/unfinished/p/run.json?" in err and "not finished" in err, err
     assert "--out s3://bkt/unfinished?" in err and "staging" not in err
     assert not [k for k in s3.keys("unfinished/p") if "/patch/" in k]
+
+
+def test_a_prefix_is_emptied_with_its_patch_json_last(s3, tmp_path, monkeypatch):
+    """Store.delete_under: every object under the prefix goes, the named one after
+    all the others (a run stopped halfway through leaves it, so the next run still
+    sees another setting and empties the rest); objects beside the prefix stay,
+    a longer name that starts with it (layer_module beside layer) included."""
+    store = results.Store(s3.root("empty-me"), tmp_path)
+    keys = ["patch/layer/models/base.parquet", "patch/layer/patch.json",
+            "patch/layer/posts/base.parquet", "patch/layer/x/y.parquet",
+            "patch/layer_module/patch.json"]
+    for key in keys:
+        store.put_bytes(key, b"x")
+    gone, delete = [], results.Store.delete
+
+    def recorded(self, paths):
+        paths = list(paths)
+        gone.extend(self.rel(p) for p in paths)
+        return delete(self, paths)
+
+    monkeypatch.setattr(results.Store, "delete", recorded)
+    store.delete_under("patch/layer", last="patch/layer/patch.json")
+    assert sorted(gone) == sorted(keys[:4]) and gone[-1] == "patch/layer/patch.json"
+    assert list(s3.keys("empty-me")) == ["bkt/empty-me/patch/layer_module/patch.json"]
