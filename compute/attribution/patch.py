@@ -266,14 +266,16 @@ def patch_identity(cfg: Config, setting, groups: list[Group]) -> dict:
 
 def open_store(cfg: Config):
     """--out a URI: the pair's folder on the store (ingest.results.Store), with its
-    behaviour run copied to the staging folder, where open_setting reads it:
-    run.json holding the store's kinds/*.json records (not the patch kind's: this
-    command keeps that on the store) and behaviour/post_texts. None for a folder."""
+    behaviour run copied to the staging folder, where open_setting reads it: the
+    store's run.json with its behaviour record (kinds/behaviour.json; the staging
+    run.json's other kinds, compute.run's, kept when it is the same run) and
+    behaviour/post_texts. None for a folder."""
     if cfg.remote is None:
         return None
     from compute.io.files import atomic_write_bytes
     from compute.plan.shards import manifest_lock
     from ingest.results import Store
+    from ingest.runfolder import run_of
 
     store = Store(cfg.results, cfg.run_dir)
     manifest = store.manifest()
@@ -281,10 +283,15 @@ def open_store(cfg: Config):
         raise ExtractError(f"{cfg.results}: no run.json; run python -m compute.run "
                            f"on the pair with --out {cfg.remote} first (its "
                            "behaviour half): patching reuses its setting")
-    manifest["kinds"].pop(KIND, None)
     with manifest_lock(cfg.run_dir):
-        atomic_write_bytes(cfg.run_dir / "run.json",
-                           json.dumps(manifest, indent=2, default=str).encode())
+        here = run_of(cfg.run_dir) or {}
+        kinds = here.get("kinds") if here.get("run_id") == manifest.get(
+            "run_id") and isinstance(here.get("kinds"), dict) else {}
+        kinds.pop("behaviour", None)
+        if manifest["kinds"].get("behaviour"):
+            kinds["behaviour"] = manifest["kinds"]["behaviour"]
+        atomic_write_bytes(cfg.run_dir / "run.json", json.dumps(
+            manifest | {"kinds": kinds}, indent=2, default=str).encode())
     store.pull(["behaviour/post_texts"])
     return store
 
