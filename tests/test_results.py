@@ -13,6 +13,7 @@ split across two machines complete it.
 from __future__ import annotations
 
 import json
+import time
 
 import duckdb
 import numpy as np
@@ -122,7 +123,12 @@ def test_a_shard_failing_midway_leaves_whole_objects_and_resumes(s3, tmp_path,
 
     def dies_on_the_sixth(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 6:
+        if len(calls) == 6:  # once a finished tensor is on the store (the tensors
+            # run in threads: the one finished may not be pushed yet)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not any(
+                    "/spectra/0" in k for k in s3.keys("fail/p")):
+                time.sleep(0.05)
             raise RuntimeError("the machine died")
         return real(*args, **kwargs)
 

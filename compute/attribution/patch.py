@@ -255,9 +255,11 @@ def open_setting(cfg: Config):
 
 
 def patch_identity(cfg: Config, setting, groups: list[Group]) -> dict:
-    """What patch.json records: a folder holding another one is cleared first."""
-    return {"pair": cfg.pair, "by": cfg.by, "base": setting.base.ref,
-            "sft": setting.sft.ref, "run_id": setting.run_id, "ranks": cfg.ranks,
+    """What patch.json records: a folder holding another one is cleared first
+    (files of another layout too: an older release's have fewer columns)."""
+    return {"columns": schemas()["patch_posts"].names, "pair": cfg.pair,
+            "by": cfg.by, "base": setting.base.ref, "sft": setting.sft.ref,
+            "run_id": setting.run_id, "ranks": cfg.ranks,
             "window": setting.window, "context": setting.context,
             "dtype": setting.dtype, "device": setting.device,
             "posts": [p.post_id for p in setting.posts],
