@@ -77,9 +77,10 @@ ext: venv
 	@$(PY) -c "import ingest._sefast, compute.linalg._kernels" 2>/dev/null \
 		|| $(PY) -m pip install -q --no-deps -e .
 
-# two workers (TEST_WORKERS), each a test file at a time, in the collected order: the
-# modules that read the demo warehouse come last, built meanwhile (tests/conftest.py)
-TEST_WORKERS ?= 2
+# one worker a core (TEST_WORKERS: at least 2, at most 8), each a test file at a time,
+# in the collected order: the modules that read the demo warehouse come last, built
+# meanwhile (tests/conftest.py)
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 2 ? 2 : n > 8 ? 8 : n )))
 test: venv ext browser-deps cluster-deps
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 

@@ -8,7 +8,9 @@
     noise-aware ranks; n_intruders the sum of their intruder dimensions among W_sft's
     top min(10, K) left singular vectors at epsilon 0.5, beside what the null
     expects (NULL where the pair's run computed no directions). The spectra run is
-    the pair's (marts.dim_pairs). The 1-D group has no matrices: no row.
+    the pair's (marts.dim_pairs). The 1-D group has no matrices: no row. A fused
+    projection (qkv_proj, gate_up_proj) counts once, whole, as compute.patch patches
+    it: its q/k/v or gate/up parts (rows of the same matrix) are left out.
 -#}
 
 with
@@ -24,7 +26,7 @@ delta as (
     select m.*
     from {{ ref('fct_matrix_metrics') }} as m
     inner join pairs as p using (pair, run_id)
-    where m.role = 'delta'
+    where m.role = 'delta' and m.part is null
 
 ),
 
