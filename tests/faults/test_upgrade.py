@@ -100,8 +100,9 @@ def test_upgrade_names_the_stale_marts_and_refresh_builds_green(older_release,
     assert "  marts.fct_matrix_metrics (lacks run_finished_at)" in out, out
     assert _marts(db) == before
 
-    # the fault: dbt build alone (it upgrades the raw layout itself) fails
-    proc = run_dbt(db, "build", check=False)
+    # the fault: dbt build alone (it upgrades the raw layout itself) fails; one
+    # stale mart and what it reads are enough to show it (every model takes minutes)
+    proc = run_dbt(db, "build", "--select", "+fct_matrix_metrics", check=False)
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert "was built by an earlier release, as a plain table: rebuild the marts " \
         "once with `dbt build --full-refresh`" in proc.stdout, proc.stdout[-3000:]
