@@ -150,10 +150,10 @@ final as (
         end as delta_share_note,
         {{ t_critical_95('r.n_posts - 1') }} as t_critical,
         r.delta_share - {{ t_critical_95('r.n_posts - 1') }}
-            * sqrt(s.ss_delta / (r.n_posts * (r.n_posts - 1))) / abs(r.mean_delta_sft)
+            * {{ ratio_se('s.ss_delta', 'r.n_posts', 'r.mean_delta_sft') }}
             as ci95_low_delta_share,
         r.delta_share + {{ t_critical_95('r.n_posts - 1') }}
-            * sqrt(s.ss_delta / (r.n_posts * (r.n_posts - 1))) / abs(r.mean_delta_sft)
+            * {{ ratio_se('s.ss_delta', 'r.n_posts', 'r.mean_delta_sft') }}
             as ci95_high_delta_share,
 
         -- the behaviour: share of KL(p_sft || p_base) removed
@@ -161,10 +161,10 @@ final as (
         r.sum_kl_sft_base / nullif(r.n_tokens, 0) as mean_kl_sft_base,
         1 - r.kl_ratio as kl_share,
         1 - r.kl_ratio - {{ t_critical_95('r.n_posts - 1') }}
-            * sqrt(s.ss_kl / (r.n_posts * (r.n_posts - 1))) / r.mean_kl_sft_base
+            * {{ ratio_se('s.ss_kl', 'r.n_posts', 'r.mean_kl_sft_base') }}
             as ci95_low_kl_share,
         1 - r.kl_ratio + {{ t_critical_95('r.n_posts - 1') }}
-            * sqrt(s.ss_kl / (r.n_posts * (r.n_posts - 1))) / r.mean_kl_sft_base
+            * {{ ratio_se('s.ss_kl', 'r.n_posts', 'r.mean_kl_sft_base') }}
             as ci95_high_kl_share,
 
         -- the run

@@ -11,8 +11,8 @@
     the model removes (1: the SFT's predictions, 0: the base's); delta_share =
     sum d_i / sum D_i, the share of the SFT-minus-base log-prob delta. Both are
     ratio estimators over posts with 95% t intervals from the linearised variance
-    se = sqrt(sum (x_i - R y_i)^2 / (n (n - 1))) / mean(y_i) (Cochran 1977, 6.9), as
-    marts.fct_lora_recovery. carried_share is what G carries by this model: the
+    se = sqrt(sum (x_i - R y_i)^2 / (n (n - 1))) / mean(y_i) (Cochran 1977, 6.9;
+    macros/ratio_estimator.sql), as marts.fct_lora_recovery. carried_share is what G carries by this model: the
     add's kl_share, or 1 - the revert's (the behaviour lost without G).
 
     How far the model moved from the base as loaded, in units of the SFT's own move:
@@ -135,12 +135,9 @@ errors as (
     select
         i.run_id, i.patch_by, i.patch_group, i.mode, i.patch_rank, i.grp,
         i.post_type,
-        sqrt(i.ss_kl / (r.n_posts * (r.n_posts - 1)))
-            / nullif(r.mean_kl_sft_base, 0) as se_kl,
-        sqrt(i.ss_delta / (r.n_posts * (r.n_posts - 1)))
-            / nullif(abs(r.mean_delta_sft), 0) as se_delta,
-        sqrt(i.ss_moved / (r.n_posts * (r.n_posts - 1)))
-            / nullif(r.mean_kl_base_sft, 0) as se_moved,
+        {{ ratio_se('i.ss_kl', 'r.n_posts', 'r.mean_kl_sft_base') }} as se_kl,
+        {{ ratio_se('i.ss_delta', 'r.n_posts', 'r.mean_delta_sft') }} as se_delta,
+        {{ ratio_se('i.ss_moved', 'r.n_posts', 'r.mean_kl_base_sft') }} as se_moved,
         {{ t_critical_95('r.n_posts - 1') }} as t95,
     from intervals as i
     inner join ratios as r
