@@ -92,19 +92,19 @@ def moved_chart(df: pd.DataFrame) -> alt.LayerChart:
     """Toward the SFT (kl_share, x) against away from the base (moved_share, y) per
     group's model; on the diagonal a change moves the base only toward the SFT."""
     top = float(max(1.0, df["kl_share"].max(), df["ci95_high_moved_share"].max()))
+    x_title, title = "KL to the SFT removed", "moved from the base (SFT = 100%)"
     diag = alt.Chart(pd.DataFrame({"x": [0.0, top], "y": [0.0, top]})).mark_line(
-        strokeDash=[4, 4], color="gray").encode(x="x:Q", y="y:Q")
+        strokeDash=[4, 4], color="gray").encode(x=alt.X("x:Q", title=x_title),
+                                                y=alt.Y("y:Q", title=title))
     base = alt.Chart(df).encode(
-        x=alt.X("kl_share:Q", title="KL to the SFT removed (toward the SFT)",
-                axis=alt.Axis(format="%")),
+        x=alt.X("kl_share:Q", title=x_title, axis=alt.Axis(format="%")),
         color=alt.Color("mode:N", title=None))
     points = base.mark_point(filled=True).encode(
-        y=alt.Y("moved_share:Q", axis=alt.Axis(format="%"),
-                title="moved from the base (KL, SFT's move = 100%)"),
+        y=alt.Y("moved_share:Q", axis=alt.Axis(format="%"), title=title),
         tooltip=["patch_group", "mode", alt.Tooltip("kl_share:Q", format=".1%"),
                  alt.Tooltip("moved_share:Q", format=".1%")])
-    bars = base.mark_errorbar().encode(y="ci95_low_moved_share:Q",
-                                       y2="ci95_high_moved_share:Q")
+    bars = base.mark_errorbar().encode(
+        y=alt.Y("ci95_low_moved_share:Q", title=title), y2="ci95_high_moved_share:Q")
     return alt.layer(diag, bars, points).properties(height=300)
 
 
@@ -147,8 +147,7 @@ def grid(data: pd.DataFrame, field: str, title: str, fmt: str) -> alt.Chart:
                  alt.Tooltip("add_share:Q", format=".1%"),
                  alt.Tooltip("revert_share:Q", format=".1%")])
     text = base.mark_text(fontSize=10).encode(text=alt.Text(f"{field}:Q", format=fmt))
-    return alt.layer(rect, text).properties(title=title, height=max(
-        120, 28 * data["layer"].nunique()))
+    return alt.layer(rect, text).properties(title=title, height=alt.Step(28))
 
 
 def share_heatmap(rank: pd.DataFrame, share: str = "add_share") -> alt.Chart:

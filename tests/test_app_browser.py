@@ -55,11 +55,24 @@ INSPECT = """(chart) => {
                                                     canvas.height).data;
     let n = 0;
     for (let i = 0; i < px.length; i += 4) if (px[i + 3] && px[i] < 250) n++;
-    return {marks: n, cut: [], outside: []};
+    return {marks: n, cut: [], outside: [], overlaps: 0};
   }
   const box = chart.getBoundingClientRect();
   const texts = [...svg.querySelectorAll('text')].filter(t => t.textContent.trim());
+  // text marks (cell values) drawn over one another by more than half their area
+  const boxes = [...svg.querySelectorAll('g.role-mark text')]
+    .filter(t => t.textContent.trim()).map(t => t.getBoundingClientRect())
+    .filter(r => r.width && r.height);
+  let overlaps = 0;
+  for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+    const a = boxes[i], b = boxes[j];
+    const w = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+    const h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+    if (w > 0 && h > 0 && w * h > 0.5 * Math.min(a.width * a.height,
+                                                b.width * b.height)) overlaps++;
+  }
   return {
+    overlaps: overlaps,
     marks: svg.querySelectorAll('g.role-mark > *').length,
     cut: texts.filter(t => t.textContent.endsWith('\u2026')).map(t => t.textContent),
     outside: texts.filter(t => {
@@ -224,6 +237,10 @@ def test_pages_draw_what_they_should(every_page):
     attribution = every_page["desktop", "attribution"]["charts"]
     assert len(attribution) == 5, attribution
     assert all(c["marks"] >= 42 for c in attribution[:2]), attribution
+    # the cells' values each in a cell of its own (a heatmap of fixed height drew
+    # its 6 layers in one row, values over one another)
+    assert [c["overlaps"] for c in attribution[:2]] == [0, 0], attribution
+    assert heat[0]["overlaps"] == 0, heat
 
 
 def test_running_indicator_and_stop_show(browser, served_app):
