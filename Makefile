@@ -57,9 +57,11 @@ demo-trajectory: venv
 
 # Weight patching on the demo pair (docs/patch.md), after make demo: which layers
 # carry the fine-tuning (--by layer: 13 models, each about one behaviour run; not in
-# make demo, whose behaviour run it repeats per model), then the Attribution page's marts.
+# make demo, whose behaviour run it repeats per model), then the Attribution page's
+# marts. DEMO_PATCH_BY=layer_module: every block's module types (61 models).
+DEMO_PATCH_BY ?= layer
 demo-patch: venv
-	$(PY) -m compute.patch --pair demo --by layer
+	$(PY) -m compute.patch --pair demo --by $(DEMO_PATCH_BY)
 	cd dbt_project && $(DBT) build --quiet --select +fct_patch_vs_weights +fct_patch_ranking
 
 dbt: venv
