@@ -346,6 +346,35 @@ def test_load_and_marts_against_pandas(pairs, two, tmp_path):
         assert total == pytest.approx(sum(r[0] for r in rows.values()))
     top = [g for g, *_, rk, _, _ in got if rk == 1]
     assert top == [max(rows, key=lambda g: rows[g][0])]
+    # the paired bootstrap: 1000 resamples of the 6 posts (weights: how often each
+    # post is drawn), every model on the same ones; the marts' percentile intervals
+    # recomputed from the weights and the posts' sums (NumPy's linear quantiles)
+    w = pd.DataFrame(query(db, "select b, post_id, weight from intermediate."
+                           "int_patch_resamples where grp = 'all' and post_type = "
+                           "'all' and patch_by = 'layer_module'"),
+                     columns=["b", "post_id", "weight"])
+    assert w.b.nunique() == 1000 and (w.groupby("b").weight.sum() == len(base)).all()
+    weights = w.pivot_table(index="b", columns="post_id", values="weight",
+                            fill_value=0)[base.index].to_numpy()
+    # resamples, not one draw: 6 posts make 462 multisets, 1000 draws ~320 of them;
+    # each post drawn once a resample on average
+    assert len({tuple(r) for r in weights}) > 200
+    assert np.abs(weights.mean(axis=0) - 1).max() < 0.15
+    big_d = (base.sum_logprob_sft - base.sum_logprob).to_numpy()
+    boot = query(db, "select patch_group, mode, boot_low_kl_share, boot_high_kl_share, "
+                 "boot_low_delta_share, boot_high_delta_share, boot_low_carried_share "
+                 "from marts.fct_patch_effects where grp = 'all' and post_type = 'all' "
+                 "and patch_rank is null and patch_by = 'layer_module'")
+    assert len(boot) == 2 * len(rows)
+    for g, mode, lo, hi, dlo, dhi, carried_lo in boot:
+        m = sums(two, g, mode)
+        kl = 1 - weights @ m.sum_kl_sft_model.to_numpy() / (weights @ big_k)
+        delta = weights @ (m.sum_logprob - base.sum_logprob).to_numpy() / (
+            weights @ big_d)
+        assert (lo, hi) == pytest.approx(np.quantile(kl, [0.025, 0.975]), abs=1e-9)
+        assert (dlo, dhi) == pytest.approx(np.quantile(delta, [0.025, 0.975]),
+                                           abs=1e-9)
+        assert carried_lo == pytest.approx(lo if mode == "add" else 1 - hi)
     # moved_share: KL(p_base || p_model) over KL(p_base || p_sft), its interval
     big_m = base.sum_kl_model_sft.to_numpy()
     moved = query(db, "select patch_group, mode, moved_share, ci95_high_moved_share "

@@ -12,8 +12,11 @@
     sum d_i / sum D_i, the share of the SFT-minus-base log-prob delta. Both are
     ratio estimators over posts with 95% t intervals from the linearised variance
     se = sqrt(sum (x_i - R y_i)^2 / (n (n - 1))) / mean(y_i) (Cochran 1977, 6.9;
-    macros/ratio_estimator.sql), as marts.fct_lora_recovery. carried_share is what G carries by this model: the
-    add's kl_share, or 1 - the revert's (the behaviour lost without G).
+    macros/ratio_estimator.sql), as marts.fct_lora_recovery; beside them the
+    paired bootstrap's 95% percentile intervals over posts (boot_*:
+    intermediate.int_patch_bootstrap, every model of the run on the same
+    resamples). carried_share is what G carries by this model: the add's
+    kl_share, or 1 - the revert's (the behaviour lost without G).
 
     How far the model moved from the base as loaded, in units of the SFT's own move:
     moved_share = sum KL(p_base || p_model)_i / sum KL(p_base || p_sft)_i (0: the
@@ -25,9 +28,9 @@
 
 with
 
-posts as (
+both_levels as (
 
-    select * from {{ ref('stg_compute__patch_posts') }}
+    select * from {{ ref('int_patch_paired') }}
 
 ),
 
@@ -37,53 +40,9 @@ models as (
 
 ),
 
-base_rows as (
+bootstrap as (
 
-    select
-        run_id,
-        patch_by,
-        post_id,
-        sum_logprob as sum_logprob_base,
-        sum_logprob_sft,
-        sum_kl_sft_model as sum_kl_sft_base,
-        sum_kl_model_sft as sum_kl_base_sft,
-    from posts
-    where mode = 'base'
-
-),
-
-paired as (
-
-    select
-        p.run_id,
-        p.pair,
-        p.patch_by,
-        p.patch_group,
-        p.group_index,
-        p.layer,
-        p.module,
-        p.mode,
-        p.patch_rank,
-        p.is_full,
-        p.post_id,
-        coalesce(p.grp, '(none)') as grp,
-        coalesce(p.post_type, '(unknown)') as post_type,
-        p.n_tokens,
-        p.sum_logprob - b.sum_logprob_base as d,
-        b.sum_logprob_sft - b.sum_logprob_base as big_d,
-        p.sum_kl_sft_model as k,
-        b.sum_kl_sft_base as big_k,
-        p.sum_kl_base_model as m,
-        b.sum_kl_base_sft as big_m,
-    from posts as p
-    inner join base_rows as b using (run_id, patch_by, post_id)
-    where p.mode <> 'base'
-
-),
-
-both_levels as (
-
-    {{ all_levels('paired', ['grp', 'post_type']) }}
+    select * from {{ ref('int_patch_bootstrap') }}
 
 ),
 
@@ -207,6 +166,18 @@ final as (
         case when r.mode = 'add' then 1 - r.kl_ratio + i.t95 * i.se_kl
             else r.kl_ratio + i.t95 * i.se_kl end as ci95_high_carried_share,
 
+        -- paired bootstrap over posts (intermediate.int_patch_bootstrap): 95%
+        -- percentile intervals of the shares, every model on the same resamples
+        bs.n_resamples as n_bootstrap_resamples,
+        bs.boot_low_kl_share,
+        bs.boot_high_kl_share,
+        bs.boot_low_delta_share,
+        bs.boot_high_delta_share,
+        case when r.mode = 'add' then bs.boot_low_kl_share
+            else 1 - bs.boot_high_kl_share end as boot_low_carried_share,
+        case when r.mode = 'add' then bs.boot_high_kl_share
+            else 1 - bs.boot_low_kl_share end as boot_high_carried_share,
+
         -- how it was scored
         m.device,
         m.dtype,
@@ -224,6 +195,11 @@ final as (
         on m.run_id = r.run_id and m.patch_by = r.patch_by
         and m.patch_group = r.patch_group and m.mode = r.mode
         and m.patch_rank is not distinct from r.patch_rank
+    left join bootstrap as bs
+        on bs.run_id = r.run_id and bs.patch_by = r.patch_by
+        and bs.patch_group = r.patch_group and bs.mode = r.mode
+        and bs.patch_rank is not distinct from r.patch_rank
+        and bs.grp = r.grp and bs.post_type = r.post_type
 
 )
 
