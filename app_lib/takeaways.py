@@ -497,8 +497,8 @@ def attribution(rank: pd.DataFrame, vs: pd.DataFrame) -> list[str]:
     if rank.empty:
         return []
     top = rank.sort_values("add_share", ascending=False).head(3)
-    parts = [f"{r.patch_group} {r.add_share:.0%} "
-             f"({_interval(r.ci95_low_add_share, r.ci95_high_add_share)})"
+    parts = [f"{r.patch_group} {r.add_share:.1%} (95% interval "
+             f"{r.ci95_low_add_share:.1%} to {r.ci95_high_add_share:.1%})"
              if pd.notna(r.ci95_low_add_share) else f"{r.patch_group} {r.add_share:.0%}"
              for r in top.itertuples()]
     n = len(rank)
@@ -529,4 +529,23 @@ def attribution(rank: pd.DataFrame, vs: pd.DataFrame) -> list[str]:
         else:
             out.append(f"Too few groups ({int(r['n_groups'])}) for an interval on "
                        "the rank correlation with the weight change.")
-    return out
+    return out + other_predictors(vs)
+
+
+PREDICTORS = {"signal_rank": "signal rank", "n_intruders": "intruder dimensions"}
+
+
+def other_predictors(vs: pd.DataFrame) -> list[str]:
+    """The other weight measures (signal rank, intruders) whose rank correlation with
+    the add share has a 95% interval that excludes 0, named with it."""
+    if vs.empty:
+        return []
+    rows = vs[vs["weight_measure"].isin(list(PREDICTORS))
+              & (vs["behaviour_share"] == "add") & vs["ci95_low_rho"].notna()
+              & ((vs["ci95_low_rho"] > 0) | (vs["ci95_high_rho"] < 0))]
+    return [f"{_cap(PREDICTORS[r['weight_measure']])} vs add share: rho "
+            f"{_signed(r['spearman_rho'], 2)} "
+            f"({_interval(r['ci95_low_rho'], r['ci95_high_rho'], True)}): groups "
+            f"with {'more' if r['spearman_rho'] > 0 else 'less'} of it carry more of "
+            f"the behaviour (one of {len(vs)} correlations looked at)."
+            for _, r in rows.iterrows()]

@@ -281,7 +281,7 @@ def test_attribution_top_groups_sum_and_correlation():
                        "spearman_rho": [0.8], "ci95_low_rho": [lo],
                        "ci95_high_rho": [hi]})
     text = " ".join(tk.attribution(rank, vs))
-    assert "Of 3 groups" in text and "1.q_proj 50% (95% interval 0.4 to 0.6)" in text
+    assert "Of 3 groups" in text and "1.q_proj 50.0% (95% interval 40.0% to 60.0%)" in text
     assert "sum to 80%: below 1" in text
     assert f"rho +0.8 (95% interval {lo:+.3g} to {hi:+.3g}; null 0)" in text
     assert "the largest weight changes are the ones that matter" in text
@@ -290,3 +290,26 @@ def test_attribution_top_groups_sum_and_correlation():
     vs.loc[0, ["n_groups", "ci95_low_rho", "ci95_high_rho"]] = [3, None, None]
     assert "Too few groups (3)" in " ".join(tk.attribution(rank, vs))
     assert tk.attribution(rank.iloc[:0], vs) == []
+    assert "Signal rank" not in text  # no other measure in vs
+
+
+def test_attribution_names_another_measure_whose_interval_excludes_zero():
+    """Frobenius change vs add share holds 0, signal rank's excludes it (+0.64, 0.34
+    to 0.82 over 29 groups, the demo's), intruders' holds 0, and a revert
+    correlation is not named: the takeaway names signal rank alone, with the number
+    of correlations looked at (4)."""
+    rank = pd.DataFrame({"patch_group": ["embeddings"], "add_share": [0.5],
+                         "ci95_low_add_share": [0.49], "ci95_high_add_share": [0.51]})
+    vs = pd.DataFrame({
+        "weight_measure": ["relative_frobenius_change", "signal_rank", "n_intruders",
+                           "signal_rank"],
+        "behaviour_share": ["add", "add", "add", "revert"], "n_groups": [29] * 4,
+        "spearman_rho": [0.16, 0.64, -0.05, -0.7],
+        "ci95_low_rho": [-0.23, 0.34, -0.42, -0.9],
+        "ci95_high_rho": [0.51, 0.82, 0.34, -0.4]})
+    text = " ".join(tk.attribution(rank, vs))
+    assert "no evidence either way" in text
+    assert ("Signal rank vs add share: rho +0.64 (95% interval +0.34 to +0.82): "
+            "groups with more of it carry more of the behaviour (one of 4 "
+            "correlations looked at).") in text
+    assert "Intruder dimensions" not in text and text.count("Signal rank") == 1
