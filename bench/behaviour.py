@@ -202,19 +202,18 @@ def measure(run: str, common: list[str], tmp: Path) -> dict:
     return res | json.loads(result.read_text())
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if "--worker" in argv:
-        worker_main(argv)
-        return 0
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def scoring_setup(argv: list[str], description: str, posts: int, window: int,
+                  quick_help: str = "tiny pair, 8 posts"):
+    """The scoring benches' command line (device, shape, posts, batch size, window,
+    --quick: the tiny pair and 8 posts, data folder, --json) parsed, and their
+    planted pair built: (args, base, sft, build seconds)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--shape", choices=["demo", "0.5B", "tiny"], default="demo")
-    ap.add_argument("--posts", type=int, default=96)
+    ap.add_argument("--posts", type=int, default=posts)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--window", type=int, default=1024)
-    ap.add_argument("--quick", action="store_true",
-                    help="tiny pair, 8 posts: a smoke run of both workers")
+    ap.add_argument("--window", type=int, default=window)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "bench")
     ap.add_argument("--json", type=Path, help="also write the JSON here")
     a = ap.parse_args(argv)
@@ -222,7 +221,17 @@ def main(argv: list[str] | None = None) -> int:
         a.shape, a.posts = "tiny", 8
     t0 = time.perf_counter()
     base, sft = build(a.data, a.shape, a.device)
-    build_seconds = round(time.perf_counter() - t0, 1)
+    return a, base, sft, round(time.perf_counter() - t0, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--worker" in argv:
+        worker_main(argv)
+        return 0
+    a, base, sft, build_seconds = scoring_setup(
+        argv, __doc__.splitlines()[0], posts=96, window=1024,
+        quick_help="tiny pair, 8 posts: a smoke run of both workers")
     context = a.window // 2
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

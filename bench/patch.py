@@ -23,19 +23,17 @@ commands on a GPU (the behaviour run's device; bf16 there).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.behaviour import build, prompts  # noqa: E402 (after sys.path)
+from bench.behaviour import prompts, scoring_setup  # noqa: E402 (after sys.path)
 from bench.common import ratio, report, run_measured  # noqa: E402
 
 GROUP_TARGET = 1.2
@@ -83,21 +81,8 @@ def summarize(models: list[dict], score_seconds: float) -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run both, print the JSON."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    ap.add_argument("--shape", choices=["demo", "0.5B", "tiny"], default="demo")
-    ap.add_argument("--posts", type=int, default=48)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--window", type=int, default=512)
-    ap.add_argument("--quick", action="store_true", help="tiny pair, 8 posts")
-    ap.add_argument("--data", type=Path, default=ROOT / "data" / "bench")
-    ap.add_argument("--json", type=Path, help="also write the JSON here")
-    a = ap.parse_args(argv)
-    if a.quick:
-        a.shape, a.posts = "tiny", 8
-    t0 = time.perf_counter()
-    base, sft = build(a.data, a.shape, a.device)
-    build_seconds = round(time.perf_counter() - t0, 1)
+    a, base, sft, build_seconds = scoring_setup(argv, __doc__.splitlines()[0],
+                                                posts=48, window=512)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         prompts(a.posts).to_parquet(tmp / "prompts.parquet")

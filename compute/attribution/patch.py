@@ -407,8 +407,10 @@ def publish_record(cfg: Config, store, started: str) -> bool:
 
 
 def score_model(cfg: Config, setting, scorer, run_id: str, model: Model,
-                group: Group | None, parts: TopParts | None) -> None:
-    """Score one model; write its posts file, then its models file (the marker)."""
+                group: Group | None, parts: TopParts | None,
+                sizes: tuple[float, int]) -> None:
+    """Score one model; write its posts file, then its models file (the marker).
+    `sizes`: group_sizes of its group (read once for all of the group's models)."""
     import pyarrow as pa
 
     from compute.io.files import write_parquet
@@ -422,7 +424,7 @@ def score_model(cfg: Config, setting, scorer, run_id: str, model: Model,
     write_parquet(pa.Table.from_pylist(post_rows(setting.posts, results, keys),
                                        schema=schemas()["patch_posts"]),
                   cfg.patch_dir / "posts" / f"{model.name}.parquet")
-    frob, params = group_sizes(setting, group)
+    frob, params = sizes
     retained = frob if model.rank is None or parts is None else parts.retained(
         model.rank)
     row = keys | {
@@ -493,14 +495,17 @@ def run(cfg: Config) -> Path:
             if m.name not in done]
     scorer = DeltaScorer(setting) if todo else None
     parts: dict[int, TopParts] = {}
+    sizes: dict[int | None, tuple[float, int]] = {}
     for m in todo:
         group = groups[m.index] if m.index is not None else None
+        if m.index not in sizes:  # the models come group by group
+            sizes = {m.index: group_sizes(setting, group)}
         if m.rank is not None and m.index not in parts:
             parts.clear()  # one group's singular parts in memory at a time
             parts[m.index] = TopParts(setting.base, setting.sft, group,
                                       max(cfg.ranks), setting.device)
         score_model(cfg, setting, scorer, setting.run_id, m, group,
-                    parts.get(m.index))
+                    parts.get(m.index), sizes[m.index])
         if store is not None:
             upload(store, cfg, m)
     everything = models_of(groups, list(range(len(groups))), cfg.ranks, True)
